@@ -1,0 +1,498 @@
+"""Typed loader for ``schemas/policy.yaml``: the retention schedule as Python objects.
+
+Why a hand-written validator and not a schema library: the file is small, the error messages must
+name the exact YAML path a data engineer has to fix ("categories.sdk_log.retention.days: must be a
+positive integer"), and ``schemas/`` must stay importable on a Beam worker with no extra packages.
+Every problem in the file is collected and reported at once, at startup, before any data is read.
+
+The policy version stamped on every output row is a content hash of the *parsed* document, so a
+comment or whitespace edit does not change it, while any change of meaning does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "Category",
+    "Policy",
+    "PolicyError",
+    "Purpose",
+    "Region",
+    "Retention",
+    "default_policy_path",
+    "load_policy",
+    "normalise_name",
+]
+
+RETENTION_RULES = ("fixed", "account_lifetime", "service_lifetime", "until_opt_out", "never_store")
+LEGAL_BASES = ("consent", "contract", "legal_obligation", "vital_interests", "public_task",
+               "legitimate_interest")
+MODULES = ("privacy_policy", "dpsa")
+UNKNOWN_REGION = "UNKNOWN"
+OTHER_REGION = "OTHER"
+_MICROS_PER_DAY = int(timedelta(days=1).total_seconds()) * 1_000_000
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class PolicyError(ValueError):
+    """The policy file is malformed; the message lists every problem with its YAML path."""
+
+
+def normalise_name(name: str) -> str:
+    """Field-name key used for secret/media matching: ``UserSig``, ``user_sig``, ``user-sig`` agree."""
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long a record may be kept.
+
+    ``days`` is the fixed period for ``fixed`` and the grace period after the lifecycle event for
+    ``account_lifetime``/``service_lifetime``; it is None for the other rules.
+    """
+
+    rule: str
+    days: int | None = None
+
+    @property
+    def label(self) -> str:
+        """The value of the ``retention_rule`` column, e.g. ``fixed_180d``."""
+        if self.rule == "fixed":
+            return f"fixed_{self.days}d"
+        if self.rule in ("account_lifetime", "service_lifetime"):
+            return f"{self.rule}_plus_{self.days}d"
+        return self.rule
+
+    @property
+    def open_ended(self) -> bool:
+        """True when the expiry is unknown at ingestion time (it waits for a lifecycle event)."""
+        return self.rule in ("account_lifetime", "service_lifetime", "until_opt_out")
+
+    def expires_at(self, event_time_us: int | None) -> int | None:
+        """Expiry in epoch microseconds for a record of that event time; None when open-ended."""
+        if self.rule == "fixed":
+            if event_time_us is None:
+                raise ValueError("fixed retention needs the record's event time")
+            return event_time_us + self.days * _MICROS_PER_DAY
+        if self.rule == "never_store":
+            raise ValueError("never_store data has no expiry: it must not be stored at all")
+        return None
+
+
+@dataclass(frozen=True)
+class Purpose:
+    """A processing purpose, possibly conditional on the record's region and fields."""
+
+    name: str
+    not_in_regions: frozenset[str] = frozenset()
+    requires_any_field: tuple[str, ...] = ()
+    retention: Retention | None = None
+
+    def applies(self, region: str, record: Mapping[str, Any]) -> bool:
+        if region in self.not_in_regions:
+            return False
+        if self.requires_any_field:
+            return any(record.get(f) not in (None, "") for f in self.requires_any_field)
+        return True
+
+
+@dataclass(frozen=True)
+class Region:
+    name: str
+    restricted: bool
+    countries: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Category:
+    """One data category of the policy, with everything the pipelines need to handle it."""
+
+    name: str
+    module: str
+    description: str
+    event_time: str | None
+    fields: tuple[str, ...]
+    purposes: tuple[Purpose, ...]
+    legal_basis: str
+    retention: Retention
+    store: str
+    key: str | None = None
+    field_groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    shared_with: tuple[str, ...] = ()
+    forbidden_fields_in_regions: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    restricted_country_field: str | None = None
+
+    @property
+    def stored(self) -> bool:
+        return self.retention.rule != "never_store"
+
+    def forbidden_fields(self, region: str) -> frozenset[str]:
+        """Fields that must never be stored for a record of ``region``."""
+        return self.forbidden_fields_in_regions.get(region, frozenset())
+
+    def effective(self, region: str, record: Mapping[str, Any]) -> tuple[tuple[str, ...], Retention]:
+        """The purposes that apply to this record and the retention that follows from them.
+
+        A conditional purpose with its own retention (direct marketing: until opt-out) replaces
+        the category's retention while it applies.
+        """
+        applying = tuple(p for p in self.purposes if p.applies(region, record))
+        retention = next((p.retention for p in applying if p.retention), self.retention)
+        return tuple(p.name for p in applying), retention
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The whole retention schedule; build it with :func:`load_policy`."""
+
+    name: str
+    version: str
+    documents: Mapping[str, str]
+    regions: Mapping[str, Region]
+    categories: Mapping[str, Category]
+    secret_names: frozenset[str]
+    media_names: frozenset[str]
+    dead_letter_retention: Retention
+    source: str = ""
+
+    @property
+    def restricted_countries(self) -> frozenset[str]:
+        """Country codes of every restricted region (the EEA/UK list)."""
+        return frozenset(
+            c for r in self.regions.values() if r.restricted for c in r.countries
+        )
+
+    def region_for(self, country: str | None) -> str:
+        """Region of an ISO country code; None or an unlisted code of no region -> see below.
+
+        A missing country is ``UNKNOWN`` (restricted: fail closed); a country no region lists is
+        ``OTHER``.
+        """
+        if not country:
+            return UNKNOWN_REGION
+        code = country.upper()
+        for region in self.regions.values():
+            if code in region.countries:
+                return region.name
+        return OTHER_REGION
+
+    def is_restricted(self, region: str) -> bool:
+        """Unknown region names are restricted: fail closed."""
+        found = self.regions.get(region)
+        return True if found is None else found.restricted
+
+    def is_secret_name(self, key: str) -> bool:
+        return normalise_name(key) in self.secret_names
+
+    def is_media_name(self, key: str) -> bool:
+        return normalise_name(key) in self.media_names
+
+    def category(self, name: str) -> Category:
+        try:
+            return self.categories[name]
+        except KeyError:
+            known = ", ".join(sorted(self.categories))
+            raise PolicyError(f"unknown data category {name!r}; the policy has: {known}") from None
+
+
+def default_policy_path() -> str:
+    """The policy bundled with the package (``schemas/policy.yaml``)."""
+    return str(resources.files("schemas").joinpath("policy.yaml"))
+
+
+def load_policy(path: str | Path | None = None) -> Policy:
+    """Read, validate and version the policy file; raise :class:`PolicyError` on any problem."""
+    path = str(path or default_policy_path())
+    try:
+        text = _read_text(path)
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read the policy file: {exc}") from exc
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"{path}: not valid YAML: {exc}") from exc
+    return parse_policy(doc, source=path)
+
+
+def parse_policy(doc: Any, source: str = "<policy>") -> Policy:
+    """Validate an already-parsed policy document (see :func:`load_policy`)."""
+    v = _Validator(source)
+    policy = v.policy(doc)
+    v.raise_if_errors()
+    assert policy is not None
+    return policy
+
+
+def _read_text(path: str) -> str:
+    if "://" in path:
+        # Beam filesystems (gs://, s3://) for policies staged next to the job; imported lazily
+        # so that schemas/ does not depend on Beam.
+        from apache_beam.io.filesystems import FileSystems
+
+        with FileSystems.open(path) as fh:
+            return fh.read().decode("utf-8")
+    return Path(path).read_text(encoding="utf-8")
+
+
+def _version(doc: Any) -> str:
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+class _Validator:
+    """Collects every problem with its path instead of stopping at the first one."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.errors: list[str] = []
+
+    def error(self, path: str, message: str) -> None:
+        self.errors.append(f"  {path}: {message}")
+
+    def raise_if_errors(self) -> None:
+        if self.errors:
+            raise PolicyError(
+                f"{self.source}: invalid policy ({len(self.errors)} problem(s)):\n"
+                + "\n".join(self.errors)
+            )
+
+    # -- primitives ---------------------------------------------------------------------------
+    def mapping(self, value: Any, path: str) -> Mapping[str, Any]:
+        if not isinstance(value, Mapping):
+            self.error(path, f"must be a mapping, got {type(value).__name__}")
+            return {}
+        return value
+
+    def names(self, value: Any, path: str, *, allow_empty: bool = True) -> tuple[str, ...]:
+        if value is None and allow_empty:
+            return ()
+        if not isinstance(value, list):
+            self.error(path, f"must be a list of names, got {type(value).__name__}")
+            return ()
+        out: list[str] = []
+        for i, item in enumerate(value):
+            if not isinstance(item, str) or not _NAME.match(item):
+                self.error(f"{path}[{i}]", f"must be a snake_case name, got {item!r}")
+            elif item in out:
+                self.error(f"{path}[{i}]", f"duplicate name {item!r}")
+            else:
+                out.append(item)
+        if not out and not allow_empty:
+            self.error(path, "must not be empty")
+        return tuple(out)
+
+    def string(self, value: Any, path: str, *, choices: Iterable[str] | None = None) -> str:
+        if not isinstance(value, str) or not value.strip():
+            self.error(path, f"must be a non-empty string, got {value!r}")
+            return ""
+        if choices is not None and value not in choices:
+            self.error(path, f"must be one of {', '.join(choices)}; got {value!r}")
+        return value
+
+    def unknown_keys(self, doc: Mapping[str, Any], allowed: Iterable[str], path: str) -> None:
+        for key in doc:
+            if key not in allowed:
+                self.error(f"{path}.{key}" if path else str(key), "unknown key (typo?)")
+
+    # -- sections -----------------------------------------------------------------------------
+    def policy(self, doc: Any) -> Policy | None:
+        top = self.mapping(doc, "<top level>")
+        self.unknown_keys(
+            top, ("policy", "documents", "regions", "never_in_clear", "dead_letters", "categories"), ""
+        )
+        name = self.string(top.get("policy"), "policy")
+        documents = {
+            str(k): str(v) for k, v in self.mapping(top.get("documents", {}), "documents").items()
+        }
+        regions = self.regions(top.get("regions"))
+        secrets, media = self.never_in_clear(top.get("never_in_clear"))
+        dead = self.mapping(top.get("dead_letters"), "dead_letters")
+        dead_retention = self.retention(dead.get("retention"), "dead_letters.retention")
+        if dead_retention.rule != "fixed":
+            self.error("dead_letters.retention.rule", "dead letters need a fixed retention")
+        categories = self.categories(top.get("categories"), regions)
+        return Policy(
+            name=name,
+            version=_version(doc),
+            documents=documents,
+            regions=regions,
+            categories=categories,
+            secret_names=frozenset(normalise_name(s) for s in secrets),
+            media_names=frozenset(normalise_name(m) for m in media),
+            dead_letter_retention=dead_retention,
+            source=self.source,
+        )
+
+    def regions(self, doc: Any) -> dict[str, Region]:
+        regions: dict[str, Region] = {}
+        for name, body in self.mapping(doc, "regions").items():
+            path = f"regions.{name}"
+            body = self.mapping(body, path)
+            self.unknown_keys(body, ("restricted", "countries"), path)
+            restricted = body.get("restricted")
+            if not isinstance(restricted, bool):
+                self.error(f"{path}.restricted", "must be true or false")
+                restricted = True
+            countries = body.get("countries") or []
+            if not isinstance(countries, list):
+                self.error(f"{path}.countries", "must be a list of country codes")
+                countries = []
+            codes = set()
+            for i, code in enumerate(countries):
+                if not isinstance(code, str) or not re.fullmatch(r"[A-Z]{2}", code):
+                    hint = " (YAML reads a bare NO as false: quote it)" if code is False else ""
+                    self.error(f"{path}.countries[{i}]",
+                               f"must be a 2-letter code, got {code!r}{hint}")
+                else:
+                    codes.add(code)
+            regions[str(name)] = Region(str(name), restricted, frozenset(codes))
+        for required in (UNKNOWN_REGION, OTHER_REGION):
+            if required not in regions:
+                self.error("regions", f"region {required} must be declared")
+        if UNKNOWN_REGION in regions and not regions[UNKNOWN_REGION].restricted:
+            self.error(f"regions.{UNKNOWN_REGION}.restricted", "must be true (fail closed)")
+        seen: dict[str, str] = {}
+        for region in regions.values():
+            for code in region.countries:
+                if code in seen:
+                    self.error(f"regions.{region.name}", f"{code} is also in {seen[code]}")
+                seen[code] = region.name
+        return regions
+
+    def never_in_clear(self, doc: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        body = self.mapping(doc, "never_in_clear")
+        self.unknown_keys(body, ("secrets", "media"), "never_in_clear")
+        secrets = self.names(body.get("secrets"), "never_in_clear.secrets", allow_empty=False)
+        media = self.names(body.get("media"), "never_in_clear.media", allow_empty=False)
+        return secrets, media
+
+    def retention(self, doc: Any, path: str) -> Retention:
+        body = self.mapping(doc, path)
+        self.unknown_keys(body, ("rule", "days", "days_after"), path)
+        rule = self.string(body.get("rule"), f"{path}.rule", choices=RETENTION_RULES)
+        days_key = {"fixed": "days", "account_lifetime": "days_after",
+                    "service_lifetime": "days_after"}.get(rule)
+        days = None
+        if days_key:
+            days = body.get(days_key)
+            if isinstance(days, bool) or not isinstance(days, int) or days <= 0:
+                self.error(f"{path}.{days_key}", f"must be a positive integer, got {days!r}")
+                days = 1
+        for key in ("days", "days_after"):
+            if key in body and key != days_key:
+                self.error(f"{path}.{key}", f"does not apply to rule {rule!r}")
+        return Retention(rule if rule in RETENTION_RULES else "never_store", days)
+
+    def purposes(self, doc: Any, path: str, regions: Mapping[str, Region],
+                 fields: tuple[str, ...]) -> tuple[Purpose, ...]:
+        if not isinstance(doc, list) or not doc:
+            self.error(path, "must be a non-empty list of purposes")
+            return ()
+        out = []
+        for i, item in enumerate(doc):
+            ipath = f"{path}[{i}]"
+            if isinstance(item, str):
+                if not _NAME.match(item):
+                    self.error(ipath, f"must be a snake_case name, got {item!r}")
+                out.append(Purpose(item))
+                continue
+            body = self.mapping(item, ipath)
+            self.unknown_keys(body, ("name", "not_in_regions", "requires_any_field", "retention"),
+                              ipath)
+            name = self.string(body.get("name"), f"{ipath}.name")
+            not_in = frozenset(body.get("not_in_regions") or ())
+            for region in sorted(not_in - set(regions)):
+                self.error(f"{ipath}.not_in_regions", f"unknown region {region!r}")
+            requires = self.names(body.get("requires_any_field"), f"{ipath}.requires_any_field")
+            for f in requires:
+                if f not in fields:
+                    self.error(f"{ipath}.requires_any_field", f"{f!r} is not in the category fields")
+            retention = (
+                self.retention(body["retention"], f"{ipath}.retention") if "retention" in body else None
+            )
+            out.append(Purpose(name, not_in, requires, retention))
+        return tuple(out)
+
+    def categories(self, doc: Any, regions: Mapping[str, Region]) -> dict[str, Category]:
+        categories: dict[str, Category] = {}
+        body = self.mapping(doc, "categories")
+        if not body:
+            self.error("categories", "must declare at least one category")
+        for name, cat in body.items():
+            path = f"categories.{name}"
+            if not isinstance(name, str) or not _NAME.match(name):
+                self.error(path, "category names must be snake_case")
+            categories[str(name)] = self.category(str(name), self.mapping(cat, path), path, regions)
+        return categories
+
+    def category(self, name: str, body: Mapping[str, Any], path: str,
+                 regions: Mapping[str, Region]) -> Category:
+        self.unknown_keys(
+            body,
+            ("module", "description", "event_time", "key", "fields", "field_groups", "purposes",
+             "legal_basis", "retention", "store", "shared_with", "restrictions"),
+            path,
+        )
+        retention = self.retention(body.get("retention"), f"{path}.retention")
+        never = retention.rule == "never_store"
+        fields = self.names(body.get("fields"), f"{path}.fields", allow_empty=never)
+        if never and fields:
+            self.error(f"{path}.fields", "a never_store category must not declare stored fields")
+        event_time = body.get("event_time")
+        if retention.rule == "fixed" and event_time not in fields:
+            self.error(f"{path}.event_time", "fixed retention needs an event_time among the fields")
+        if event_time is not None and event_time not in fields:
+            self.error(f"{path}.event_time", f"{event_time!r} is not in the category fields")
+        key = body.get("key")
+        if key is not None and key not in fields:
+            self.error(f"{path}.key", f"{key!r} is not in the category fields")
+        groups = {}
+        for gname, gfields in self.mapping(body.get("field_groups", {}), f"{path}.field_groups").items():
+            names = self.names(gfields, f"{path}.field_groups.{gname}")
+            for f in names:
+                if f not in fields:
+                    self.error(f"{path}.field_groups.{gname}", f"{f!r} is not in the category fields")
+            groups[str(gname)] = names
+        restrictions = self.mapping(body.get("restrictions", {}), f"{path}.restrictions")
+        self.unknown_keys(restrictions, ("forbidden_fields_in_regions", "restricted_country_field"),
+                          f"{path}.restrictions")
+        forbidden = {}
+        fpath = f"{path}.restrictions.forbidden_fields_in_regions"
+        for region, rfields in self.mapping(
+            restrictions.get("forbidden_fields_in_regions", {}), fpath
+        ).items():
+            if region not in regions:
+                self.error(fpath, f"unknown region {region!r}")
+            forbidden[str(region)] = frozenset(self.names(rfields, f"{fpath}.{region}"))
+        country_field = restrictions.get("restricted_country_field")
+        if country_field is not None and country_field not in fields:
+            self.error(f"{path}.restrictions.restricted_country_field",
+                       f"{country_field!r} is not in the category fields")
+        return Category(
+            name=name,
+            module=self.string(body.get("module"), f"{path}.module", choices=MODULES),
+            description=self.string(body.get("description"), f"{path}.description"),
+            event_time=event_time,
+            fields=fields,
+            purposes=self.purposes(body.get("purposes"), f"{path}.purposes", regions, fields),
+            legal_basis=self.string(body.get("legal_basis"), f"{path}.legal_basis",
+                                    choices=LEGAL_BASES),
+            retention=retention,
+            store=self.string(body.get("store"), f"{path}.store"),
+            key=key,
+            field_groups=groups,
+            shared_with=self.names(body.get("shared_with"), f"{path}.shared_with"),
+            forbidden_fields_in_regions=forbidden,
+            restricted_country_field=country_field,
+        )

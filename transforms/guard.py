@@ -1,0 +1,125 @@
+"""Guard: the last line of defence before tagging and writing.
+
+Every earlier stage is meant to make these invariants true; the guard re-checks them on each
+record independently of how that stage was written, and routes a violation to the dead letters
+(with the offending values masked), never to a sink:
+
+- ``unknown_region``: the record has no region, or one the policy does not declare;
+- ``forbidden_field``: a field its region forbids (corporate contact data of an EEA/UK or
+  unknown-region visitor) is present;
+- ``restricted_company_contact``: the company's own country is in a restricted region and a field
+  that region forbids is present;
+- ``secret_field``: a key that is a credential or media payload name;
+- ``undeclared_field``: a key outside the allow-list of the categories being written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import apache_beam as beam
+
+from schemas.policy import Category, Policy
+from transforms.counters import counter
+from transforms.deadletter import DEAD_LETTER_TAG, DeadLetterContext, ParDoWithDeadLetters
+from transforms.suppress import forbidden_by_region
+
+__all__ = ["Guard", "GuardFn", "violations"]
+
+
+def violations(
+    record: Mapping[str, Any],
+    *,
+    policy: Policy,
+    forbidden: Mapping[str, frozenset[str]],
+    allowed_keys: frozenset[str],
+    country_fields: Iterable[str],
+) -> list[str]:
+    """The invariants ``record`` breaks (empty when it may be written)."""
+    found = []
+    region = record.get("region")
+    if region not in policy.regions:
+        found.append("unknown_region")
+        region_forbidden = frozenset().union(*forbidden.values()) if forbidden else frozenset()
+    else:
+        region_forbidden = forbidden.get(region, frozenset())
+
+    def present(fields: Iterable[str]) -> bool:
+        return any(record.get(f) not in (None, "") for f in fields)
+
+    if present(region_forbidden):
+        found.append("forbidden_field")
+    for country_field in country_fields:
+        company_region = policy.region_for(record.get(country_field))
+        if record.get(country_field) and present(forbidden.get(company_region, frozenset())):
+            found.append("restricted_company_contact")
+    keys = record.keys()
+    if any(policy.is_secret_name(k) or policy.is_media_name(k) for k in keys):
+        found.append("secret_field")
+    if keys - allowed_keys:
+        found.append("undeclared_field")
+    return found
+
+
+class GuardFn(beam.DoFn):
+    def __init__(
+        self,
+        policy: Policy,
+        categories: Iterable[Category],
+        extra_keys: Iterable[str],
+        context: DeadLetterContext,
+    ) -> None:
+        categories = tuple(categories)
+        self._policy = policy
+        self._forbidden = forbidden_by_region(categories)
+        self._allowed = frozenset(f for c in categories for f in c.fields) | frozenset(extra_keys)
+        self._country_fields = tuple(
+            sorted({c.restricted_country_field for c in categories if c.restricted_country_field})
+        )
+        self._context = context
+
+    def setup(self) -> None:
+        self._masker = self._context.masker()
+        self._rejected = counter("guard.violations")
+
+    def process(self, record: Mapping[str, Any]) -> Iterator[Any]:
+        found = violations(
+            record,
+            policy=self._policy,
+            forbidden=self._forbidden,
+            allowed_keys=self._allowed,
+            country_fields=self._country_fields,
+        )
+        if not found:
+            yield record
+            return
+        self._rejected.inc()
+        yield beam.pvalue.TaggedOutput(
+            DEAD_LETTER_TAG,
+            self._context.letter(
+                stage="guard",
+                error=f"guard:{found[0]}",
+                raw=record,
+                masker=self._masker,
+                event_id=record.get("event_id"),
+            ),
+        )
+
+
+class Guard(beam.PTransform):
+    """Re-check the compliance invariants; yields ``(records, dead_letters)``."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        categories: Iterable[Category],
+        extra_keys: Iterable[str],
+        context: DeadLetterContext,
+    ) -> None:
+        super().__init__()
+        self._fn = GuardFn(policy, categories, extra_keys, context)
+        self._context = context
+
+    def expand(self, records):
+        return records | "CheckInvariants" >> ParDoWithDeadLetters(self._fn, "guard", self._context)

@@ -1,0 +1,65 @@
+"""SuppressRestrictedContacts: remove the fields a record's region forbids, before enrichment.
+
+"We do not receive or process EEA and UK based companies corporate contact information": for a
+visitor in a restricted region (EEA/UK, or UNKNOWN because we cannot tell) the corporate contact
+fields a producer may have sent are removed here, so that neither the enrichment request nor any
+later stage ever holds them. Which fields a region forbids is the policy's
+``restrictions.forbidden_fields_in_regions``; a region the policy does not know forbids the union
+of all of them (fail closed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import apache_beam as beam
+
+from schemas.policy import Category
+from transforms.counters import counter
+
+__all__ = ["SuppressRestrictedContacts", "SuppressRestrictedFn", "forbidden_by_region"]
+
+
+def forbidden_by_region(categories: Iterable[Category]) -> dict[str, frozenset[str]]:
+    """Region -> fields forbidden for it, across the given categories."""
+    out: dict[str, set[str]] = {}
+    for category in categories:
+        for region, fields in category.forbidden_fields_in_regions.items():
+            out.setdefault(region, set()).update(fields)
+    return {region: frozenset(fields) for region, fields in out.items()}
+
+
+class SuppressRestrictedFn(beam.DoFn):
+    """Yields a copy of the record without the fields its region forbids."""
+
+    def __init__(self, forbidden: Mapping[str, frozenset[str]], known_regions: Iterable[str]):
+        self._forbidden = dict(forbidden)
+        self._known = frozenset(known_regions)
+        self._all = frozenset().union(*self._forbidden.values()) if self._forbidden else frozenset()
+
+    def setup(self) -> None:
+        self._records = counter("suppressed.records")
+        self._fields = counter("suppressed.contact_fields")
+
+    def process(self, record: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+        region = record.get("region")
+        forbidden = self._forbidden.get(region, frozenset()) if region in self._known else self._all
+        present = [f for f in forbidden if record.get(f) not in (None, "")]
+        if not present:
+            yield record if isinstance(record, dict) else dict(record)
+            return
+        self._records.inc()
+        self._fields.inc(len(present))
+        yield {k: v for k, v in record.items() if k not in forbidden}
+
+
+class SuppressRestrictedContacts(beam.PTransform):
+    """Remove region-forbidden (corporate contact) fields from every record."""
+
+    def __init__(self, categories: Iterable[Category], known_regions: Iterable[str]) -> None:
+        super().__init__()
+        self._fn = SuppressRestrictedFn(forbidden_by_region(categories), known_regions)
+
+    def expand(self, records):
+        return records | "DropForbiddenFields" >> beam.ParDo(self._fn)

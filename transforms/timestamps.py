@@ -1,0 +1,74 @@
+"""Event-time parsing: the three accepted forms of the data contract, to UTC epoch microseconds.
+
+Accepted (DESIGN.md section 3):
+- ISO-8601 with an offset or ``Z`` (``2025-03-01T23:30:00+08:00``, ``2025-03-01T15:30:00Z``);
+- naive ISO-8601, taken as UTC (``2025-03-01T15:30:00``, also with a space instead of ``T``);
+- epoch milliseconds as an integer (JSON number, or Avro ``long``).
+A ``datetime`` (what fastavro returns for a ``timestamp-millis``/``-micros`` logical type) is
+accepted too. Anything else raises :class:`TimestampError`: strings of digits are *not* epoch
+values (``"20250301"`` is ambiguous), floats are not accepted (precision), booleans are not ints.
+
+Why integers: records travel through Beam as dicts of primitives; an ``int`` encodes with Beam's
+fast coders where a ``datetime`` would fall back to pickling, and microseconds are exactly what
+Avro ``timestamp-micros`` and Parquet ``timestamp[us]`` store.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+__all__ = ["TimestampError", "format_utc", "parse_event_time", "utc_date"]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)
+# 0001-01-01 .. 9999-12-31, the range every reader of the outputs can represent.
+_MIN_MS = (datetime(1, 1, 1, tzinfo=UTC) - _EPOCH) // timedelta(milliseconds=1)
+_MAX_MS = (datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC) - _EPOCH) // timedelta(
+    milliseconds=1
+)
+
+
+class TimestampError(ValueError):
+    """The value is not one of the accepted timestamp forms."""
+
+
+def _from_datetime(value: datetime) -> int:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return (value - _EPOCH) // _ONE_US
+
+
+def parse_event_time(value: object) -> int:
+    """Parse an accepted timestamp to UTC epoch microseconds, or raise :class:`TimestampError`."""
+    if isinstance(value, bool):
+        raise TimestampError("a boolean is not a timestamp")
+    if isinstance(value, int):
+        if not _MIN_MS <= value <= _MAX_MS:
+            raise TimestampError("epoch milliseconds out of range")
+        return value * 1000
+    if isinstance(value, datetime):
+        return _from_datetime(value)
+    if isinstance(value, str):
+        text = value.strip()
+        # fromisoformat accepts a few non-ISO shapes (e.g. a bare date); require a time part.
+        if len(text) < 16 or text[10] not in "Tt ":
+            raise TimestampError("not an ISO-8601 date-time")
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            raise TimestampError("not an ISO-8601 date-time") from None
+        try:
+            return _from_datetime(parsed)
+        except OverflowError:
+            raise TimestampError("date-time out of range once converted to UTC") from None
+    raise TimestampError(f"unsupported timestamp type {type(value).__name__}")
+
+
+def format_utc(micros: int) -> str:
+    """ISO-8601 UTC with a ``Z`` suffix, for JSON outputs (dead letters, reports)."""
+    return (_EPOCH + micros * _ONE_US).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def utc_date(micros: int) -> str:
+    """The UTC calendar date ``YYYY-MM-DD`` of an epoch-microsecond timestamp."""
+    return (_EPOCH + micros * _ONE_US).date().isoformat()
