@@ -26,7 +26,7 @@ WITHHELD = "<withheld: not valid JSON and a sensitive field could not be delimit
 # "key" : value   where value is a JSON string (possibly unterminated) or a bare token.
 _PAIR = re.compile(
     r'"(?P<key>(?:[^"\\]|\\.)*)"(?P<sep>\s*:\s*)'
-    r'(?P<value>"(?:[^"\\]|\\.)*"?|[^,}\]\s]+)?'
+    r'(?P<value>"(?:[^"\\]|\\.)*"?|[^,{}\[\]\s"]+)?'
 )
 # key followed by : or = , quoted or not, to find sensitive names the pair pattern missed.
 _LOOSE_KEY = re.compile(r'(?P<key>[A-Za-z][A-Za-z0-9_\-]*)["\']?\s*[:=]\s*(?P<rest>.{0,8})', re.S)
@@ -66,12 +66,19 @@ class Masker:
         return json.dumps(self.mask_value(parsed), ensure_ascii=False, default=str)
 
     def _mask_unparseable(self, text: str) -> str:
+        undelimited = False
+
         def replace(match: re.Match[str]) -> str:
+            nonlocal undelimited
             if not self.is_sensitive(match["key"]):
                 return match[0]
+            if match["value"] is None:  # an object, an array or nothing: cannot be cut out safely
+                undelimited = True
             return f'"{match["key"]}"{match["sep"]}"{MASK}"'
 
         masked = _PAIR.sub(replace, text)
+        if undelimited:
+            return WITHHELD
         for loose in _LOOSE_KEY.finditer(masked):
             if self.is_sensitive(loose["key"]) and not loose["rest"].startswith(f'"{MASK}"'):
                 return WITHHELD

@@ -50,6 +50,8 @@ def parse_event_time(value: object) -> int:
         return _from_datetime(value)
     if isinstance(value, str):
         text = value.strip()
+        if text.endswith("z"):  # RFC 3339 allows a lower-case zone designator
+            text = text[:-1] + "Z"
         # fromisoformat accepts a few non-ISO shapes (e.g. a bare date); require a time part.
         if len(text) < 16 or text[10] not in "Tt ":
             raise TimestampError("not an ISO-8601 date-time")

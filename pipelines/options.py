@@ -1,0 +1,79 @@
+"""Options shared by every ingestion pipeline, and the bundled defaults.
+
+Beam builds its argument parser from the *direct* subclasses of ``PipelineOptions``, so the flags
+every source has (``--input``, ``--output``, ``--format``...) are declared once here and each
+pipeline adds its own in a sibling class (``VisitsOptions``); declaring ``--input`` in two classes
+would make argparse fail as soon as both pipelines are imported (``python -m pipelines``).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from importlib import resources
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from transforms.read import INPUT_FORMATS
+from transforms.timestamps import TimestampError, parse_event_time
+
+__all__ = ["OUTPUT_FORMATS", "IngestOptions", "bundled", "run_time_micros"]
+
+OUTPUT_FORMATS = ("parquet", "avro", "both")
+
+
+def bundled(relative: str) -> str:
+    """Path of a file shipped in ``pipelines/data/`` (sample inputs, country DB, snapshot)."""
+    return str(resources.files("pipelines").joinpath("data", relative))
+
+
+def run_time_micros(value: str | None) -> int:
+    """The run's reference time (``--run_time``) in epoch micros; now when not given."""
+    if not value:
+        return int(datetime.now(UTC).timestamp() * 1_000_000)
+    try:
+        return parse_event_time(value)
+    except TimestampError as exc:
+        raise ValueError(f"--run_time: {exc}: {value!r}") from None
+
+
+class IngestOptions(PipelineOptions):
+    """Flags of every ingestion pipeline (all standard Beam options are accepted too)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        parser.add_argument(
+            "--input",
+            help="Input file pattern (local path or any Beam filesystem, e.g. gs://bucket/*.jsonl): "
+            "JSON Lines or Avro files, one record each.",
+        )
+        parser.add_argument(
+            "--output",
+            default="output",
+            help="Output root directory: data_category=<c>/expiry_date=<YYYY-MM-DD>/ partitions, "
+            "_dead_letter/ and _reports/ are written under it. Default: ./output.",
+        )
+        parser.add_argument(
+            "--format",
+            dest="output_format",
+            choices=OUTPUT_FORMATS,
+            default="parquet",
+            help="Sink file format: parquet (default), avro, or both side by side.",
+        )
+        parser.add_argument(
+            "--input_format",
+            choices=INPUT_FORMATS,
+            default="auto",
+            help="jsonl or avro; auto (default) reads *.avro patterns as Avro, anything else as "
+            "JSON Lines.",
+        )
+        parser.add_argument(
+            "--policy",
+            default=None,
+            help="Policy file (YAML, see schemas/policy.yaml, the default). Validated at startup.",
+        )
+        parser.add_argument(
+            "--run_time",
+            default=None,
+            help="Reference time of the run, ISO-8601 (default: now). Dead letters expire a fixed "
+            "period after it; pin it to make reruns byte-for-byte comparable.",
+        )

@@ -1,0 +1,105 @@
+"""The JSON run report under ``<output>/_reports/``, built from the job's Beam counters.
+
+Counters are the runner's own accounting (committed values, aggregated across workers and
+retries), so the report says what the job did, not what the launcher believes it did. The report
+reconciles: every record read is either a row of the source's primary category or a dead letter.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.runners.runner import PipelineResult
+
+from transforms.counters import NAMESPACE
+
+__all__ = ["build_report", "counters_of", "summary_lines", "write_report"]
+
+
+def counters_of(result: PipelineResult) -> dict[str, int]:
+    """Every counter of the project namespace, summed across steps (committed when available)."""
+    totals: dict[str, int] = {}
+    query = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
+    for counter in query["counters"]:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        name = counter.key.metric.name
+        totals[name] = totals.get(name, 0) + int(value or 0)
+    return totals
+
+
+def _group(counters: Mapping[str, int], prefix: str) -> dict[str, int]:
+    return {
+        name[len(prefix) :]: value
+        for name, value in sorted(counters.items())
+        if name.startswith(prefix)
+    }
+
+
+def build_report(
+    counters: Mapping[str, int],
+    *,
+    pipeline: str,
+    primary_category: str,
+    run: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The report document; ``run`` carries the run's identity (inputs, output, policy, times)."""
+    read = counters.get("read", 0)
+    written = _group(counters, "written.")
+    dead = _group(counters, "dead_letter.")
+    dead_total = sum(dead.values())
+    primary = written.get(primary_category, 0)
+    return {
+        "pipeline": pipeline,
+        **run,
+        "counts": {
+            "read": read,
+            "written": written,
+            "dead_lettered": dead,
+            "dead_lettered_total": dead_total,
+        },
+        "reconciliation": {
+            "primary_category": primary_category,
+            "read": read,
+            "primary_written": primary,
+            "dead_lettered": dead_total,
+            "reconciled": read == primary + dead_total,
+        },
+        "regions": _group(counters, "region."),
+        "suppressed": _group(counters, "suppressed."),
+        "enrichment": _group(counters, "enrichment."),
+        "parse": _group(counters, "parse."),
+        "guard": _group(counters, "guard."),
+    }
+
+
+def write_report(report: Mapping[str, Any], output_dir: str, run_id: str) -> str:
+    """Write the report as ``_reports/<pipeline>-<run_id>.json``; returns its path."""
+    directory = FileSystems.join(output_dir, "_reports")
+    if not FileSystems.exists(directory):
+        FileSystems.mkdirs(directory)  # object stores have no directories; local disks need one
+    path = FileSystems.join(directory, f"{report['pipeline']}-{run_id}.json")
+    with FileSystems.create(path) as fh:
+        fh.write(json.dumps(report, indent=2, sort_keys=True, default=str).encode("utf-8"))
+    return path
+
+
+def summary_lines(report: Mapping[str, Any]) -> list[str]:
+    """A short human summary of a report, for the console."""
+    counts = report["counts"]
+    rec = report["reconciliation"]
+    written = ", ".join(f"{k}={v}" for k, v in counts["written"].items()) or "none"
+    dead = ", ".join(f"{k}={v}" for k, v in counts["dead_lettered"].items()) or "none"
+    return [
+        f"[{report['pipeline']}] read={counts['read']} written: {written}",
+        f"[{report['pipeline']}] dead letters: {dead}",
+        f"[{report['pipeline']}] regions: {report['regions']} suppressed: {report['suppressed']}",
+        f"[{report['pipeline']}] enrichment: {report['enrichment']}",
+        f"[{report['pipeline']}] reconciled={rec['reconciled']} "
+        f"({rec['read']} read = {rec['primary_written']} {rec['primary_category']} "
+        f"+ {rec['dead_lettered']} dead letters)",
+    ]
+

@@ -1,0 +1,231 @@
+"""Website-visit ingestion: ``python -m pipelines.visits --input GLOB --output DIR [...]``.
+
+    Read -> ParseValidate -> Geolocate -> SuppressRestrictedContacts -> EnrichAroundDeal -> Guard
+         -> Tag -> Write, with every rejected record collected into the dead letters.
+
+Writes two categories: ``website_visit`` (one row per good visit) and ``corporate_visitor_info``
+(company and contact fields, keyed by ``event_id``, for visits that have any), then a run report
+under ``_reports/``. See the README for the flags and DESIGN.md section 3 for the contract.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines.launch import RunContext, dead_letter_context, run_and_report
+from pipelines.options import OUTPUT_FORMATS, IngestOptions, bundled, run_time_micros
+from pipelines.report import summary_lines
+from schemas.avro import category_columns, input_fields, output_schema
+from schemas.policy import Policy, PolicyError, load_policy
+from transforms.enrichment import EnrichAroundDeal, build_handler
+from transforms.geo import Geolocate
+from transforms.guard import Guard
+from transforms.parse import Parse
+from transforms.read import ReadRecords
+from transforms.sinks import WriteDeadLetters, WritePartitioned
+from transforms.suppress import SuppressRestrictedContacts
+from transforms.tag import CategoryOutput, Tag
+
+__all__ = ["IngestVisits", "VisitsOptions", "main", "run"]
+
+SOURCE = "visits"
+INPUT_SCHEMA = "visit_input"
+VISIT = "website_visit"
+CORPORATE = "corporate_visitor_info"
+DEFAULT_API_KEY_ENV = "AROUNDDEAL_API_KEY"
+
+
+class VisitsOptions(PipelineOptions):
+    """Flags of the visits pipeline (besides the common ones of ``IngestOptions``)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        parser.add_argument(
+            "--geoip_db",
+            default=None,
+            help="GeoIP2/GeoLite2 Country, City or Enterprise database (.mmdb), local or on a Beam "
+            "filesystem. Default: the bundled country database (pipelines/data/country.mmdb).",
+        )
+        parser.add_argument(
+            "--geo_cache_size",
+            type=int,
+            default=131072,
+            help="Entries of the per-process LRU cache in front of the GeoIP reader.",
+        )
+        parser.add_argument(
+            "--enrichment_snapshot",
+            default=None,
+            help="AroundDeal offline snapshot CSV (network CIDR + company and contact columns), "
+            "matched by longest prefix. Mutually exclusive with --enrichment_url.",
+        )
+        parser.add_argument(
+            "--enrichment_url",
+            default=None,
+            help="AroundDeal HTTP endpoint that takes batches of IPs (protocol: "
+            "transforms/enrichment/http_client.py). Mutually exclusive with --enrichment_snapshot.",
+        )
+        parser.add_argument(
+            "--enrichment_api_key_env",
+            default=DEFAULT_API_KEY_ENV,
+            help="Environment variable holding the AroundDeal API key (never pass the key itself "
+            f"on the command line). Default: {DEFAULT_API_KEY_ENV}.",
+        )
+        parser.add_argument(
+            "--enrichment_timeout",
+            type=float,
+            default=5.0,
+            help="Seconds to wait for one HTTP enrichment request before retrying.",
+        )
+        parser.add_argument(
+            "--enrichment_max_retries",
+            type=int,
+            default=3,
+            help="Retries of a failed HTTP enrichment request (timeouts, 429, 5xx), with "
+            "exponential backoff; after them the visits are written without enrichment.",
+        )
+        parser.add_argument(
+            "--enrichment_rate_limit",
+            type=float,
+            default=10.0,
+            help="Maximum HTTP enrichment requests per second, per worker process.",
+        )
+        parser.add_argument(
+            "--enrichment_batch_size",
+            type=int,
+            default=100,
+            help="IPs per HTTP enrichment request.",
+        )
+
+
+@dataclass(frozen=True)
+class VisitsConfig:
+    """Everything :class:`IngestVisits` needs, resolved from the options (no flags below here)."""
+
+    input: str
+    input_format: str
+    output: str
+    formats: tuple[str, ...]
+    policy: Policy
+    geoip_db: str
+    geo_cache_size: int
+    enrichment: Any  # an EnrichmentSourceHandler, or None when enrichment is off
+    run: RunContext
+
+
+class IngestVisits(beam.PTransform):
+    """The whole visits flow as one composite, from file pattern to written sinks."""
+
+    def __init__(self, config: VisitsConfig) -> None:
+        super().__init__()
+        self._config = config
+
+    def expand(self, pbegin):
+        c = self._config
+        policy = c.policy
+        visit, corporate = policy.category(VISIT), policy.category(CORPORATE)
+        contact = corporate.field_groups["contact"]
+        company = corporate.field_groups["company"]
+        dead_letters = dead_letter_context(c.run, mask_names=contact)
+        outputs = (
+            CategoryOutput(VISIT, category_columns(VISIT)),
+            CategoryOutput(CORPORATE, category_columns(CORPORATE), when_any=company + contact),
+        )
+
+        raw = pbegin | "Read" >> ReadRecords(c.input, c.input_format)
+        records, parse_dead = raw | "ParseValidate" >> Parse(
+            input_fields(INPUT_SCHEMA), visit.event_time, policy, dead_letters
+        )
+        located = records | "Geolocate" >> Geolocate(
+            c.geoip_db, policy.restricted_countries, cache_size=c.geo_cache_size
+        )
+        minimised = located | "SuppressRestrictedContacts" >> SuppressRestrictedContacts(
+            (corporate,), policy.regions
+        )
+        if c.enrichment is not None:
+            minimised = minimised | "EnrichAroundDeal" >> EnrichAroundDeal(
+                c.enrichment, company, contact, policy.restricted_countries
+            )
+        safe, guard_dead = minimised | "Guard" >> Guard(
+            policy, (visit, corporate), ("country", "region"), dead_letters
+        )
+        rows, tag_dead = safe | "Tag" >> Tag(policy, outputs, dead_letters)
+        _ = rows | "Write" >> WritePartitioned(
+            c.output, {o.category: output_schema(o.category) for o in outputs}, c.formats
+        )
+        return (
+            (parse_dead, guard_dead, tag_dead)
+            | "CollectDeadLetters" >> beam.Flatten()
+            | "WriteDeadLetters" >> WriteDeadLetters(c.output)
+        )
+
+
+def _formats(output_format: str) -> tuple[str, ...]:
+    assert output_format in OUTPUT_FORMATS
+    return ("parquet", "avro") if output_format == "both" else (output_format,)
+
+
+def config_from(options: PipelineOptions) -> VisitsConfig:
+    """Resolve and validate the options: fails here, before any data is read."""
+    common = options.view_as(IngestOptions)
+    visits = options.view_as(VisitsOptions)
+    if not common.input:
+        raise SystemExit("--input is required (a file pattern of JSON Lines or Avro visits)")
+    policy = load_policy(common.policy)
+    corporate = policy.category(CORPORATE)
+    handler = build_handler(
+        snapshot=visits.enrichment_snapshot,
+        url=visits.enrichment_url,
+        company_fields=corporate.field_groups["company"],
+        contact_fields=corporate.field_groups["contact"],
+        api_key_env=visits.enrichment_api_key_env,
+        timeout=visits.enrichment_timeout,
+        max_retries=visits.enrichment_max_retries,
+        rate_limit=visits.enrichment_rate_limit,
+        batch_size=visits.enrichment_batch_size,
+    )
+    return VisitsConfig(
+        input=common.input,
+        input_format=common.input_format,
+        output=common.output,
+        formats=_formats(common.output_format),
+        policy=policy,
+        geoip_db=visits.geoip_db or bundled("country.mmdb"),
+        geo_cache_size=visits.geo_cache_size,
+        enrichment=handler,
+        run=RunContext(
+            pipeline=SOURCE,
+            primary_category=VISIT,
+            input=common.input,
+            output=common.output,
+            policy=policy,
+            run_time=run_time_micros(common.run_time),
+        ),
+    )
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the visits pipeline with command-line style ``argv``; returns the run report."""
+    options = PipelineOptions(list(argv or []))
+    config = config_from(options)
+    return run_and_report(options, config.run, lambda p: p | IngestVisits(config))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    logging.getLogger().setLevel(logging.WARNING)
+    try:
+        report = run(sys.argv[1:] if argv is None else argv)
+    except (PolicyError, ValueError, OSError) as exc:  # bad configuration: a message, no traceback
+        raise SystemExit(f"error: {exc}") from None
+    print("\n".join(summary_lines(report)))
+    print(f"report: {report['report_path']}")
+
+
+if __name__ == "__main__":
+    main()

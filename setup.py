@@ -1,0 +1,51 @@
+"""One installable distribution: the packages pipelines, transforms and schemas, with their data.
+
+Remote Beam workers (Dataflow, Flink) install this same package (``--setup_file ./setup.py``), so
+everything the transforms import at run time is a dependency here, and every data file they read
+(policy, Avro schemas, bundled country database and sample) is package data.
+"""
+
+from setuptools import find_packages, setup
+
+# Pinned to one exact release so that the job graph, the Enrichment/RequestResponseIO behaviour we
+# rely on (use_custom_types join, batching through BatchElements) and the engines we test against
+# (Prism built from the Go module of the same version, the Flink job server jar, the Dataflow SDK
+# container image) all agree. 2.77.0 is the newest release with CPython 3.11 wheels; moving it is a
+# deliberate change together with deploy/ and the engine tests.
+BEAM = "apache-beam==2.77.0"
+
+setup(
+    name="trtc-privacy-ingestion",
+    version="0.1.0",
+    description="Privacy-compliant ingestion on Apache Beam: the TRTC privacy policy made true in "
+    "the data.",
+    python_requires=">=3.11",
+    packages=find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*",
+                                    "schemas", "schemas.*"]),
+    package_data={
+        "schemas": ["policy.yaml", "avro/*.avsc"],
+        "pipelines": ["data/*.mmdb", "data/*.md", "data/sample/*"],
+    },
+    include_package_data=False,
+    install_requires=[
+        BEAM,
+        "fastavro>=1.9",
+        "geoip2>=4.8",
+        "maxminddb>=2.5",
+        "pyarrow>=14",
+        "pyyaml>=6",
+        "requests>=2.31",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "hypothesis>=6.100",
+            "mmdb-writer>=0.2.5",
+            "netaddr>=1.2",
+            "ruff>=0.6",
+            "psutil>=5.9",
+        ],
+        "gcp": [BEAM.replace("apache-beam", "apache-beam[gcp]")],
+        "bench": ["psutil>=5.9"],
+    },
+)

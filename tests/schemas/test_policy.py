@@ -1,0 +1,211 @@
+"""The policy file: every category of the seed, the retention schedule, and clear failures."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from schemas.policy import PolicyError, Retention, default_policy_path, load_policy, parse_policy
+
+SEED_CATEGORIES = {
+    "website_visit": ("fixed", 180),
+    "corporate_visitor_info": ("fixed", 180),
+    "account_information": ("account_lifetime", 30),
+    "console_configuration": ("service_lifetime", 7),
+    "backend_log": ("fixed", 14),
+    "dashboard_information": ("fixed", 14),
+    "sdk_log": ("fixed", 14),
+    "uin": ("fixed", 14),
+    "sdk_appid": ("fixed", 14),
+    "troubleshooting_data": ("fixed", 14),
+    "audio_video_content": ("never_store", None),
+    "customer_temporary_key": ("service_lifetime", 7),
+    "customer_application_log": ("service_lifetime", 7),
+}
+DAY_US = 86_400 * 1_000_000
+
+
+@pytest.fixture(scope="module")
+def doc():
+    return yaml.safe_load(Path(default_policy_path()).read_text())
+
+
+def test_every_seed_category_with_its_retention():
+    policy = load_policy()
+    assert set(policy.categories) == set(SEED_CATEGORIES)
+    for name, (rule, days) in SEED_CATEGORIES.items():
+        retention = policy.category(name).retention
+        assert (retention.rule, retention.days) == (rule, days), name
+
+
+def test_legal_bases_and_modules():
+    policy = load_policy()
+    assert policy.category("website_visit").legal_basis == "legitimate_interest"
+    assert policy.category("corporate_visitor_info").legal_basis == "legitimate_interest"
+    for name in ("sdk_log", "dashboard_information", "backend_log", "account_information"):
+        assert policy.category(name).legal_basis == "contract"
+    dpsa = {n for n, c in policy.categories.items() if c.module == "dpsa"}
+    assert dpsa == {"audio_video_content", "customer_temporary_key", "customer_application_log"}
+    assert not policy.category("audio_video_content").stored
+
+
+def test_eea_uk_list_is_the_projects_own():
+    policy = load_policy()
+    eea = policy.restricted_countries
+    for code in ("DE", "FR", "IE", "IS", "LI", "NO", "GB", "GF", "GP", "MQ", "RE", "YT", "MF", "AX",
+                 "EU"):
+        assert code in eea
+        assert policy.region_for(code) == "EEA_UK"
+    for code in ("CH", "RS", "UA", "TR", "AD", "MC", "SM", "VA", "GI", "JE", "GG", "IM", "US"):
+        assert code not in eea
+        assert policy.region_for(code) == "OTHER"
+    assert len(eea) == 27 + 7 + 3 + 1 + 1
+    assert policy.region_for(None) == "UNKNOWN"
+    assert policy.is_restricted("UNKNOWN") and policy.is_restricted("EEA_UK")
+    assert policy.is_restricted("NO_SUCH_REGION")  # fail closed
+    assert not policy.is_restricted("OTHER")
+
+
+def test_corporate_contact_restrictions_and_direct_marketing():
+    cat = load_policy().category("corporate_visitor_info")
+    contact = set(cat.field_groups["contact"])
+    assert len(contact) == 9
+    assert cat.forbidden_fields("EEA_UK") == contact == cat.forbidden_fields("UNKNOWN")
+    assert cat.forbidden_fields("OTHER") == frozenset()
+    with_email = {"business_email": "a@b.example"}
+    purposes, retention = cat.effective("OTHER", with_email)
+    assert "direct_marketing" in purposes and retention.rule == "until_opt_out"
+    for region in ("EEA_UK", "UNKNOWN"):
+        purposes, retention = cat.effective(region, with_email)
+        assert "direct_marketing" not in purposes and retention == Retention("fixed", 180)
+    purposes, retention = cat.effective("OTHER", {"company_name": "ACME"})
+    assert "direct_marketing" not in purposes and retention.rule == "fixed"
+
+
+def test_secret_and_media_names_match_any_spelling():
+    policy = load_policy()
+    for name in ("password", "UserSig", "user_sig", "user-sig", "PRIVATE_KEY", "verificationCode",
+                 "auth_code"):
+        assert policy.is_secret_name(name), name
+    for name in ("audio", "video_content", "mediaPayload"):
+        assert policy.is_media_name(name), name
+    assert not policy.is_secret_name("url")
+
+
+def test_fixed_retention_expiry_is_exact():
+    assert Retention("fixed", 180).expires_at(0) == 180 * DAY_US
+    assert Retention("account_lifetime", 30).expires_at(5) is None
+    with pytest.raises(ValueError):
+        Retention("never_store").expires_at(0)
+
+
+def test_version_is_a_content_hash(doc):
+    v1 = parse_policy(doc).version
+    assert v1 == parse_policy(copy.deepcopy(doc)).version
+    reordered = dict(reversed(list(doc.items())))
+    assert parse_policy(reordered).version == v1
+    changed = copy.deepcopy(doc)
+    changed["categories"]["sdk_log"]["retention"]["days"] = 15
+    assert parse_policy(changed).version != v1
+    assert load_policy().version == v1  # comments and layout of the file do not matter
+
+
+def _break(doc, path, value):
+    broken = copy.deepcopy(doc)
+    node = broken
+    for key in path[:-1]:
+        node = node[key]
+    if value is KeyError:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    return broken
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (("categories", "sdk_log", "retention", "days"), -3, "categories.sdk_log.retention.days"),
+        (("categories", "sdk_log", "retention", "rule"), "forever", "must be one of"),
+        (("categories", "sdk_log", "legal_basis"), "because", "categories.sdk_log.legal_basis"),
+        (("categories", "sdk_log", "fields"), "event_id", "must be a list"),
+        (("categories", "sdk_log", "event_time"), "nope", "not in the category fields"),
+        (("categories", "sdk_log", "purposes"), [], "non-empty list of purposes"),
+        (("categories", "sdk_log", "retension"), {"rule": "fixed"}, "unknown key"),
+        (("regions", "UNKNOWN", "restricted"), False, "fail closed"),
+        (("regions", "EEA_UK", "countries"), ["DE", False], "quote it"),
+        (("regions", "OTHER"), KeyError, "region OTHER must be declared"),
+        (("never_in_clear", "secrets"), [], "must not be empty"),
+        (("dead_letters", "retention"), {"rule": "until_opt_out"}, "fixed retention"),
+        (("categories", "audio_video_content", "fields"), ["audio"], "never_store"),
+    ],
+)
+def test_malformed_policy_fails_with_the_path(doc, path, value, message):
+    with pytest.raises(PolicyError) as err:
+        parse_policy(_break(doc, path, value), source="broken.yaml")
+    assert message in str(err.value)
+    assert "broken.yaml" in str(err.value)
+
+
+def test_every_problem_is_reported_at_once(doc):
+    broken = _break(_break(doc, ("categories", "uin", "legal_basis"), 1),
+                    ("categories", "sdk_log", "retention", "days"), 0)
+    with pytest.raises(PolicyError) as err:
+        parse_policy(broken)
+    assert "2 problem(s)" in str(err.value)
+
+
+def test_unreadable_and_invalid_yaml(tmp_path):
+    with pytest.raises(PolicyError, match="cannot read"):
+        load_policy(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("categories: [unclosed\n")
+    with pytest.raises(PolicyError, match="not valid YAML"):
+        load_policy(bad)
+
+
+def test_malformed_policy_stops_the_cli_at_startup(tmp_path, doc):
+    bad = tmp_path / "policy.yaml"
+    bad.write_text(yaml.safe_dump(_break(doc, ("categories", "website_visit", "retention", "days"),
+                                         "half a year")))
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.visits", "--input", str(tmp_path / "none.jsonl"),
+         "--output", str(tmp_path / "out"), "--policy", str(bad)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode != 0
+    assert "categories.website_visit.retention.days" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_mutation_loads_or_fails_with_policy_error(doc, data):
+    """Property: whatever one value is replaced by, loading never fails another way."""
+    mutated = copy.deepcopy(doc)
+    node = mutated
+    while True:
+        keys = list(node) if isinstance(node, dict) else list(range(len(node)))
+        if not keys:
+            break
+        key = data.draw(st.sampled_from(keys))
+        if isinstance(node[key], dict | list) and data.draw(st.booleans()):
+            node = node[key]
+            continue
+        node[key] = data.draw(
+            st.one_of(st.none(), st.integers(), st.text(max_size=5), st.booleans(),
+                      st.lists(st.text(max_size=3), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+        )
+        break
+    try:
+        parse_policy(mutated)
+    except PolicyError:
+        pass

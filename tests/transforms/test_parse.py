@@ -1,0 +1,155 @@
+"""Parse + Validate: the allow-list, every dead-letter reason, JSON Lines and Avro elements."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import apache_beam as beam
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+from hypothesis import given
+from hypothesis import strategies as st
+
+from schemas.avro import input_fields
+from transforms.deadletter import DEAD_LETTER_TAG, RecordError
+from transforms.parse import Parse, ParseFn, decode_json_line, validate_record
+
+SPECS = input_fields("visit_input")
+T = int(datetime(2026, 10, 5, 15, 30, tzinfo=UTC).timestamp()) * 1_000_000
+GOOD = {"event_id": "e1", "ip": "8.8.8.8", "visited_at": "2026-10-05T23:30:00+08:00"}
+
+
+def reason(obj):
+    with pytest.raises(RecordError) as err:
+        validate_record(obj, SPECS, "visited_at")
+    return err.value.error
+
+
+def test_good_record_is_typed_and_complete():
+    record = validate_record({**GOOD, "url": "https://x.example/"}, SPECS, "visited_at")
+    assert record["visited_at"] == T
+    assert record["url"] == "https://x.example/"
+    assert list(record) == [s.name for s in SPECS]  # every declared field, in schema order
+    assert record["business_email"] is None
+
+
+def test_allow_list_drops_undeclared_fields():
+    record = validate_record(
+        {**GOOD, "password": "hunter2", "user_sig": "sig", "private_key": "k", "extra": 1},
+        SPECS,
+        "visited_at",
+    )
+    assert not {"password", "user_sig", "private_key", "extra"} & record.keys()
+
+
+def test_ip_is_canonical():
+    record = validate_record({**GOOD, "ip": " 2001:DB8:0:0::1 "}, SPECS, "visited_at")
+    assert record["ip"] == "2001:db8::1"
+    mapped = validate_record({**GOOD, "ip": "::FFFF:8.8.8.8"}, SPECS, "visited_at")
+    assert mapped["ip"] == "::ffff:808:808"
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"event_id": None}, "missing_field:event_id"),
+        ({"event_id": ""}, "missing_field:event_id"),
+        ({"ip": None}, "missing_field:ip"),
+        ({"visited_at": None}, "missing_field:visited_at"),
+        ({"visited_at": "last tuesday"}, "malformed_timestamp:visited_at"),
+        ({"visited_at": True}, "malformed_timestamp:visited_at"),
+        ({"ip": "999.1.1.1"}, "malformed_field:ip"),
+        ({"ip": 134744072}, "malformed_field:ip"),
+        ({"event_id": 7}, "malformed_field:event_id"),
+        ({"url": 42}, "malformed_field:url"),
+        ({"business_email": ["a@b"]}, "malformed_field:business_email"),
+    ],
+)
+def test_dead_letter_reasons(change, expected):
+    obj = {k: v for k, v in {**GOOD, **change}.items() if v is not None}
+    assert reason(obj) == expected
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (b"\xff\xfe{}", "invalid_encoding"),
+        (b"", "empty_line"),
+        (b"   ", "empty_line"),
+        (b'{"event_id": ', "invalid_json"),
+        (b"[1, 2]", "not_an_object"),
+        (b'"text"', "not_an_object"),
+    ],
+)
+def test_line_level_reasons(line, expected):
+    with pytest.raises(RecordError) as err:
+        decode_json_line(line)
+    assert err.value.error == expected
+
+
+def _run_fn(fn, element):
+    fn.setup()
+    good, dead = [], []
+    for out in fn.process(element):
+        (dead if isinstance(out, beam.pvalue.TaggedOutput) else good).append(out)
+    return good, [d.value for d in dead if d.tag == DEAD_LETTER_TAG]
+
+
+def test_parse_fn_dead_letter_is_masked(policy, dl_context):
+    fn = ParseFn(SPECS, "visited_at", policy, dl_context)
+    line = b'{"event_id": "e9", "password": "hunter2", "business_email": "x@y.example", "ip": 5}'
+    good, dead = _run_fn(fn, line)
+    assert good == []
+    (letter,) = dead
+    assert letter["error"] == "malformed_field:ip"
+    assert letter["stage"] == "parse" and letter["source"] == "visits"
+    assert "hunter2" not in letter["raw"] and "x@y.example" not in letter["raw"]
+    assert json.loads(letter["raw"])["event_id"] == "e9"
+    assert letter["expires_at"] == 1_000
+
+
+def test_parse_fn_accepts_avro_records(policy, dl_context):
+    fn = ParseFn(SPECS, "visited_at", policy, dl_context)
+    avro = {**GOOD, "visited_at": datetime(2026, 10, 5, 15, 30, tzinfo=UTC), "url": None}
+    good, dead = _run_fn(fn, avro)
+    assert dead == [] and good[0]["visited_at"] == T
+    assert avro["visited_at"] == datetime(2026, 10, 5, 15, 30, tzinfo=UTC)  # input untouched
+
+
+def test_parse_composite(policy, dl_context):
+    lines = [
+        json.dumps(GOOD).encode(),
+        json.dumps({**GOOD, "event_id": "e2", "user_sig": "SIGSIG"}).encode(),
+        b'{"event_id": "e3", "ip": "8.8.8.8"}',
+        b"not json",
+    ]
+    with TestPipeline(runner="FnApiRunner") as p:
+        good, dead = p | beam.Create(lines) | Parse(SPECS, "visited_at", policy, dl_context)
+        assert_that(good | "Ids" >> beam.Map(lambda r: (r["event_id"], r["visited_at"])),
+                    equal_to([("e1", T), ("e2", T)]), label="Good")
+        assert_that(
+            dead | "Errors" >> beam.Map(lambda d: (d["error"], d.get("event_id"))),
+            equal_to([("missing_field:visited_at", None), ("invalid_json", None)]),
+            label="Dead",
+        )
+
+
+@given(st.binary(max_size=200))
+def test_any_bytes_parse_or_reject(line):
+    try:
+        obj = decode_json_line(line)
+        validate_record(obj, SPECS, "visited_at")
+    except RecordError:
+        pass
+
+
+@given(st.dictionaries(st.text(max_size=12), st.one_of(st.none(), st.integers(), st.text(max_size=12),
+                                                      st.booleans(), st.floats()), max_size=8))
+def test_any_object_validates_or_rejects(obj):
+    try:
+        record = validate_record({**GOOD, **obj}, SPECS, "visited_at")
+    except RecordError:
+        return
+    assert set(record) == {s.name for s in SPECS}

@@ -1,0 +1,143 @@
+"""SuppressRestrictedContacts, Guard and Tag: the compliance invariants, record by record."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from schemas.avro import category_columns
+from transforms.guard import Guard, violations
+from transforms.suppress import SuppressRestrictedContacts, SuppressRestrictedFn, forbidden_by_region
+from transforms.tag import CategoryOutput, Tag, tag_row
+
+DAY = 86_400 * 1_000_000
+T = 1_790_000_000 * 1_000_000  # 2026-09-21T14:13:20Z
+CONTACT = {"contact_name": "Jane", "business_email": "jane@corp.example", "job_title": "CTO"}
+
+
+def visit(region, **extra):
+    return {"event_id": f"e-{region}", "ip": "1.2.3.4", "visited_at": T, "region": region,
+            "country": None, **extra}
+
+
+@pytest.fixture(scope="module")
+def corporate(policy):
+    return policy.category("corporate_visitor_info")
+
+
+@pytest.mark.parametrize("region", ["EEA_UK", "UNKNOWN", "MARS"])
+def test_suppress_removes_contact_fields_of_restricted_regions(policy, corporate, region):
+    fn = SuppressRestrictedFn(forbidden_by_region([corporate]), policy.regions)
+    fn.setup()
+    record = visit(region, **CONTACT, company_name="ACME")
+    (out,) = fn.process(record)
+    assert not set(CONTACT) & out.keys()
+    assert out["company_name"] == "ACME"
+    assert record["contact_name"] == "Jane"  # input never mutated
+
+
+def test_suppress_keeps_unrestricted_contacts(policy, corporate):
+    fn = SuppressRestrictedFn(forbidden_by_region([corporate]), policy.regions)
+    fn.setup()
+    (out,) = fn.process(visit("OTHER", **CONTACT))
+    assert out["business_email"] == "jane@corp.example"
+
+
+def _violations(policy, corporate, record):
+    visit_cat = policy.category("website_visit")
+    return violations(
+        record,
+        policy=policy,
+        forbidden=forbidden_by_region([corporate]),
+        allowed_keys=frozenset(visit_cat.fields + corporate.fields + ("country", "region")),
+        country_fields=("company_country",),
+    )
+
+
+def test_guard_invariants(policy, corporate):
+    assert _violations(policy, corporate, visit("OTHER", **CONTACT)) == []
+    assert _violations(policy, corporate, visit("EEA_UK", **CONTACT)) == ["forbidden_field"]
+    assert _violations(policy, corporate, visit("UNKNOWN", business_phone="+1")) == [
+        "forbidden_field"
+    ]
+    assert "unknown_region" in _violations(policy, corporate, visit(None))
+    assert _violations(policy, corporate, visit("OTHER", company_country="DE", **CONTACT)) == [
+        "restricted_company_contact"
+    ]
+    assert _violations(policy, corporate, visit("OTHER", company_country="DE")) == []
+    assert "secret_field" in _violations(policy, corporate, visit("OTHER", UserSig="x"))
+    assert _violations(policy, corporate, visit("OTHER", favourite_colour="red")) == [
+        "undeclared_field"
+    ]
+
+
+def test_guard_composite_routes_violations_to_masked_dead_letters(policy, corporate, dl_context):
+    visit_cat = policy.category("website_visit")
+    records = [visit("OTHER", **CONTACT), visit("EEA_UK", **CONTACT)]
+    with TestPipeline(runner="FnApiRunner") as p:
+        good, dead = p | beam.Create(records) | Guard(
+            policy, (visit_cat, corporate), ("country", "region"), dl_context
+        )
+        assert_that(good | "Ids" >> beam.Map(lambda r: r["event_id"]), equal_to(["e-OTHER"]),
+                    label="Good")
+        assert_that(
+            dead | "Letters" >> beam.Map(
+                lambda d: (d["error"], d["stage"], "jane@corp.example" in d["raw"])
+            ),
+            equal_to([("guard:forbidden_field", "guard", False)]),
+            label="Dead",
+        )
+
+
+def test_tag_row_stamps_the_policy(policy):
+    visit_cat = policy.category("website_visit")
+    row = tag_row(visit("OTHER", url="u", password="x"), visit_cat,
+                  category_columns("website_visit"), policy.version)
+    assert row["data_category"] == "website_visit"
+    assert row["purposes"] == ["data_analytics", "feature_improvement"]
+    assert row["legal_basis"] == "legitimate_interest"
+    assert row["retention_rule"] == "fixed_180d"
+    assert row["expires_at"] == T + 180 * DAY
+    assert row["policy_version"] == policy.version
+    assert "password" not in row and "business_email" not in row
+
+
+def test_tag_direct_marketing_is_open_ended_outside_the_eea(policy, corporate):
+    columns = category_columns("corporate_visitor_info")
+    other = tag_row(visit("OTHER", **CONTACT), corporate, columns, policy.version)
+    assert "direct_marketing" in other["purposes"]
+    assert other["retention_rule"] == "until_opt_out" and other["expires_at"] is None
+    eea = tag_row(visit("EEA_UK", company_name="ACME"), corporate, columns, policy.version)
+    assert "direct_marketing" not in eea["purposes"]
+    assert eea["expires_at"] == T + 180 * DAY
+
+
+def test_tag_composite_splits_categories(policy, corporate, dl_context):
+    company, contact = corporate.field_groups["company"], corporate.field_groups["contact"]
+    outputs = (
+        CategoryOutput("website_visit", category_columns("website_visit")),
+        CategoryOutput("corporate_visitor_info", category_columns("corporate_visitor_info"),
+                       when_any=company + contact),
+    )
+    records = [visit("OTHER", company_name="ACME"), visit("EEA_UK"),
+               {**visit("OTHER"), "event_id": "no-time", "visited_at": None}]
+    with TestPipeline(runner="FnApiRunner") as p:
+        rows, dead = p | beam.Create(records) | Tag(policy, outputs, dl_context)
+        assert_that(
+            rows | "Keys" >> beam.Map(lambda r: (r["data_category"], r["event_id"])),
+            equal_to([("website_visit", "e-OTHER"), ("corporate_visitor_info", "e-OTHER"),
+                      ("website_visit", "e-EEA_UK")]),
+            label="Rows",
+        )
+        assert_that(dead | "Errors" >> beam.Map(lambda d: (d["error"], d["event_id"])),
+                    equal_to([("unexpected_error:ValueError", "no-time")]), label="Dead")
+
+
+def test_suppress_composite(policy, corporate):
+    with TestPipeline(runner="FnApiRunner") as p:
+        out = p | beam.Create([visit("EEA_UK", **CONTACT)]) | SuppressRestrictedContacts(
+            [corporate], policy.regions
+        )
+        assert_that(out | beam.Map(lambda r: sorted(set(CONTACT) & r.keys())), equal_to([[]]))

@@ -1,0 +1,100 @@
+"""The three accepted timestamp forms, offsets, and everything that is rejected."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from transforms.timestamps import TimestampError, format_utc, parse_event_time, utc_date
+
+US = 1_000_000
+T0 = int(datetime(2026, 10, 5, 15, 30, tzinfo=UTC).timestamp()) * US
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2026-10-05T15:30:00Z",
+        "2026-10-05T15:30:00z",
+        "2026-10-05T15:30:00+00:00",
+        "2026-10-05T23:30:00+08:00",
+        "2026-10-05T10:30:00-05:00",
+        "2026-10-05T21:00:00+05:30",
+        "2026-10-05T15:30:00",  # naive = UTC
+        "2026-10-05 15:30:00",
+        "2026-10-05T15:30",
+        " 2026-10-05T15:30:00Z ",
+        "2026-10-05T15:30:00.000000Z",
+        T0 // 1000,  # epoch milliseconds
+        datetime(2026, 10, 5, 15, 30, tzinfo=UTC),
+        datetime(2026, 10, 5, 15, 30),  # naive datetime from Avro = UTC
+        datetime(2026, 10, 5, 23, 30, tzinfo=timezone(timedelta(hours=8))),
+    ],
+)
+def test_accepted_forms_give_the_same_instant(value):
+    assert parse_event_time(value) == T0
+
+
+def test_sub_second_precision_is_kept():
+    assert parse_event_time("2026-10-05T15:30:00.123456Z") == T0 + 123456
+    assert parse_event_time(T0 // 1000 + 7) == T0 + 7000
+
+
+def test_offset_moves_the_utc_date():
+    # 23:30 at +08:00 is 15:30 UTC the same day; 01:30 at +08:00 is the previous UTC day.
+    assert utc_date(parse_event_time("2026-10-05T23:30:00+08:00")) == "2026-10-05"
+    assert utc_date(parse_event_time("2026-10-06T01:30:00+08:00")) == "2026-10-05"
+    assert utc_date(parse_event_time("2026-10-05T23:30:00-08:00")) == "2026-10-06"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "yesterday",
+        "2026-10-05",  # a date is not an event time
+        "20261005T153000Z",
+        "1791169879000",  # digits in a string are not epoch milliseconds
+        "2026-13-05T15:30:00Z",
+        "2026-10-05T25:30:00Z",
+        "2026-10-05T23:59:60Z",
+        "",
+        True,
+        1.5e12,
+        [],
+        {"t": 1},
+        10**16,  # beyond year 9999 in milliseconds
+    ],
+)
+def test_rejected(value):
+    with pytest.raises(TimestampError):
+        parse_event_time(value)
+
+
+def test_format_and_date_helpers():
+    assert format_utc(T0 + 1) == "2026-10-05T15:30:00.000001Z"
+    assert utc_date(0) == "1970-01-01"
+
+
+@given(st.datetimes(min_value=datetime(1900, 1, 2), max_value=datetime(9998, 12, 30),
+                    timezones=st.timezones()))
+def test_iso_round_trip_any_zone(moment):
+    expected = (moment.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(
+        microseconds=1
+    )
+    assert parse_event_time(moment.isoformat()) == expected
+
+
+@given(st.integers(min_value=-(10**13), max_value=253402300799999))
+def test_epoch_millis_round_trip(millis):
+    assert parse_event_time(millis) == millis * 1000
+
+
+@given(st.text(max_size=40))
+def test_any_text_parses_or_raises_timestamp_error(text):
+    try:
+        parse_event_time(text)
+    except TimestampError:
+        pass

@@ -1,0 +1,186 @@
+"""Deterministic synthetic visits and AroundDeal snapshots, for the bundled sample and benchmarks.
+
+Addresses are drawn from the networks the country database really assigns to each country, so
+that the generated visits exercise every region (EEA, EEA-not-EU, outermost regions, UK,
+Switzerland and other near-Europe non-EEA countries, the rest of the world, private/unknown).
+The same seed always gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import ipaddress
+import json
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+
+import maxminddb
+
+__all__ = ["AddressPool", "VisitMix", "snapshot_csv", "visit_lines"]
+
+# Country weights of the visitor population (the rest of the world dominates, as for a global
+# product; every region of the policy is represented).
+COUNTRY_WEIGHTS = {
+    "US": 20, "CN": 10, "IN": 8, "JP": 5, "BR": 4, "SG": 3, "CA": 3, "AU": 2,
+    "DE": 6, "FR": 4, "IT": 2, "ES": 2, "NL": 2, "PL": 1, "IE": 1, "SE": 1,
+    "GB": 5, "NO": 1, "IS": 0.3, "LI": 0.2, "RE": 0.2, "GF": 0.1, "GP": 0.1, "AX": 0.1,
+    "CH": 2, "RS": 0.5, "UA": 1, "TR": 1, "RU": 1, "JE": 0.1, "IM": 0.1, "AD": 0.1, "MC": 0.1,
+}
+CONTACT_FIELDS = (
+    "contact_name", "business_email", "business_phone", "business_location", "business_function",
+    "seniority_level", "job_title", "linkedin_url", "business_skills",
+)
+INDUSTRIES = ("software", "media", "education", "finance", "retail", "gaming", "health")
+PATHS = ("/", "/pricing", "/docs/trtc/quickstart", "/product/trtc", "/contact", "/blog/latency")
+AGENTS = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/126.0 Safari/537.36",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_5) AppleWebKit/605.1.15 Version/17.5 Safari/605",
+    "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
+)
+PRIVATE = ("10.1.2.3", "192.168.0.7", "172.16.5.4", "127.0.0.1", "fd00::1", "fe80::1")
+
+
+class AddressPool:
+    """Networks per country read from an mmdb, to draw addresses of a known country from."""
+
+    def __init__(self, mmdb_path: str, countries: Sequence[str]) -> None:
+        wanted = set(countries)
+        self.v4: dict[str, list[ipaddress.IPv4Network]] = {c: [] for c in wanted}
+        self.v6: dict[str, list[ipaddress.IPv6Network]] = {c: [] for c in wanted}
+        mapped = ipaddress.ip_network("::ffff:0:0/96")
+        v4_in_v6 = ipaddress.ip_network("::/96")
+        with maxminddb.open_database(mmdb_path) as reader:
+            for network, record in reader:
+                code = (record or {}).get("country", {}).get("iso_code")
+                if code not in wanted:
+                    continue
+                if network.version == 4:
+                    self.v4[code].append(network)
+                elif not (network.subnet_of(mapped) or network.subnet_of(v4_in_v6)):
+                    self.v6[code].append(network)
+
+    def address(self, rng: random.Random, country: str, version: int) -> str:
+        networks = (self.v6 if version == 6 else self.v4).get(country) or self.v4[country]
+        network = rng.choice(networks)
+        offset = rng.randrange(min(network.num_addresses, 1 << 32))
+        return str(network.network_address + offset)
+
+
+@dataclass(frozen=True)
+class VisitMix:
+    """Shape of the generated visits (defaults: the benchmark's realistic mix)."""
+
+    distinct_ips: int = 100_000
+    ipv6_share: float = 0.05
+    contact_share: float = 0.30
+    private_share: float = 0.01
+    mapped_share: float = 0.005  # IPv4-mapped IPv6 spellings of IPv4 visitors
+
+
+def _timestamp(rng: random.Random, base: datetime) -> object:
+    moment = base + timedelta(seconds=rng.randrange(30 * 86400))
+    form = rng.randrange(4)
+    if form == 0:
+        return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if form == 1:
+        tz = timezone(timedelta(hours=rng.choice((8, -5, 1, 5.5, -3))))
+        return moment.astimezone(tz).isoformat()
+    if form == 2:
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")  # naive = UTC
+    return int(moment.timestamp() * 1000)
+
+
+def ip_population(pool: AddressPool, mix: VisitMix, rng: random.Random) -> list[tuple[str, str]]:
+    """``mix.distinct_ips`` (address, country) pairs; private ones have country ``""``."""
+    # a country the database assigns no network to (possible for tiny ones) is left out
+    usable = {c: w for c, w in COUNTRY_WEIGHTS.items() if pool.v4.get(c)}
+    countries = list(usable)
+    weights = list(usable.values())
+    out = []
+    for _ in range(mix.distinct_ips):
+        roll = rng.random()
+        if roll < mix.private_share:
+            out.append((rng.choice(PRIVATE), ""))
+            continue
+        country = rng.choices(countries, weights)[0]
+        version = 6 if roll < mix.private_share + mix.ipv6_share else 4
+        address = pool.address(rng, country, version)
+        if version == 4 and rng.random() < mix.mapped_share:
+            address = f"::ffff:{address}"
+        out.append((address, country))
+    return out
+
+
+def visit_lines(
+    count: int, population: Sequence[tuple[str, str]], mix: VisitMix, seed: int
+) -> Iterator[str]:
+    """``count`` JSON Lines visits over the given address population."""
+    rng = random.Random(seed)
+    base = datetime(2026, 10, 1, tzinfo=UTC)
+    for i in range(count):
+        address, _country = population[rng.randrange(len(population))]
+        visit = {
+            "event_id": f"v-{seed}-{i:08d}",
+            "ip": address,
+            "visited_at": _timestamp(rng, base),
+            "url": "https://trtc.example.com" + rng.choice(PATHS),
+            "user_agent": rng.choice(AGENTS),
+            "session_id": f"s-{rng.randrange(1 << 40):010x}",
+        }
+        if rng.random() < mix.contact_share:
+            n = rng.randrange(1 << 20)
+            visit.update(
+                contact_name=f"Visitor {n}",
+                business_email=f"visitor{n}@corp{n % 997}.example",
+                job_title=rng.choice(("CTO", "Engineer", "Product Manager")),
+                linkedin_url=f"https://linkedin.example/in/visitor{n}",
+            )
+        yield json.dumps(visit, separators=(",", ":"))
+
+
+def snapshot_csv(
+    population: Sequence[tuple[str, str]],
+    networks: int,
+    seed: int,
+    *,
+    restricted_share: float = 0.2,
+    always: Sequence[tuple[str, str]] = (),
+) -> str:
+    """An AroundDeal snapshot covering ``networks`` of the population's addresses.
+
+    IPv4 addresses get their /24 (every tenth also a covering /16 of another company, so that
+    longest-prefix matching matters), IPv6 their /48. About ``restricted_share`` of the companies
+    are based in an EEA/UK country whatever the visitor's country. ``always`` are covered first.
+    """
+    rng = random.Random(seed)
+    out = io.StringIO()
+    header = ["network", "company_name", "company_domain", "company_industry", "company_country",
+              "company_size", *CONTACT_FIELDS]
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    seen: set[str] = set()
+    public = [(a, c) for a, c in population if c]
+    picks = iter(always)
+    while len(seen) < networks and len(seen) < len(public):
+        address, country = next(picks, None) or public[rng.randrange(len(public))]
+        ip = ipaddress.ip_address(address)
+        ip = getattr(ip, "ipv4_mapped", None) or ip
+        prefixes = [24, 16] if ip.version == 4 and rng.random() < 0.1 else [24 if ip.version == 4 else 48]
+        for prefix in prefixes:
+            network = str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+            if network in seen:
+                continue
+            seen.add(network)
+            n = len(seen)
+            company_country = rng.choice(("DE", "FR", "GB", "NL")) if rng.random() < restricted_share else country
+            writer.writerow([
+                network, f"Company {n}", f"company{n}.example", rng.choice(INDUSTRIES),
+                company_country, rng.choice(("1-10", "11-50", "51-200", "201-1000", "1000+")),
+                f"Contact {n}", f"contact{n}@company{n}.example", f"+1-555-{n % 10000:04d}",
+                f"City {n % 50}", "Engineering", "Director", "Head of Platform",
+                f"https://linkedin.example/in/contact{n}", "webrtc;video",
+            ])
+    return out.getvalue()
