@@ -179,16 +179,23 @@ def config_from(options: PipelineOptions) -> VisitsConfig:
         raise SystemExit("--input is required (a file pattern of JSON Lines or Avro visits)")
     policy = load_policy(common.policy)
     corporate = policy.category(CORPORATE)
+    http = (
+        {
+            "batch_size": visits.enrichment_batch_size,
+            "api_key_env": visits.enrichment_api_key_env,
+            "read_timeout": visits.enrichment_timeout,
+            "max_attempts": visits.enrichment_max_retries + 1,
+            "requests_per_second": visits.enrichment_rate_limit,
+        }
+        if visits.enrichment_url
+        else {}
+    )
     handler = build_handler(
         snapshot=visits.enrichment_snapshot,
         url=visits.enrichment_url,
         company_fields=corporate.field_groups["company"],
         contact_fields=corporate.field_groups["contact"],
-        api_key_env=visits.enrichment_api_key_env,
-        timeout=visits.enrichment_timeout,
-        max_retries=visits.enrichment_max_retries,
-        rate_limit=visits.enrichment_rate_limit,
-        batch_size=visits.enrichment_batch_size,
+        **http,
     )
     return VisitsConfig(
         input=common.input,
