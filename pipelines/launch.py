@@ -70,15 +70,15 @@ def run_and_report(
         counters_of(result),
         pipeline=run.pipeline,
         primary_category=run.primary_category,
-        run=dict(
-            run_id=run.run_id,
-            input=run.input,
-            output=run.output,
-            policy_version=run.policy.version,
-            policy_source=run.policy.source,
-            run_time=format_utc(run.run_time),
-            state=str(result.state),
-        ),
+        run={
+            "run_id": run.run_id,
+            "input": run.input,
+            "output": run.output,
+            "policy_version": run.policy.version,
+            "policy_source": run.policy.source,
+            "run_time": format_utc(run.run_time),
+            "state": str(result.state),
+        },
     )
     path = write_report(report, run.output, run.run_id)
     LOG.info("run report written to %s", path)

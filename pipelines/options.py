@@ -43,7 +43,7 @@ class IngestOptions(PipelineOptions):
     def _add_argparse_args(cls, parser) -> None:
         parser.add_argument(
             "--input",
-            help="Input file pattern (local path or any Beam filesystem, e.g. gs://bucket/*.jsonl): "
+            help="Input file pattern, local or on any Beam filesystem (gs://bucket/v/*.jsonl): "
             "JSON Lines or Avro files, one record each.",
         )
         parser.add_argument(

@@ -102,4 +102,3 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
         f"({rec['read']} read = {rec['primary_written']} {rec['primary_category']} "
         f"+ {rec['dead_lettered']} dead letters)",
     ]
-

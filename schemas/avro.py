@@ -43,7 +43,9 @@ class FieldSpec:
     name: str
     required: bool
     avro_types: tuple[str, ...]
-    format: str | None = None  # "ip": the value must be an IP address (the .avsc "format" attribute)
+    format: str | None = (
+        None  # "ip": the value must be an IP address (the .avsc "format" attribute)
+    )
 
     def accepts(self, value: Any) -> bool:
         for avro_type in self.avro_types:

@@ -36,8 +36,14 @@ __all__ = [
 ]
 
 RETENTION_RULES = ("fixed", "account_lifetime", "service_lifetime", "until_opt_out", "never_store")
-LEGAL_BASES = ("consent", "contract", "legal_obligation", "vital_interests", "public_task",
-               "legitimate_interest")
+LEGAL_BASES = (
+    "consent",
+    "contract",
+    "legal_obligation",
+    "vital_interests",
+    "public_task",
+    "legitimate_interest",
+)
 MODULES = ("privacy_policy", "dpsa")
 UNKNOWN_REGION = "UNKNOWN"
 OTHER_REGION = "OTHER"
@@ -50,7 +56,7 @@ class PolicyError(ValueError):
 
 
 def normalise_name(name: str) -> str:
-    """Field-name key used for secret/media matching: ``UserSig``, ``user_sig``, ``user-sig`` agree."""
+    """Key for secret/media name matching: ``UserSig``, ``user_sig`` and ``user-sig`` agree."""
     return "".join(ch for ch in name.lower() if ch.isalnum())
 
 
@@ -141,7 +147,9 @@ class Category:
         """Fields that must never be stored for a record of ``region``."""
         return self.forbidden_fields_in_regions.get(region, frozenset())
 
-    def effective(self, region: str, record: Mapping[str, Any]) -> tuple[tuple[str, ...], Retention]:
+    def effective(
+        self, region: str, record: Mapping[str, Any]
+    ) -> tuple[tuple[str, ...], Retention]:
         """The purposes that apply to this record and the retention that follows from them.
 
         A conditional purpose with its own retention (direct marketing: until opt-out) replaces
@@ -169,9 +177,7 @@ class Policy:
     @property
     def restricted_countries(self) -> frozenset[str]:
         """Country codes of every restricted region (the EEA/UK list)."""
-        return frozenset(
-            c for r in self.regions.values() if r.restricted for c in r.countries
-        )
+        return frozenset(c for r in self.regions.values() if r.restricted for c in r.countries)
 
     def region_for(self, country: str | None) -> str:
         """Region of an ISO country code; None or an unlisted code of no region -> see below.
@@ -309,7 +315,9 @@ class _Validator:
     def policy(self, doc: Any) -> Policy | None:
         top = self.mapping(doc, "<top level>")
         self.unknown_keys(
-            top, ("policy", "documents", "regions", "never_in_clear", "dead_letters", "categories"), ""
+            top,
+            ("policy", "documents", "regions", "never_in_clear", "dead_letters", "categories"),
+            "",
         )
         name = self.string(top.get("policy"), "policy")
         documents = {
@@ -352,8 +360,9 @@ class _Validator:
             for i, code in enumerate(countries):
                 if not isinstance(code, str) or not re.fullmatch(r"[A-Z]{2}", code):
                     hint = " (YAML reads a bare NO as false: quote it)" if code is False else ""
-                    self.error(f"{path}.countries[{i}]",
-                               f"must be a 2-letter code, got {code!r}{hint}")
+                    self.error(
+                        f"{path}.countries[{i}]", f"must be a 2-letter code, got {code!r}{hint}"
+                    )
                 else:
                     codes.add(code)
             regions[str(name)] = Region(str(name), restricted, frozenset(codes))
@@ -381,8 +390,11 @@ class _Validator:
         body = self.mapping(doc, path)
         self.unknown_keys(body, ("rule", "days", "days_after"), path)
         rule = self.string(body.get("rule"), f"{path}.rule", choices=RETENTION_RULES)
-        days_key = {"fixed": "days", "account_lifetime": "days_after",
-                    "service_lifetime": "days_after"}.get(rule)
+        days_key = {
+            "fixed": "days",
+            "account_lifetime": "days_after",
+            "service_lifetime": "days_after",
+        }.get(rule)
         days = None
         if days_key:
             days = body.get(days_key)
@@ -394,8 +406,9 @@ class _Validator:
                 self.error(f"{path}.{key}", f"does not apply to rule {rule!r}")
         return Retention(rule if rule in RETENTION_RULES else "never_store", days)
 
-    def purposes(self, doc: Any, path: str, regions: Mapping[str, Region],
-                 fields: tuple[str, ...]) -> tuple[Purpose, ...]:
+    def purposes(
+        self, doc: Any, path: str, regions: Mapping[str, Region], fields: tuple[str, ...]
+    ) -> tuple[Purpose, ...]:
         if not isinstance(doc, list) or not doc:
             self.error(path, "must be a non-empty list of purposes")
             return ()
@@ -408,8 +421,9 @@ class _Validator:
                 out.append(Purpose(item))
                 continue
             body = self.mapping(item, ipath)
-            self.unknown_keys(body, ("name", "not_in_regions", "requires_any_field", "retention"),
-                              ipath)
+            self.unknown_keys(
+                body, ("name", "not_in_regions", "requires_any_field", "retention"), ipath
+            )
             name = self.string(body.get("name"), f"{ipath}.name")
             not_in = frozenset(body.get("not_in_regions") or ())
             for region in sorted(not_in - set(regions)):
@@ -417,9 +431,13 @@ class _Validator:
             requires = self.names(body.get("requires_any_field"), f"{ipath}.requires_any_field")
             for f in requires:
                 if f not in fields:
-                    self.error(f"{ipath}.requires_any_field", f"{f!r} is not in the category fields")
+                    self.error(
+                        f"{ipath}.requires_any_field", f"{f!r} is not in the category fields"
+                    )
             retention = (
-                self.retention(body["retention"], f"{ipath}.retention") if "retention" in body else None
+                self.retention(body["retention"], f"{ipath}.retention")
+                if "retention" in body
+                else None
             )
             out.append(Purpose(name, not_in, requires, retention))
         return tuple(out)
@@ -436,12 +454,25 @@ class _Validator:
             categories[str(name)] = self.category(str(name), self.mapping(cat, path), path, regions)
         return categories
 
-    def category(self, name: str, body: Mapping[str, Any], path: str,
-                 regions: Mapping[str, Region]) -> Category:
+    def category(
+        self, name: str, body: Mapping[str, Any], path: str, regions: Mapping[str, Region]
+    ) -> Category:
         self.unknown_keys(
             body,
-            ("module", "description", "event_time", "key", "fields", "field_groups", "purposes",
-             "legal_basis", "retention", "store", "shared_with", "restrictions"),
+            (
+                "module",
+                "description",
+                "event_time",
+                "key",
+                "fields",
+                "field_groups",
+                "purposes",
+                "legal_basis",
+                "retention",
+                "store",
+                "shared_with",
+                "restrictions",
+            ),
             path,
         )
         retention = self.retention(body.get("retention"), f"{path}.retention")
@@ -458,15 +489,22 @@ class _Validator:
         if key is not None and key not in fields:
             self.error(f"{path}.key", f"{key!r} is not in the category fields")
         groups = {}
-        for gname, gfields in self.mapping(body.get("field_groups", {}), f"{path}.field_groups").items():
+        for gname, gfields in self.mapping(
+            body.get("field_groups", {}), f"{path}.field_groups"
+        ).items():
             names = self.names(gfields, f"{path}.field_groups.{gname}")
             for f in names:
                 if f not in fields:
-                    self.error(f"{path}.field_groups.{gname}", f"{f!r} is not in the category fields")
+                    self.error(
+                        f"{path}.field_groups.{gname}", f"{f!r} is not in the category fields"
+                    )
             groups[str(gname)] = names
         restrictions = self.mapping(body.get("restrictions", {}), f"{path}.restrictions")
-        self.unknown_keys(restrictions, ("forbidden_fields_in_regions", "restricted_country_field"),
-                          f"{path}.restrictions")
+        self.unknown_keys(
+            restrictions,
+            ("forbidden_fields_in_regions", "restricted_country_field"),
+            f"{path}.restrictions",
+        )
         forbidden = {}
         fpath = f"{path}.restrictions.forbidden_fields_in_regions"
         for region, rfields in self.mapping(
@@ -477,8 +515,10 @@ class _Validator:
             forbidden[str(region)] = frozenset(self.names(rfields, f"{fpath}.{region}"))
         country_field = restrictions.get("restricted_country_field")
         if country_field is not None and country_field not in fields:
-            self.error(f"{path}.restrictions.restricted_country_field",
-                       f"{country_field!r} is not in the category fields")
+            self.error(
+                f"{path}.restrictions.restricted_country_field",
+                f"{country_field!r} is not in the category fields",
+            )
         return Category(
             name=name,
             module=self.string(body.get("module"), f"{path}.module", choices=MODULES),
@@ -486,8 +526,9 @@ class _Validator:
             event_time=event_time,
             fields=fields,
             purposes=self.purposes(body.get("purposes"), f"{path}.purposes", regions, fields),
-            legal_basis=self.string(body.get("legal_basis"), f"{path}.legal_basis",
-                                    choices=LEGAL_BASES),
+            legal_basis=self.string(
+                body.get("legal_basis"), f"{path}.legal_basis", choices=LEGAL_BASES
+            ),
             retention=retention,
             store=self.string(body.get("store"), f"{path}.store"),
             key=key,

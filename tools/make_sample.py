@@ -28,24 +28,57 @@ SEED = 20251129
 
 EDGE_CASES: list[bytes] = [
     # good records with something to prove
-    json.dumps({"event_id": "edge-de-mapped", "ip": "::ffff:{de}", "visited_at": "2026-10-05T23:30:00+08:00",
-                "url": "https://trtc.example.com/pricing", "contact_name": "Erika Muster",
-                "business_email": "erika@firma.example", "job_title": "CTO"}).encode(),
-    json.dumps({"event_id": "edge-private", "ip": "192.168.10.20", "visited_at": 1790000000000,
-                "business_email": "someone@corp.example"}).encode(),
-    json.dumps({"event_id": "edge-secrets", "ip": "{us}", "visited_at": "2026-10-06T10:00:00Z",
-                "password": "hunter2", "user_sig": "eJyrVkrxCVYqTi0qzszPU7JSMlTSUTJUsgKpM",
-                "private_key": "-----BEGIN PRIVATE KEY-----MIIEv", "url": "https://trtc.example.com/"}).encode(),
-    json.dumps({"event_id": "edge-us-contact", "ip": "{us}", "visited_at": "2026-10-06T11:00:00",
-                "contact_name": "Jane Roe", "business_email": "jane@corp.example",
-                "linkedin_url": "https://linkedin.example/in/jane"}).encode(),
+    json.dumps(
+        {
+            "event_id": "edge-de-mapped",
+            "ip": "::ffff:{de}",
+            "visited_at": "2026-10-05T23:30:00+08:00",
+            "url": "https://trtc.example.com/pricing",
+            "contact_name": "Erika Muster",
+            "business_email": "erika@firma.example",
+            "job_title": "CTO",
+        }
+    ).encode(),
+    json.dumps(
+        {
+            "event_id": "edge-private",
+            "ip": "192.168.10.20",
+            "visited_at": 1790000000000,
+            "business_email": "someone@corp.example",
+        }
+    ).encode(),
+    json.dumps(
+        {
+            "event_id": "edge-secrets",
+            "ip": "{us}",
+            "visited_at": "2026-10-06T10:00:00Z",
+            "password": "hunter2",
+            "user_sig": "eJyrVkrxCVYqTi0qzszPU7JSMlTSUTJUsgKpM",
+            "private_key": "-----BEGIN PRIVATE KEY-----MIIEv",
+            "url": "https://trtc.example.com/",
+        }
+    ).encode(),
+    json.dumps(
+        {
+            "event_id": "edge-us-contact",
+            "ip": "{us}",
+            "visited_at": "2026-10-06T11:00:00",
+            "contact_name": "Jane Roe",
+            "business_email": "jane@corp.example",
+            "linkedin_url": "https://linkedin.example/in/jane",
+        }
+    ).encode(),
     # every dead-letter reason of the parser
     json.dumps({"event_id": "edge-no-ip", "visited_at": "2026-10-06T10:00:00Z"}).encode(),
     json.dumps({"ip": "{us}", "visited_at": "2026-10-06T10:00:00Z"}).encode(),
     json.dumps({"event_id": "edge-no-time", "ip": "{us}"}).encode(),
     json.dumps({"event_id": "edge-bad-time", "ip": "{us}", "visited_at": "yesterday"}).encode(),
-    json.dumps({"event_id": "edge-bad-ip", "ip": "999.1.2.3", "visited_at": "2026-10-06T10:00:00Z"}).encode(),
-    json.dumps({"event_id": "edge-bad-url", "ip": "{us}", "visited_at": "2026-10-06T10:00:00Z", "url": 42}).encode(),
+    json.dumps(
+        {"event_id": "edge-bad-ip", "ip": "999.1.2.3", "visited_at": "2026-10-06T10:00:00Z"}
+    ).encode(),
+    json.dumps(
+        {"event_id": "edge-bad-url", "ip": "{us}", "visited_at": "2026-10-06T10:00:00Z", "url": 42}
+    ).encode(),
     b'{"event_id": "edge-broken", "ip": "1.2.3.4", "password": "hunter2", "visited_at": ',
     b"[1, 2, 3]",
     b"",

@@ -24,14 +24,50 @@ __all__ = ["AddressPool", "VisitMix", "snapshot_csv", "visit_lines"]
 # Country weights of the visitor population (the rest of the world dominates, as for a global
 # product; every region of the policy is represented).
 COUNTRY_WEIGHTS = {
-    "US": 20, "CN": 10, "IN": 8, "JP": 5, "BR": 4, "SG": 3, "CA": 3, "AU": 2,
-    "DE": 6, "FR": 4, "IT": 2, "ES": 2, "NL": 2, "PL": 1, "IE": 1, "SE": 1,
-    "GB": 5, "NO": 1, "IS": 0.3, "LI": 0.2, "RE": 0.2, "GF": 0.1, "GP": 0.1, "AX": 0.1,
-    "CH": 2, "RS": 0.5, "UA": 1, "TR": 1, "RU": 1, "JE": 0.1, "IM": 0.1, "AD": 0.1, "MC": 0.1,
+    "US": 20,
+    "CN": 10,
+    "IN": 8,
+    "JP": 5,
+    "BR": 4,
+    "SG": 3,
+    "CA": 3,
+    "AU": 2,
+    "DE": 6,
+    "FR": 4,
+    "IT": 2,
+    "ES": 2,
+    "NL": 2,
+    "PL": 1,
+    "IE": 1,
+    "SE": 1,
+    "GB": 5,
+    "NO": 1,
+    "IS": 0.3,
+    "LI": 0.2,
+    "RE": 0.2,
+    "GF": 0.1,
+    "GP": 0.1,
+    "AX": 0.1,
+    "CH": 2,
+    "RS": 0.5,
+    "UA": 1,
+    "TR": 1,
+    "RU": 1,
+    "JE": 0.1,
+    "IM": 0.1,
+    "AD": 0.1,
+    "MC": 0.1,
 }
 CONTACT_FIELDS = (
-    "contact_name", "business_email", "business_phone", "business_location", "business_function",
-    "seniority_level", "job_title", "linkedin_url", "business_skills",
+    "contact_name",
+    "business_email",
+    "business_phone",
+    "business_location",
+    "business_function",
+    "seniority_level",
+    "job_title",
+    "linkedin_url",
+    "business_skills",
 )
 INDUSTRIES = ("software", "media", "education", "finance", "retail", "gaming", "health")
 PATHS = ("/", "/pricing", "/docs/trtc/quickstart", "/product/trtc", "/contact", "/blog/latency")
@@ -157,8 +193,15 @@ def snapshot_csv(
     """
     rng = random.Random(seed)
     out = io.StringIO()
-    header = ["network", "company_name", "company_domain", "company_industry", "company_country",
-              "company_size", *CONTACT_FIELDS]
+    header = [
+        "network",
+        "company_name",
+        "company_domain",
+        "company_industry",
+        "company_country",
+        "company_size",
+        *CONTACT_FIELDS,
+    ]
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(header)
     seen: set[str] = set()
@@ -168,19 +211,35 @@ def snapshot_csv(
         address, country = next(picks, None) or public[rng.randrange(len(public))]
         ip = ipaddress.ip_address(address)
         ip = getattr(ip, "ipv4_mapped", None) or ip
-        prefixes = [24, 16] if ip.version == 4 and rng.random() < 0.1 else [24 if ip.version == 4 else 48]
+        prefixes = (
+            [24, 16] if ip.version == 4 and rng.random() < 0.1 else [24 if ip.version == 4 else 48]
+        )
         for prefix in prefixes:
             network = str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
             if network in seen:
                 continue
             seen.add(network)
             n = len(seen)
-            company_country = rng.choice(("DE", "FR", "GB", "NL")) if rng.random() < restricted_share else country
-            writer.writerow([
-                network, f"Company {n}", f"company{n}.example", rng.choice(INDUSTRIES),
-                company_country, rng.choice(("1-10", "11-50", "51-200", "201-1000", "1000+")),
-                f"Contact {n}", f"contact{n}@company{n}.example", f"+1-555-{n % 10000:04d}",
-                f"City {n % 50}", "Engineering", "Director", "Head of Platform",
-                f"https://linkedin.example/in/contact{n}", "webrtc;video",
-            ])
+            company_country = (
+                rng.choice(("DE", "FR", "GB", "NL")) if rng.random() < restricted_share else country
+            )
+            writer.writerow(
+                [
+                    network,
+                    f"Company {n}",
+                    f"company{n}.example",
+                    rng.choice(INDUSTRIES),
+                    company_country,
+                    rng.choice(("1-10", "11-50", "51-200", "201-1000", "1000+")),
+                    f"Contact {n}",
+                    f"contact{n}@company{n}.example",
+                    f"+1-555-{n % 10000:04d}",
+                    f"City {n % 50}",
+                    "Engineering",
+                    "Director",
+                    "Head of Platform",
+                    f"https://linkedin.example/in/contact{n}",
+                    "webrtc;video",
+                ]
+            )
     return out.getvalue()

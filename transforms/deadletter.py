@@ -84,10 +84,18 @@ class DeadLetterContext:
     def masker(self) -> Masker:
         return Masker(self.mask_names)
 
-    def letter(self, *, stage: str, error: str, raw: Any, masker: Masker,
-               event_id: str | None = None) -> dict[str, Any]:
-        return make_dead_letter(source=self.source, stage=stage, error=error, raw=raw,
-                                masker=masker, expires_at=self.expires_at, event_id=event_id)
+    def letter(
+        self, *, stage: str, error: str, raw: Any, masker: Masker, event_id: str | None = None
+    ) -> dict[str, Any]:
+        return make_dead_letter(
+            source=self.source,
+            stage=stage,
+            error=error,
+            raw=raw,
+            masker=masker,
+            expires_at=self.expires_at,
+            event_id=event_id,
+        )
 
 
 class _ExceptionToDeadLetter(beam.DoFn):

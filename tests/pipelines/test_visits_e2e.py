@@ -23,33 +23,69 @@ from tests.support.mmdb import build_country_mmdb
 
 pytestmark = pytest.mark.e2e
 
-CONTACT = ("contact_name", "business_email", "business_phone", "business_location",
-           "business_function", "seniority_level", "job_title", "linkedin_url", "business_skills")
+CONTACT = (
+    "contact_name",
+    "business_email",
+    "business_phone",
+    "business_location",
+    "business_function",
+    "seniority_level",
+    "job_title",
+    "linkedin_url",
+    "business_skills",
+)
 SECRETS = ("hunter2-SECRET", "eJyrVkrxUSERSIG", "BEGIN-PRIVATE-KEY-XYZ")
 NETWORKS = {
-    "2.16.0.0/16": "DE", "2.17.0.0/16": "IS", "2.18.0.0/16": "GF", "2.19.0.0/16": "GB",
-    "2.20.0.0/16": "CH", "2.21.0.0/16": "RS", "2.22.0.0/16": "US", "2.23.0.0/16": None,
-    "2a01:4f8:1::/48": "FR", "2400:cb00:2::/48": "JP",
+    "2.16.0.0/16": "DE",
+    "2.17.0.0/16": "IS",
+    "2.18.0.0/16": "GF",
+    "2.19.0.0/16": "GB",
+    "2.20.0.0/16": "CH",
+    "2.21.0.0/16": "RS",
+    "2.22.0.0/16": "US",
+    "2.23.0.0/16": None,
+    "2a01:4f8:1::/48": "FR",
+    "2400:cb00:2::/48": "JP",
 }
 # event_id -> (ip, expected region)
 VISITORS = {
-    "de": ("2.16.0.5", "EEA_UK"), "is": ("2.17.0.5", "EEA_UK"), "gf": ("2.18.0.5", "EEA_UK"),
-    "gb": ("2.19.0.5", "EEA_UK"), "fr6": ("2a01:4f8:1::5", "EEA_UK"),
+    "de": ("2.16.0.5", "EEA_UK"),
+    "is": ("2.17.0.5", "EEA_UK"),
+    "gf": ("2.18.0.5", "EEA_UK"),
+    "gb": ("2.19.0.5", "EEA_UK"),
+    "fr6": ("2a01:4f8:1::5", "EEA_UK"),
     "de-mapped": ("::ffff:2.16.0.6", "EEA_UK"),
-    "ch": ("2.20.0.5", "OTHER"), "rs": ("2.21.0.5", "OTHER"), "us": ("2.22.0.5", "OTHER"),
-    "jp6": ("2400:cb00:2::5", "OTHER"), "us-mapped": ("::ffff:2.22.0.6", "OTHER"),
+    "ch": ("2.20.0.5", "OTHER"),
+    "rs": ("2.21.0.5", "OTHER"),
+    "us": ("2.22.0.5", "OTHER"),
+    "jp6": ("2400:cb00:2::5", "OTHER"),
+    "us-mapped": ("::ffff:2.22.0.6", "OTHER"),
     "us-de-company": ("2.22.5.5", "OTHER"),
-    "no-country": ("2.23.0.5", "UNKNOWN"), "private": ("10.0.0.5", "UNKNOWN"),
-    "unlisted": ("198.51.100.7", "UNKNOWN"), "private6": ("fd00::5", "UNKNOWN"),
+    "no-country": ("2.23.0.5", "UNKNOWN"),
+    "private": ("10.0.0.5", "UNKNOWN"),
+    "unlisted": ("198.51.100.7", "UNKNOWN"),
+    "private6": ("fd00::5", "UNKNOWN"),
 }
 SNAPSHOT = [
     # network, company_country
-    ("2.16.0.0/16", "DE"), ("2.20.0.0/16", "CH"), ("2.22.0.0/16", "US"), ("2.22.5.0/24", "DE"),
-    ("2400:cb00:2::/48", "JP"), ("2.23.0.0/16", "US"),
+    ("2.16.0.0/16", "DE"),
+    ("2.20.0.0/16", "CH"),
+    ("2.22.0.0/16", "US"),
+    ("2.22.5.0/24", "DE"),
+    ("2400:cb00:2::/48", "JP"),
+    ("2.23.0.0/16", "US"),
 ]
 
-SNAPSHOT_MATCHES = {"ch", "us", "jp6", "us-mapped", "us-de-company", "de", "de-mapped",
-                    "no-country"}
+SNAPSHOT_MATCHES = {
+    "ch",
+    "us",
+    "jp6",
+    "us-mapped",
+    "us-de-company",
+    "de",
+    "de-mapped",
+    "no-country",
+}
 
 
 def contact_of(event_id: str) -> dict[str, str]:
@@ -64,20 +100,55 @@ def write_inputs(tmp: Path) -> dict[str, Path]:
     mmdb = build_country_mmdb(tmp / "country.mmdb", NETWORKS)
     with (tmp / "snapshot.csv").open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["network", "company_name", "company_domain", "company_industry",
-                         "company_country", "company_size", *CONTACT])
+        writer.writerow(
+            [
+                "network",
+                "company_name",
+                "company_domain",
+                "company_industry",
+                "company_country",
+                "company_size",
+                *CONTACT,
+            ]
+        )
         for i, (network, country) in enumerate(SNAPSHOT):
-            writer.writerow([network, f"Company {i}", f"c{i}.example", "software", country, "51-200",
-                             *(f"snap-{c}-{i}" for c in CONTACT)])
+            writer.writerow(
+                [
+                    network,
+                    f"Company {i}",
+                    f"c{i}.example",
+                    "software",
+                    country,
+                    "51-200",
+                    *(f"snap-{c}-{i}" for c in CONTACT),
+                ]
+            )
     visits = []
     for event_id, (ip, _region) in VISITORS.items():
-        visits.append({"event_id": event_id, "ip": ip, "visited_at": "2026-10-05T23:30:00+08:00",
-                       "url": "https://trtc.example.com/", **contact_of(event_id)})
-    visits.append({"event_id": "early", "ip": "2.22.0.7", "visited_at": "2026-10-06T01:30:00+08:00"})
+        visits.append(
+            {
+                "event_id": event_id,
+                "ip": ip,
+                "visited_at": "2026-10-05T23:30:00+08:00",
+                "url": "https://trtc.example.com/",
+                **contact_of(event_id),
+            }
+        )
+    visits.append(
+        {"event_id": "early", "ip": "2.22.0.7", "visited_at": "2026-10-06T01:30:00+08:00"}
+    )
     visits.append({"event_id": "millis", "ip": "2.22.0.8", "visited_at": 1791214200000})
     visits.append({"event_id": "naive", "ip": "2.22.0.9", "visited_at": "2026-10-05T15:30:00"})
-    visits.append({"event_id": "secrets", "ip": "2.22.0.10", "visited_at": "2026-10-05T15:30:00Z",
-                   "password": SECRETS[0], "user_sig": SECRETS[1], "private_key": SECRETS[2]})
+    visits.append(
+        {
+            "event_id": "secrets",
+            "ip": "2.22.0.10",
+            "visited_at": "2026-10-05T15:30:00Z",
+            "password": SECRETS[0],
+            "user_sig": SECRETS[1],
+            "private_key": SECRETS[2],
+        }
+    )
     lines = [json.dumps(v).encode() for v in visits] + [
         json.dumps({"event_id": "bad-ip", "ip": "300.1.1.1", "visited_at": 1}).encode(),
         json.dumps({"ip": "2.22.0.1", "visited_at": 1}).encode(),
@@ -97,7 +168,9 @@ def write_inputs(tmp: Path) -> dict[str, Path]:
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     done = subprocess.run(
         [sys.executable, "-m", *args, "--runner=FnApiRunner", "--run_time=2026-11-29T00:00:00Z"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -107,8 +180,10 @@ def read_rows(out: Path) -> dict[str, list[dict]]:
     """Every written row by format, with the partition directory it was found in."""
     rows: dict[str, list[dict]] = {"parquet": [], "avro": []}
     for path in sorted(out.glob("data_category=*/expiry_date=*/*")):
-        partition = {"dir_category": path.parent.parent.name.split("=", 1)[1],
-                     "dir_expiry": path.parent.name.split("=", 1)[1]}
+        partition = {
+            "dir_category": path.parent.parent.name.split("=", 1)[1],
+            "dir_expiry": path.parent.name.split("=", 1)[1],
+        }
         if path.suffix == ".parquet":
             rows["parquet"] += [{**r, **partition} for r in pq.read_table(path).to_pylist()]
         elif path.suffix == ".avro":
@@ -135,9 +210,14 @@ def visits_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("visits")
     inputs = write_inputs(tmp)
     out = tmp / "out"
-    done = run_cli("pipelines.visits", f"--input={inputs['visits']}", f"--output={out}",
-                   f"--geoip_db={inputs['mmdb']}", f"--enrichment_snapshot={inputs['snapshot']}",
-                   "--format=both")
+    done = run_cli(
+        "pipelines.visits",
+        f"--input={inputs['visits']}",
+        f"--output={out}",
+        f"--geoip_db={inputs['mmdb']}",
+        f"--enrichment_snapshot={inputs['snapshot']}",
+        "--format=both",
+    )
     return out, done, inputs
 
 
@@ -216,8 +296,11 @@ def test_tags_expiry_and_partitions(visits_run):
     assert visits["millis"]["dir_expiry"] == visits["naive"]["dir_expiry"] == "2027-04-03"
     for row in rows:
         assert row["dir_category"] == row["data_category"]
-        expected = (row["expires_at"].date().isoformat() if row["expires_at"] is not None
-                    else "__HIVE_DEFAULT_PARTITION__")
+        expected = (
+            row["expires_at"].date().isoformat()
+            if row["expires_at"] is not None
+            else "__HIVE_DEFAULT_PARTITION__"
+        )
         assert row["dir_expiry"] == expected
         assert row["policy_version"].startswith("sha256:")
     us = visits["us"]
@@ -233,8 +316,10 @@ def test_tags_expiry_and_partitions(visits_run):
 def test_parquet_and_avro_agree(visits_run):
     out, _, _ = visits_run
     rows = read_rows(out)
+
     def key(r):
         return (r["data_category"], r["event_id"])
+
     parquet = {key(r): r for r in rows["parquet"]}
     avro = {key(r): r for r in rows["avro"]}
     assert parquet.keys() == avro.keys()
@@ -244,13 +329,25 @@ def test_parquet_and_avro_agree(visits_run):
 
 def test_dead_letters_have_every_reason(visits_run):
     out, _, _ = visits_run
-    letters = [json.loads(line) for p in out.glob("_dead_letter/source=visits/expiry_date=*/*.jsonl")
-               for line in p.read_text().splitlines()]
-    assert sorted(d["error"] for d in letters) == sorted([
-        "malformed_field:ip", "missing_field:event_id", "missing_field:ip",
-        "missing_field:visited_at", "malformed_timestamp:visited_at", "malformed_field:url",
-        "invalid_json", "not_an_object", "empty_line", "invalid_encoding",
-    ])
+    letters = [
+        json.loads(line)
+        for p in out.glob("_dead_letter/source=visits/expiry_date=*/*.jsonl")
+        for line in p.read_text().splitlines()
+    ]
+    assert sorted(d["error"] for d in letters) == sorted(
+        [
+            "malformed_field:ip",
+            "missing_field:event_id",
+            "missing_field:ip",
+            "missing_field:visited_at",
+            "malformed_timestamp:visited_at",
+            "malformed_field:url",
+            "invalid_json",
+            "not_an_object",
+            "empty_line",
+            "invalid_encoding",
+        ]
+    )
     assert {p.parent.name for p in out.glob("_dead_letter/source=visits/*/*")} == {
         "expiry_date=2026-12-13"  # run time + 14 days
     }
@@ -266,26 +363,43 @@ def test_avro_input_gives_the_same_visits(visits_run, tmp_path):
             obj = json.loads(line)
         except ValueError:
             continue
-        if isinstance(obj, dict) and {"event_id", "ip", "visited_at"} <= obj.keys() and \
-                obj["event_id"] not in ("bad-ip", "bad-time", "bad-type"):
+        if (
+            isinstance(obj, dict)
+            and {"event_id", "ip", "visited_at"} <= obj.keys()
+            and obj["event_id"] not in ("bad-ip", "bad-time", "bad-type")
+        ):
             records.append({k: obj.get(k) for k in (f["name"] for f in schema["fields"])})
     avro_in = tmp_path / "visits.avro"
     with avro_in.open("wb") as fh:
         fastavro.writer(fh, schema, records)
     out2 = tmp_path / "out"
-    run_cli("pipelines.visits", f"--input={avro_in}", f"--output={out2}",
-            f"--geoip_db={inputs['mmdb']}", f"--enrichment_snapshot={inputs['snapshot']}")
-    first = {r["event_id"]: r for r in read_rows(out)["parquet"] if r["data_category"] == "website_visit"}
-    second = {r["event_id"]: r for r in read_rows(out2)["parquet"]
-              if r["data_category"] == "website_visit"}
+    run_cli(
+        "pipelines.visits",
+        f"--input={avro_in}",
+        f"--output={out2}",
+        f"--geoip_db={inputs['mmdb']}",
+        f"--enrichment_snapshot={inputs['snapshot']}",
+    )
+    first = {
+        r["event_id"]: r for r in read_rows(out)["parquet"] if r["data_category"] == "website_visit"
+    }
+    second = {
+        r["event_id"]: r
+        for r in read_rows(out2)["parquet"]
+        if r["data_category"] == "website_visit"
+    }
     assert second.keys() == first.keys()
     for event_id, row in second.items():
         assert row == first[event_id]
 
 
 def test_embedded_default_runs_on_the_bundled_sample(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "pipelines", f"--output={tmp_path / 'out'}"],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines", f"--output={tmp_path / 'out'}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "reconciled=True" in done.stdout
     (report,) = (tmp_path / "out").glob("_reports/visits-*.json")

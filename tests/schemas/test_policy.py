@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import subprocess
 import sys
@@ -59,8 +60,23 @@ def test_legal_bases_and_modules():
 def test_eea_uk_list_is_the_projects_own():
     policy = load_policy()
     eea = policy.restricted_countries
-    for code in ("DE", "FR", "IE", "IS", "LI", "NO", "GB", "GF", "GP", "MQ", "RE", "YT", "MF", "AX",
-                 "EU"):
+    for code in (
+        "DE",
+        "FR",
+        "IE",
+        "IS",
+        "LI",
+        "NO",
+        "GB",
+        "GF",
+        "GP",
+        "MQ",
+        "RE",
+        "YT",
+        "MF",
+        "AX",
+        "EU",
+    ):
         assert code in eea
         assert policy.region_for(code) == "EEA_UK"
     for code in ("CH", "RS", "UA", "TR", "AD", "MC", "SM", "VA", "GI", "JE", "GG", "IM", "US"):
@@ -91,8 +107,15 @@ def test_corporate_contact_restrictions_and_direct_marketing():
 
 def test_secret_and_media_names_match_any_spelling():
     policy = load_policy()
-    for name in ("password", "UserSig", "user_sig", "user-sig", "PRIVATE_KEY", "verificationCode",
-                 "auth_code"):
+    for name in (
+        "password",
+        "UserSig",
+        "user_sig",
+        "user-sig",
+        "PRIVATE_KEY",
+        "verificationCode",
+        "auth_code",
+    ):
         assert policy.is_secret_name(name), name
     for name in ("audio", "video_content", "mediaPayload"):
         assert policy.is_media_name(name), name
@@ -155,8 +178,11 @@ def test_malformed_policy_fails_with_the_path(doc, path, value, message):
 
 
 def test_every_problem_is_reported_at_once(doc):
-    broken = _break(_break(doc, ("categories", "uin", "legal_basis"), 1),
-                    ("categories", "sdk_log", "retention", "days"), 0)
+    broken = _break(
+        _break(doc, ("categories", "uin", "legal_basis"), 1),
+        ("categories", "sdk_log", "retention", "days"),
+        0,
+    )
     with pytest.raises(PolicyError) as err:
         parse_policy(broken)
     assert "2 problem(s)" in str(err.value)
@@ -173,12 +199,26 @@ def test_unreadable_and_invalid_yaml(tmp_path):
 
 def test_malformed_policy_stops_the_cli_at_startup(tmp_path, doc):
     bad = tmp_path / "policy.yaml"
-    bad.write_text(yaml.safe_dump(_break(doc, ("categories", "website_visit", "retention", "days"),
-                                         "half a year")))
+    bad.write_text(
+        yaml.safe_dump(
+            _break(doc, ("categories", "website_visit", "retention", "days"), "half a year")
+        )
+    )
     done = subprocess.run(
-        [sys.executable, "-m", "pipelines.visits", "--input", str(tmp_path / "none.jsonl"),
-         "--output", str(tmp_path / "out"), "--policy", str(bad)],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pipelines.visits",
+            "--input",
+            str(tmp_path / "none.jsonl"),
+            "--output",
+            str(tmp_path / "out"),
+            "--policy",
+            str(bad),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode != 0
     assert "categories.website_visit.retention.days" in done.stderr
@@ -201,11 +241,15 @@ def test_any_mutation_loads_or_fails_with_policy_error(doc, data):
             node = node[key]
             continue
         node[key] = data.draw(
-            st.one_of(st.none(), st.integers(), st.text(max_size=5), st.booleans(),
-                      st.lists(st.text(max_size=3), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+            st.one_of(
+                st.none(),
+                st.integers(),
+                st.text(max_size=5),
+                st.booleans(),
+                st.lists(st.text(max_size=3), max_size=2),
+                st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+            )
         )
         break
-    try:
+    with contextlib.suppress(PolicyError):
         parse_policy(mutated)
-    except PolicyError:
-        pass

@@ -13,12 +13,14 @@ MASKER = Masker(["password", "user_sig", "private_key", "business_email"])
 
 
 def test_masks_any_spelling_and_nested_values():
-    line = json.dumps({
-        "event_id": "e1",
-        "Password": "hunter2",
-        "UserSig": "eJyrVkrx",
-        "nested": {"private-key": "-----BEGIN", "list": [{"user_sig": "abc"}]},
-    })
+    line = json.dumps(
+        {
+            "event_id": "e1",
+            "Password": "hunter2",
+            "UserSig": "eJyrVkrx",
+            "nested": {"private-key": "-----BEGIN", "list": [{"user_sig": "abc"}]},
+        }
+    )
     masked = json.loads(MASKER.mask_text(line))
     assert masked["event_id"] == "e1"
     assert masked["Password"] == masked["UserSig"] == MASK

@@ -127,8 +127,11 @@ def test_parse_composite(policy, dl_context):
     ]
     with TestPipeline(runner="FnApiRunner") as p:
         good, dead = p | beam.Create(lines) | Parse(SPECS, "visited_at", policy, dl_context)
-        assert_that(good | "Ids" >> beam.Map(lambda r: (r["event_id"], r["visited_at"])),
-                    equal_to([("e1", T), ("e2", T)]), label="Good")
+        assert_that(
+            good | "Ids" >> beam.Map(lambda r: (r["event_id"], r["visited_at"])),
+            equal_to([("e1", T), ("e2", T)]),
+            label="Good",
+        )
         assert_that(
             dead | "Errors" >> beam.Map(lambda d: (d["error"], d.get("event_id"))),
             equal_to([("missing_field:visited_at", None), ("invalid_json", None)]),
@@ -145,8 +148,13 @@ def test_any_bytes_parse_or_reject(line):
         pass
 
 
-@given(st.dictionaries(st.text(max_size=12), st.one_of(st.none(), st.integers(), st.text(max_size=12),
-                                                      st.booleans(), st.floats()), max_size=8))
+@given(
+    st.dictionaries(
+        st.text(max_size=12),
+        st.one_of(st.none(), st.integers(), st.text(max_size=12), st.booleans(), st.floats()),
+        max_size=8,
+    )
+)
 def test_any_object_validates_or_rejects(obj):
     try:
         record = validate_record({**GOOD, **obj}, SPECS, "visited_at")

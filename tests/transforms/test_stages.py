@@ -9,7 +9,11 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from schemas.avro import category_columns
 from transforms.guard import Guard, violations
-from transforms.suppress import SuppressRestrictedContacts, SuppressRestrictedFn, forbidden_by_region
+from transforms.suppress import (
+    SuppressRestrictedContacts,
+    SuppressRestrictedFn,
+    forbidden_by_region,
+)
 from transforms.tag import CategoryOutput, Tag, tag_row
 
 DAY = 86_400 * 1_000_000
@@ -18,8 +22,14 @@ CONTACT = {"contact_name": "Jane", "business_email": "jane@corp.example", "job_t
 
 
 def visit(region, **extra):
-    return {"event_id": f"e-{region}", "ip": "1.2.3.4", "visited_at": T, "region": region,
-            "country": None, **extra}
+    return {
+        "event_id": f"e-{region}",
+        "ip": "1.2.3.4",
+        "visited_at": T,
+        "region": region,
+        "country": None,
+        **extra,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -77,15 +87,18 @@ def test_guard_composite_routes_violations_to_masked_dead_letters(policy, corpor
     visit_cat = policy.category("website_visit")
     records = [visit("OTHER", **CONTACT), visit("EEA_UK", **CONTACT)]
     with TestPipeline(runner="FnApiRunner") as p:
-        good, dead = p | beam.Create(records) | Guard(
-            policy, (visit_cat, corporate), ("country", "region"), dl_context
+        good, dead = (
+            p
+            | beam.Create(records)
+            | Guard(policy, (visit_cat, corporate), ("country", "region"), dl_context)
         )
-        assert_that(good | "Ids" >> beam.Map(lambda r: r["event_id"]), equal_to(["e-OTHER"]),
-                    label="Good")
         assert_that(
-            dead | "Letters" >> beam.Map(
-                lambda d: (d["error"], d["stage"], "jane@corp.example" in d["raw"])
-            ),
+            good | "Ids" >> beam.Map(lambda r: r["event_id"]), equal_to(["e-OTHER"]), label="Good"
+        )
+        assert_that(
+            dead
+            | "Letters"
+            >> beam.Map(lambda d: (d["error"], d["stage"], "jane@corp.example" in d["raw"])),
             equal_to([("guard:forbidden_field", "guard", False)]),
             label="Dead",
         )
@@ -93,8 +106,12 @@ def test_guard_composite_routes_violations_to_masked_dead_letters(policy, corpor
 
 def test_tag_row_stamps_the_policy(policy):
     visit_cat = policy.category("website_visit")
-    row = tag_row(visit("OTHER", url="u", password="x"), visit_cat,
-                  category_columns("website_visit"), policy.version)
+    row = tag_row(
+        visit("OTHER", url="u", password="x"),
+        visit_cat,
+        category_columns("website_visit"),
+        policy.version,
+    )
     assert row["data_category"] == "website_visit"
     assert row["purposes"] == ["data_analytics", "feature_improvement"]
     assert row["legal_basis"] == "legitimate_interest"
@@ -118,26 +135,42 @@ def test_tag_composite_splits_categories(policy, corporate, dl_context):
     company, contact = corporate.field_groups["company"], corporate.field_groups["contact"]
     outputs = (
         CategoryOutput("website_visit", category_columns("website_visit")),
-        CategoryOutput("corporate_visitor_info", category_columns("corporate_visitor_info"),
-                       when_any=company + contact),
+        CategoryOutput(
+            "corporate_visitor_info",
+            category_columns("corporate_visitor_info"),
+            when_any=company + contact,
+        ),
     )
-    records = [visit("OTHER", company_name="ACME"), visit("EEA_UK"),
-               {**visit("OTHER"), "event_id": "no-time", "visited_at": None}]
+    records = [
+        visit("OTHER", company_name="ACME"),
+        visit("EEA_UK"),
+        {**visit("OTHER"), "event_id": "no-time", "visited_at": None},
+    ]
     with TestPipeline(runner="FnApiRunner") as p:
         rows, dead = p | beam.Create(records) | Tag(policy, outputs, dl_context)
         assert_that(
             rows | "Keys" >> beam.Map(lambda r: (r["data_category"], r["event_id"])),
-            equal_to([("website_visit", "e-OTHER"), ("corporate_visitor_info", "e-OTHER"),
-                      ("website_visit", "e-EEA_UK")]),
+            equal_to(
+                [
+                    ("website_visit", "e-OTHER"),
+                    ("corporate_visitor_info", "e-OTHER"),
+                    ("website_visit", "e-EEA_UK"),
+                ]
+            ),
             label="Rows",
         )
-        assert_that(dead | "Errors" >> beam.Map(lambda d: (d["error"], d["event_id"])),
-                    equal_to([("unexpected_error:ValueError", "no-time")]), label="Dead")
+        assert_that(
+            dead | "Errors" >> beam.Map(lambda d: (d["error"], d["event_id"])),
+            equal_to([("unexpected_error:ValueError", "no-time")]),
+            label="Dead",
+        )
 
 
 def test_suppress_composite(policy, corporate):
     with TestPipeline(runner="FnApiRunner") as p:
-        out = p | beam.Create([visit("EEA_UK", **CONTACT)]) | SuppressRestrictedContacts(
-            [corporate], policy.regions
+        out = (
+            p
+            | beam.Create([visit("EEA_UK", **CONTACT)])
+            | SuppressRestrictedContacts([corporate], policy.regions)
         )
         assert_that(out | beam.Map(lambda r: sorted(set(CONTACT) & r.keys())), equal_to([[]]))
