@@ -20,8 +20,9 @@ setup(
     description="Privacy-compliant ingestion on Apache Beam: the TRTC privacy policy made true in "
     "the data.",
     python_requires=">=3.11",
-    packages=find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*",
-                                    "schemas", "schemas.*"]),
+    packages=find_packages(
+        include=["pipelines", "pipelines.*", "transforms", "transforms.*", "schemas", "schemas.*"]
+    ),
     package_data={
         "schemas": ["policy.yaml", "avro/*.avsc"],
         "pipelines": ["data/*.mmdb", "data/*.md", "data/sample/*"],
@@ -30,6 +31,9 @@ setup(
     install_requires=[
         BEAM,
         "fastavro>=1.9",
+        # Beam's Enrichment/RequestResponseIO imports google.api_core, which the base
+        # apache-beam install does not bring.
+        "google-api-core>=2,<3",
         "geoip2>=4.8",
         "maxminddb>=2.5",
         "pyarrow>=14",

@@ -62,6 +62,7 @@ def violations(
     return found
 
 
+@beam.typehints.with_output_types(Any, dead_letter=Any)
 class GuardFn(beam.DoFn):
     def __init__(
         self,

@@ -88,6 +88,7 @@ def validate_record(
     return record
 
 
+@beam.typehints.with_output_types(Any, dead_letter=Any)
 class ParseFn(beam.DoFn):
     """Raw element (bytes line or Avro dict) -> validated record, or a dead letter."""
 

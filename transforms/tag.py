@@ -61,6 +61,7 @@ def tag_row(
     return row
 
 
+@beam.typehints.with_output_types(Any, dead_letter=Any)
 class TagFn(beam.DoFn):
     def __init__(self, policy: Policy, outputs: Iterable[CategoryOutput]) -> None:
         self._outputs = tuple((o, policy.category(o.category)) for o in outputs)

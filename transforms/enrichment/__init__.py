@@ -1,0 +1,139 @@
+"""AroundDeal enrichment: "Corporate Website Visitor Information" looked up by IP address.
+
+The policy lets us receive company data for every visitor but corporate *contact* data only for
+visitors outside the EEA/UK, and never for a company based in the EEA/UK. This package turns that
+into Beam's own :class:`apache_beam.transforms.enrichment.Enrichment` with two source handlers:
+
+- :mod:`transforms.enrichment.snapshot`: ``SnapshotHandler``, an offline CSV of networks
+  (longest-prefix match, built once per worker process);
+- :mod:`transforms.enrichment.http_client`: ``HttpHandler``, batches of IPs posted to the
+  AroundDeal endpoint (retries, backoff, rate limit, in-process cache);
+- :mod:`transforms.enrichment.enrich`: ``EnrichAroundDeal``, the composite the pipeline applies,
+  and ``build_handler``, which picks the handler from the two command-line choices.
+
+This module holds what the three share: the response type and the small IP/value helpers.
+
+Why the handlers return a :class:`LookupResult` instead of counting themselves: Beam's
+RequestResponseIO runs every handler call in a fresh thread (to enforce its timeout), and Beam
+metrics are thread-local to the bundle, so a counter incremented inside the handler is silently
+lost. The handler therefore reports what happened in the result and the join function, which runs
+in the bundle's thread, turns it into counters.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "FAILED",
+    "MATCHED",
+    "NO_MATCH",
+    "IpAddress",
+    "LookupResult",
+    "clean_value",
+    "is_restricted",
+    "parse_ip",
+]
+
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+MATCHED = "matched"
+NO_MATCH = "no_match"
+FAILED = "failed"
+
+# The record fields the handlers read. The values come from Parse (ip) and Geolocate (region).
+IP_FIELD = "ip"
+REGION_FIELD = "region"
+UNRESTRICTED_REGION = "OTHER"
+
+
+@dataclass(frozen=True)
+class LookupResult:
+    """What a handler found for one request record, plus what it cost.
+
+    Attributes:
+      status: ``MATCHED``, ``NO_MATCH`` or ``FAILED`` (the source could not be reached after all
+        retries; the record still flows on, unenriched).
+      fields: company fields, and contact fields only if they were requested (non-empty values
+        only). The join keeps nothing else.
+      contact_requested: False for a restricted visitor: the source was asked for (or read for)
+        company data only.
+      source_calls: lookups this result accounts for: 1 per snapshot lookup; for HTTP, the number
+        of HTTP requests of the batch (retries included), carried by the batch's first result.
+      retries: HTTP retries of the batch (on the first result, like ``source_calls``).
+      cache_hit: the answer came from the handler's in-process cache.
+      contact_fields_discarded: contact values the source returned although not requested,
+        dropped by the handler.
+      invalid_ip: the record had no usable IP; nothing was looked up.
+    """
+
+    status: str
+    fields: dict[str, Any] = field(default_factory=dict)
+    contact_requested: bool = False
+    source_calls: int = 0
+    retries: int = 0
+    cache_hit: bool = False
+    contact_fields_discarded: int = 0
+    invalid_ip: bool = False
+
+
+def is_restricted(record: dict[str, Any]) -> bool:
+    """Restricted = region is not ``OTHER`` (``EEA_UK`` or ``UNKNOWN``; missing fails closed)."""
+    return record.get(REGION_FIELD) != UNRESTRICTED_REGION
+
+
+def parse_ip(value: object) -> IpAddress | None:
+    """The address to look up, or None if ``value`` is not an IP address.
+
+    IPv4-mapped IPv6 addresses (``::ffff:1.2.3.4``) are returned as their IPv4 address, so they
+    match IPv4 networks and share cache entries with the plain IPv4 form.
+    """
+    if not isinstance(value, str):
+        return None
+    try:
+        address = ipaddress.ip_address(value.strip())
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def clean_value(value: object) -> str | None:
+    """A source value as the record's primitive: a stripped ``str``, or None when empty.
+
+    Sources disagree on types (a size may come as a number, skills as a list); records carry
+    strings. Lists are joined with ``", "``; anything else that is not a scalar is dropped.
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+    elif isinstance(value, int | float):
+        text = str(value)
+    elif isinstance(value, list | tuple):
+        parts = [clean_value(v) for v in value]
+        text = ", ".join(p for p in parts if p)
+    else:
+        return None
+    return text or None
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy re-exports: importing the package does not import Beam's enrichment machinery, and
+    # the submodules can import the shared names above without an import cycle.
+    if name in ("EnrichAroundDeal", "build_handler"):
+        from transforms.enrichment import enrich
+
+        return getattr(enrich, name)
+    if name == "SnapshotHandler":
+        from transforms.enrichment.snapshot import SnapshotHandler
+
+        return SnapshotHandler
+    if name == "HttpHandler":
+        from transforms.enrichment.http_client import HttpHandler
+
+        return HttpHandler
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

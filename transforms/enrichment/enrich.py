@@ -1,0 +1,287 @@
+"""``EnrichAroundDeal``: company (and, where allowed, contact) data joined onto visit records.
+
+Why Beam's :class:`~apache_beam.transforms.enrichment.Enrichment` with our own handlers: it
+gives batching (``BatchElements``), per-call timeouts and a standard place to plug the source,
+and the same composite works with the offline snapshot and the HTTP API.
+
+How the policy is enforced here (fail closed at every step):
+
+1. The handler asks for contact data only for unrestricted visitors (region ``OTHER``), and
+   discards any contact value the source returns for a restricted one.
+2. The join (:class:`JoinAroundDeal`) builds a new record: the input record, the company fields
+   (the input wins where it already has a non-empty value), and contact fields from the response
+   only if the visitor is unrestricted *and* the response names the company's country with a
+   known ISO code outside the EEA/UK. Restricted visitors keep no contact field at all, not even
+   one that came with the input. Keys the handler returns that are not company/contact fields
+   are dropped.
+3. ``RestrictByCompanyCountry`` removes every contact field from a record whose
+   ``company_country`` is in the EEA/UK set (or is not a recognisable two-letter code), whatever
+   the source of those fields.
+
+The handlers are never allowed to raise for a remote failure (RequestResponseIO would fail the
+pipeline): a failed lookup leaves the record unenriched, counted as ``enrichment.failed``.
+
+Counters (namespace ``compliance``): ``enrichment.calls`` (snapshot lookups, or HTTP requests
+including retries), ``enrichment.matched``, ``enrichment.no_match`` (including records without a
+usable IP, also counted as ``enrichment.invalid_ip``), ``enrichment.failed``,
+``enrichment.contact_blocked`` (restricted records looked up, contact data not requested),
+``enrichment.contact_fields_discarded`` (contact values dropped by this stage, from responses or
+from the input), ``enrichment.company_country_restricted``, ``enrichment.cache_hits``,
+``enrichment.retries``. Each record counts once in exactly one of matched/no_match/failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.requestresponse import (
+    DEFAULT_TIMEOUT_SECS,
+    NoOpsRepeater,
+    PreCallThrottler,
+)
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.enrichment import Enrichment, EnrichmentSourceHandler
+
+from transforms.enrichment import (
+    FAILED,
+    MATCHED,
+    NO_MATCH,
+    LookupResult,
+    clean_value,
+    is_restricted,
+)
+from transforms.enrichment.http_client import HttpHandler
+from transforms.enrichment.snapshot import SnapshotHandler
+
+__all__ = [
+    "COMPANY_COUNTRY_FIELD",
+    "EnrichAroundDeal",
+    "JoinAroundDeal",
+    "RestrictContactsByCompanyCountry",
+    "build_handler",
+]
+
+COMPANY_COUNTRY_FIELD = "company_country"
+
+_NAMESPACE = "compliance"
+_CALLS = Metrics.counter(_NAMESPACE, "enrichment.calls")
+_MATCHED = Metrics.counter(_NAMESPACE, "enrichment.matched")
+_NO_MATCH = Metrics.counter(_NAMESPACE, "enrichment.no_match")
+_FAILED = Metrics.counter(_NAMESPACE, "enrichment.failed")
+_INVALID_IP = Metrics.counter(_NAMESPACE, "enrichment.invalid_ip")
+_CONTACT_BLOCKED = Metrics.counter(_NAMESPACE, "enrichment.contact_blocked")
+_CONTACT_DISCARDED = Metrics.counter(_NAMESPACE, "enrichment.contact_fields_discarded")
+_COMPANY_COUNTRY_RESTRICTED = Metrics.counter(_NAMESPACE, "enrichment.company_country_restricted")
+_CACHE_HITS = Metrics.counter(_NAMESPACE, "enrichment.cache_hits")
+_RETRIES = Metrics.counter(_NAMESPACE, "enrichment.retries")
+_STATUS_COUNTERS = {MATCHED: _MATCHED, NO_MATCH: _NO_MATCH, FAILED: _FAILED}
+
+
+def _is_empty(value: object) -> bool:
+    return (
+        value is None
+        or value == ""
+        or value == []
+        or (isinstance(value, str) and not value.strip())
+    )
+
+
+class _CountryRule:
+    """The EEA/UK test on a company country, shared by the join and the record-level step."""
+
+    def __init__(self, eea_uk: Iterable[str]) -> None:
+        self.eea_uk = frozenset(c.strip().upper() for c in eea_uk)
+        if not self.eea_uk:
+            raise ValueError("the EEA/UK country set is empty; refusing to enrich without it")
+
+    def restricted(self, value: object) -> bool:
+        """True if ``value`` names an EEA/UK country or is not a two-letter code at all.
+
+        An empty value is not restricted here: without a company country the visitor's region
+        decides (and an unknown company never passes :meth:`allowed`)."""
+        if _is_empty(value):
+            return False
+        code = str(value).strip().upper()
+        return not (len(code) == 2 and code.isascii() and code.isalpha()) or code in self.eea_uk
+
+    def allowed(self, value: object) -> bool:
+        """True only for a known two-letter code outside the EEA/UK."""
+        return not _is_empty(value) and not self.restricted(value)
+
+
+def _as_result(response: Any, restricted: bool) -> LookupResult:
+    """Accepts a LookupResult, or (from a foreign handler) a mapping / ``beam.Row`` of fields."""
+    if isinstance(response, LookupResult):
+        return response
+    if response is None:
+        return LookupResult(FAILED, contact_requested=not restricted)
+    fields = response._asdict() if hasattr(response, "_asdict") else dict(response)
+    status = MATCHED if any(not _is_empty(v) for v in fields.values()) else NO_MATCH
+    return LookupResult(status, fields, contact_requested=not restricted, source_calls=1)
+
+
+class JoinAroundDeal:
+    """The Enrichment ``join_fn``: ``(record, response) -> new record`` (see module docstring).
+
+    A callable class rather than a closure so that it pickles by reference to this module.
+    """
+
+    def __init__(
+        self,
+        company_fields: Iterable[str],
+        contact_fields: Iterable[str],
+        eea_uk: Iterable[str],
+    ) -> None:
+        self.company_fields = tuple(company_fields)
+        self.contact_fields = tuple(contact_fields)
+        self._contact_set = frozenset(self.contact_fields)
+        self.rule = _CountryRule(eea_uk)
+
+    def __call__(self, request: dict[str, Any], response: Any) -> dict[str, Any]:
+        restricted = is_restricted(request)
+        result = _as_result(response, restricted)
+        _STATUS_COUNTERS.get(result.status, _FAILED).inc()
+        if result.source_calls:
+            _CALLS.inc(result.source_calls)
+        if result.retries:
+            _RETRIES.inc(result.retries)
+        if result.cache_hit:
+            _CACHE_HITS.inc()
+        if result.invalid_ip:
+            _INVALID_IP.inc()
+        if restricted and not result.invalid_ip:
+            _CONTACT_BLOCKED.inc()
+        discarded = result.contact_fields_discarded
+
+        fields = result.fields if result.status == MATCHED else {}
+        record: dict[str, Any] = {}
+        for key, value in request.items():
+            if restricted and key in self._contact_set:
+                # Should already be gone (SuppressRestrictedContacts); never kept regardless.
+                discarded += not _is_empty(value)
+                continue
+            record[key] = value
+        for name in self.company_fields:
+            if _is_empty(record.get(name)):
+                record[name] = clean_value(fields.get(name))
+
+        contact_allowed = (
+            not restricted
+            and self.rule.allowed(fields.get(COMPANY_COUNTRY_FIELD))
+            and not self.rule.restricted(record.get(COMPANY_COUNTRY_FIELD))
+        )
+        for name in self.contact_fields:
+            value = clean_value(fields.get(name))
+            if value is None:
+                continue
+            if not contact_allowed:
+                discarded += 1
+            elif _is_empty(record.get(name)):
+                record[name] = value
+        if discarded:
+            _CONTACT_DISCARDED.inc(discarded)
+        return record
+
+
+class RestrictContactsByCompanyCountry:
+    """Record-level rule: no contact field on a record whose company is EEA/UK-based."""
+
+    def __init__(self, contact_fields: Iterable[str], eea_uk: Iterable[str]) -> None:
+        self.contact_fields = frozenset(contact_fields)
+        self.rule = _CountryRule(eea_uk)
+
+    def __call__(self, record: dict[str, Any]) -> dict[str, Any]:
+        if not self.rule.restricted(record.get(COMPANY_COUNTRY_FIELD)):
+            return record
+        _COMPANY_COUNTRY_RESTRICTED.inc()
+        removed = sum(1 for k, v in record.items() if k in self.contact_fields and not _is_empty(v))
+        if removed:
+            _CONTACT_DISCARDED.inc(removed)
+        return {k: v for k, v in record.items() if k not in self.contact_fields}
+
+
+class _NoThrottle(PreCallThrottler):
+    """Disables RequestResponseIO's adaptive throttler: our handlers never fail a call (so it
+    would learn nothing) and rate-limit themselves; its 5-second sleeps would only add latency."""
+
+
+class EnrichAroundDeal(beam.PTransform):
+    """Enriches visit records (after Geolocate) with AroundDeal company data, policy-safe.
+
+    Args:
+      handler: a :class:`SnapshotHandler`, an :class:`HttpHandler` (see :func:`build_handler`),
+        or None to skip the lookup (the company-country rule still applies).
+      company_fields, contact_fields: from the policy.
+      eea_uk: ISO codes of the EEA/UK set (the project's own list, from the policy).
+
+    Input and output: ``PCollection[dict]``, one output record per input record.
+    """
+
+    def __init__(
+        self,
+        handler: EnrichmentSourceHandler | None,
+        company_fields: Iterable[str],
+        contact_fields: Iterable[str],
+        eea_uk: frozenset[str],
+    ) -> None:
+        super().__init__()
+        self._handler = handler
+        self._company_fields = tuple(company_fields)
+        self._contact_fields = tuple(contact_fields)
+        self._eea_uk = frozenset(eea_uk)
+        # Validate eagerly (an empty EEA/UK set must fail at construction, not on a worker).
+        self._join = JoinAroundDeal(self._company_fields, self._contact_fields, self._eea_uk)
+        self._restrict = RestrictContactsByCompanyCountry(self._contact_fields, self._eea_uk)
+
+    def _timeout(self) -> float:
+        max_call = getattr(self._handler, "max_call_seconds", None)
+        return float(max_call()) if callable(max_call) else float(DEFAULT_TIMEOUT_SECS)
+
+    def expand(self, records: beam.PCollection) -> beam.PCollection:
+        if self._handler is not None:
+            records = records | "Lookup" >> Enrichment(
+                self._handler,
+                join_fn=self._join,
+                use_custom_types=True,
+                timeout=self._timeout(),
+                repeater=NoOpsRepeater(),
+                throttler=_NoThrottle(),
+            )
+        return records | "RestrictByCompanyCountry" >> beam.Map(self._restrict)
+
+
+def build_handler(
+    snapshot: str | None,
+    url: str | None,
+    *,
+    company_fields: Iterable[str],
+    contact_fields: Iterable[str],
+    batch_size: int | None = None,
+    **http_options: Any,
+) -> EnrichmentSourceHandler | None:
+    """The handler for the chosen source: a snapshot path, an HTTP endpoint, or neither (None).
+
+    ``http_options`` go to :class:`HttpHandler` (``api_key_env``, timeouts, rate limit...).
+    Raises ValueError if both a snapshot and a URL are given: silently preferring one would
+    hide a configuration mistake.
+    """
+    snapshot = snapshot or None
+    url = url or None
+    if snapshot and url:
+        raise ValueError(
+            "AroundDeal enrichment: give either a snapshot file or an HTTP endpoint, not both"
+        )
+    if snapshot:
+        if http_options:
+            raise ValueError(
+                f"AroundDeal enrichment: HTTP options {sorted(http_options)} given for a snapshot"
+            )
+        kwargs = {} if batch_size is None else {"batch_size": batch_size}
+        return SnapshotHandler(snapshot, company_fields, contact_fields, **kwargs)
+    if url:
+        if batch_size is not None:
+            http_options["batch_size"] = batch_size
+        return HttpHandler(url, company_fields, contact_fields, **http_options)
+    return None

@@ -1,0 +1,347 @@
+"""Offline AroundDeal snapshot: a CSV of networks, looked up by longest-prefix match.
+
+The CSV (UTF-8, optionally gzip/bzip2 by extension, any filesystem Beam knows: local, ``gs://``)
+has a header with ``network`` (a CIDR, IPv4 or IPv6, host bits zero) and the company and contact
+columns the policy declares; an empty cell is None. Columns the policy does not declare are
+ignored (allow-list). A malformed file fails when it is loaded, with a message naming the line:
+we would rather stop than enrich from a half-read snapshot.
+
+The index is built once per worker process and shared by every DoFn instance (a lock-protected
+registry keyed by the file's path, size and modification time), because a snapshot can hold
+millions of networks and Beam creates one handler copy per DoFn instance.
+
+Restricted visitors (region != ``OTHER``) get the company columns only: the contact columns of
+the matching row are never read for them.
+"""
+
+from __future__ import annotations
+
+import csv
+import ipaddress
+import logging
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms.enrichment import EnrichmentSourceHandler
+
+from transforms.enrichment import (
+    IP_FIELD,
+    MATCHED,
+    NO_MATCH,
+    IpAddress,
+    LookupResult,
+    clean_value,
+    is_restricted,
+    parse_ip,
+)
+
+__all__ = ["NETWORK_COLUMN", "PrefixIndex", "SnapshotError", "SnapshotHandler", "load_snapshot"]
+
+_LOGGER = logging.getLogger(__name__)
+
+NETWORK_COLUMN = "network"
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_MAPPED_V4 = ipaddress.IPv6Network("::ffff:0:0/96")
+_BITS = {4: 32, 6: 128}
+
+
+class SnapshotError(ValueError):
+    """The snapshot file cannot be used (missing, unreadable or malformed)."""
+
+
+def normalize_network(network: IpNetwork) -> IpNetwork:
+    """An IPv4-mapped IPv6 network (within ``::ffff:0:0/96``) as the IPv4 network it covers.
+
+    Addresses are looked up with IPv4-mapped forms turned into IPv4 (see ``parse_ip``), so a
+    network written in the mapped form must be indexed as IPv4 to be reachable.
+    """
+    if (
+        isinstance(network, ipaddress.IPv6Network)
+        and network.prefixlen >= _MAPPED_V4.prefixlen
+        and network.subnet_of(_MAPPED_V4)
+    ):
+        v4 = network.network_address.ipv4_mapped
+        assert v4 is not None
+        return ipaddress.IPv4Network((v4, network.prefixlen - _MAPPED_V4.prefixlen))
+    return network
+
+
+class PrefixIndex:
+    """Longest-prefix match over IPv4 and IPv6 networks, with integer keys.
+
+    Per IP version: ``{prefixlen: {address_int >> (bits - prefixlen): value}}``, probed from the
+    longest prefix length present down to the shortest. A lookup is at most one dict probe per
+    distinct prefix length in the data (a handful in practice), with no object allocation beyond
+    the integer shift, which is what makes millions of lookups per worker cheap.
+    """
+
+    def __init__(self) -> None:
+        self._tables: dict[int, dict[int, dict[int, Any]]] = {4: {}, 6: {}}
+        self._probe: dict[int, tuple[tuple[int, int, dict[int, Any]], ...]] = {4: (), 6: ()}
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def add(self, network: IpNetwork, value: Any) -> bool:
+        """Adds ``network`` -> ``value`` (not None); False, and no change, if already there."""
+        if value is None:
+            raise ValueError("PrefixIndex values must not be None")
+        network = normalize_network(network)
+        bits = _BITS[network.version]
+        tables = self._tables[network.version]
+        table = tables.get(network.prefixlen)
+        if table is None:
+            table = tables[network.prefixlen] = {}
+            self._refresh(network.version)
+        key = int(network.network_address) >> (bits - network.prefixlen)
+        if key in table:
+            return False
+        table[key] = value
+        self._size += 1
+        return True
+
+    def _refresh(self, version: int) -> None:
+        bits = _BITS[version]
+        tables = self._tables[version]
+        self._probe[version] = tuple(
+            (bits - plen, plen, tables[plen]) for plen in sorted(tables, reverse=True)
+        )
+
+    def get(self, network: IpNetwork) -> Any | None:
+        """The value stored for exactly ``network``, or None."""
+        network = normalize_network(network)
+        table = self._tables[network.version].get(network.prefixlen, {})
+        return table.get(
+            int(network.network_address) >> (_BITS[network.version] - network.prefixlen)
+        )
+
+    def lookup(self, address: IpAddress) -> Any | None:
+        """The value of the longest network containing ``address``, or None."""
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        n = int(address)
+        for shift, _plen, table in self._probe[address.version]:
+            value = table.get(n >> shift)
+            if value is not None:
+                return value
+        return None
+
+
+class _Snapshot:
+    """A loaded snapshot: the index (values are ``((company, contact), line)``) and the column
+    order of the row tuples."""
+
+    def __init__(self, index: PrefixIndex, columns: tuple[str, ...]) -> None:
+        self.index = index
+        self.columns = columns
+
+
+def load_snapshot(
+    path: str, company_fields: Sequence[str], contact_fields: Sequence[str]
+) -> _Snapshot:
+    """Reads and indexes the CSV at ``path``; raises :class:`SnapshotError` naming the line."""
+    columns = (*company_fields, *contact_fields)
+    try:
+        raw = FileSystems.open(path)
+    except Exception as e:  # FileSystems raises BeamIOError, IOError, ... per filesystem
+        raise SnapshotError(f"enrichment snapshot {path}: cannot open: {e}") from e
+    with raw:
+        reader = csv.reader(_text_lines(raw), strict=True)
+        try:
+            return _index_rows(path, reader, columns, len(company_fields))
+        except csv.Error as e:
+            raise SnapshotError(
+                f"enrichment snapshot {path}:{reader.line_num}: malformed CSV: {e}"
+            ) from e
+        except UnicodeDecodeError as e:
+            raise SnapshotError(
+                f"enrichment snapshot {path}:{reader.line_num + 1}: not UTF-8: {e}"
+            ) from e
+
+
+def _text_lines(raw: Any) -> Iterator[str]:
+    """UTF-8 lines (BOM dropped) of a FileSystems stream.
+
+    Not ``io.TextIOWrapper``: the compressed streams FileSystems returns for ``.gz``/``.bz2``
+    are not full ``io`` objects. Lines are split on newline bytes, which never occur inside a
+    UTF-8 multi-byte sequence, so decoding per line is exact.
+    """
+    first = True
+    while True:
+        line = raw.readline()
+        if not line:
+            return
+        if first:
+            line = line.removeprefix(b"\xef\xbb\xbf")
+            first = False
+        yield line.decode("utf-8")
+
+
+def _index_rows(path: str, reader: Any, columns: tuple[str, ...], n_company: int) -> _Snapshot:
+    header = next(reader, None)
+    if header is None:
+        raise SnapshotError(f"enrichment snapshot {path}: empty file (no header)")
+    header = [h.strip() for h in header]
+    duplicated = sorted({h for h in header if header.count(h) > 1})
+    if duplicated:
+        raise SnapshotError(f"enrichment snapshot {path}:1: duplicate columns {duplicated}")
+    missing = [c for c in (NETWORK_COLUMN, *columns) if c not in header]
+    if missing:
+        raise SnapshotError(f"enrichment snapshot {path}:1: missing columns {missing}")
+    ignored = [h for h in header if h != NETWORK_COLUMN and h not in columns]
+    if ignored:
+        _LOGGER.info("enrichment snapshot %s: ignoring undeclared columns %s", path, ignored)
+    net_pos = header.index(NETWORK_COLUMN)
+    positions = [header.index(c) for c in columns]
+    width = len(header)
+
+    index = PrefixIndex()
+    # Identical rows (one company, many networks) are stored once.
+    rows: dict[tuple[tuple[str | None, ...], tuple[str | None, ...]], Any] = {}
+    for row in reader:
+        line = reader.line_num
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue  # blank line
+        if len(row) != width:
+            raise SnapshotError(
+                f"enrichment snapshot {path}:{line}: expected {width} cells, got {len(row)}"
+            )
+        cell = row[net_pos].strip()
+        try:
+            network = normalize_network(ipaddress.ip_network(cell, strict=True))
+        except ValueError as e:
+            raise SnapshotError(
+                f"enrichment snapshot {path}:{line}: invalid network {cell!r}: {e}"
+            ) from e
+        values = tuple(clean_value(row[p]) for p in positions)
+        row = (values[:n_company], values[n_company:])
+        row = rows.setdefault(row, row)
+        if not index.add(network, (row, line)):
+            raise SnapshotError(
+                f"enrichment snapshot {path}:{line}: network {network} already on line "
+                f"{index.get(network)[1]}"
+            )
+    _LOGGER.info("enrichment snapshot %s: %d networks indexed", path, len(index))
+    return _Snapshot(index, columns)
+
+
+_REGISTRY: dict[tuple[Any, ...], _Snapshot] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def _shared_snapshot(
+    path: str, company_fields: tuple[str, ...], contact_fields: tuple[str, ...]
+) -> _Snapshot:
+    """The process-wide snapshot for ``path``, loaded on first use.
+
+    The key includes the file's size and modification time so that a long-lived worker (Flink
+    task manager, a test session) never serves a stale index for a rewritten file.
+    """
+    try:
+        matches = FileSystems.match([path])[0].metadata_list
+    except Exception as e:
+        raise SnapshotError(f"enrichment snapshot {path}: cannot stat: {e}") from e
+    if not matches:
+        raise SnapshotError(f"enrichment snapshot {path}: no such file")
+    meta = matches[0]
+    key = (path, company_fields, contact_fields, meta.size_in_bytes, meta.last_updated_in_seconds)
+    with _REGISTRY_LOCK:
+        snapshot = _REGISTRY.get(key)
+        if snapshot is None:
+            snapshot = load_snapshot(path, company_fields, contact_fields)
+            # Drop indexes of older versions of the same file; they can be large.
+            for old in [k for k in _REGISTRY if k[:3] == key[:3]]:
+                del _REGISTRY[old]
+            _REGISTRY[key] = snapshot
+        return snapshot
+
+
+class SnapshotHandler(EnrichmentSourceHandler[Any, Any]):
+    """Looks visit records up in an offline AroundDeal snapshot (see the module docstring).
+
+    Args:
+      path: the CSV, read through Beam's FileSystems (local path, ``gs://...``, ...).
+      company_fields: the company columns to return (from the policy).
+      contact_fields: the contact columns, returned for unrestricted visitors only.
+      batch_size: records per call. RequestResponseIO runs each call in a new thread, so
+        batching is what keeps that overhead off the per-record path.
+
+    Called with one record it returns ``(record, LookupResult)``; with a list (batching, the
+    normal case) a list of those, in order. It never raises for a record: a missing or invalid
+    IP is a ``NO_MATCH`` with ``invalid_ip=True``.
+    """
+
+    use_custom_types = True
+
+    def __init__(
+        self,
+        path: str,
+        company_fields: Iterable[str],
+        contact_fields: Iterable[str],
+        batch_size: int = 500,
+    ) -> None:
+        if not path:
+            raise ValueError("SnapshotHandler: path is required")
+        if batch_size < 0:
+            raise ValueError(f"SnapshotHandler: batch_size must be >= 0, got {batch_size}")
+        self.path = path
+        self.company_fields = tuple(company_fields)
+        self.contact_fields = tuple(contact_fields)
+        self.batch_size = batch_size
+        self._snapshot: _Snapshot | None = None
+
+    def __enter__(self) -> SnapshotHandler:
+        self._snapshot = _shared_snapshot(self.path, self.company_fields, self.contact_fields)
+        return self
+
+    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> None:
+        # The index is shared by the process; this instance only lets go of its reference.
+        self._snapshot = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Never ship the index inside the pickled handler: workers load it themselves.
+        return {**self.__dict__, "_snapshot": None}
+
+    def __str__(self) -> str:
+        # RequestResponseIO names its metrics namespace after str(caller).
+        return "SnapshotHandler"
+
+    def batch_elements_kwargs(self) -> Mapping[str, Any]:
+        if not self.batch_size:
+            return {}
+        return {"min_batch_size": self.batch_size, "max_batch_size": self.batch_size}
+
+    def max_call_seconds(self) -> float:
+        """Upper bound for one call, given to Enrichment as its timeout (lookups are in memory)."""
+        return 120.0
+
+    def get_cache_key(self, request: Any) -> str:
+        # Enrichment's Redis cache must not be used: it would persist visitor IPs beyond the run.
+        raise NotImplementedError("the AroundDeal snapshot handler does not support a Redis cache")
+
+    def __call__(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        if self._snapshot is None:
+            self.__enter__()
+        if isinstance(request, list):
+            return [(r, self._lookup(r)) for r in request]
+        return request, self._lookup(request)
+
+    def _lookup(self, record: dict[str, Any]) -> LookupResult:
+        assert self._snapshot is not None
+        restricted = is_restricted(record)
+        address = parse_ip(record.get(IP_FIELD))
+        if address is None:
+            return LookupResult(NO_MATCH, contact_requested=not restricted, invalid_ip=True)
+        hit = self._snapshot.index.lookup(address)
+        if hit is None:
+            return LookupResult(NO_MATCH, contact_requested=not restricted, source_calls=1)
+        (company, contact), _line = hit
+        fields = {k: v for k, v in zip(self.company_fields, company, strict=True) if v is not None}
+        if not restricted:
+            fields.update(
+                (k, v) for k, v in zip(self.contact_fields, contact, strict=True) if v is not None
+            )
+        return LookupResult(MATCHED, fields, contact_requested=not restricted, source_calls=1)
