@@ -1,0 +1,627 @@
+"""Tests of transforms.geo on real MaxMind DB files.
+
+Three kinds of database are read with the real geoip2/libmaxminddb reader:
+- MaxMind's own test databases (tests/fixtures/mmdb, see its README): Country, City, Enterprise;
+- tiny databases written here with mmdb-writer (tests/support/mmdb.py), to control every network;
+- the bundled pipelines/data/country.mmdb (IPFire Location data), for well-known addresses.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import apache_beam as beam
+import geoip2.database
+import maxminddb
+import pytest
+from apache_beam.io.localfilesystem import LocalFileSystem
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+from hypothesis import given
+from hypothesis import strategies as st
+from mmdb_writer import MMDBWriter
+from netaddr import IPSet
+
+import pipelines
+from tests.support.mmdb import (
+    build_city_mmdb,
+    build_country_mmdb,
+    build_enterprise_mmdb,
+    build_mmdb,
+)
+from transforms import geo
+from transforms.geo import (
+    REGION_EEA_UK,
+    REGION_OTHER,
+    REGION_UNKNOWN,
+    CountryLookup,
+    Geolocate,
+    GeolocateFn,
+    clear_shared_lookups,
+    region_for,
+    shared_lookup,
+)
+
+# The project's EEA/UK list as the policy file holds it (the module takes it as a parameter and
+# must not own it): EU-27, the outermost regions with their own ISO codes, Åland, the EEA-EFTA
+# states, the United Kingdom and the non-ISO "EU" code some databases use.
+EU27 = frozenset(
+    [
+        "AT",
+        "BE",
+        "BG",
+        "HR",
+        "CY",
+        "CZ",
+        "DK",
+        "EE",
+        "FI",
+        "FR",
+        "DE",
+        "GR",
+        "HU",
+        "IE",
+        "IT",
+        "LV",
+        "LT",
+        "LU",
+        "MT",
+        "NL",
+        "PL",
+        "PT",
+        "RO",
+        "SK",
+        "SI",
+        "ES",
+        "SE",
+    ]
+)
+OUTERMOST_WITH_ISO = frozenset(["GF", "GP", "MQ", "RE", "YT", "MF", "AX"])
+DEFAULT_EEA_UK: frozenset[str] = EU27 | OUTERMOST_WITH_ISO | {"IS", "LI", "NO", "GB", "EU"}
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "mmdb"
+MAXMIND_COUNTRY = FIXTURES / "GeoIP2-Country-Test.mmdb"
+MAXMIND_CITY = FIXTURES / "GeoIP2-City-Test.mmdb"
+MAXMIND_ENTERPRISE = FIXTURES / "GeoIP2-Enterprise-Test.mmdb"
+BUNDLED = Path(pipelines.__file__).resolve().parent / "data" / "country.mmdb"
+
+# Networks for the mmdb-writer databases. The non-public ones are *in* the database on purpose:
+# the lookup must refuse them whatever a database says.
+NETWORKS: dict[str, str | None] = {
+    "81.2.69.0/24": "GB",
+    "89.160.20.0/24": "SE",
+    "11.0.0.0/8": "US",
+    "12.0.0.0/8": None,  # in the database, no country
+    "193.99.144.0/24": "DE",
+    "2a02:d180::/29": "DE",
+    "2a02:d000::/29": "CH",
+    "10.0.0.0/8": "DE",
+    "127.0.0.0/8": "DE",
+    "192.168.0.0/16": "DE",
+    "169.254.0.0/16": "DE",
+    "100.64.0.0/10": "DE",
+    "224.0.0.0/4": "DE",
+    "fc00::/7": "DE",
+    "fe80::/10": "DE",
+    "ff00::/8": "DE",
+}
+BUILDERS = {
+    "country": build_country_mmdb,
+    "city": build_city_mmdb,
+    "enterprise": build_enterprise_mmdb,
+}
+
+
+@pytest.fixture
+def registry():
+    """The test starts and ends without shared readers."""
+    clear_shared_lookups()
+    yield
+    clear_shared_lookups()
+
+
+@pytest.fixture(scope="module")
+def bundled() -> CountryLookup:
+    lookup = CountryLookup(BUNDLED)
+    yield lookup
+    lookup.close()
+
+
+@pytest.fixture(scope="module", params=sorted(BUILDERS))
+def written_db(request, tmp_path_factory) -> Path:
+    """A Country, City and Enterprise database written with mmdb-writer."""
+    path = tmp_path_factory.mktemp("mmdb") / f"{request.param}.mmdb"
+    return BUILDERS[request.param](path, NETWORKS)
+
+
+# --- region_for --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", ["DE", "FR", "IT", "PL", "SE", "IE", "CY", "MT", "HR", "BG"])
+def test_eu_member_states_are_eea_uk(code):
+    assert region_for(code, DEFAULT_EEA_UK) == REGION_EEA_UK
+
+
+@pytest.mark.parametrize("code", ["IS", "LI", "NO"])
+def test_eea_efta_states_are_eea_uk(code):
+    assert region_for(code, DEFAULT_EEA_UK) == REGION_EEA_UK
+
+
+@pytest.mark.parametrize("code", ["GF", "GP", "MQ", "RE", "YT", "MF", "AX"])
+def test_outermost_regions_with_own_iso_codes_are_eea_uk(code):
+    assert region_for(code, DEFAULT_EEA_UK) == REGION_EEA_UK
+
+
+def test_united_kingdom_and_the_non_iso_eu_code_are_eea_uk():
+    assert region_for("GB", DEFAULT_EEA_UK) == REGION_EEA_UK
+    assert region_for("EU", DEFAULT_EEA_UK) == REGION_EEA_UK
+
+
+@pytest.mark.parametrize(
+    "code",
+    ["CH", "RS", "UA", "TR", "AD", "MC", "SM", "VA", "GI", "JE", "IM", "FO", "GL", "BY", "GG"],
+)
+def test_near_europe_outside_the_eea_is_other(code):
+    assert region_for(code, DEFAULT_EEA_UK) == REGION_OTHER
+
+
+@pytest.mark.parametrize("code", ["US", "CN", "JP", "BR", "AP", "ZZ"])
+def test_rest_of_the_world_is_other(code):
+    assert region_for(code, DEFAULT_EEA_UK) == REGION_OTHER
+
+
+@pytest.mark.parametrize("code", [None, "", "   "])
+def test_no_country_is_unknown(code):
+    assert region_for(code, DEFAULT_EEA_UK) == REGION_UNKNOWN
+
+
+def test_region_for_normalises_case():
+    assert region_for("de", DEFAULT_EEA_UK) == REGION_EEA_UK
+    assert region_for(" gb ", DEFAULT_EEA_UK) == REGION_EEA_UK
+
+
+def test_the_country_set_comes_from_the_caller():
+    only_ch = frozenset({"CH"})
+    assert region_for("CH", only_ch) == REGION_EEA_UK
+    assert region_for("DE", only_ch) == REGION_OTHER
+    assert region_for(None, frozenset()) == REGION_UNKNOWN
+    # The module must not carry its own copy of the list: the policy file owns it.
+    assert not any(
+        isinstance(value, frozenset | set) and {"DE", "FR"} <= value for value in vars(geo).values()
+    )
+
+
+def test_the_test_list_has_the_project_membership():
+    assert len(EU27) == 27
+    assert len(DEFAULT_EEA_UK) == 27 + 7 + 3 + 1 + 1
+
+
+# --- CountryLookup on MaxMind's test databases -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("db", "ip", "expected"),
+    [
+        (MAXMIND_COUNTRY, "2.125.160.218", "GB"),  # registered_country FR: not used
+        (MAXMIND_COUNTRY, "81.2.69.142", "GB"),
+        (MAXMIND_COUNTRY, "89.160.20.112", "SE"),
+        (MAXMIND_COUNTRY, "217.65.48.3", "GI"),
+        (MAXMIND_COUNTRY, "2a02:d180::1", "DE"),
+        (MAXMIND_COUNTRY, "2a02:cfc0::1", "FR"),
+        (MAXMIND_COUNTRY, "2a02:d000::1", "CH"),
+        (MAXMIND_COUNTRY, "214.1.1.1", None),  # record with traits only
+        (MAXMIND_COUNTRY, "2a02:d500::1", None),  # record with continent only
+        (MAXMIND_COUNTRY, "1.2.3.4", None),  # not in the database
+        (MAXMIND_CITY, "81.2.69.160", "GB"),
+        (MAXMIND_CITY, "89.160.20.129", "SE"),
+        (MAXMIND_CITY, "2001:480:10::1", "US"),
+        (MAXMIND_CITY, "2a02:d180::1", "DE"),
+        (MAXMIND_CITY, "2.3.3.1", None),  # record without country
+        (MAXMIND_CITY, "1.2.3.4", None),
+        (MAXMIND_ENTERPRISE, "2.125.160.216", "GB"),
+        (MAXMIND_ENTERPRISE, "128.101.101.101", "US"),
+        (MAXMIND_ENTERPRISE, "74.209.24.0", "US"),
+        (MAXMIND_ENTERPRISE, "2001:219::1", "SE"),
+        (MAXMIND_ENTERPRISE, "5.83.124.1", None),  # only registered_country RO: not used
+        (MAXMIND_ENTERPRISE, "1.2.3.4", None),
+    ],
+)
+def test_maxmind_test_databases(db, ip, expected):
+    with CountryLookup(db) as lookup:
+        assert lookup.country(ip) == expected
+
+
+@pytest.mark.parametrize(
+    ("db", "db_type"),
+    [
+        (MAXMIND_COUNTRY, "GeoIP2-Country"),
+        (MAXMIND_CITY, "GeoIP2-City"),
+        (MAXMIND_ENTERPRISE, "GeoIP2-Enterprise"),
+    ],
+)
+def test_dispatch_follows_the_database_type(db, db_type):
+    with CountryLookup(db) as lookup:
+        assert lookup.database_type == db_type
+        assert lookup.uses_c_extension
+        # the IPv4-mapped form of a MaxMind IPv4 network resolves as the IPv4 address
+        assert lookup.country("::ffff:2.125.160.216") == "GB"
+
+
+def test_geoip2_itself_refuses_country_on_a_city_database():
+    # Why the dispatch exists: Reader.country() on a City database raises TypeError.
+    with geoip2.database.Reader(str(MAXMIND_CITY)) as reader, pytest.raises(TypeError):
+        reader.country("81.2.69.160")
+
+
+def test_a_database_without_country_data_is_refused(tmp_path):
+    asn = build_mmdb(
+        tmp_path / "asn.mmdb", {"11.0.0.0/8": {"autonomous_system_number": 1}}, "GeoLite2-ASN"
+    )
+    with pytest.raises(ValueError, match="GeoLite2-ASN"):
+        CountryLookup(asn)
+
+
+def test_c_extension_is_in_use():
+    assert geo.c_extension_available()
+
+
+# --- CountryLookup on mmdb-writer databases -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ip", "expected"),
+    [
+        ("81.2.69.142", "GB"),
+        ("89.160.20.1", "SE"),
+        ("11.22.33.44", "US"),
+        ("193.99.144.80", "DE"),
+        ("2a02:d180::1", "DE"),
+        ("2a02:d187:ffff:ffff:ffff:ffff:ffff:ffff", "DE"),  # last of the /29
+        ("2a02:d188::", None),  # just after it
+        ("2a02:d000::abcd", "CH"),
+        ("12.0.0.1", None),  # record without country
+        ("13.0.0.1", None),  # not found
+        ("2a03::1", None),  # not found
+    ],
+)
+def test_written_databases(written_db, ip, expected):
+    with CountryLookup(written_db) as lookup:
+        assert lookup.country(ip) == expected
+
+
+@pytest.mark.parametrize("db_type", ["GeoLite2-Country", "GeoLite2-City", "GeoIP2-Precision-City"])
+def test_other_database_type_names(tmp_path, db_type):
+    builder = build_city_mmdb if "City" in db_type else build_country_mmdb
+    db = builder(tmp_path / "x.mmdb", {"81.2.69.0/24": "GB"}, database_type=db_type)
+    with CountryLookup(db) as lookup:
+        assert lookup.database_type == db_type
+        assert lookup.country("81.2.69.1") == "GB"
+
+
+@pytest.mark.parametrize(
+    "ip",
+    [
+        "10.0.0.1",
+        "10.255.255.255",
+        "192.168.1.1",
+        "172.16.5.4",
+        "127.0.0.1",
+        "169.254.1.1",
+        "100.64.0.1",  # carrier-grade NAT
+        "0.0.0.0",
+        "224.0.0.1",
+        "239.255.255.250",
+        "255.255.255.255",
+        "192.0.2.1",  # documentation
+        "::1",
+        "::",
+        "fc00::1",
+        "fd12:3456:789a::1",
+        "fe80::1",
+        "ff02::1",
+        "2001:db8::1",
+        "::ffff:10.0.0.1",
+        "::ffff:127.0.0.1",
+        "::ffff:192.168.0.1",
+        "2002:0a00:0001::1",  # 6to4 wrapping 10.0.0.1
+    ],
+)
+def test_non_public_addresses_are_never_looked_up(written_db, ip):
+    # These networks are in the written database with a country: the answer must still be None.
+    with CountryLookup(written_db) as lookup:
+        assert lookup.country(ip) is None
+
+
+@pytest.mark.parametrize(
+    "ip",
+    [
+        "",
+        " ",
+        "not an ip",
+        "81.2.69",
+        "81.2.69.142.1",
+        "256.1.1.1",
+        "81.2.69.142/32",
+        " 81.2.69.142",
+        "81.2.69.142 ",
+        "081.2.69.142",
+        "0x51.2.69.142",
+        "1366054798",  # integer form of 81.2.69.142
+        "::ffff:",
+        "gggg::1",
+        "2a02:d180::1::1",
+        "2a02:d180::1%eth0",
+        "81.2.69.142\x00",
+        "\ud800",
+        None,
+        1366054798,
+        b"81.2.69.142",
+        ["81.2.69.142"],
+    ],
+)
+def test_invalid_input_is_none(written_db, ip):
+    with CountryLookup(written_db) as lookup:
+        assert lookup.country(ip) is None
+
+
+def test_ipv4_mapped_ipv6_is_looked_up_as_ipv4(written_db):
+    # The written databases have no ::ffff:0:0/96 alias (unlike MaxMind's and the bundled one),
+    # so only the unwrapping in CountryLookup can find these.
+    with maxminddb.open_database(str(written_db)) as raw:
+        assert raw.get("::ffff:81.2.69.142") is None
+        assert raw.get("81.2.69.142") is not None
+    with CountryLookup(written_db) as lookup:
+        assert lookup.country("::ffff:81.2.69.142") == "GB"
+        assert lookup.country("::FFFF:5102:458e") == "GB"  # same address, hex form
+        assert lookup.country("0:0:0:0:0:ffff:11.1.2.3") == "US"
+
+
+def test_6to4_is_looked_up_as_the_embedded_ipv4(written_db):
+    with CountryLookup(written_db) as lookup:
+        assert lookup.country("2002:5102:458e::1") == "GB"  # 81.2.69.142
+
+
+def test_ipv6_against_an_ipv4_only_database_is_none(tmp_path):
+    path = tmp_path / "v4.mmdb"
+    writer = MMDBWriter(ip_version=4, database_type="GeoIP2-Country")
+    writer.insert_network(IPSet(["81.2.69.0/24"]), {"country": {"iso_code": "GB"}})
+    writer.to_db_file(str(path))
+    with CountryLookup(path) as lookup:
+        assert lookup.country("81.2.69.1") == "GB"
+        assert lookup.country("2a02:d180::1") is None
+
+
+# --- cache -------------------------------------------------------------------------------------
+
+
+def test_cache_hits_and_same_answers(written_db):
+    ips = ["81.2.69.142", "10.0.0.1", "nonsense", "2a02:d180::1", "13.0.0.1"] * 3
+    with CountryLookup(written_db, cache_size=0) as plain, CountryLookup(written_db, 8) as cached:
+        assert [cached.country(ip) for ip in ips] == [plain.country(ip) for ip in ips]
+        info = cached.cache_info()
+        assert (info.hits, info.misses, info.maxsize) == (10, 5, 8)
+        assert plain.cache_info() is None
+
+
+def test_negative_cache_size_is_refused(written_db):
+    with pytest.raises(ValueError, match="cache_size"):
+        CountryLookup(written_db, cache_size=-1)
+
+
+# --- the bundled database ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ip", "expected"),
+    [
+        ("8.8.8.8", "US"),  # Google Public DNS
+        ("2001:4860:4860::8888", "US"),
+        ("::ffff:8.8.8.8", "US"),
+        ("193.99.144.80", "DE"),  # heise.de
+        ("2a01:4f8::1", "DE"),  # Hetzner
+        ("212.27.48.10", "FR"),  # free.fr
+        ("212.58.244.20", "GB"),  # BBC
+        ("130.59.31.80", "CH"),  # SWITCH
+        ("2001:620::1", "CH"),  # SWITCH
+        ("91.198.174.192", "NL"),  # Wikimedia Amsterdam
+    ],
+)
+def test_bundled_database_well_known_addresses(bundled, ip, expected):
+    assert bundled.country(ip) == expected
+
+
+def test_bundled_database_is_readable_by_plain_geoip2():
+    with geoip2.database.Reader(str(BUNDLED), mode=geoip2.database.MODE_MMAP_EXT) as reader:
+        meta = reader.metadata()
+        assert meta.database_type == "GeoLite2-Country"
+        assert "IPFire" in meta.description["en"]
+        assert reader.country("8.8.8.8").country.iso_code == "US"
+        # IPv4-mapped addresses are aliased in the file itself, too
+        assert reader.country("::ffff:193.99.144.80").country.iso_code == "DE"
+
+
+def test_bundled_database_regions(bundled):
+    def region(ip: str) -> str:
+        return region_for(bundled.country(ip), DEFAULT_EEA_UK)
+
+    assert region("193.99.144.80") == REGION_EEA_UK
+    assert region("212.58.244.20") == REGION_EEA_UK
+    assert region("130.59.31.80") == REGION_OTHER
+    assert region("8.8.8.8") == REGION_OTHER
+    assert region("192.168.0.1") == REGION_UNKNOWN
+
+
+# --- shared_lookup -----------------------------------------------------------------------------
+
+
+class _PrefixedLocalFileSystem(LocalFileSystem):
+    """A real Beam filesystem with a URL scheme (like gs://), backed by local files."""
+
+    PREFIX = "geotestfs://"
+
+    @classmethod
+    def scheme(cls) -> str:
+        return "geotestfs"
+
+    def open(self, path, mime_type="application/octet-stream", compression_type="auto"):
+        return super().open(path.removeprefix(self.PREFIX), mime_type, compression_type)
+
+
+def test_shared_lookup_is_one_reader_per_path_and_cache_size(registry, written_db):
+    first = shared_lookup(str(written_db), 16)
+    assert shared_lookup(str(written_db), 16) is first
+    assert shared_lookup(str(written_db), 32) is not first
+    assert first.path == str(written_db)
+
+
+def test_shared_lookup_copies_remote_databases_once(registry, written_db):
+    remote = _PrefixedLocalFileSystem.PREFIX + str(written_db)
+    lookup = shared_lookup(remote, 16)
+    local = Path(lookup.path)
+    assert local != written_db
+    assert local.read_bytes() == written_db.read_bytes()
+    assert lookup.country("81.2.69.142") == "GB"
+    assert shared_lookup(remote, 16) is lookup
+    assert Path(shared_lookup(remote, 32).path) == local  # copied once, whatever the cache size
+
+
+def test_shared_lookup_missing_file_fails_loudly(registry, tmp_path):
+    with pytest.raises(FileNotFoundError):
+        shared_lookup(str(tmp_path / "missing.mmdb"))
+
+
+# --- the Beam transform ------------------------------------------------------------------------
+
+
+def _visit(event_id: str, **fields: object) -> dict[str, object]:
+    return {"event_id": event_id, "url": "https://example.com/", "session_id": "s", **fields}
+
+
+VISITS = [
+    _visit("gb", ip="81.2.69.142"),
+    _visit("gb-mapped", ip="::ffff:81.2.69.142"),
+    _visit("de6", ip="2a02:d180::1"),
+    _visit("us", ip="11.0.0.1"),
+    _visit("ch", ip="2a02:d000::1"),
+    _visit("private", ip="10.1.2.3"),
+    _visit("no-country", ip="12.0.0.1"),
+    _visit("not-found", ip="13.0.0.1"),
+    _visit("garbage", ip="not an ip"),
+    _visit("none", ip=None),
+    _visit("missing"),
+]
+EXPECTED = {
+    "gb": ("GB", REGION_EEA_UK),
+    "gb-mapped": ("GB", REGION_EEA_UK),
+    "de6": ("DE", REGION_EEA_UK),
+    "us": ("US", REGION_OTHER),
+    "ch": ("CH", REGION_OTHER),
+    "private": (None, REGION_UNKNOWN),
+    "no-country": (None, REGION_UNKNOWN),
+    "not-found": (None, REGION_UNKNOWN),
+    "garbage": (None, REGION_UNKNOWN),
+    "none": (None, REGION_UNKNOWN),
+    "missing": (None, REGION_UNKNOWN),
+}
+
+
+def test_geolocate_composite(registry, written_db):
+    originals = copy.deepcopy(VISITS)
+    expected = [
+        {
+            **visit,
+            "country": EXPECTED[visit["event_id"]][0],
+            "region": EXPECTED[visit["event_id"]][1],
+        }
+        for visit in VISITS
+    ]
+    pipeline = TestPipeline(runner="FnApiRunner")
+    visits = pipeline | "Create" >> beam.Create(VISITS)
+    located = visits | "Geolocate" >> Geolocate(str(written_db), DEFAULT_EEA_UK)
+    assert_that(located, equal_to(expected))
+    # The same elements feed both branches in a fused stage: a mutation would show here.
+    assert_that(visits, equal_to(originals), label="InputsUnchanged")
+    result = pipeline.run()
+    result.wait_until_finish()
+
+    counters = {
+        c.key.metric.name: c.committed
+        for c in result.metrics().query(MetricsFilter().with_namespace("compliance"))["counters"]
+    }
+    assert counters == {"region.eea_uk": 3, "region.other": 2, "region.unknown": 6}
+    assert originals == VISITS
+
+
+def test_geolocate_fn_yields_a_new_dict(registry, written_db):
+    fn = GeolocateFn(str(written_db), DEFAULT_EEA_UK, cache_size=4)
+    fn.setup()
+    record = _visit("gb", ip="81.2.69.142")
+    before = copy.deepcopy(record)
+    (out,) = fn.process(record)
+    assert record == before
+    assert out is not record
+    assert out == {**before, "country": "GB", "region": REGION_EEA_UK}
+
+
+def test_geolocate_label_and_parameters(registry, written_db):
+    transform = Geolocate(str(written_db), frozenset({"CH"}), cache_size=8)
+    with TestPipeline(runner="FnApiRunner") as pipeline:
+        located = (
+            pipeline
+            | beam.Create([_visit("ch", ip="2a02:d000::1"), _visit("gb", ip="81.2.69.1")])
+            | "Geolocate" >> transform
+            | beam.Map(lambda r: (r["event_id"], r["region"]))
+        )
+        assert_that(located, equal_to([("ch", REGION_EEA_UK), ("gb", REGION_OTHER)]))
+    assert _has_label(pipeline, "Geolocate/LookupCountry")
+
+
+def _has_label(pipeline: beam.Pipeline, label: str) -> bool:
+    labels: set[str] = set()
+
+    class _Collect(beam.pipeline.PipelineVisitor):
+        def visit_transform(self, node):
+            labels.add(node.full_label)
+
+        def enter_composite_transform(self, node):
+            labels.add(node.full_label)
+
+    pipeline.visit(_Collect())
+    return label in labels
+
+
+# --- properties --------------------------------------------------------------------------------
+
+IP_LIKE = st.one_of(
+    st.text(),
+    st.text(alphabet="0123456789abcdefABCDEF:.%/ x", max_size=45),
+    st.ip_addresses().map(str),
+    st.ip_addresses(v=4).map(lambda a: f"::ffff:{a}"),
+    st.ip_addresses(v=6).map(lambda a: a.exploded),
+)
+
+
+@given(IP_LIKE)
+def test_any_string_gives_none_or_a_two_letter_code(bundled, ip):
+    code = bundled.country(ip)
+    assert code is None or (len(code) == 2 and code.isascii() and code.isupper())
+
+
+@given(st.ip_addresses(v=4))
+def test_ipv4_mapped_gives_the_same_answer_as_ipv4(bundled, addr):
+    assert bundled.country(f"::ffff:{addr}") == bundled.country(str(addr))
+
+
+@given(st.ip_addresses())
+def test_no_answer_for_what_the_stdlib_calls_non_global(bundled, addr):
+    if addr.version == 6 and (addr.ipv4_mapped or addr.sixtofour):
+        return  # looked up as the embedded IPv4 address (tested above)
+    if not addr.is_global or addr.is_multicast:
+        assert bundled.country(str(addr)) is None
+
+
+@given(st.ip_addresses(network="10.0.0.0/8") | st.ip_addresses(network="fc00::/7"))
+def test_private_ranges_are_none(bundled, addr):
+    assert bundled.country(str(addr)) is None
