@@ -19,6 +19,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import maxminddb
 
+from schemas.policy import load_policy
+
 __all__ = ["AddressPool", "VisitMix", "snapshot_csv", "visit_lines"]
 
 # Country weights of the visitor population (the rest of the world dominates, as for a global
@@ -58,17 +60,7 @@ COUNTRY_WEIGHTS = {
     "AD": 0.1,
     "MC": 0.1,
 }
-CONTACT_FIELDS = (
-    "contact_name",
-    "business_email",
-    "business_phone",
-    "business_location",
-    "business_function",
-    "seniority_level",
-    "job_title",
-    "linkedin_url",
-    "business_skills",
-)
+CONTACT_FIELDS = load_policy().category("corporate_visitor_info").field_groups["contact"]
 INDUSTRIES = ("software", "media", "education", "finance", "retail", "gaming", "health")
 PATHS = ("/", "/pricing", "/docs/trtc/quickstart", "/product/trtc", "/contact", "/blog/latency")
 AGENTS = (

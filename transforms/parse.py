@@ -116,11 +116,12 @@ class ParseFn(beam.DoFn):
 
     def process(self, element: bytes | str | Mapping[str, Any]) -> Iterator[Any]:
         self._read.inc()
+        obj: Mapping[str, Any] = {}
         try:
             obj = element if isinstance(element, Mapping) else decode_json_line(element)
             record = validate_record(obj, self._specs, self._event_time_field)
         except RecordError as rejected:
-            event_id = element.get("event_id") if isinstance(element, Mapping) else None
+            event_id = obj.get("event_id")
             yield beam.pvalue.TaggedOutput(
                 DEAD_LETTER_TAG,
                 self._context.letter(

@@ -19,21 +19,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from schemas.avro import load_avsc
+from schemas.policy import load_policy
 from tests.support.mmdb import build_country_mmdb
 
 pytestmark = pytest.mark.e2e
 
-CONTACT = (
-    "contact_name",
-    "business_email",
-    "business_phone",
-    "business_location",
-    "business_function",
-    "seniority_level",
-    "job_title",
-    "linkedin_url",
-    "business_skills",
-)
+CONTACT = load_policy().category("corporate_visitor_info").field_groups["contact"]
 SECRETS = ("hunter2-SECRET", "eJyrVkrxUSERSIG", "BEGIN-PRIVATE-KEY-XYZ")
 NETWORKS = {
     "2.16.0.0/16": "DE",
@@ -352,6 +343,9 @@ def test_dead_letters_have_every_reason(visits_run):
         "expiry_date=2026-12-13"  # run time + 14 days
     }
     assert all(d["stage"] == "parse" and d["source"] == "visits" for d in letters)
+    by_error = {d["error"]: d for d in letters}
+    assert by_error["malformed_timestamp:visited_at"]["event_id"] == "bad-time"
+    assert "event_id" not in by_error["invalid_json"]
 
 
 def test_avro_input_gives_the_same_visits(visits_run, tmp_path):

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from schemas.policy import load_policy
+
 __all__ = [
     "COMPANY_FIELDS",
     "CONTACT_FIELDS",
@@ -37,24 +39,10 @@ __all__ = [
 ]
 
 # The field lists as the policy declares them (tests do not depend on the policy loader).
-COMPANY_FIELDS = (
-    "company_name",
-    "company_domain",
-    "company_industry",
-    "company_country",
-    "company_size",
-)
-CONTACT_FIELDS = (
-    "contact_name",
-    "business_email",
-    "business_phone",
-    "business_location",
-    "business_function",
-    "seniority_level",
-    "job_title",
-    "linkedin_url",
-    "business_skills",
-)
+# The field lists are the policy's (one source of truth), not copies.
+_CORPORATE = load_policy().category("corporate_visitor_info")
+COMPANY_FIELDS = _CORPORATE.field_groups["company"]
+CONTACT_FIELDS = _CORPORATE.field_groups["contact"]
 # A subset of the project's EEA/UK list is enough for the tests (and includes the odd ones).
 EEA_UK = frozenset({"DE", "FR", "IE", "NL", "GB", "NO", "IS", "LI", "RE", "GF", "AX", "EU"})
 

@@ -134,7 +134,7 @@ def test_parse_composite(policy, dl_context):
         )
         assert_that(
             dead | "Errors" >> beam.Map(lambda d: (d["error"], d.get("event_id"))),
-            equal_to([("missing_field:visited_at", None), ("invalid_json", None)]),
+            equal_to([("missing_field:visited_at", "e3"), ("invalid_json", None)]),
             label="Dead",
         )
 
