@@ -46,7 +46,7 @@ setup(
             "hypothesis>=6.100",
             "mmdb-writer>=0.2.5",
             "netaddr>=1.2",
-            "ruff>=0.6",
+            "ruff==0.17.6",  # exact: the formatter's output is checked in CI
             "psutil>=5.9",
         ],
         "gcp": [BEAM.replace("apache-beam", "apache-beam[gcp]")],
