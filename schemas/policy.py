@@ -17,6 +17,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ class PolicyError(ValueError):
     """The policy file is malformed; the message lists every problem with its YAML path."""
 
 
+@lru_cache(maxsize=16384)  # field names repeat on every record; the set is small
 def normalise_name(name: str) -> str:
     """Key for secret/media name matching: ``UserSig``, ``user_sig`` and ``user-sig`` agree."""
     return "".join(ch for ch in name.lower() if ch.isalnum())
