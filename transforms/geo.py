@@ -41,11 +41,11 @@ import geoip2.database
 import geoip2.errors
 import maxminddb
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
+
+from transforms.counters import counter
 
 __all__ = [
     "DEFAULT_CACHE_SIZE",
-    "METRICS_NAMESPACE",
     "REGION_EEA_UK",
     "REGION_OTHER",
     "REGION_UNKNOWN",
@@ -66,7 +66,6 @@ REGION_UNKNOWN = "UNKNOWN"
 
 #: About 128k entries: measured to pay off on ~100k distinct IPs, where 16k gained nothing.
 DEFAULT_CACHE_SIZE = 131072
-METRICS_NAMESPACE = "compliance"
 _COUNTER_NAMES = {
     REGION_EEA_UK: "region.eea_uk",
     REGION_OTHER: "region.other",
@@ -364,10 +363,7 @@ class GeolocateFn(beam.DoFn):
         self._geoip_db = str(geoip_db)
         self._eea_uk = frozenset(eea_uk)
         self._cache_size = cache_size
-        self._counters = {
-            region: Metrics.counter(METRICS_NAMESPACE, name)
-            for region, name in _COUNTER_NAMES.items()
-        }
+        self._counters = {region: counter(name) for region, name in _COUNTER_NAMES.items()}
         self._lookup: CountryLookup | None = None
 
     def setup(self) -> None:

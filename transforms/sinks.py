@@ -53,11 +53,12 @@ from apache_beam.io import fileio
 from apache_beam.io.fileio import FileMetadata
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 from apache_beam.options.value_provider import StaticValueProvider
 from apache_beam.transforms.window import GlobalWindow
 
 from schemas.arrow import arrow_schema, to_arrow_table
+from transforms.counters import counter
+from transforms.timestamps import format_utc, utc_date
 
 __all__ = [
     "DEAD_LETTER_DIR",
@@ -78,7 +79,6 @@ __all__ = [
 
 _LOG = logging.getLogger(__name__)
 
-NAMESPACE = "compliance"
 HIVE_NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
 DEAD_LETTER_DIR = "_dead_letter"
 FORMATS = ("parquet", "avro")
@@ -89,10 +89,6 @@ DEFAULT_PARQUET_CODEC = "snappy"
 # fastavro's snappy codec needs the optional `cramjam` package; deflate needs nothing.
 DEFAULT_AVRO_CODEC = "deflate"
 DEFAULT_AVRO_SYNC_INTERVAL = 256 * 1024  # bytes per Avro block before it is compressed
-
-_MICROS_PER_DAY = 86_400_000_000
-_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -105,28 +101,15 @@ def _check_micros(value: object, what: str) -> int:
 
 
 def expiry_date(expires_at_micros: int | None) -> str:
-    """UTC calendar date ``YYYY-MM-DD`` of ``expires_at``, or Hive's null partition name.
-
-    Integer arithmetic (floor division by a day in microseconds), so it is exact at
-    midnight and for instants before 1970.
-    """
+    """UTC calendar date ``YYYY-MM-DD`` of ``expires_at``, or Hive's null partition name."""
     if expires_at_micros is None:
         return HIVE_NULL_PARTITION
-    micros = _check_micros(expires_at_micros, "expires_at")
-    try:
-        return dt.date.fromordinal(_EPOCH_ORDINAL + micros // _MICROS_PER_DAY).isoformat()
-    except (ValueError, OverflowError) as err:
-        raise ValueError(f"expires_at {micros} is outside the representable dates") from err
+    return utc_date(_check_micros(expires_at_micros, "expires_at"))
 
 
 def micros_to_iso(micros: int) -> str:
     """ISO-8601 UTC string with a ``Z`` suffix (microseconds only when non-zero)."""
-    micros = _check_micros(micros, "timestamp")
-    try:
-        stamp = _EPOCH + dt.timedelta(microseconds=micros)
-    except OverflowError as err:
-        raise ValueError(f"timestamp {micros} is outside the representable dates") from err
-    return stamp.isoformat().replace("+00:00", "Z")
+    return format_utc(_check_micros(micros, "timestamp"))
 
 
 def _hive_value(value: object) -> str:
@@ -581,10 +564,10 @@ class _AssignPartition(beam.DoFn):
             _shard_of(row, self.shards),
             self.shards,
         )
-        counter = self._counters.get(category)
-        if counter is None:
-            counter = self._counters[category] = Metrics.counter(NAMESPACE, f"written.{category}")
-        counter.inc()
+        rows = self._counters.get(category)
+        if rows is None:
+            rows = self._counters[category] = counter(f"written.{category}")
+        rows.inc()
         yield destination, row
 
 
@@ -684,10 +667,10 @@ class _AssignDeadLetter(beam.DoFn):
         if not isinstance(dead_letter, Mapping):
             raise TypeError(f"a dead letter must be a dict, got {type(dead_letter).__name__}")
         reason = dead_letter_reason(dead_letter)
-        counter = self._counters.get(reason)
-        if counter is None:
-            counter = self._counters[reason] = Metrics.counter(NAMESPACE, f"dead_letter.{reason}")
-        counter.inc()
+        letters = self._counters.get(reason)
+        if letters is None:
+            letters = self._counters[reason] = counter(f"dead_letter.{reason}")
+        letters.inc()
         source = dead_letter.get("source")
         source = None if source is None else str(source)
         shard = 0

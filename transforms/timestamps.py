@@ -15,12 +15,14 @@ Avro ``timestamp-micros`` and Parquet ``timestamp[us]`` store.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 __all__ = ["TimestampError", "format_utc", "parse_event_time", "utc_date"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
+_MICROS_PER_DAY = 86_400_000_000
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 # 0001-01-01 .. 9999-12-31, the range every reader of the outputs can represent.
 _MIN_MS = (datetime(1, 1, 1, tzinfo=UTC) - _EPOCH) // timedelta(milliseconds=1)
 _MAX_MS = (datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC) - _EPOCH) // timedelta(
@@ -67,10 +69,20 @@ def parse_event_time(value: object) -> int:
 
 
 def format_utc(micros: int) -> str:
-    """ISO-8601 UTC with a ``Z`` suffix, for JSON outputs (dead letters, reports)."""
-    return (_EPOCH + micros * _ONE_US).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    """ISO-8601 UTC with a ``Z`` suffix (microseconds only when non-zero), for JSON outputs."""
+    try:
+        stamp = _EPOCH + micros * _ONE_US
+    except OverflowError as err:
+        raise ValueError(f"timestamp {micros} is outside the representable dates") from err
+    return stamp.isoformat().replace("+00:00", "Z")
 
 
 def utc_date(micros: int) -> str:
-    """The UTC calendar date ``YYYY-MM-DD`` of an epoch-microsecond timestamp."""
-    return (_EPOCH + micros * _ONE_US).date().isoformat()
+    """The UTC calendar date ``YYYY-MM-DD`` of an epoch-microsecond timestamp.
+
+    Integer arithmetic (floor division by a day), so it is exact at midnight and before 1970.
+    """
+    try:
+        return date.fromordinal(_EPOCH_ORDINAL + micros // _MICROS_PER_DAY).isoformat()
+    except (ValueError, OverflowError) as err:
+        raise ValueError(f"timestamp {micros} is outside the representable dates") from err

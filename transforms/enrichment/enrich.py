@@ -41,9 +41,9 @@ from apache_beam.io.requestresponse import (
     NoOpsRepeater,
     PreCallThrottler,
 )
-from apache_beam.metrics import Metrics
 from apache_beam.transforms.enrichment import Enrichment, EnrichmentSourceHandler
 
+from transforms.counters import counter
 from transforms.enrichment import (
     FAILED,
     MATCHED,
@@ -65,17 +65,16 @@ __all__ = [
 
 COMPANY_COUNTRY_FIELD = "company_country"
 
-_NAMESPACE = "compliance"
-_CALLS = Metrics.counter(_NAMESPACE, "enrichment.calls")
-_MATCHED = Metrics.counter(_NAMESPACE, "enrichment.matched")
-_NO_MATCH = Metrics.counter(_NAMESPACE, "enrichment.no_match")
-_FAILED = Metrics.counter(_NAMESPACE, "enrichment.failed")
-_INVALID_IP = Metrics.counter(_NAMESPACE, "enrichment.invalid_ip")
-_CONTACT_BLOCKED = Metrics.counter(_NAMESPACE, "enrichment.contact_blocked")
-_CONTACT_DISCARDED = Metrics.counter(_NAMESPACE, "enrichment.contact_fields_discarded")
-_COMPANY_COUNTRY_RESTRICTED = Metrics.counter(_NAMESPACE, "enrichment.company_country_restricted")
-_CACHE_HITS = Metrics.counter(_NAMESPACE, "enrichment.cache_hits")
-_RETRIES = Metrics.counter(_NAMESPACE, "enrichment.retries")
+_CALLS = counter("enrichment.calls")
+_MATCHED = counter("enrichment.matched")
+_NO_MATCH = counter("enrichment.no_match")
+_FAILED = counter("enrichment.failed")
+_INVALID_IP = counter("enrichment.invalid_ip")
+_CONTACT_BLOCKED = counter("enrichment.contact_blocked")
+_CONTACT_DISCARDED = counter("enrichment.contact_fields_discarded")
+_COMPANY_COUNTRY_RESTRICTED = counter("enrichment.company_country_restricted")
+_CACHE_HITS = counter("enrichment.cache_hits")
+_RETRIES = counter("enrichment.retries")
 _STATUS_COUNTERS = {MATCHED: _MATCHED, NO_MATCH: _NO_MATCH, FAILED: _FAILED}
 
 
