@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 
 from schemas.avro import load_avsc
 from schemas.policy import load_policy
+from tests.support.arounddeal_server import Action, AroundDealServer
 from tests.support.mmdb import build_country_mmdb
 
 pytestmark = pytest.mark.e2e
@@ -422,3 +424,66 @@ def test_reruns_give_the_same_rows(visits_run, tmp_path):
     assert sorted("".join(letters).splitlines()) == sorted(
         "".join(p.read_text() for p in out.glob("_dead_letter/**/*.jsonl")).splitlines()
     )
+
+
+def test_http_enrichment_end_to_end(tmp_path):
+    """The CLI against a real AroundDeal stand-in on 127.0.0.1, with a 503 and a 429 to ride out:
+    restricted IPs are never asked for contact data, a leaked contact is not kept, the API key
+    comes from the environment and never appears in any output."""
+    inputs = write_inputs(tmp_path)
+    companies = {
+        ip: {
+            "company_name": f"Web {event_id}",
+            "company_country": "US",
+            "business_phone": f"+1-{event_id}",
+            "business_email": f"web-{event_id}@api.example",
+        }
+        for event_id, (ip, _region) in VISITORS.items()
+    }
+    api_key = "k-SECRET-API-KEY-123"
+    with AroundDealServer(companies, leak_contact=True) as server:
+        server.script(Action(status=503), Action(status=429, retry_after="0.1"))
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pipelines.visits",
+                f"--input={inputs['visits']}",
+                f"--output={tmp_path / 'out'}",
+                f"--geoip_db={inputs['mmdb']}",
+                f"--enrichment_url={server.url}",
+                "--enrichment_api_key_env=TEST_AROUNDDEAL_KEY",
+                "--enrichment_batch_size=5",
+                "--enrichment_rate_limit=50",
+                "--runner=FnApiRunner",
+                "--run_time=2026-11-29T00:00:00Z",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "TEST_AROUNDDEAL_KEY": api_key},
+        )
+        requests = server.requests
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(requests) >= 3 and all(r.headers.get("X-API-Key") == api_key for r in requests)
+    asked = {}
+    for request in requests:
+        for item in request.items:
+            asked.setdefault(item["ip"], set()).add(item["fields"])
+    for event_id, (ip, region) in VISITORS.items():
+        ip = ip.removeprefix("::ffff:")
+        if region != "OTHER":
+            assert asked.get(ip, {"company"}) == {"company"}, event_id
+    rows = read_rows(tmp_path / "out")["parquet"]
+    corporate = by_id(rows, "corporate_visitor_info")
+    assert corporate["us"]["company_name"] == "Web us"
+    assert corporate["us"]["business_phone"] == "+1-us"
+    assert corporate["de"]["company_name"] == "Web de" and corporate["de"]["business_phone"] is None
+    text = decoded_text(tmp_path / "out") + done.stdout + done.stderr
+    assert api_key not in text
+    for event_id, (_ip, region) in VISITORS.items():
+        if region != "OTHER":
+            assert f"web-{event_id}@api.example" not in text
+    (report,) = (tmp_path / "out").glob("_reports/visits-*.json")
+    enrichment = json.loads(report.read_text())["enrichment"]
+    assert enrichment["retries"] >= 2 and enrichment.get("failed", 0) == 0
