@@ -30,7 +30,7 @@ class RunContext:
     """Identity of one run: written into the report and the dead letters' expiry."""
 
     pipeline: str
-    primary_category: str
+    primary_categories: tuple[str, ...]
     input: str
     output: str
     policy: Policy
@@ -69,7 +69,7 @@ def run_and_report(
     report = build_report(
         counters_of(result),
         pipeline=run.pipeline,
-        primary_category=run.primary_category,
+        primary_categories=run.primary_categories,
         run={
             "run_id": run.run_id,
             "input": run.input,

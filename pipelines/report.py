@@ -43,15 +43,18 @@ def build_report(
     counters: Mapping[str, int],
     *,
     pipeline: str,
-    primary_category: str,
+    primary_categories: tuple[str, ...],
     run: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """The report document; ``run`` carries the run's identity (inputs, output, policy, times)."""
+    """The report document; ``run`` carries the run's identity (inputs, output, policy, times).
+
+    ``primary_categories`` are the categories every good record yields exactly one row of (one
+    for visits, one per route for a routed source)."""
     read = counters.get("read", 0)
     written = _group(counters, "written.")
     dead = _group(counters, "dead_letter.")
     dead_total = sum(dead.values())
-    primary = written.get(primary_category, 0)
+    primary = sum(written.get(c, 0) for c in primary_categories)
     return {
         "pipeline": pipeline,
         **run,
@@ -62,7 +65,7 @@ def build_report(
             "dead_lettered_total": dead_total,
         },
         "reconciliation": {
-            "primary_category": primary_category,
+            "primary_categories": list(primary_categories),
             "read": read,
             "primary_written": primary,
             "dead_lettered": dead_total,
@@ -73,6 +76,7 @@ def build_report(
         "enrichment": _group(counters, "enrichment."),
         "parse": _group(counters, "parse."),
         "guard": _group(counters, "guard."),
+        "fingerprinted": counters.get("fingerprinted", 0),
     }
 
 
@@ -99,6 +103,6 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
         f"[{report['pipeline']}] regions: {report['regions']} suppressed: {report['suppressed']}",
         f"[{report['pipeline']}] enrichment: {report['enrichment']}",
         f"[{report['pipeline']}] reconciled={rec['reconciled']} "
-        f"({rec['read']} read = {rec['primary_written']} {rec['primary_category']} "
+        f"({rec['read']} read = {rec['primary_written']} {'+'.join(rec['primary_categories'])} "
         f"+ {rec['dead_lettered']} dead letters)",
     ]

@@ -1,7 +1,8 @@
 """Website-visit ingestion: ``python -m pipelines.visits --input GLOB --output DIR [...]``.
 
-    Read -> ParseValidate -> Geolocate -> SuppressRestrictedContacts -> EnrichAroundDeal -> Guard
-         -> Tag -> Write, with every rejected record collected into the dead letters.
+    Read -> ParseValidate -> Geolocate -> SuppressRestrictedContacts -> EnrichAroundDeal
+         -> Store (Guard -> Tag -> Write), with every rejected record collected into the dead
+         letters.
 
 Writes two categories: ``website_visit`` (one row per good visit) and ``corporate_visitor_info``
 (company and contact fields, keyed by ``event_id``, for visits that have any), then a run report
@@ -26,12 +27,12 @@ from schemas.avro import category_columns, input_fields, output_schema
 from schemas.policy import Policy, PolicyError, load_policy
 from transforms.enrichment import EnrichAroundDeal, build_handler
 from transforms.geo import Geolocate
-from transforms.guard import Guard
 from transforms.parse import Parse
 from transforms.read import ReadRecords
-from transforms.sinks import WriteDeadLetters, WritePartitioned
+from transforms.sinks import WriteDeadLetters
+from transforms.store import Store
 from transforms.suppress import SuppressRestrictedContacts
-from transforms.tag import CategoryOutput, Tag
+from transforms.tag import CategoryOutput
 
 __all__ = ["IngestVisits", "VisitsOptions", "main", "run"]
 
@@ -152,15 +153,17 @@ class IngestVisits(beam.PTransform):
             minimised = minimised | "EnrichAroundDeal" >> EnrichAroundDeal(
                 c.enrichment, company, contact, policy.restricted_countries
             )
-        safe, guard_dead = minimised | "Guard" >> Guard(
-            policy, (visit, corporate), ("country", "region"), dead_letters
-        )
-        rows, tag_dead = safe | "Tag" >> Tag(policy, outputs, dead_letters)
-        _ = rows | "Write" >> WritePartitioned(
-            c.output, {o.category: output_schema(o.category) for o in outputs}, c.formats
+        store_dead = minimised | "Store" >> Store(
+            policy=policy,
+            outputs=outputs,
+            schemas={o.category: output_schema(o.category) for o in outputs},
+            extra_keys=("country", "region"),
+            output_dir=c.output,
+            formats=c.formats,
+            context=dead_letters,
         )
         return (
-            (parse_dead, guard_dead, tag_dead)
+            (parse_dead, store_dead)
             | "CollectDeadLetters" >> beam.Flatten()
             | "WriteDeadLetters" >> WriteDeadLetters(c.output)
         )
@@ -208,7 +211,7 @@ def config_from(options: PipelineOptions) -> VisitsConfig:
         enrichment=handler,
         run=RunContext(
             pipeline=SOURCE,
-            primary_category=VISIT,
+            primary_categories=(VISIT,),
             input=common.input,
             output=common.output,
             policy=policy,

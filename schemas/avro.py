@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -19,6 +20,7 @@ import fastavro
 __all__ = [
     "FieldSpec",
     "category_columns",
+    "category_input_fields",
     "input_fields",
     "load_avsc",
     "output_schema",
@@ -38,17 +40,27 @@ _PY_TYPES: dict[str, tuple[type, ...]] = {
 
 @dataclass(frozen=True)
 class FieldSpec:
-    """What the parser checks for one input field: is it required, which Avro types it accepts."""
+    """What the parser checks for one input field: is it required, which Avro types it accepts.
+
+    ``format`` is the ``.avsc`` field attribute of the same name: ``"ip"`` (the value must be an
+    IP address) or ``"identifier"`` (sdk_app_id, uin...: accepted as a string or an integer and
+    always written as a string). ``symbols`` are an enum's allowed values.
+    """
 
     name: str
     required: bool
     avro_types: tuple[str, ...]
-    format: str | None = (
-        None  # "ip": the value must be an IP address (the .avsc "format" attribute)
-    )
+    format: str | None = None
+    symbols: tuple[str, ...] = ()
 
     def accepts(self, value: Any) -> bool:
+        if self.format == "identifier":
+            return isinstance(value, str | int) and not isinstance(value, bool)
         for avro_type in self.avro_types:
+            if avro_type == "enum":
+                if value in self.symbols:
+                    return True
+                continue
             py_types = _PY_TYPES.get(avro_type, ())
             # bool is an int in Python but never a valid long/double in the data contract
             if isinstance(value, bool) and avro_type != "boolean":
@@ -56,6 +68,20 @@ class FieldSpec:
             if isinstance(value, py_types):
                 return True
         return False
+
+    def coerce(self, value: Any) -> Any:
+        """The value as the output column stores it (identifiers as text, numbers as floats)."""
+        if self.format == "identifier":
+            return str(value)
+        if (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and ("double" in self.avro_types or "float" in self.avro_types)
+            and "long" not in self.avro_types
+            and "int" not in self.avro_types
+        ):
+            return float(value)
+        return value
 
 
 def _avsc_text(name: str) -> str:
@@ -82,28 +108,36 @@ def output_schema(category: str) -> dict[str, Any]:
     return fastavro.parse_schema(doc)
 
 
-def _branch_types(avro_type: Any) -> tuple[str, ...]:
-    branches = avro_type if isinstance(avro_type, list) else [avro_type]
-    names = []
-    for branch in branches:
-        names.append(branch["type"] if isinstance(branch, dict) else branch)
-    return tuple(names)
+def _branches(avro_type: Any) -> list[Any]:
+    return avro_type if isinstance(avro_type, list) else [avro_type]
+
+
+def _spec(f: dict[str, Any]) -> FieldSpec:
+    branches = [b for b in _branches(f["type"]) if b != "null"]
+    types = tuple(b["type"] if isinstance(b, dict) else b for b in branches)
+    symbols = tuple(s for b in branches if isinstance(b, dict) for s in b.get("symbols", ()))
+    required = len(branches) == len(_branches(f["type"]))
+    return FieldSpec(f["name"], required, types, f.get("format"), symbols)
 
 
 @cache
 def input_fields(source_schema: str) -> tuple[FieldSpec, ...]:
     """The allow-listed input fields of a source schema with their requiredness and types."""
+    return tuple(_spec(f) for f in load_avsc(source_schema)["fields"])
+
+
+def category_input_fields(category: str, fingerprints: Mapping[str, str]) -> tuple[FieldSpec, ...]:
+    """Input contract of a category ingested on its own (``python -m pipelines.ingest``).
+
+    It is the category's output schema read as an input: the event time arrives in any accepted
+    form (the parser is told which field it is), and a fingerprinted column is replaced by the
+    secret input field it is computed from (required, a string), so a new category needs its
+    ``.avsc`` and nothing else.
+    """
     specs = []
-    for f in load_avsc(source_schema)["fields"]:
-        types = _branch_types(f["type"])
-        specs.append(
-            FieldSpec(
-                f["name"],
-                "null" not in types,
-                tuple(t for t in types if t != "null"),
-                f.get("format"),
-            )
-        )
+    for spec in input_fields(category):
+        source = fingerprints.get(spec.name)
+        specs.append(FieldSpec(source, True, ("string",)) if source else spec)
     return tuple(specs)
 
 

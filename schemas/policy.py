@@ -26,11 +26,14 @@ import yaml
 
 __all__ = [
     "Category",
+    "MinimumAge",
     "Policy",
     "PolicyError",
     "Purpose",
     "Region",
     "Retention",
+    "Route",
+    "Source",
     "default_policy_path",
     "load_policy",
     "normalise_name",
@@ -123,6 +126,55 @@ class Region:
 
 
 @dataclass(frozen=True)
+class MinimumAge:
+    """DPSA special condition: end users below ``age`` need parental consent to be stored."""
+
+    age: int
+    age_field: str
+    consent_field: str
+
+    def blocks(self, raw: Mapping[str, Any]) -> bool:
+        """True when ``raw`` declares an end user below the age without parental consent.
+
+        A declared age that is not a number cannot be checked: it blocks too (fail closed).
+        """
+        age = raw.get(self.age_field)
+        if age is None:
+            return False
+        if isinstance(age, bool) or not isinstance(age, int | float):
+            return True
+        return age < self.age and raw.get(self.consent_field) is not True
+
+
+@dataclass(frozen=True)
+class Route:
+    """Sends a record of a source to ``category`` when its condition holds (empty = always)."""
+
+    category: str
+    when_present: tuple[str, ...] = ()
+    when_equals: Mapping[str, Any] = field(default_factory=dict)
+
+    def matches(self, record: Mapping[str, Any]) -> bool:
+        if self.when_present and not any(
+            record.get(f) not in (None, "") for f in self.when_present
+        ):
+            return False
+        return all(record.get(k) == v for k, v in self.when_equals.items())
+
+
+@dataclass(frozen=True)
+class Source:
+    """An input whose records feed one of several categories (first matching route wins)."""
+
+    name: str
+    input_schema: str
+    routes: tuple[Route, ...]
+
+    def category_of(self, record: Mapping[str, Any]) -> str | None:
+        return next((r.category for r in self.routes if r.matches(record)), None)
+
+
+@dataclass(frozen=True)
 class Category:
     """One data category of the policy, with everything the pipelines need to handle it."""
 
@@ -140,6 +192,7 @@ class Category:
     shared_with: tuple[str, ...] = ()
     forbidden_fields_in_regions: Mapping[str, frozenset[str]] = field(default_factory=dict)
     restricted_country_field: str | None = None
+    fingerprints: Mapping[str, str] = field(default_factory=dict)  # stored field <- input field
 
     @property
     def stored(self) -> bool:
@@ -174,6 +227,8 @@ class Policy:
     secret_names: frozenset[str]
     media_names: frozenset[str]
     dead_letter_retention: Retention
+    minimum_age: MinimumAge | None = None
+    sources: Mapping[str, Source] = field(default_factory=dict)
     source: str = ""
 
     @property
@@ -212,6 +267,13 @@ class Policy:
         except KeyError:
             known = ", ".join(sorted(self.categories))
             raise PolicyError(f"unknown data category {name!r}; the policy has: {known}") from None
+
+    def source_named(self, name: str) -> Source:
+        try:
+            return self.sources[name]
+        except KeyError:
+            known = ", ".join(sorted(self.sources))
+            raise PolicyError(f"unknown source {name!r}; the policy has: {known}") from None
 
 
 def default_policy_path() -> str:
@@ -318,7 +380,16 @@ class _Validator:
         top = self.mapping(doc, "<top level>")
         self.unknown_keys(
             top,
-            ("policy", "documents", "regions", "never_in_clear", "dead_letters", "categories"),
+            (
+                "policy",
+                "documents",
+                "regions",
+                "never_in_clear",
+                "dead_letters",
+                "minimum_age",
+                "sources",
+                "categories",
+            ),
             "",
         )
         name = self.string(top.get("policy"), "policy")
@@ -332,6 +403,15 @@ class _Validator:
         if dead_retention.rule != "fixed":
             self.error("dead_letters.retention.rule", "dead letters need a fixed retention")
         categories = self.categories(top.get("categories"), regions)
+        for category in categories.values():
+            for stored, secret in category.fingerprints.items():
+                if normalise_name(secret) not in {normalise_name(x) for x in secrets}:
+                    self.error(
+                        f"categories.{category.name}.fingerprints.{stored}",
+                        f"{secret!r} must be listed in never_in_clear.secrets",
+                    )
+        minimum_age = self.minimum_age(top.get("minimum_age"))
+        sources = self.sources(top.get("sources"), categories)
         return Policy(
             name=name,
             version=_version(doc),
@@ -341,6 +421,8 @@ class _Validator:
             secret_names=frozenset(normalise_name(s) for s in secrets),
             media_names=frozenset(normalise_name(m) for m in media),
             dead_letter_retention=dead_retention,
+            minimum_age=minimum_age,
+            sources=sources,
             source=self.source,
         )
 
@@ -444,6 +526,49 @@ class _Validator:
             out.append(Purpose(name, not_in, requires, retention))
         return tuple(out)
 
+    def minimum_age(self, doc: Any) -> MinimumAge | None:
+        if doc is None:
+            return None
+        body = self.mapping(doc, "minimum_age")
+        self.unknown_keys(body, ("age", "age_field", "consent_field"), "minimum_age")
+        age = body.get("age")
+        if isinstance(age, bool) or not isinstance(age, int) or not 0 < age < 30:
+            self.error("minimum_age.age", f"must be an age in years (1-29), got {age!r}")
+            age = 16
+        names = self.names([body.get("age_field"), body.get("consent_field")], "minimum_age")
+        if len(names) != 2:
+            return None
+        return MinimumAge(age, *names)
+
+    def sources(self, doc: Any, categories: Mapping[str, Category]) -> dict[str, Source]:
+        sources: dict[str, Source] = {}
+        for name, body in self.mapping(doc or {}, "sources").items():
+            path = f"sources.{name}"
+            body = self.mapping(body, path)
+            self.unknown_keys(body, ("input_schema", "routes"), path)
+            schema = self.string(body.get("input_schema"), f"{path}.input_schema")
+            routes = []
+            raw_routes = body.get("routes")
+            if not isinstance(raw_routes, list) or not raw_routes:
+                self.error(f"{path}.routes", "must be a non-empty list of routes")
+                raw_routes = []
+            for i, raw in enumerate(raw_routes):
+                rpath = f"{path}.routes[{i}]"
+                route = self.mapping(raw, rpath)
+                self.unknown_keys(route, ("category", "when_present", "when_equals"), rpath)
+                category = self.string(route.get("category"), f"{rpath}.category")
+                if category and category not in categories:
+                    self.error(f"{rpath}.category", f"unknown category {category!r}")
+                elif category and not categories[category].stored:
+                    self.error(f"{rpath}.category", f"{category!r} is never stored")
+                present = self.names(route.get("when_present"), f"{rpath}.when_present")
+                equals = dict(self.mapping(route.get("when_equals", {}), f"{rpath}.when_equals"))
+                routes.append(Route(category, present, equals))
+            if routes and (routes[-1].when_present or routes[-1].when_equals):
+                self.error(f"{path}.routes", "the last route must be unconditional (a fallback)")
+            sources[str(name)] = Source(str(name), schema, tuple(routes))
+        return sources
+
     def categories(self, doc: Any, regions: Mapping[str, Region]) -> dict[str, Category]:
         categories: dict[str, Category] = {}
         body = self.mapping(doc, "categories")
@@ -474,6 +599,7 @@ class _Validator:
                 "store",
                 "shared_with",
                 "restrictions",
+                "fingerprints",
             ),
             path,
         )
@@ -521,6 +647,17 @@ class _Validator:
                 f"{path}.restrictions.restricted_country_field",
                 f"{country_field!r} is not in the category fields",
             )
+        fingerprints = {}
+        for stored, secret in self.mapping(
+            body.get("fingerprints", {}), f"{path}.fingerprints"
+        ).items():
+            if stored not in fields:
+                self.error(f"{path}.fingerprints.{stored}", "is not in the category fields")
+            if not isinstance(secret, str) or secret in fields:
+                self.error(
+                    f"{path}.fingerprints.{stored}", "must name an input field that is not stored"
+                )
+            fingerprints[str(stored)] = str(secret)
         return Category(
             name=name,
             module=self.string(body.get("module"), f"{path}.module", choices=MODULES),
@@ -538,4 +675,5 @@ class _Validator:
             shared_with=self.names(body.get("shared_with"), f"{path}.shared_with"),
             forbidden_fields_in_regions=forbidden,
             restricted_country_field=country_field,
+            fingerprints=fingerprints,
         )

@@ -4,7 +4,8 @@ Every earlier stage is meant to make these invariants true; the guard re-checks 
 record independently of how that stage was written, and routes a violation to the dead letters
 (with the offending values masked), never to a sink:
 
-- ``unknown_region``: the record has no region, or one the policy does not declare;
+- ``unknown_region``: the record has a region the policy does not declare, or none although one
+  of its categories has regional restrictions;
 - ``forbidden_field``: a field its region forbids (corporate contact data of an EEA/UK or
   unknown-region visitor) is present;
 - ``restricted_company_contact``: the company's own country is in a restricted region and a field
@@ -39,11 +40,15 @@ def violations(
     """The invariants ``record`` breaks (empty when it may be written)."""
     found = []
     region = record.get("region")
-    if region not in policy.regions:
+    if region in policy.regions:
+        region_forbidden = forbidden.get(region, frozenset())
+    elif forbidden or region is not None:
+        # Categories with regional restrictions need a known region (fail closed); a source
+        # without any (logs, telemetry) carries no region at all.
         found.append("unknown_region")
         region_forbidden = frozenset().union(*forbidden.values()) if forbidden else frozenset()
     else:
-        region_forbidden = forbidden.get(region, frozenset())
+        region_forbidden = frozenset()
 
     def present(fields: Iterable[str]) -> bool:
         return any(record.get(f) not in (None, "") for f in fields)

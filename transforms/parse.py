@@ -7,7 +7,9 @@ from any of the accepted forms (``transforms.timestamps``) to UTC epoch microsec
 declared with ``"format": "ip"`` must hold an IP address (kept in canonical form).
 
 Dead-letter reasons: ``invalid_encoding``, ``empty_line``, ``invalid_json``, ``not_an_object``,
-``missing_field:<f>``, ``malformed_field:<f>``, ``malformed_timestamp:<f>``.
+``missing_field:<f>``, ``malformed_field:<f>``, ``malformed_timestamp:<f>``, and
+``under_minimum_age`` (the DPSA's minimum-age condition, ``policy.minimum_age``): such a record is
+not stored at all, so its dead letter keeps only the event id and the reason.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from transforms.deadletter import (
 from transforms.timestamps import TimestampError, parse_event_time
 
 __all__ = ["Parse", "ParseFn", "canonical_ip", "decode_json_line", "validate_record"]
+
+UNDER_AGE_WITHHELD = "<withheld: the record declares an end user below the minimum age>"
 
 
 def canonical_ip(value: str) -> str:
@@ -84,7 +88,7 @@ def validate_record(
                 value = canonical_ip(value)
             except ValueError:
                 raise RecordError("malformed_field", spec.name) from None
-        record[spec.name] = value
+        record[spec.name] = spec.coerce(value)
     return record
 
 
@@ -104,6 +108,7 @@ class ParseFn(beam.DoFn):
         self._declared = frozenset(s.name for s in specs)
         self._secret = policy.is_secret_name
         self._media = policy.is_media_name
+        self._minimum_age = policy.minimum_age
         self._context = context
         self._masker = None
 
@@ -113,12 +118,16 @@ class ParseFn(beam.DoFn):
         self._undeclared = counter("parse.undeclared_fields_dropped")
         self._secrets = counter("parse.secret_fields_dropped")
         self._media_dropped = counter("parse.media_fields_dropped")
+        self._under_age_count = counter("parse.under_minimum_age")
 
     def process(self, element: bytes | str | Mapping[str, Any]) -> Iterator[Any]:
         self._read.inc()
         obj: Mapping[str, Any] = {}
         try:
             obj = element if isinstance(element, Mapping) else decode_json_line(element)
+            if self._minimum_age is not None and self._minimum_age.blocks(obj):
+                yield self._under_age(obj)
+                return
             record = validate_record(obj, self._specs, self._event_time_field)
         except RecordError as rejected:
             event_id = obj.get("event_id")
@@ -135,6 +144,21 @@ class ParseFn(beam.DoFn):
             return
         self._count_dropped(obj)
         yield record
+
+    def _under_age(self, obj: Mapping[str, Any]) -> beam.pvalue.TaggedOutput:
+        """A child's record is not stored, not even as a dead letter: only its id and reason."""
+        self._under_age_count.inc()
+        event_id = obj.get("event_id")
+        return beam.pvalue.TaggedOutput(
+            DEAD_LETTER_TAG,
+            self._context.letter(
+                stage="parse",
+                error="under_minimum_age",
+                raw=UNDER_AGE_WITHHELD,
+                masker=self._masker,
+                event_id=event_id if isinstance(event_id, str) else None,
+            ),
+        )
 
     def _count_dropped(self, obj: Mapping[str, Any]) -> None:
         for key in obj.keys() - self._declared:

@@ -19,7 +19,7 @@ from typing import Any
 
 import apache_beam as beam
 
-from schemas.policy import UNKNOWN_REGION, Category, Policy
+from schemas.policy import UNKNOWN_REGION, Category, Policy, Route
 from transforms.counters import counter
 from transforms.deadletter import DeadLetterContext, ParDoWithDeadLetters
 
@@ -32,13 +32,17 @@ class CategoryOutput:
 
     ``when_any``: emit a row only if one of these fields is present (a visit yields a
     corporate_visitor_info row only if it has company or contact data); empty = always.
+    ``route``: a source's routing rule (``policy.sources``) that must match too.
     """
 
     category: str
     columns: tuple[str, ...]
     when_any: tuple[str, ...] = ()
+    route: Route | None = None
 
     def applies(self, record: Mapping[str, Any]) -> bool:
+        if self.route is not None and not self.route.matches(record):
+            return False
         return not self.when_any or any(record.get(f) not in (None, "") for f in self.when_any)
 
 
@@ -63,18 +67,27 @@ def tag_row(
 
 @beam.typehints.with_output_types(Any, dead_letter=Any)
 class TagFn(beam.DoFn):
-    def __init__(self, policy: Policy, outputs: Iterable[CategoryOutput]) -> None:
+    """Rows of every output that applies, or with ``exclusive`` of the first one only (a routed
+    source: one record, one category). A record no output takes is an error, never dropped."""
+
+    def __init__(
+        self, policy: Policy, outputs: Iterable[CategoryOutput], exclusive: bool = False
+    ) -> None:
         self._outputs = tuple((o, policy.category(o.category)) for o in outputs)
         self._version = policy.version
+        self._exclusive = exclusive
 
     def setup(self) -> None:
         self._tagged = {o.category: counter(f"tagged.{o.category}") for o, _ in self._outputs}
 
     def process(self, record: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+        chosen = [(o, c) for o, c in self._outputs if o.applies(record)]
+        if self._exclusive:
+            if not chosen:
+                raise ValueError("no route of the source matches the record")
+            chosen = chosen[:1]
         rows = [
-            tag_row(record, category, output.columns, self._version)
-            for output, category in self._outputs
-            if output.applies(record)
+            tag_row(record, category, output.columns, self._version) for output, category in chosen
         ]
         for row in rows:
             self._tagged[row["data_category"]].inc()
@@ -85,10 +98,14 @@ class Tag(beam.PTransform):
     """Records -> tagged rows of every category they feed; yields ``(rows, dead_letters)``."""
 
     def __init__(
-        self, policy: Policy, outputs: Iterable[CategoryOutput], context: DeadLetterContext
+        self,
+        policy: Policy,
+        outputs: Iterable[CategoryOutput],
+        context: DeadLetterContext,
+        exclusive: bool = False,
     ) -> None:
         super().__init__()
-        self._fn = TagFn(policy, outputs)
+        self._fn = TagFn(policy, outputs, exclusive)
         self._context = context
 
     def expand(self, records):

@@ -1,0 +1,50 @@
+"""Store: Guard -> Tag -> Write, the tail every source shares.
+
+Whatever a source did before (geolocation and enrichment for visits, fingerprinting for temporary
+keys, nothing for logs), its records end the same way: the guard re-checks the invariants, the
+tagger projects them onto their categories and stamps the policy, and the sinks write the
+partitions. Applying it yields the dead letters of the guard and the tagger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import apache_beam as beam
+
+from schemas.policy import Category, Policy
+from transforms.deadletter import DeadLetterContext
+from transforms.guard import Guard
+from transforms.sinks import WritePartitioned
+from transforms.tag import CategoryOutput, Tag
+
+__all__ = ["Store"]
+
+
+class Store(beam.PTransform):
+    """Guard, tag and write records; yields the PCollection of dead letters."""
+
+    def __init__(
+        self,
+        *,
+        policy: Policy,
+        outputs: Sequence[CategoryOutput],
+        schemas: Mapping[str, Any],
+        extra_keys: Iterable[str],
+        output_dir: str,
+        formats: Sequence[str],
+        context: DeadLetterContext,
+        exclusive: bool = False,
+    ) -> None:
+        super().__init__()
+        categories: tuple[Category, ...] = tuple(policy.category(o.category) for o in outputs)
+        self._guard = Guard(policy, categories, tuple(extra_keys), context)
+        self._tag = Tag(policy, outputs, context, exclusive=exclusive)
+        self._write = WritePartitioned(output_dir, dict(schemas), tuple(formats))
+
+    def expand(self, records):
+        safe, guard_dead = records | "Guard" >> self._guard
+        rows, tag_dead = safe | "Tag" >> self._tag
+        _ = rows | "Write" >> self._write
+        return (guard_dead, tag_dead) | "DeadLetters" >> beam.Flatten()
