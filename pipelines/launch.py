@@ -7,20 +7,21 @@ runner the options name, waits for it, and writes the run report from the job's 
 from __future__ import annotations
 
 import logging
+import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.report import build_report, counters_of, write_report
-from schemas.policy import Policy
+from pipelines.report import build_report, counters_of, summary_lines, write_report
+from schemas.policy import Policy, PolicyError
 from transforms.deadletter import DeadLetterContext
 from transforms.timestamps import format_utc
 
-__all__ = ["RunContext", "dead_letter_context", "run_and_report"]
+__all__ = ["RunContext", "cli_main", "dead_letter_context", "run_and_report"]
 
 LOG = logging.getLogger(__name__)
 
@@ -84,3 +85,24 @@ def run_and_report(
     LOG.info("run report written to %s", path)
     report["report_path"] = path
     return report
+
+
+def cli_main(
+    run: Callable[[Sequence[str]], dict[str, Any]],
+    argv: Sequence[str] | None = None,
+    *,
+    preset: Sequence[str] = (),
+) -> None:
+    """Command-line entry point of a pipeline: run it, print the report's summary.
+
+    Configuration problems (malformed policy, missing input, missing key) end with a one-line
+    message and a non-zero exit, not a traceback. ``preset`` are arguments a specialised
+    pipeline fixes (``--source=sdk_logs``).
+    """
+    logging.getLogger().setLevel(logging.WARNING)
+    try:
+        report = run([*preset, *(sys.argv[1:] if argv is None else argv)])
+    except (PolicyError, ValueError, OSError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    print("\n".join(summary_lines(report)))
+    print(f"report: {report['report_path']}")

@@ -16,9 +16,16 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from transforms.read import INPUT_FORMATS
 from transforms.timestamps import TimestampError, parse_event_time
 
-__all__ = ["OUTPUT_FORMATS", "IngestOptions", "bundled", "run_time_micros"]
+__all__ = ["OUTPUT_FORMATS", "IngestOptions", "bundled", "output_formats", "run_time_micros"]
 
 OUTPUT_FORMATS = ("parquet", "avro", "both")
+
+
+def output_formats(output_format: str) -> tuple[str, ...]:
+    """The sink formats of ``--format``."""
+    if output_format not in OUTPUT_FORMATS:
+        raise ValueError(f"--format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
+    return ("parquet", "avro") if output_format == "both" else (output_format,)
 
 
 def bundled(relative: str) -> str:

@@ -97,12 +97,18 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
     rec = report["reconciliation"]
     written = ", ".join(f"{k}={v}" for k, v in counts["written"].items()) or "none"
     dead = ", ".join(f"{k}={v}" for k, v in counts["dead_lettered"].items()) or "none"
-    return [
-        f"[{report['pipeline']}] read={counts['read']} written: {written}",
-        f"[{report['pipeline']}] dead letters: {dead}",
-        f"[{report['pipeline']}] regions: {report['regions']} suppressed: {report['suppressed']}",
-        f"[{report['pipeline']}] enrichment: {report['enrichment']}",
-        f"[{report['pipeline']}] reconciled={rec['reconciled']} "
-        f"({rec['read']} read = {rec['primary_written']} {'+'.join(rec['primary_categories'])} "
-        f"+ {rec['dead_lettered']} dead letters)",
+    name = report["pipeline"]
+    lines = [
+        f"[{name}] read={counts['read']} written: {written}",
+        f"[{name}] dead letters: {dead}",
     ]
+    if report["regions"]:
+        lines.append(f"[{name}] regions: {report['regions']} suppressed: {report['suppressed']}")
+    if report["enrichment"]:
+        lines.append(f"[{name}] enrichment: {report['enrichment']}")
+    lines.append(
+        f"[{name}] reconciled={rec['reconciled']} ({rec['read']} read = "
+        f"{rec['primary_written']} {'+'.join(rec['primary_categories'])} "
+        f"+ {rec['dead_lettered']} dead letters)"
+    )
+    return lines

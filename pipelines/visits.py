@@ -11,8 +11,6 @@ under ``_reports/``. See the README for the flags and DESIGN.md section 3 for th
 
 from __future__ import annotations
 
-import logging
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,11 +18,10 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.launch import RunContext, dead_letter_context, run_and_report
-from pipelines.options import OUTPUT_FORMATS, IngestOptions, bundled, run_time_micros
-from pipelines.report import summary_lines
+from pipelines.launch import RunContext, cli_main, dead_letter_context, run_and_report
+from pipelines.options import IngestOptions, bundled, output_formats, run_time_micros
 from schemas.avro import category_columns, input_fields, output_schema
-from schemas.policy import Policy, PolicyError, load_policy
+from schemas.policy import Policy, load_policy
 from transforms.enrichment import EnrichAroundDeal, build_handler
 from transforms.geo import Geolocate
 from transforms.parse import Parse
@@ -169,11 +166,6 @@ class IngestVisits(beam.PTransform):
         )
 
 
-def _formats(output_format: str) -> tuple[str, ...]:
-    assert output_format in OUTPUT_FORMATS
-    return ("parquet", "avro") if output_format == "both" else (output_format,)
-
-
 def config_from(options: PipelineOptions) -> VisitsConfig:
     """Resolve and validate the options: fails here, before any data is read."""
     common = options.view_as(IngestOptions)
@@ -204,7 +196,7 @@ def config_from(options: PipelineOptions) -> VisitsConfig:
         input=common.input,
         input_format=common.input_format,
         output=common.output,
-        formats=_formats(common.output_format),
+        formats=output_formats(common.output_format),
         policy=policy,
         geoip_db=visits.geoip_db or bundled("country.mmdb"),
         geo_cache_size=visits.geo_cache_size,
@@ -228,13 +220,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    logging.getLogger().setLevel(logging.WARNING)
-    try:
-        report = run(sys.argv[1:] if argv is None else argv)
-    except (PolicyError, ValueError, OSError) as exc:  # bad configuration: a message, no traceback
-        raise SystemExit(f"error: {exc}") from None
-    print("\n".join(summary_lines(report)))
-    print(f"report: {report['report_path']}")
+    cli_main(run, argv)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 Writes ``pipelines/data/sample/visits.jsonl`` (generated visits plus hand-written edge cases: every
 dead-letter reason, secrets in undeclared fields, IPv4-mapped IPv6, private addresses, the
 23:30+08:00 date boundary) and ``pipelines/data/sample/arounddeal_snapshot.csv`` matching them,
-from the bundled country database. Deterministic: rerunning it rewrites the same bytes.
+from the bundled country database; ``sdk_logs.jsonl`` and ``telemetry.jsonl`` likewise (numeric
+identifiers, backend logs, secrets and media payloads, the minimum-age condition).
+Deterministic: rerunning it rewrites the same bytes.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from tools.synthetic import (
     AddressPool,
     VisitMix,
     ip_population,
+    sdk_log_lines,
     snapshot_csv,
+    telemetry_lines,
     visit_lines,
 )
 
@@ -85,6 +89,70 @@ EDGE_CASES: list[bytes] = [
     b'{"event_id": "edge-latin1", "ip": "1.2.3.4", "url": "caf\xe9"}',
 ]
 
+SDK_LOG_EDGE_CASES: list[dict] = [
+    # stored, with the secret and the media payload dropped by the allow-list
+    {
+        "event_id": "edge-sdk-secrets",
+        "logged_at": "2026-11-21T23:30:00+08:00",
+        "sdk_app_id": 1400000001,
+        "uin": 100000001,
+        "user_id": 42,
+        "room_id": 8001,
+        "user_sig": "eJyrVkrxCVYqTi0qzszPU7JSMlTSUTJUsgKpM",
+        "audio_data": "UklGRiQAAABXQVZF",
+    },
+    # minimum age: not stored; with parental consent: stored
+    {
+        "event_id": "edge-sdk-child",
+        "logged_at": 1795000000000,
+        "sdk_app_id": 1400000001,
+        "end_user_age": 12,
+    },
+    {
+        "event_id": "edge-sdk-child-consent",
+        "logged_at": 1795000000000,
+        "sdk_app_id": 1400000001,
+        "end_user_age": 12,
+        "parental_consent": True,
+    },
+    # dead letters
+    {"event_id": "edge-sdk-no-app", "logged_at": "2026-11-21T10:00:00Z"},
+    {"event_id": "edge-sdk-bool-app", "logged_at": "2026-11-21T10:00:00Z", "sdk_app_id": True},
+    {"event_id": "edge-sdk-bad-time", "logged_at": "tomorrow", "sdk_app_id": 1},
+    {
+        "event_id": "edge-sdk-bad-ip",
+        "logged_at": "2026-11-21T10:00:00Z",
+        "sdk_app_id": 1,
+        "client_ip": "not-an-ip",
+    },
+]
+TELEMETRY_EDGE_CASES: list[dict] = [
+    {
+        "event_id": "edge-tel-video",
+        "reported_at": "2026-11-21T10:00:00Z",
+        "sdk_app_id": "1400000002",
+        "event_type": "enable_video",
+        "video_content": "AAAAIGZ0eXBpc29t",
+    },
+    {
+        "event_id": "edge-tel-bad-type",
+        "reported_at": "2026-11-21T10:00:00Z",
+        "sdk_app_id": 1,
+        "event_type": "explode",
+    },
+    {
+        "event_id": "edge-tel-bad-cpu",
+        "reported_at": "2026-11-21T10:00:00Z",
+        "sdk_app_id": 1,
+        "event_type": "quality",
+        "cpu_usage": "high",
+    },
+]
+
+
+def write_lines(path: Path, lines: list[str]) -> None:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -110,7 +178,15 @@ def main() -> None:
     edge = [(fill["de"], "DE"), (fill["us"], "US")]
     snapshot = snapshot_csv(population, 100, SEED, always=edge)
     (out / "arounddeal_snapshot.csv").write_text(snapshot, encoding="utf-8")
-    print(f"wrote {out}/visits.jsonl and {out}/arounddeal_snapshot.csv")
+    write_lines(
+        out / "sdk_logs.jsonl",
+        [*sdk_log_lines(200, SEED), *(json.dumps(r) for r in SDK_LOG_EDGE_CASES)],
+    )
+    write_lines(
+        out / "telemetry.jsonl",
+        [*telemetry_lines(200, SEED), *(json.dumps(r) for r in TELEMETRY_EDGE_CASES)],
+    )
+    print(f"wrote the visits, snapshot, SDK log and telemetry samples to {out}")
 
 
 if __name__ == "__main__":

@@ -235,3 +235,84 @@ def snapshot_csv(
                 ]
             )
     return out.getvalue()
+
+
+OS_TYPES = ("Android", "iOS", "Windows", "macOS", "Web")
+LEVELS = ("INFO", "INFO", "INFO", "WARN", "ERROR")
+MESSAGES = (
+    "enterRoom ok",
+    "audio route changed",
+    "network quality degraded",
+    "exitRoom ok",
+    "video encoder restarted",
+)
+EVENT_TYPES = (
+    "enter_room",
+    "leave_room",
+    "enable_video",
+    "disable_video",
+    "enable_audio",
+    "disable_audio",
+    "mute",
+    "unmute",
+    "quality",
+    "quality",
+    "quality",
+)
+
+
+def _identifiers(rng: random.Random) -> dict[str, object]:
+    """SDK identifiers, as producers send them: numbers or strings, either way."""
+    app = 1_400_000_000 + rng.randrange(500)
+    uin = 100_000_000 + rng.randrange(10_000)
+    return {
+        "sdk_app_id": app if rng.random() < 0.7 else str(app),
+        "uin": uin if rng.random() < 0.5 else str(uin),
+        "user_id": f"user_{rng.randrange(50_000)}" if rng.random() < 0.8 else rng.randrange(10**6),
+        "room_id": rng.randrange(10**6) if rng.random() < 0.6 else f"room-{rng.randrange(10**6)}",
+    }
+
+
+def sdk_log_lines(count: int, seed: int, *, backend_share: float = 0.2) -> Iterator[str]:
+    """``count`` JSON Lines SDK logs; ``backend_share`` of them carry a client IP (backend logs)."""
+    rng = random.Random(seed)
+    base = datetime(2026, 11, 20, tzinfo=UTC)
+    for i in range(count):
+        log = {
+            "event_id": f"l-{seed}-{i:08d}",
+            "logged_at": _timestamp(rng, base),
+            **_identifiers(rng),
+            "sdk_version": f"12.{rng.randrange(4)}.{rng.randrange(10)}",
+            "os_type": rng.choice(OS_TYPES),
+            "level": rng.choice(LEVELS),
+            "message": rng.choice(MESSAGES),
+        }
+        if rng.random() < backend_share:
+            log["client_ip"] = str(ipaddress.IPv4Address(rng.randrange(1 << 24, 223 << 24)))
+        yield json.dumps(log, separators=(",", ":"))
+
+
+def telemetry_lines(count: int, seed: int) -> Iterator[str]:
+    """``count`` JSON Lines dashboard telemetry records (quality reports and function events)."""
+    rng = random.Random(seed)
+    base = datetime(2026, 11, 20, tzinfo=UTC)
+    for i in range(count):
+        event_type = rng.choice(EVENT_TYPES)
+        record = {
+            "event_id": f"t-{seed}-{i:08d}",
+            "reported_at": _timestamp(rng, base),
+            **_identifiers(rng),
+            "event_type": event_type,
+        }
+        if event_type == "quality":
+            record.update(
+                cpu_usage=round(rng.uniform(3, 95), 1),
+                memory_usage=rng.randrange(80, 900),
+                network_latency_ms=rng.randrange(5, 400),
+                packet_loss=round(rng.random() * 0.05, 4),
+                resolution=rng.choice(("640x360", "1280x720", "1920x1080")),
+                bitrate_kbps=rng.randrange(200, 3000),
+                frame_rate=rng.choice((15, 24, 30)),
+                volume=rng.randrange(0, 100),
+            )
+        yield json.dumps(record, separators=(",", ":"))

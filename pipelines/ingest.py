@@ -1,0 +1,241 @@
+"""Policy-driven ingestion of any category, or of a routed source.
+
+    python -m pipelines.ingest --category NAME --input GLOB --output DIR
+    python -m pipelines.ingest --source NAME --input GLOB --output DIR
+
+``--category``: the records are of one category of ``schemas/policy.yaml``; its input contract is
+its own ``schemas/avro/<category>.avsc`` (event time in any accepted form, identifiers as text or
+numbers, fingerprinted columns given as their secret input). ``--source``: a source of the
+policy's ``sources`` section (``sdk_logs``, ``telemetry``), whose records are routed to one of
+several categories; ``python -m pipelines.sdk_logs`` and ``.telemetry`` are exactly this.
+
+    Read -> ParseValidate -> [Fingerprint] -> Store (Guard -> Tag -> Write) + DeadLetters
+
+Nothing here knows a category: adding one is a policy entry and an ``.avsc``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines.launch import RunContext, cli_main, dead_letter_context, run_and_report
+from pipelines.options import IngestOptions, output_formats, run_time_micros
+from schemas.avro import (
+    FieldSpec,
+    category_columns,
+    category_input_fields,
+    input_fields,
+    output_schema,
+)
+from schemas.policy import Policy, load_policy
+from transforms.fingerprint import Fingerprint, KeySource, load_key
+from transforms.parse import Parse
+from transforms.read import ReadRecords
+from transforms.sinks import WriteDeadLetters
+from transforms.store import Store
+from transforms.tag import CategoryOutput
+
+__all__ = [
+    "CategoryOptions",
+    "IngestRecords",
+    "IngestSpec",
+    "main",
+    "run",
+    "source_pipeline",
+    "spec_for",
+]
+
+DEFAULT_KEY_ENV = "TRTC_FINGERPRINT_KEY"
+
+
+class CategoryOptions(PipelineOptions):
+    """Flags of the generic ingestion pipeline (besides the common ``IngestOptions``)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        parser.add_argument(
+            "--category",
+            default=None,
+            help="Ingest records of this policy category (e.g. account_information); the input "
+            "contract is schemas/avro/<category>.avsc.",
+        )
+        parser.add_argument(
+            "--source",
+            default=None,
+            help="Ingest a routed source of the policy (sdk_logs, telemetry): each record goes to "
+            "the first category whose route matches it.",
+        )
+        parser.add_argument(
+            "--fingerprint_key_env",
+            default=DEFAULT_KEY_ENV,
+            help="Environment variable holding the HMAC key for categories that store "
+            f"fingerprints of credentials (customer_temporary_key). Default: {DEFAULT_KEY_ENV}.",
+        )
+        parser.add_argument(
+            "--fingerprint_key_file",
+            default=None,
+            help="File (local or Beam filesystem) holding the HMAC key; wins over the variable.",
+        )
+
+
+@dataclass(frozen=True)
+class IngestSpec:
+    """What to ingest: resolved from the policy for one category or one routed source."""
+
+    name: str
+    input_specs: tuple[FieldSpec, ...]
+    event_time: str | None
+    outputs: tuple[CategoryOutput, ...]
+    exclusive: bool
+    fingerprints: dict[str, str] = field(default_factory=dict)  # of a single category
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        return tuple(o.category for o in self.outputs)
+
+
+def spec_for(
+    policy: Policy, *, category: str | None = None, source: str | None = None
+) -> IngestSpec:
+    """The :class:`IngestSpec` of ``--category`` or ``--source`` (exactly one of them)."""
+    if bool(category) == bool(source):
+        raise ValueError("give exactly one of --category and --source")
+    if category:
+        cat = policy.category(category)
+        if not cat.stored:
+            raise ValueError(f"category {category} is never stored: there is nothing to ingest")
+        return IngestSpec(
+            name=category,
+            input_specs=category_input_fields(category, cat.fingerprints),
+            event_time=cat.event_time,
+            outputs=(CategoryOutput(category, category_columns(category)),),
+            exclusive=True,
+            fingerprints=dict(cat.fingerprints),
+        )
+    src = policy.source_named(source)
+    times = {policy.category(r.category).event_time for r in src.routes}
+    if len(times) != 1:
+        raise ValueError(f"the categories of source {source} disagree on the event time: {times}")
+    return IngestSpec(
+        name=source,
+        input_specs=input_fields(src.input_schema),
+        event_time=times.pop(),
+        outputs=tuple(
+            CategoryOutput(r.category, category_columns(r.category), route=r) for r in src.routes
+        ),
+        exclusive=True,
+    )
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Everything :class:`IngestRecords` needs (no flags below here)."""
+
+    spec: IngestSpec
+    input: str
+    input_format: str
+    output: str
+    formats: tuple[str, ...]
+    policy: Policy
+    key: KeySource
+    run: RunContext
+
+
+class IngestRecords(beam.PTransform):
+    """A category's or a routed source's whole flow, from file pattern to written sinks."""
+
+    def __init__(self, config: IngestConfig) -> None:
+        super().__init__()
+        self._config = config
+
+    def expand(self, pbegin):
+        c = self._config
+        spec = c.spec
+        dead_letters = dead_letter_context(c.run, mask_names=tuple(spec.fingerprints.values()))
+
+        raw = pbegin | "Read" >> ReadRecords(c.input, c.input_format)
+        records, parse_dead = raw | "ParseValidate" >> Parse(
+            spec.input_specs, spec.event_time, c.policy, dead_letters
+        )
+        if spec.fingerprints:
+            records = records | "Fingerprint" >> Fingerprint(spec.name, spec.fingerprints, c.key)
+        store_dead = records | "Store" >> Store(
+            policy=c.policy,
+            outputs=spec.outputs,
+            schemas={name: output_schema(name) for name in spec.categories},
+            extra_keys=(),
+            output_dir=c.output,
+            formats=c.formats,
+            context=dead_letters,
+            exclusive=spec.exclusive,
+        )
+        return (
+            (parse_dead, store_dead)
+            | "CollectDeadLetters" >> beam.Flatten()
+            | "WriteDeadLetters" >> WriteDeadLetters(c.output)
+        )
+
+
+def config_from(options: PipelineOptions) -> IngestConfig:
+    """Resolve and validate the options: fails here, before any data is read."""
+    common = options.view_as(IngestOptions)
+    own = options.view_as(CategoryOptions)
+    if not common.input:
+        raise ValueError("--input is required (a file pattern of JSON Lines or Avro records)")
+    policy = load_policy(common.policy)
+    spec = spec_for(policy, category=own.category, source=own.source)
+    key = KeySource(env=own.fingerprint_key_env, file=own.fingerprint_key_file)
+    if spec.fingerprints:
+        load_key(key)  # fail at startup, not on the workers
+    return IngestConfig(
+        spec=spec,
+        input=common.input,
+        input_format=common.input_format,
+        output=common.output,
+        formats=output_formats(common.output_format),
+        policy=policy,
+        key=key,
+        run=RunContext(
+            pipeline=spec.name,
+            primary_categories=spec.categories,
+            input=common.input,
+            output=common.output,
+            policy=policy,
+            run_time=run_time_micros(common.run_time),
+        ),
+    )
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run with command-line style ``argv``; returns the run report."""
+    options = PipelineOptions(list(argv or []))
+    config = config_from(options)
+    return run_and_report(options, config.run, lambda p: p | IngestRecords(config))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    cli_main(run, argv)
+
+
+def source_pipeline(
+    source: str,
+) -> tuple[Callable[[Sequence[str] | None], dict[str, Any]], Callable[..., None]]:
+    """``(run, main)`` of the pipeline of one routed source: this pipeline with ``--source``."""
+    preset = (f"--source={source}",)
+
+    def run_source(argv: Sequence[str] | None = None) -> dict[str, Any]:
+        return run([*preset, *(argv or [])])
+
+    def main_source(argv: Sequence[str] | None = None) -> None:
+        cli_main(run, argv, preset=preset)
+
+    return run_source, main_source
+
+
+if __name__ == "__main__":
+    main()
