@@ -111,9 +111,9 @@ def spec_for(
             raise ValueError(f"category {category} is never stored: there is nothing to ingest")
         return IngestSpec(
             name=category,
-            input_specs=category_input_fields(category, cat.fingerprints),
+            input_specs=category_input_fields(category, cat.fingerprints, policy.schema_dirs),
             event_time=cat.event_time,
-            outputs=(CategoryOutput(category, category_columns(category)),),
+            outputs=(CategoryOutput(category, category_columns(category, policy.schema_dirs)),),
             exclusive=True,
             fingerprints=dict(cat.fingerprints),
         )
@@ -123,10 +123,11 @@ def spec_for(
         raise ValueError(f"the categories of source {source} disagree on the event time: {times}")
     return IngestSpec(
         name=source,
-        input_specs=input_fields(src.input_schema),
+        input_specs=input_fields(src.input_schema, policy.schema_dirs),
         event_time=times.pop(),
         outputs=tuple(
-            CategoryOutput(r.category, category_columns(r.category), route=r) for r in src.routes
+            CategoryOutput(r.category, category_columns(r.category, policy.schema_dirs), route=r)
+            for r in src.routes
         ),
         exclusive=True,
     )
@@ -167,7 +168,7 @@ class IngestRecords(beam.PTransform):
         store_dead = records | "Store" >> Store(
             policy=c.policy,
             outputs=spec.outputs,
-            schemas={name: output_schema(name) for name in spec.categories},
+            schemas={name: output_schema(name, c.policy.schema_dirs) for name in spec.categories},
             extra_keys=(),
             output_dir=c.output,
             formats=c.formats,

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import fastavro
@@ -84,22 +85,31 @@ class FieldSpec:
         return value
 
 
-def _avsc_text(name: str) -> str:
+def _avsc_text(name: str, dirs: tuple[str, ...]) -> str:
+    for directory in dirs:
+        candidate = Path(directory) / f"{name}.avsc"
+        if candidate.is_file():
+            return candidate.read_text(encoding="utf-8")
     return resources.files("schemas").joinpath("avro", f"{name}.avsc").read_text(encoding="utf-8")
 
 
 @cache
-def load_avsc(name: str) -> dict[str, Any]:
-    """The raw JSON of ``schemas/avro/<name>.avsc`` (validated by fastavro on first use)."""
-    doc = json.loads(_avsc_text(name))
+def load_avsc(name: str, dirs: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The raw JSON of ``<name>.avsc`` from the first of ``dirs`` that has it, else from the
+    package's ``schemas/avro/`` (validated by fastavro on first use).
+
+    ``dirs`` is how a policy kept outside the package brings its own schemas
+    (:attr:`schemas.policy.Policy.schema_dirs`)."""
+    doc = json.loads(_avsc_text(name, dirs))
     fastavro.parse_schema(copy.deepcopy(doc))  # raises SchemaParseException if malformed
     return doc
 
 
 @cache
-def output_schema(category: str) -> dict[str, Any]:
-    """Parsed output schema of a category: its own columns followed by the policy tag columns."""
-    doc = copy.deepcopy(load_avsc(category))
+def output_schema(category: str, dirs: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Parsed output schema of a category: its own columns followed by the policy tag columns
+    (always the package's ``tags.avsc``: every sink has the same tag columns)."""
+    doc = copy.deepcopy(load_avsc(category, dirs))
     own = {f["name"] for f in doc["fields"]}
     for tag_field in load_avsc("tags")["fields"]:
         if tag_field["name"] in own:
@@ -121,12 +131,14 @@ def _spec(f: dict[str, Any]) -> FieldSpec:
 
 
 @cache
-def input_fields(source_schema: str) -> tuple[FieldSpec, ...]:
+def input_fields(source_schema: str, dirs: tuple[str, ...] = ()) -> tuple[FieldSpec, ...]:
     """The allow-listed input fields of a source schema with their requiredness and types."""
-    return tuple(_spec(f) for f in load_avsc(source_schema)["fields"])
+    return tuple(_spec(f) for f in load_avsc(source_schema, dirs)["fields"])
 
 
-def category_input_fields(category: str, fingerprints: Mapping[str, str]) -> tuple[FieldSpec, ...]:
+def category_input_fields(
+    category: str, fingerprints: Mapping[str, str], dirs: tuple[str, ...] = ()
+) -> tuple[FieldSpec, ...]:
     """Input contract of a category ingested on its own (``python -m pipelines.ingest``).
 
     It is the category's output schema read as an input: the event time arrives in any accepted
@@ -135,16 +147,16 @@ def category_input_fields(category: str, fingerprints: Mapping[str, str]) -> tup
     ``.avsc`` and nothing else.
     """
     specs = []
-    for spec in input_fields(category):
+    for spec in input_fields(category, dirs):
         source = fingerprints.get(spec.name)
         specs.append(FieldSpec(source, True, ("string",)) if source else spec)
     return tuple(specs)
 
 
 @cache
-def category_columns(category: str) -> tuple[str, ...]:
+def category_columns(category: str, dirs: tuple[str, ...] = ()) -> tuple[str, ...]:
     """The columns a category's rows carry before tagging (its .avsc fields, tags excluded)."""
-    return tuple(f["name"] for f in load_avsc(category)["fields"])
+    return tuple(f["name"] for f in load_avsc(category, dirs)["fields"])
 
 
 @cache

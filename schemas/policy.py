@@ -11,6 +11,7 @@ comment or whitespace edit does not change it, while any change of meaning does.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -230,6 +231,7 @@ class Policy:
     minimum_age: MinimumAge | None = None
     sources: Mapping[str, Source] = field(default_factory=dict)
     source: str = ""
+    schema_dirs: tuple[str, ...] = ()  # searched for .avsc files before the package's own
 
     @property
     def restricted_countries(self) -> frozenset[str]:
@@ -292,16 +294,19 @@ def load_policy(path: str | Path | None = None) -> Policy:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise PolicyError(f"{path}: not valid YAML: {exc}") from exc
-    return parse_policy(doc, source=path)
+    # A policy kept outside the package brings the schemas of its own categories next to it.
+    own_schemas = Path(path).parent / "avro"
+    dirs = (str(own_schemas),) if "://" not in path and own_schemas.is_dir() else ()
+    return parse_policy(doc, source=path, schema_dirs=dirs)
 
 
-def parse_policy(doc: Any, source: str = "<policy>") -> Policy:
+def parse_policy(doc: Any, source: str = "<policy>", schema_dirs: tuple[str, ...] = ()) -> Policy:
     """Validate an already-parsed policy document (see :func:`load_policy`)."""
     v = _Validator(source)
     policy = v.policy(doc)
     v.raise_if_errors()
     assert policy is not None
-    return policy
+    return dataclasses.replace(policy, schema_dirs=schema_dirs)
 
 
 def _read_text(path: str) -> str:

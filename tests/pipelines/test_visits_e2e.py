@@ -16,13 +16,13 @@ import sys
 from pathlib import Path
 
 import fastavro
-import pyarrow.parquet as pq
 import pytest
 
 from schemas.avro import load_avsc
 from schemas.policy import load_policy
 from tests.support.arounddeal_server import Action, AroundDealServer
 from tests.support.mmdb import build_country_mmdb
+from tests.support.outputs import decoded_text, read_rows, run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -156,46 +156,6 @@ def write_inputs(tmp: Path) -> dict[str, Path]:
     ]
     (tmp / "visits.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     return {"mmdb": mmdb, "snapshot": tmp / "snapshot.csv", "visits": tmp / "visits.jsonl"}
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    done = subprocess.run(
-        [sys.executable, "-m", *args, "--runner=FnApiRunner", "--run_time=2026-11-29T00:00:00Z"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
-
-
-def read_rows(out: Path) -> dict[str, list[dict]]:
-    """Every written row by format, with the partition directory it was found in."""
-    rows: dict[str, list[dict]] = {"parquet": [], "avro": []}
-    for path in sorted(out.glob("data_category=*/expiry_date=*/*")):
-        partition = {
-            "dir_category": path.parent.parent.name.split("=", 1)[1],
-            "dir_expiry": path.parent.name.split("=", 1)[1],
-        }
-        if path.suffix == ".parquet":
-            rows["parquet"] += [{**r, **partition} for r in pq.read_table(path).to_pylist()]
-        elif path.suffix == ".avro":
-            with path.open("rb") as fh:
-                rows["avro"] += [{**r, **partition} for r in fastavro.reader(fh)]
-    return rows
-
-
-def decoded_text(out: Path) -> str:
-    """All output content, decompressed and decoded, for 'never anywhere' assertions."""
-    parts = []
-    for fmt_rows in read_rows(out).values():
-        parts.append(json.dumps(fmt_rows, default=str))
-    for path in out.rglob("*"):
-        if path.suffix in (".jsonl", ".json"):
-            parts.append(path.read_text())
-        if path.is_file():
-            parts.append(path.read_bytes().decode("latin-1"))
-    return "\n".join(parts)
 
 
 @pytest.fixture(scope="module")
