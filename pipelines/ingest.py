@@ -23,8 +23,8 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.launch import RunContext, cli_main, dead_letter_context, run_and_report
-from pipelines.options import IngestOptions, output_formats, run_time_micros
+from pipelines.launch import RunContext, cli_main, dead_letter_context, run_context, run_pipeline
+from pipelines.options import IngestOptions
 from schemas.avro import (
     FieldSpec,
     category_columns,
@@ -137,14 +137,9 @@ def spec_for(
 class IngestConfig:
     """Everything :class:`IngestRecords` needs (no flags below here)."""
 
-    spec: IngestSpec
-    input: str
-    input_format: str
-    output: str
-    formats: tuple[str, ...]
-    policy: Policy
-    key: KeySource
     run: RunContext
+    spec: IngestSpec
+    key: KeySource
 
 
 class IngestRecords(beam.PTransform):
@@ -156,67 +151,49 @@ class IngestRecords(beam.PTransform):
 
     def expand(self, pbegin):
         c = self._config
-        spec = c.spec
-        dead_letters = dead_letter_context(c.run, mask_names=tuple(spec.fingerprints.values()))
+        run, spec = c.run, c.spec
+        dead_letters = dead_letter_context(run, mask_names=tuple(spec.fingerprints.values()))
 
-        raw = pbegin | "Read" >> ReadRecords(c.input, c.input_format)
+        raw = pbegin | "Read" >> ReadRecords(run.input, run.input_format)
         records, parse_dead = raw | "ParseValidate" >> Parse(
-            spec.input_specs, spec.event_time, c.policy, dead_letters
+            spec.input_specs, spec.event_time, run.policy, dead_letters
         )
         if spec.fingerprints:
             records = records | "Fingerprint" >> Fingerprint(spec.name, spec.fingerprints, c.key)
         store_dead = records | "Store" >> Store(
-            policy=c.policy,
+            policy=run.policy,
             outputs=spec.outputs,
-            schemas={name: output_schema(name, c.policy.schema_dirs) for name in spec.categories},
+            schemas={name: output_schema(name, run.policy.schema_dirs) for name in spec.categories},
             extra_keys=(),
-            output_dir=c.output,
-            formats=c.formats,
+            output_dir=run.output,
+            formats=run.formats,
             context=dead_letters,
             exclusive=spec.exclusive,
         )
         return (
             (parse_dead, store_dead)
             | "CollectDeadLetters" >> beam.Flatten()
-            | "WriteDeadLetters" >> WriteDeadLetters(c.output)
+            | "WriteDeadLetters" >> WriteDeadLetters(run.output)
         )
 
 
 def config_from(options: PipelineOptions) -> IngestConfig:
     """Resolve and validate the options: fails here, before any data is read."""
-    common = options.view_as(IngestOptions)
     own = options.view_as(CategoryOptions)
-    if not common.input:
-        raise ValueError("--input is required (a file pattern of JSON Lines or Avro records)")
-    policy = load_policy(common.policy)
+    policy = load_policy(options.view_as(IngestOptions).policy)
     spec = spec_for(policy, category=own.category, source=own.source)
+    run = run_context(
+        options, pipeline=spec.name, primary_categories=spec.categories, policy=policy
+    )
     key = KeySource(env=own.fingerprint_key_env, file=own.fingerprint_key_file)
     if spec.fingerprints:
         load_key(key)  # fail at startup, not on the workers
-    return IngestConfig(
-        spec=spec,
-        input=common.input,
-        input_format=common.input_format,
-        output=common.output,
-        formats=output_formats(common.output_format),
-        policy=policy,
-        key=key,
-        run=RunContext(
-            pipeline=spec.name,
-            primary_categories=spec.categories,
-            input=common.input,
-            output=common.output,
-            policy=policy,
-            run_time=run_time_micros(common.run_time),
-        ),
-    )
+    return IngestConfig(run=run, spec=spec, key=key)
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run with command-line style ``argv``; returns the run report."""
-    options = PipelineOptions(list(argv or []))
-    config = config_from(options)
-    return run_and_report(options, config.run, lambda p: p | IngestRecords(config))
+    return run_pipeline(argv, config_from, IngestRecords)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -6,6 +6,7 @@ runner the options name, waits for it, and writes the run report from the job's 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import uuid
@@ -16,24 +17,35 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipelines.options import IngestOptions, output_formats, run_time_micros
 from pipelines.report import build_report, counters_of, summary_lines, write_report
 from schemas.policy import Policy, PolicyError
 from transforms.deadletter import DeadLetterContext
 from transforms.timestamps import format_utc
 
-__all__ = ["RunContext", "cli_main", "dead_letter_context", "run_and_report"]
+__all__ = [
+    "RunContext",
+    "cli_main",
+    "dead_letter_context",
+    "run_and_report",
+    "run_context",
+    "run_pipeline",
+]
 
 LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class RunContext:
-    """Identity of one run: written into the report and the dead letters' expiry."""
+    """What every ingestion run resolves from the common options (``IngestOptions``): its
+    identity for the report, where to read and write, the policy, and the run time."""
 
     pipeline: str
     primary_categories: tuple[str, ...]
     input: str
+    input_format: str
     output: str
+    formats: tuple[str, ...]
     policy: Policy
     run_time: int  # epoch micros
     run_id: str = ""
@@ -41,7 +53,26 @@ class RunContext:
     def with_id(self) -> RunContext:
         if self.run_id:
             return self
-        return RunContext(**{**self.__dict__, "run_id": uuid.uuid4().hex[:12]})
+        return dataclasses.replace(self, run_id=uuid.uuid4().hex[:12])
+
+
+def run_context(
+    options: PipelineOptions, *, pipeline: str, primary_categories: tuple[str, ...], policy: Policy
+) -> RunContext:
+    """The :class:`RunContext` of the common flags; ``--input`` is required."""
+    common = options.view_as(IngestOptions)
+    if not common.input:
+        raise ValueError("--input is required (a file pattern of JSON Lines or Avro records)")
+    return RunContext(
+        pipeline=pipeline,
+        primary_categories=primary_categories,
+        input=common.input,
+        input_format=common.input_format,
+        output=common.output,
+        formats=output_formats(common.output_format),
+        policy=policy,
+        run_time=run_time_micros(common.run_time),
+    )
 
 
 def dead_letter_context(run: RunContext, mask_names: tuple[str, ...]) -> DeadLetterContext:
@@ -85,6 +116,18 @@ def run_and_report(
     LOG.info("run report written to %s", path)
     report["report_path"] = path
     return report
+
+
+def run_pipeline(
+    argv: Sequence[str] | None,
+    config_from: Callable[[PipelineOptions], Any],
+    transform: Callable[[Any], beam.PTransform],
+) -> dict[str, Any]:
+    """Parse ``argv``, resolve the configuration (failing before any data is read), run
+    ``transform(config)`` from the pipeline root and return the run report."""
+    options = PipelineOptions(list(argv or []))
+    config = config_from(options)
+    return run_and_report(options, config.run, lambda p: p | transform(config))
 
 
 def cli_main(

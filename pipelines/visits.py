@@ -18,10 +18,10 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.launch import RunContext, cli_main, dead_letter_context, run_and_report
-from pipelines.options import IngestOptions, bundled, output_formats, run_time_micros
+from pipelines.launch import RunContext, cli_main, dead_letter_context, run_context, run_pipeline
+from pipelines.options import IngestOptions, bundled
 from schemas.avro import category_columns, input_fields, output_schema
-from schemas.policy import Policy, load_policy
+from schemas.policy import load_policy
 from transforms.enrichment import EnrichAroundDeal, build_handler
 from transforms.geo import Geolocate
 from transforms.parse import Parse
@@ -106,15 +106,10 @@ class VisitsOptions(PipelineOptions):
 class VisitsConfig:
     """Everything :class:`IngestVisits` needs, resolved from the options (no flags below here)."""
 
-    input: str
-    input_format: str
-    output: str
-    formats: tuple[str, ...]
-    policy: Policy
+    run: RunContext
     geoip_db: str
     geo_cache_size: int
     enrichment: Any  # an EnrichmentSourceHandler, or None when enrichment is off
-    run: RunContext
 
 
 class IngestVisits(beam.PTransform):
@@ -126,17 +121,18 @@ class IngestVisits(beam.PTransform):
 
     def expand(self, pbegin):
         c = self._config
-        policy = c.policy
+        run = c.run
+        policy = run.policy
         visit, corporate = policy.category(VISIT), policy.category(CORPORATE)
         contact = corporate.field_groups["contact"]
         company = corporate.field_groups["company"]
-        dead_letters = dead_letter_context(c.run, mask_names=contact)
+        dead_letters = dead_letter_context(run, mask_names=contact)
         outputs = (
             CategoryOutput(VISIT, category_columns(VISIT)),
             CategoryOutput(CORPORATE, category_columns(CORPORATE), when_any=company + contact),
         )
 
-        raw = pbegin | "Read" >> ReadRecords(c.input, c.input_format)
+        raw = pbegin | "Read" >> ReadRecords(run.input, run.input_format)
         records, parse_dead = raw | "ParseValidate" >> Parse(
             input_fields(INPUT_SCHEMA), visit.event_time, policy, dead_letters
         )
@@ -155,14 +151,14 @@ class IngestVisits(beam.PTransform):
             outputs=outputs,
             schemas={o.category: output_schema(o.category) for o in outputs},
             extra_keys=("country", "region"),
-            output_dir=c.output,
-            formats=c.formats,
+            output_dir=run.output,
+            formats=run.formats,
             context=dead_letters,
         )
         return (
             (parse_dead, store_dead)
             | "CollectDeadLetters" >> beam.Flatten()
-            | "WriteDeadLetters" >> WriteDeadLetters(c.output)
+            | "WriteDeadLetters" >> WriteDeadLetters(run.output)
         )
 
 
@@ -170,9 +166,8 @@ def config_from(options: PipelineOptions) -> VisitsConfig:
     """Resolve and validate the options: fails here, before any data is read."""
     common = options.view_as(IngestOptions)
     visits = options.view_as(VisitsOptions)
-    if not common.input:
-        raise SystemExit("--input is required (a file pattern of JSON Lines or Avro visits)")
     policy = load_policy(common.policy)
+    run = run_context(options, pipeline=SOURCE, primary_categories=(VISIT,), policy=policy)
     corporate = policy.category(CORPORATE)
     http = (
         {
@@ -193,30 +188,16 @@ def config_from(options: PipelineOptions) -> VisitsConfig:
         **http,
     )
     return VisitsConfig(
-        input=common.input,
-        input_format=common.input_format,
-        output=common.output,
-        formats=output_formats(common.output_format),
-        policy=policy,
+        run=run,
         geoip_db=visits.geoip_db or bundled("country.mmdb"),
         geo_cache_size=visits.geo_cache_size,
         enrichment=handler,
-        run=RunContext(
-            pipeline=SOURCE,
-            primary_categories=(VISIT,),
-            input=common.input,
-            output=common.output,
-            policy=policy,
-            run_time=run_time_micros(common.run_time),
-        ),
     )
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the visits pipeline with command-line style ``argv``; returns the run report."""
-    options = PipelineOptions(list(argv or []))
-    config = config_from(options)
-    return run_and_report(options, config.run, lambda p: p | IngestVisits(config))
+    return run_pipeline(argv, config_from, IngestVisits)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
