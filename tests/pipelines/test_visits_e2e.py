@@ -349,19 +349,6 @@ def test_avro_input_gives_the_same_visits(visits_run, tmp_path):
         assert row == first[event_id]
 
 
-def test_embedded_default_runs_on_the_bundled_sample(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "pipelines", f"--output={tmp_path / 'out'}"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "reconciled=True" in done.stdout
-    (report,) = (tmp_path / "out").glob("_reports/visits-*.json")
-    assert json.loads(report.read_text())["counts"]["written"]["corporate_visitor_info"] > 0
-
-
 def test_reruns_give_the_same_rows(visits_run, tmp_path):
     """Deterministic output: a rerun into a fresh directory writes the same rows."""
     out, _, inputs = visits_run
