@@ -27,6 +27,7 @@ import yaml
 
 __all__ = [
     "Category",
+    "LifecycleEvent",
     "MinimumAge",
     "Policy",
     "PolicyError",
@@ -148,6 +149,36 @@ class MinimumAge:
 
 
 @dataclass(frozen=True)
+class LifecycleEvent:
+    """An event that ends open-ended retention for the records it is keyed to.
+
+    ``key`` is the record field that identifies the data subject or application (``uin``,
+    ``sdk_app_id``, ``business_email``); ``ends`` the retention rules whose records it makes
+    expire: ``days_after`` the event for lifetime rules, at the event for ``until_opt_out``.
+    """
+
+    name: str
+    key: str
+    ends: frozenset[str]
+
+    def applies_to(self, category: Category) -> bool:
+        """True when records of ``category`` may be affected (the rule of the category or of one
+        of its purposes is ended by this event, and the category has the key field)."""
+        rules = {category.retention.rule} | {
+            p.retention.rule for p in category.purposes if p.retention
+        }
+        return bool(rules & self.ends) and self.key in category.fields
+
+    def expires_at(self, retention: Retention, event_time_us: int) -> int | None:
+        """The expiry of a record with ``retention`` once this event happened (None: unaffected)."""
+        if retention.rule not in self.ends:
+            return None
+        if retention.rule == "until_opt_out":
+            return event_time_us
+        return event_time_us + retention.days * _MICROS_PER_DAY
+
+
+@dataclass(frozen=True)
 class Route:
     """Sends a record of a source to ``category`` when its condition holds (empty = always)."""
 
@@ -230,6 +261,7 @@ class Policy:
     dead_letter_retention: Retention
     minimum_age: MinimumAge | None = None
     sources: Mapping[str, Source] = field(default_factory=dict)
+    lifecycle_events: Mapping[str, LifecycleEvent] = field(default_factory=dict)
     source: str = ""
     schema_dirs: tuple[str, ...] = ()  # searched for .avsc files before the package's own
 
@@ -392,6 +424,7 @@ class _Validator:
                 "never_in_clear",
                 "dead_letters",
                 "minimum_age",
+                "lifecycle_events",
                 "sources",
                 "categories",
             ),
@@ -417,6 +450,7 @@ class _Validator:
                     )
         minimum_age = self.minimum_age(top.get("minimum_age"))
         sources = self.sources(top.get("sources"), categories)
+        lifecycle = self.lifecycle_events(top.get("lifecycle_events"), categories)
         return Policy(
             name=name,
             version=_version(doc),
@@ -428,6 +462,7 @@ class _Validator:
             dead_letter_retention=dead_retention,
             minimum_age=minimum_age,
             sources=sources,
+            lifecycle_events=lifecycle,
             source=self.source,
         )
 
@@ -544,6 +579,25 @@ class _Validator:
         if len(names) != 2:
             return None
         return MinimumAge(age, *names)
+
+    def lifecycle_events(
+        self, doc: Any, categories: Mapping[str, Category]
+    ) -> dict[str, LifecycleEvent]:
+        events: dict[str, LifecycleEvent] = {}
+        for name, body in self.mapping(doc or {}, "lifecycle_events").items():
+            path = f"lifecycle_events.{name}"
+            body = self.mapping(body, path)
+            self.unknown_keys(body, ("key", "ends"), path)
+            key = self.string(body.get("key"), f"{path}.key")
+            ends = self.names(body.get("ends"), f"{path}.ends", allow_empty=False)
+            for rule in ends:
+                if rule not in ("account_lifetime", "service_lifetime", "until_opt_out"):
+                    self.error(f"{path}.ends", f"{rule!r} is not an open-ended retention rule")
+            event = LifecycleEvent(str(name), key, frozenset(ends))
+            if not any(event.applies_to(c) for c in categories.values()):
+                self.error(path, "no category has both the key field and a rule it ends")
+            events[str(name)] = event
+        return events
 
     def sources(self, doc: Any, categories: Mapping[str, Category]) -> dict[str, Source]:
         sources: dict[str, Source] = {}

@@ -253,3 +253,50 @@ def test_any_mutation_loads_or_fails_with_policy_error(doc, data):
         break
     with contextlib.suppress(PolicyError):
         parse_policy(mutated)
+
+
+def test_lifecycle_events_end_open_ended_retention():
+    policy = load_policy()
+    affected = {
+        name: sorted(c.name for c in policy.categories.values() if event.applies_to(c))
+        for name, event in policy.lifecycle_events.items()
+    }
+    assert affected == {
+        "account_deleted": ["account_information", "console_configuration"],
+        "service_terminated": [
+            "console_configuration",
+            "customer_application_log",
+            "customer_temporary_key",
+        ],
+        "marketing_opt_out": ["corporate_visitor_info"],
+    }
+    deleted = policy.lifecycle_events["account_deleted"]
+    assert deleted.expires_at(Retention("account_lifetime", 30), 0) == 30 * DAY_US
+    assert deleted.expires_at(Retention("service_lifetime", 7), 0) == 7 * DAY_US
+    assert deleted.expires_at(Retention("fixed", 14), 0) is None
+    opt_out = policy.lifecycle_events["marketing_opt_out"]
+    assert opt_out.expires_at(Retention("until_opt_out"), 5) == 5
+
+
+def test_sources_and_minimum_age_are_validated(doc):
+    broken = _break(
+        doc,
+        ("sources", "sdk_logs", "routes"),
+        [{"category": "sdk_log", "when_present": ["client_ip"]}],
+    )
+    with pytest.raises(PolicyError, match="last route must be unconditional"):
+        parse_policy(broken)
+    with pytest.raises(PolicyError, match="is never stored"):
+        parse_policy(
+            _break(doc, ("sources", "telemetry", "routes"), [{"category": "audio_video_content"}])
+        )
+    with pytest.raises(PolicyError, match="minimum_age.age"):
+        parse_policy(_break(doc, ("minimum_age", "age"), "sixteen"))
+    with pytest.raises(PolicyError, match="never_in_clear.secrets"):
+        parse_policy(
+            _break(
+                doc,
+                ("categories", "customer_temporary_key", "fingerprints"),
+                {"private_key_fingerprint": "username_hash_source"},
+            )
+        )
