@@ -290,9 +290,9 @@ def test_sources_and_minimum_age_are_validated(doc):
         parse_policy(
             _break(doc, ("sources", "telemetry", "routes"), [{"category": "audio_video_content"}])
         )
-    with pytest.raises(PolicyError, match="minimum_age.age"):
+    with pytest.raises(PolicyError, match=r"minimum_age\.age"):
         parse_policy(_break(doc, ("minimum_age", "age"), "sixteen"))
-    with pytest.raises(PolicyError, match="never_in_clear.secrets"):
+    with pytest.raises(PolicyError, match=r"never_in_clear\.secrets"):
         parse_policy(
             _break(
                 doc,
