@@ -60,7 +60,9 @@ COUNTRY_WEIGHTS = {
     "AD": 0.1,
     "MC": 0.1,
 }
-CONTACT_FIELDS = load_policy().category("corporate_visitor_info").field_groups["contact"]
+_CORPORATE = load_policy().category("corporate_visitor_info")
+COMPANY_FIELDS = _CORPORATE.field_groups["company"]
+CONTACT_FIELDS = _CORPORATE.field_groups["contact"]
 INDUSTRIES = ("software", "media", "education", "finance", "retail", "gaming", "health")
 PATHS = ("/", "/pricing", "/docs/trtc/quickstart", "/product/trtc", "/contact", "/blog/latency")
 AGENTS = (
@@ -185,15 +187,7 @@ def snapshot_csv(
     """
     rng = random.Random(seed)
     out = io.StringIO()
-    header = [
-        "network",
-        "company_name",
-        "company_domain",
-        "company_industry",
-        "company_country",
-        "company_size",
-        *CONTACT_FIELDS,
-    ]
+    header = ["network", *COMPANY_FIELDS, *CONTACT_FIELDS]
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(header)
     seen: set[str] = set()

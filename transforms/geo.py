@@ -391,11 +391,7 @@ class Geolocate(beam.PTransform):
         cache_size: int = DEFAULT_CACHE_SIZE,
     ) -> None:
         super().__init__()
-        self._geoip_db = str(geoip_db)
-        self._eea_uk = frozenset(eea_uk)
-        self._cache_size = cache_size
+        self._fn = GeolocateFn(geoip_db, eea_uk, cache_size)
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
-        return records | "LookupCountry" >> beam.ParDo(
-            GeolocateFn(self._geoip_db, self._eea_uk, self._cache_size)
-        )
+        return records | "LookupCountry" >> beam.ParDo(self._fn)

@@ -26,6 +26,7 @@ from tests.support.outputs import decoded_text, read_rows, run_cli
 
 pytestmark = pytest.mark.e2e
 
+COMPANY = load_policy().category("corporate_visitor_info").field_groups["company"]
 CONTACT = load_policy().category("corporate_visitor_info").field_groups["contact"]
 SECRETS = ("hunter2-SECRET", "eJyrVkrxUSERSIG", "BEGIN-PRIVATE-KEY-XYZ")
 NETWORKS = {
@@ -93,17 +94,7 @@ def write_inputs(tmp: Path) -> dict[str, Path]:
     mmdb = build_country_mmdb(tmp / "country.mmdb", NETWORKS)
     with (tmp / "snapshot.csv").open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(
-            [
-                "network",
-                "company_name",
-                "company_domain",
-                "company_industry",
-                "company_country",
-                "company_size",
-                *CONTACT,
-            ]
-        )
+        writer.writerow(["network", *COMPANY, *CONTACT])
         for i, (network, country) in enumerate(SNAPSHOT):
             writer.writerow(
                 [
