@@ -6,8 +6,11 @@ import apache_beam as beam
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from schemas.avro import category_columns
+from schemas.policy import load_policy
 from transforms.guard import Guard, violations
 from transforms.suppress import (
     SuppressRestrictedContacts,
@@ -18,6 +21,7 @@ from transforms.tag import CategoryOutput, Tag, tag_row
 
 DAY = 86_400 * 1_000_000
 T = 1_790_000_000 * 1_000_000  # 2026-09-21T14:13:20Z
+POLICY = load_policy()
 CONTACT = {"contact_name": "Jane", "business_email": "jane@corp.example", "job_title": "CTO"}
 
 
@@ -174,3 +178,34 @@ def test_suppress_composite(policy, corporate):
             | SuppressRestrictedContacts([corporate], policy.regions)
         )
         assert_that(out | beam.Map(lambda r: sorted(set(CONTACT) & r.keys())), equal_to([[]]))
+
+
+REGIONS = st.sampled_from(["EEA_UK", "OTHER", "UNKNOWN", None, "MARS"])
+VALUES = st.one_of(st.none(), st.just(""), st.text(min_size=1, max_size=8))
+CONTACT_NAMES = ("contact_name", "business_email", "business_phone", "linkedin_url")
+
+
+@settings(max_examples=300)
+@given(
+    region=REGIONS,
+    contact=st.fixed_dictionaries(dict.fromkeys(CONTACT_NAMES, VALUES)),
+    company_country=st.sampled_from([None, "", "DE", "GB", "US", "CH", "EU"]),
+)
+def test_property_suppressed_records_never_violate_the_region_rule(
+    region, contact, company_country
+):
+    """Whatever arrives, after suppression the guard never sees a forbidden contact field,
+    and the guard refuses exactly the records whose company country forbids theirs."""
+    policy = POLICY
+    corporate = policy.category("corporate_visitor_info")
+    fn = SuppressRestrictedFn(forbidden_by_region([corporate]), policy.regions)
+    fn.setup()
+    record = {**visit(region), **contact, "company_country": company_country}
+    (out,) = fn.process(record)
+    found = _violations(policy, corporate, out)
+    assert "forbidden_field" not in found
+    has_contact = any(out.get(f) not in (None, "") for f in CONTACT_NAMES)
+    company_restricted = bool(company_country) and policy.region_for(company_country) != "OTHER"
+    assert ("restricted_company_contact" in found) == (company_restricted and has_contact)
+    if region != "OTHER":
+        assert not has_contact
