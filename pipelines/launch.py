@@ -135,17 +135,22 @@ def cli_main(
     argv: Sequence[str] | None = None,
     *,
     preset: Sequence[str] = (),
+    summary: Callable[[dict[str, Any]], list[str]] = summary_lines,
 ) -> None:
-    """Command-line entry point of a pipeline: run it, print the report's summary.
+    """Command-line entry point of a job: run it, print the summary of its report.
 
-    Configuration problems (malformed policy, missing input, missing key) end with a one-line
-    message and a non-zero exit, not a traceback. ``preset`` are arguments a specialised
-    pipeline fixes (``--source=sdk_logs``).
+    Configuration problems (malformed policy, missing input, missing key, a busy output root)
+    end with a one-line message and a non-zero exit, not a traceback; so does a report that
+    carries an ``error`` (e.g. an erasure whose verification found a remaining match).
+    ``preset`` are arguments a specialised pipeline fixes (``--source=sdk_logs``).
     """
     logging.getLogger().setLevel(logging.WARNING)
     try:
         report = run([*preset, *(sys.argv[1:] if argv is None else argv)])
     except (PolicyError, ValueError, OSError) as exc:
         raise SystemExit(f"error: {exc}") from None
-    print("\n".join(summary_lines(report)))
-    print(f"report: {report['report_path']}")
+    print("\n".join(summary(report)))
+    if report.get("report_path"):
+        print(f"report: {report['report_path']}")
+    if report.get("error"):
+        raise SystemExit(f"error: {report['error']}")

@@ -1,0 +1,436 @@
+"""Erasure requests: remove every row of a data subject, then prove none is left.
+
+    python -m pipelines.erase --output DIR --requests GLOB [--run_time ISO-8601]
+
+Requests are JSON Lines, one per line, naming the subject by exactly one of ``user_id``,
+``uin``, ``business_email`` or ``ip`` (a ``user_id`` may be narrowed to one application with
+``sdk_app_id``)::
+
+    {"request_id": "DSR-1", "received_at": "2026-11-28T09:00:00Z", "business_email": "a@b.c"}
+    {"request_id": "DSR-2", "received_at": "2026-11-28T09:05:00Z", "user_id": "u-7",
+     "sdk_app_id": 1400000001}
+
+Every category and the dead letters are scanned (Parquet files for the identifying columns
+only); a file is rewritten only if it holds a row of a subject: the file minus those rows is
+staged with the file's own schema and codec and replaces it in one committed transaction (a file
+left empty is deleted), so every other row stays identical. Rows reached through the subject's
+own rows are erased too: the corporate visitor information of an IP's visits, and the temporary
+keys and application logs of an account's applications (``transforms.retention.erasure``).
+
+    ReadRequests -> ParseRequests -+-> CollectLinks (website_visit, console_configuration)
+                        |          |          |
+                   DeadLetters     +-> ScanFiles (every file, requests + links as side inputs)
+                                                 |
+                                      staged rewrites + actions -> commit -> apply -> Verify
+
+After the apply, a second Beam job (``Verify``) reads every file back and counts the rows still
+matching any request; the audit ``_reports/erase-<run_id>.json`` holds, per request, the rows
+erased by category, the dead letters erased, the files rewritten or deleted and the verified
+count (0). The audit names the subject's field, never its value. A malformed request becomes a
+dead letter with its reason, its identifier masked. If anything still matches, the job fails.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines.launch import RunContext, cli_main, dead_letter_context
+from pipelines.options import IngestOptions, run_time_micros
+from pipelines.report import counters_of
+from schemas.policy import load_policy
+from transforms.deadletter import ParDoWithDeadLetters
+from transforms.read import ReadRecords
+from transforms.retention.erasure import (
+    DEFAULT_LINKS,
+    SUBJECT_FIELDS,
+    CollectLinksFn,
+    IndexLinks,
+    Link,
+    ParseRequestFn,
+    ScanFileFn,
+)
+from transforms.retention.layout import (
+    DATA,
+    check_output_root,
+    list_layout,
+    normalise_root,
+    require_matches,
+)
+from transforms.retention.txn import (
+    RetentionLock,
+    Transaction,
+    added_action,
+    apply_actions,
+    read_json,
+    recover,
+    sorted_actions,
+    utc_now_iso,
+    write_audit,
+    write_json,
+)
+from transforms.sinks import WriteDeadLetters
+from transforms.timestamps import format_utc
+
+__all__ = ["EraseOptions", "EraseSubjects", "VerifyErasure", "main", "run", "summary"]
+
+# Masked in the dead letters of rejected requests: a request must not copy its identifier.
+MASKED = tuple(sorted({c for columns in SUBJECT_FIELDS.values() for c in columns}))
+
+
+class EraseOptions(PipelineOptions):
+    """``--requests``; ``--output``, ``--policy`` and ``--run_time`` are the common options."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        parser.add_argument(
+            "--requests",
+            default=None,
+            help="Erasure requests: a file pattern of JSON Lines (local or any Beam filesystem), "
+            'e.g. {"request_id": "DSR-1", "received_at": "2026-11-28T09:00:00Z", '
+            '"business_email": "a@b.example"}.',
+        )
+
+
+@dataclass(frozen=True)
+class EraseConfig:
+    run: RunContext
+    root: str
+    txn: Transaction
+    links: tuple[Link, ...] = DEFAULT_LINKS
+    files: tuple[dict[str, str], ...] = ()
+    link_files: tuple[dict[str, str], ...] = ()
+    unscanned: tuple[str, ...] = ()
+
+
+def _request_summary(request: Mapping[str, Any]) -> dict[str, Any]:
+    """What the plan and the audit keep of a request: never the identifier itself."""
+    return {
+        "request_id": request["request_id"],
+        "received_at": format_utc(request["received_at"]),
+        "subject_field": request["field"],
+        "narrowed_to_sdk_app_id": bool(request.get("sdk_app_id")),
+    }
+
+
+def _write_plan(_: object, actions: list, links: dict, requests: list, path: str) -> None:
+    write_json(
+        path,
+        {
+            "actions": sorted_actions(actions),
+            "links": links,
+            "requests": sorted(
+                (_request_summary(r) for r in requests), key=lambda r: r["request_id"]
+            ),
+        },
+    )
+
+
+def _write_found(_: object, found: list, path: str) -> None:
+    write_json(path, {"found": sorted(found, key=lambda f: f["target"])})
+
+
+class EraseSubjects(beam.PTransform):
+    """Requests -> staged rewrites of every file holding a subject's rows, and the plan."""
+
+    def __init__(self, config: EraseConfig) -> None:
+        super().__init__()
+        self._config = config
+
+    def expand(self, pbegin):
+        c = self._config
+        txn = c.txn
+        context = dead_letter_context(c.run, mask_names=MASKED)
+        raw = pbegin | "ReadRequests" >> ReadRecords(c.run.input, "jsonl")
+        requests, dead = raw | "ParseRequests" >> ParDoWithDeadLetters(
+            ParseRequestFn(context), "parse", context
+        )
+        as_list = beam.pvalue.AsList(requests)
+        links = (
+            pbegin
+            | "LinkSourceFiles" >> beam.Create(list(c.link_files))
+            | "CollectLinks" >> beam.ParDo(CollectLinksFn(c.links), as_list)
+            | "IndexLinks" >> beam.CombineGlobally(IndexLinks())
+        )
+        scanned = (
+            pbegin
+            | "Files" >> beam.Create(list(c.files))
+            | "ScanFiles"
+            >> beam.ParDo(
+                ScanFileFn("erase", c.root, txn.rel_dir), as_list, beam.pvalue.AsSingleton(links)
+            )
+        )
+        letters = dead | "WriteDeadLetters" >> WriteDeadLetters(
+            txn.staged_root, run_token=f"er{c.run.run_id[:6]}"
+        )
+        added = letters | "AddActions" >> beam.Map(added_action, txn.staged_root, txn.rel_dir)
+        actions = (scanned, added) | "Actions" >> beam.Flatten()
+        _ = (
+            pbegin
+            | "PlanOnce" >> beam.Create([None])
+            | "WritePlan"
+            >> beam.Map(
+                _write_plan,
+                beam.pvalue.AsList(actions),
+                beam.pvalue.AsSingleton(links),
+                as_list,
+                txn.plan_path,
+            )
+        )
+
+
+class VerifyErasure(beam.PTransform):
+    """Read every file back: the rows still matching a request (there must be none)."""
+
+    def __init__(
+        self, requests: str, links: Mapping[str, Any], files: Sequence[dict], path: str
+    ) -> None:
+        super().__init__()
+        self._requests = requests
+        self._links = dict(links)
+        self._files = list(files)
+        self._path = path
+
+    def expand(self, pbegin):
+        requests = (
+            pbegin
+            | "ReadRequests" >> ReadRecords(self._requests, "jsonl")
+            | "ParseRequests" >> beam.ParDo(ParseRequestFn(None))
+        )
+        links = pbegin | "Links" >> beam.Create([self._links])
+        found = (
+            pbegin
+            | "Files" >> beam.Create(self._files)
+            | "CountMatches"
+            >> beam.ParDo(
+                ScanFileFn("verify"),
+                beam.pvalue.AsList(requests),
+                beam.pvalue.AsSingleton(links),
+            )
+        )
+        _ = (
+            pbegin
+            | "Once" >> beam.Create([None])
+            | "WriteFound" >> beam.Map(_write_found, beam.pvalue.AsList(found), self._path)
+        )
+
+
+def config_from(options: PipelineOptions) -> EraseConfig:
+    """Resolve and validate everything before any data is read."""
+    FileSystems.set_options(options)
+    common = options.view_as(IngestOptions)
+    requests = options.view_as(EraseOptions).requests
+    if not requests:
+        raise ValueError("--requests is required (a file pattern of JSON Lines erasure requests)")
+    require_matches(requests, "--requests")
+    policy = load_policy(common.policy)
+    root = normalise_root(common.output)
+    check_output_root(root)
+    run = RunContext(
+        pipeline="erase",
+        primary_categories=(),
+        input=requests,
+        input_format="jsonl",
+        output=root,
+        formats=(),
+        policy=policy,
+        run_time=run_time_micros(common.run_time),
+    ).with_id()
+    return EraseConfig(run=run, root=root, txn=Transaction(root, run.run_id))
+
+
+def _scan_files(root: str) -> tuple[tuple[dict[str, str], ...], tuple[str, ...]]:
+    files = list_layout(root)
+    return (
+        tuple(f.element() for f in files if f.format),
+        tuple(f.rel for f in files if not f.format),
+    )
+
+
+def _with_files(config: EraseConfig) -> EraseConfig:
+    files, unscanned = _scan_files(config.root)
+    sources = {link.source for link in config.links}
+    link_files = tuple(
+        f for f in files if f["kind"] == DATA and f.get("category") in sources and f["format"]
+    )
+    return dataclasses.replace(config, files=files, link_files=link_files, unscanned=unscanned)
+
+
+def _per_request(
+    requests: Sequence[Mapping[str, Any]],
+    actions: Sequence[Mapping[str, Any]],
+    found: Sequence[Mapping[str, Any]],
+) -> list[dict[str, Any]]:
+    """One audit record per request: what was erased where, and what the read-back found."""
+    records = []
+    for request in requests:
+        request_id = request["request_id"]
+        rows: dict[str, int] = {}
+        letters = 0
+        files = []
+        for action in actions:
+            n = (action.get("requests") or {}).get(request_id, 0)
+            if not n:
+                continue
+            files.append({"file": action["target"], "op": action["op"], "rows": n})
+            if action["kind"] == DATA:
+                rows[action["name"]] = rows.get(action["name"], 0) + n
+            else:
+                letters += n
+        remaining = sum((f.get("requests") or {}).get(request_id, 0) for f in found)
+        records.append(
+            {
+                **request,
+                "rows_erased": dict(sorted(rows.items())),
+                "rows_erased_total": sum(rows.values()),
+                "dead_letters_erased": letters,
+                "files": files,
+                "verification": {"rows_still_matching": remaining, "verified": remaining == 0},
+            }
+        )
+    return records
+
+
+def _audit(
+    config: EraseConfig,
+    counters: Mapping[str, int],
+    plan: Mapping[str, Any],
+    found: Sequence[Mapping[str, Any]] | None,
+) -> dict[str, Any]:
+    run = config.run
+    actions = [a for a in plan["actions"] if a["op"] != "add"]
+    remaining = None if found is None else sum(f["rows_removed"] for f in found)
+    return {
+        "pipeline": "erase",
+        "run_id": run.run_id,
+        "run_time": format_utc(run.run_time),
+        "policy_version": run.policy.version,
+        "policy_source": run.policy.source,
+        "output": config.root,
+        "requests_input": run.input,
+        "counts": {
+            "requests_read": counters.get("erase.requests_read", 0),
+            "requests_valid": counters.get("erase.requests_valid", 0),
+            "dead_lettered": {
+                k.split(".", 1)[1]: v for k, v in counters.items() if k.startswith("dead_letter.")
+            },
+            "files_scanned": len(config.files),
+            "files_rewritten": sum(1 for a in actions if a["op"] == "replace"),
+            "files_deleted": sum(1 for a in actions if a["op"] == "delete"),
+            "rows_erased": sum(a["rows_removed"] for a in actions if a["kind"] == DATA),
+            "dead_letters_erased": sum(a["rows_removed"] for a in actions if a["kind"] != DATA),
+        },
+        "requests": _per_request(plan["requests"], actions, found or []),
+        "files": {
+            "rewritten": [a["target"] for a in actions if a["op"] == "replace"],
+            "deleted": [a["target"] for a in actions if a["op"] == "delete"],
+            "added": [a["target"] for a in plan["actions"] if a["op"] == "add"],
+            "not_scanned": list(config.unscanned),
+        },
+        "verification": None
+        if found is None
+        else {
+            "rows_still_matching": remaining,
+            "files_still_matching": [f["target"] for f in found],
+            "verified": remaining == 0,
+        },
+    }
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Apply the erasure requests of ``--requests``; returns the audit (plus its path).
+
+    The audit carries ``error`` when the read-back still finds a row of a subject."""
+    options = PipelineOptions(list(argv or []))
+    config = config_from(options)
+    started = utc_now_iso()
+    with RetentionLock(config.root, config.run.run_id, "erase"):
+        recovered = recover(config.root, config.run.run_id)
+        config = _with_files(config)
+        txn, committed = config.txn, False
+        try:
+            pipeline = beam.Pipeline(options=options)
+            _ = pipeline | "EraseSubjects" >> EraseSubjects(config)
+            result = pipeline.run()
+            result.wait_until_finish()
+            counters = counters_of(result)
+            plan = txn.read_plan()
+            audit = {
+                **_audit(config, counters, plan, None),
+                "started_at": started,
+                "recovered_transactions": recovered,
+            }
+            if plan["actions"]:
+                txn.commit({"pipeline": "erase", "actions": plan["actions"], "audit": audit})
+                committed = True
+                audit["apply"] = apply_actions(config.root, plan["actions"])
+            files, _ = _scan_files(config.root)
+            verify_path = FileSystems.join(txn.dir, "verify.json")
+            check = beam.Pipeline(options=options)
+            _ = check | "Verify" >> VerifyErasure(
+                config.run.input, plan["links"], files, verify_path
+            )
+            check.run().wait_until_finish()
+            found = read_json(verify_path)["found"]
+            audit = {
+                **audit,
+                **{
+                    k: v
+                    for k, v in _audit(config, counters, plan, found).items()
+                    if k in ("requests", "verification")
+                },
+                "finished_at": utc_now_iso(),
+            }
+            path = write_audit(config.root, "erase", config.run.run_id, audit)
+        except BaseException:
+            if not committed:
+                txn.discard()
+            raise
+        txn.discard()
+    report = {**audit, "report_path": path}
+    if not audit["verification"]["verified"]:
+        report["error"] = (
+            f"{audit['verification']['rows_still_matching']} rows still match an erasure "
+            f"request after the rewrite, in {audit['verification']['files_still_matching'][:5]}"
+        )
+    return report
+
+
+def summary(report: Mapping[str, Any]) -> list[str]:
+    counts = report["counts"]
+    dead = ", ".join(f"{k}={v}" for k, v in counts["dead_lettered"].items()) or "none"
+    lines = [
+        f"[erase] requests read={counts['requests_read']} valid={counts['requests_valid']} "
+        f"dead letters: {dead}",
+        f"[erase] erased {counts['rows_erased']} rows and {counts['dead_letters_erased']} dead "
+        f"letters: {counts['files_rewritten']} files rewritten, {counts['files_deleted']} "
+        f"deleted, of {counts['files_scanned']} scanned",
+    ]
+    for request in report["requests"]:
+        check = request["verification"]
+        lines.append(
+            f"[erase] {request['request_id']} ({request['subject_field']}): "
+            f"{request['rows_erased_total']} rows, {request['dead_letters_erased']} dead letters,"
+            f" {len(request['files'])} files; remaining after read-back: "
+            f"{check['rows_still_matching']}"
+        )
+    verification = report["verification"]
+    lines.append(
+        f"[erase] verification: {verification['rows_still_matching']} rows still match "
+        f"({'verified' if verification['verified'] else 'NOT VERIFIED'})"
+    )
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    cli_main(run, argv, summary=summary)
+
+
+if __name__ == "__main__":
+    main()

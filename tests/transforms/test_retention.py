@@ -1,0 +1,460 @@
+"""transforms.retention: layout, matching, the journal, lifecycle rules and erasure requests.
+
+Files are real (written with the project's own sinks and schemas); the journal is exercised on a
+real directory, including a partially applied commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from schemas.arrow import arrow_schema
+from schemas.avro import output_schema
+from schemas.policy import load_policy
+from transforms.deadletter import RecordError
+from transforms.retention.erasure import Subjects, parse_request
+from transforms.retention.files import TableFile, write_lines
+from transforms.retention.layout import (
+    NotAnOutputRootError,
+    check_output_root,
+    classify,
+    list_layout,
+)
+from transforms.retention.lifecycle import CategoryRules, IndexEvents, parse_event
+from transforms.retention.matching import ColumnIndex, ip_forms, normalise
+from transforms.retention.txn import (
+    LockHeldError,
+    RetentionLock,
+    Transaction,
+    apply_actions,
+    recover,
+)
+from transforms.sinks import HIVE_NULL_PARTITION, ParquetSink
+from transforms.timestamps import parse_event_time
+
+POLICY = load_policy()
+DAY_US = 86_400_000_000
+
+
+# ---------------------------------------------------------------------------------- layout
+
+
+@pytest.mark.parametrize(
+    ("rel", "expected"),
+    [
+        (
+            "data_category=sdk_log/expiry_date=2026-12-05/part-0.parquet",
+            ("data", "sdk_log", "2026-12-05", "data_category=sdk_log/expiry_date=2026-12-05"),
+        ),
+        (
+            f"data_category=a%2Fb/expiry_date={HIVE_NULL_PARTITION}/x.avro",
+            (
+                "data",
+                "a/b",
+                HIVE_NULL_PARTITION,
+                f"data_category=a%2Fb/expiry_date={HIVE_NULL_PARTITION}",
+            ),
+        ),
+        (
+            "_dead_letter/source=visits/expiry_date=2026-12-13/p.jsonl",
+            (
+                "dead_letter",
+                "visits",
+                "2026-12-13",
+                "_dead_letter/source=visits/expiry_date=2026-12-13",
+            ),
+        ),
+        ("_reports/visits-1.json", None),
+        ("_retention/txn-1/staged/data_category=x/expiry_date=2026-01-01/p.parquet", None),
+        (".temp-abc/data_category=x/expiry_date=2026-01-01/p.parquet", None),
+        ("data_category=x/p.parquet", None),
+        ("notes.txt", None),
+    ],
+)
+def test_classify(rel, expected):
+    partition = classify(rel)
+    if expected is None:
+        assert partition is None
+    else:
+        assert (partition.kind, partition.name, partition.expiry, partition.rel_dir) == expected
+
+
+def test_partition_expiry_is_strict_and_fails_closed():
+    today = dt.date(2026, 12, 10)
+    expired = classify("data_category=c/expiry_date=2026-12-09/f")
+    same_day = classify("data_category=c/expiry_date=2026-12-10/f")
+    null = classify(f"data_category=c/expiry_date={HIVE_NULL_PARTITION}/f")
+    garbage = classify("data_category=c/expiry_date=2026-13-45/f")
+    words = classify("data_category=c/expiry_date=yesterday/f")
+    assert expired.expired(today) and not same_day.expired(today)
+    assert not null.expired(today) and null.recognised
+    assert not garbage.expired(today) and not garbage.recognised
+    assert not words.expired(today) and not words.recognised
+
+
+def test_output_root_check_and_listing(tmp_path):
+    with pytest.raises(NotAnOutputRootError, match="does not look like an output root"):
+        check_output_root(str(tmp_path))
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(NotAnOutputRootError):
+        check_output_root(str(tmp_path))
+    with pytest.raises(NotAnOutputRootError, match="not a directory"):
+        check_output_root(str(tmp_path / "missing"))
+    part = tmp_path / "data_category=c/expiry_date=2026-01-01"
+    part.mkdir(parents=True)
+    (part / "part-0.parquet").write_bytes(b"x")
+    (part / "_SUCCESS").write_bytes(b"")
+    (tmp_path / "_reports").mkdir()
+    (tmp_path / "_reports/r.json").write_text("{}")
+    check_output_root(str(tmp_path))
+    files = list_layout(str(tmp_path))
+    assert [(f.rel, f.format) for f in files] == [
+        ("data_category=c/expiry_date=2026-01-01/_SUCCESS", None),
+        ("data_category=c/expiry_date=2026-01-01/part-0.parquet", "parquet"),
+    ]
+    # an empty partition directory is not enough, but a report is
+    (part / "part-0.parquet").unlink()
+    (part / "_SUCCESS").unlink()
+    check_output_root(str(tmp_path))
+
+
+# -------------------------------------------------------------------------------- matching
+
+
+@given(
+    local=st.from_regex(r"[A-Za-z0-9._%+-]{1,12}", fullmatch=True),
+    domain=st.from_regex(r"[A-Za-z0-9-]{1,10}\.[A-Za-z]{2,4}", fullmatch=True),
+    pad=st.sampled_from(["", " ", "\t", "  "]),
+)
+def test_emails_match_whatever_their_case_and_padding(local, domain, pad):
+    email = f"{local}@{domain}"
+    stored = pa.table({"business_email": [f"{pad}{email.upper()}{pad}", "other@x.example", None]})
+    index = ColumnIndex({"business_email": {normalise(email.swapcase(), "email"): "R"}})
+    assert index.match(stored) == {0: {"business_email": "R"}}
+
+
+@given(st.ip_addresses())
+def test_ip_forms_cover_the_mapped_spelling(address):
+    forms = ip_forms(f" {address} ")
+    assert str(address) in forms
+    if isinstance(address, ipaddress.IPv4Address):
+        assert str(ipaddress.IPv6Address(f"::ffff:{address}")) in forms
+    elif address.ipv4_mapped is not None:
+        assert str(address.ipv4_mapped) in forms
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    stored=st.lists(st.one_of(st.none(), st.integers(0, 30).map(str)), max_size=40),
+    wanted=st.sets(st.integers(0, 30), max_size=5),
+)
+def test_column_index_finds_exactly_the_rows_a_python_scan_finds(stored, wanted):
+    index = ColumnIndex({"uin": {str(w): {f"r{w}"} for w in wanted}})
+    table = pa.table({"uin": pa.array(stored, pa.string()), "other": list(range(len(stored)))})
+    expected = {i: {"uin": {f"r{v}"}} for i, v in enumerate(stored) if v and int(v) in wanted}
+    assert index.match(table) == expected
+
+
+def test_identifiers_match_as_text():
+    assert normalise(100000009, "identifier") == normalise(" 100000009 ", "identifier")
+    assert normalise(True, "identifier") is None and normalise("", "identifier") is None
+    assert normalise("not-an-email", "email") is None
+
+
+# ------------------------------------------------------------------------- files + journal
+
+
+def _parquet(path: Path, rows: list[dict]) -> None:
+    sink = ParquetSink(arrow_schema(output_schema("sdk_log")))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as fh:
+        sink.open(fh)
+        for row in rows:
+            sink.write(row)
+        sink.flush()
+
+
+def _log(i: int, expires_at: int | None = None) -> dict:
+    logged = parse_event_time("2026-11-20T00:00:00Z") + i
+    return {
+        "event_id": f"e{i}",
+        "logged_at": logged,
+        "sdk_app_id": "1400000001",
+        "uin": str(100 + i % 3),
+        "user_id": f"u{i}",
+        "data_category": "sdk_log",
+        "purposes": ["troubleshooting"],
+        "legal_basis": "contract",
+        "retention_rule": "fixed_14d",
+        "expires_at": expires_at if expires_at is not None else logged + 14 * DAY_US,
+        "policy_version": POLICY.version,
+    }
+
+
+def test_table_file_rewrite_keeps_other_rows_schema_and_codec(tmp_path):
+    src = tmp_path / "in.parquet"
+    rows = [_log(i) for i in range(7)]
+    _parquet(src, rows)
+    content = TableFile(str(src), "parquet")
+    matched = ColumnIndex({"uin": {"101": "R"}}).match(content.columns(["uin"]))
+    assert sorted(matched) == [1, 4]
+    out = tmp_path / "out.parquet"
+    assert content.write_without(str(out), set(matched)) == 5
+    before, after = pq.read_table(src), pq.read_table(out)
+    assert after.schema == before.schema
+    assert after.to_pylist() == [r for i, r in enumerate(before.to_pylist()) if i not in (1, 4)]
+    assert pq.ParquetFile(out).metadata.row_group(0).column(0).compression == "SNAPPY"
+    # timestamps come back as int micros, every value unchanged
+    assert {k: v for k, v in content.rows([0])[0].items() if v is not None} == rows[0]
+
+
+def _layout_with_txn(tmp_path: Path) -> tuple[str, Transaction, list[dict]]:
+    root = str(tmp_path)
+    (tmp_path / "_reports").mkdir()
+    part = tmp_path / "data_category=sdk_log/expiry_date=2026-12-04"
+    _parquet(part / "a.parquet", [_log(0), _log(1)])
+    _parquet(part / "b.parquet", [_log(2)])
+    txn = Transaction(root, "t1")
+    staged_a = txn.staged_rel("data_category=sdk_log/expiry_date=2026-12-04/a.parquet")
+    staged_new = txn.staged_rel("data_category=sdk_log/expiry_date=2026-12-05/new.parquet")
+    _parquet(tmp_path / staged_a, [_log(0)])
+    _parquet(tmp_path / staged_new, [_log(1)])
+    actions = [
+        {"op": "delete", "target": "data_category=sdk_log/expiry_date=2026-12-04/b.parquet"},
+        {
+            "op": "replace",
+            "target": "data_category=sdk_log/expiry_date=2026-12-04/a.parquet",
+            "staged": staged_a,
+        },
+        {
+            "op": "add",
+            "target": "data_category=sdk_log/expiry_date=2026-12-05/new.parquet",
+            "staged": staged_new,
+        },
+    ]
+    return root, txn, actions
+
+
+def _ids(root: Path) -> dict[str, list[str]]:
+    return {
+        str(p.relative_to(root)): pq.read_table(p).column("event_id").to_pylist()
+        for p in sorted(root.glob("data_category=*/*/*.parquet"))
+    }
+
+
+EXPECTED_AFTER = {
+    "data_category=sdk_log/expiry_date=2026-12-04/a.parquet": ["e0"],
+    "data_category=sdk_log/expiry_date=2026-12-05/new.parquet": ["e1"],
+}
+
+
+def test_uncommitted_transaction_rolls_back(tmp_path):
+    root, txn, _ = _layout_with_txn(tmp_path)
+    before = _ids(tmp_path)
+    assert [s["outcome"] for s in recover(root, "r2")] == ["rolled_back"]
+    assert _ids(tmp_path) == before and not Path(txn.dir).exists()
+
+
+@pytest.mark.parametrize("done", [0, 1, 2, 3])
+def test_committed_transaction_rolls_forward_from_any_step(tmp_path, done):
+    root, txn, actions = _layout_with_txn(tmp_path)
+    txn.commit({"pipeline": "erase", "actions": actions, "audit": {"what": "test"}})
+    ordered = sorted(actions, key=lambda a: ["add", "replace", "delete"].index(a["op"]))
+    apply_actions(root, ordered[:done])  # the crash: only the first `done` actions happened
+    (summary,) = recover(root, "r2")
+    assert summary["outcome"] == "rolled_forward"
+    assert _ids(tmp_path) == EXPECTED_AFTER
+    audit = json.loads(Path(summary["audit"]).read_text())
+    assert audit["recovered"] and audit["recovered_by"] == "r2" and audit["what"] == "test"
+    assert not Path(txn.dir).exists()
+    # applying again changes nothing: every action is idempotent
+    assert apply_actions(root, actions)["applied"] == 0
+    assert _ids(tmp_path) == EXPECTED_AFTER
+
+
+def test_replace_never_resurrects_a_deleted_file(tmp_path):
+    root, txn, actions = _layout_with_txn(tmp_path)
+    txn.commit({"pipeline": "erase", "actions": actions, "audit": {}})
+    (tmp_path / "data_category=sdk_log/expiry_date=2026-12-04/a.parquet").unlink()  # purged
+    results = apply_actions(root, actions)
+    assert results["skipped_target_gone"] == [
+        "data_category=sdk_log/expiry_date=2026-12-04/a.parquet"
+    ]
+    assert not (tmp_path / "data_category=sdk_log/expiry_date=2026-12-04").exists()
+
+
+def test_commit_refuses_missing_staged_files_and_clashing_adds(tmp_path):
+    _root, txn, actions = _layout_with_txn(tmp_path)
+    Path(tmp_path / actions[2]["staged"]).unlink()
+    with pytest.raises(OSError, match="staged files are missing"):
+        txn.commit({"actions": actions})
+    clash = {"op": "add", "target": actions[1]["target"], "staged": actions[1]["staged"]}
+    with pytest.raises(OSError, match="would overwrite"):
+        txn.commit({"actions": [clash]})
+    assert not Path(txn.commit_path).exists()
+
+
+def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
+    root = str(tmp_path)
+    with RetentionLock(root, "a", "purge"), pytest.raises(LockHeldError, match="purge run a"):
+        RetentionLock(root, "b", "erase").__enter__()
+    assert not (tmp_path / "_retention").exists()
+    (tmp_path / "_retention").mkdir()
+    dead = os.fork()
+    if dead == 0:
+        os._exit(0)
+    os.waitpid(dead, 0)
+    (tmp_path / "_retention/lock.json").write_text(
+        json.dumps({"run_id": "x", "pid": dead, "host": os.uname().nodename})
+    )
+    with RetentionLock(root, "c", "erase") as lock:
+        assert json.loads(Path(lock.path).read_text())["run_id"] == "c"
+
+
+# ------------------------------------------------------------------------- lifecycle rules
+
+
+@pytest.mark.parametrize(
+    ("obj", "error"),
+    [
+        ({"uin": 1, "at": "2026-11-28T00:00:00Z"}, "missing_field:event"),
+        ({"event": "account_closed", "uin": 1, "at": "2026-11-28T00:00:00Z"}, "unknown_event"),
+        ({"event": "account_deleted", "at": "2026-11-28T00:00:00Z"}, "missing_field:uin"),
+        ({"event": "account_deleted", "uin": True, "at": 1}, "malformed_field:uin"),
+        (
+            {"event": "marketing_opt_out", "business_email": "nope", "at": 1},
+            "malformed_field:business_email",
+        ),
+        ({"event": "service_terminated", "sdk_app_id": 5}, "missing_field:at"),
+        ({"event": "service_terminated", "sdk_app_id": 5, "at": "soon"}, "malformed_timestamp:at"),
+    ],
+)
+def test_malformed_events_have_reasons(obj, error):
+    with pytest.raises(RecordError) as rejected:
+        parse_event(obj, POLICY)
+    assert rejected.value.error == error
+
+
+def test_event_index_keeps_the_earliest_time():
+    fn = IndexEvents()
+    events = [
+        parse_event({"event": "account_deleted", "uin": 7, "at": "2026-11-28T00:00:00Z"}, POLICY),
+        parse_event({"event": "account_deleted", "uin": "7", "at": "2026-11-20T00:00:00Z"}, POLICY),
+    ]
+    acc = fn.merge_accumulators([fn.add_input({}, events[0]), fn.add_input({}, events[1])])
+    assert fn.extract_output(acc) == {
+        "uin": {"7": {"account_deleted": parse_event_time("2026-11-20T00:00:00Z")}}
+    }
+
+
+def test_category_rules_come_from_the_policy():
+    at = parse_event_time("2026-11-28T10:00:00Z")
+    account = CategoryRules(POLICY, POLICY.category("account_information"))
+    config = CategoryRules(POLICY, POLICY.category("console_configuration"))
+    visitors = CategoryRules(POLICY, POLICY.category("corporate_visitor_info"))
+    retention = POLICY.category("account_information").retention
+    assert account.expiry(retention.label, {"uin": {"account_deleted": at}}) == (
+        at + retention.days * DAY_US,
+        "account_deleted",
+    )
+    # a label written under an older policy (another period) gets the current period
+    assert account.expiry("account_lifetime_plus_90d", {"uin": {"account_deleted": at}})[0] == (
+        at + retention.days * DAY_US
+    )
+    days = POLICY.category("console_configuration").retention.days
+    both = {"uin": {"account_deleted": at}, "sdk_app_id": {"service_terminated": at - DAY_US}}
+    assert config.expiry("service_lifetime_plus_7d", both) == (
+        at - DAY_US + days * DAY_US,
+        "service_terminated",
+    )
+    assert visitors.expiry("until_opt_out", {"business_email": {"marketing_opt_out": at}}) == (
+        at,
+        "marketing_opt_out",
+    )
+    # a fixed-retention row is not the opt-out's business, an unknown label is left alone
+    assert visitors.expiry("fixed_180d", {"business_email": {"marketing_opt_out": at}}) is None
+    assert account.expiry("mystery_rule", {"uin": {"account_deleted": at}}) is None
+    assert set(CategoryRules(POLICY, POLICY.category("customer_temporary_key")).events) == {
+        "service_terminated"
+    }
+
+
+# ----------------------------------------------------------------------- erasure requests
+
+
+@pytest.mark.parametrize(
+    ("obj", "error"),
+    [
+        ({"received_at": "2026-11-28T00:00:00Z", "uin": 1}, "missing_field:request_id"),
+        ({"request_id": ["x"], "received_at": 1, "uin": 1}, "malformed_field:request_id"),
+        ({"request_id": "r", "uin": 1}, "missing_field:received_at"),
+        ({"request_id": "r", "received_at": "later", "uin": 1}, "malformed_timestamp:received_at"),
+        ({"request_id": "r", "received_at": 1}, "missing_subject"),
+        ({"request_id": "r", "received_at": 1, "uin": 1, "ip": "1.2.3.4"}, "ambiguous_subject"),
+        ({"request_id": "r", "received_at": 1, "ip": "999.1.1.1"}, "malformed_field:ip"),
+        (
+            {"request_id": "r", "received_at": 1, "business_email": "x"},
+            "malformed_field:business_email",
+        ),
+        ({"request_id": "r", "received_at": 1, "user_id": 1.5}, "malformed_field:user_id"),
+    ],
+)
+def test_malformed_requests_have_reasons(obj, error):
+    with pytest.raises(RecordError) as rejected:
+        parse_request(obj)
+    assert rejected.value.error == error
+
+
+def test_subjects_match_rows_and_dead_letters():
+    requests = [
+        parse_request({"request_id": "A", "received_at": 1, "business_email": "Ada@Corp.example"}),
+        parse_request({"request_id": "B", "received_at": 1, "ip": "203.0.113.9"}),
+        parse_request({"request_id": "C", "received_at": 1, "uin": 100000009}),
+        parse_request({"request_id": "D", "received_at": 1, "user_id": "u-7", "sdk_app_id": 5}),
+    ]
+    subjects = Subjects(requests, {"corporate_visitor_info": {"event_id": {"v1": ["B"]}}})
+    table = pa.table(
+        {
+            "event_id": ["v1", "v2", "v3", "v4", "v5"],
+            "business_email": [None, "ada@corp.example", None, None, None],
+            "client_ip": [None, None, "::ffff:203.0.113.9", None, None],
+            "user_id": [None, None, None, "u-7", "u-7"],
+            "sdk_app_id": [None, None, None, "5", "6"],
+        }
+    )
+    index = subjects.index_for("corporate_visitor_info")
+    wanted = subjects.columns_for("corporate_visitor_info")
+    matched = index.match(table.select([c for c in wanted if c in table.column_names]))
+    narrowing = table.column("sdk_app_id").take(sorted(matched)).to_pylist()
+    assert subjects.attribute(matched, narrowing) == {0: {"B"}, 1: {"A"}, 2: {"B"}, 3: {"D"}}
+    # the link only applies to its target category
+    assert 0 not in subjects.index_for("website_visit").match(table.select(["event_id"]))
+
+    def letter(raw: str, **extra) -> bytes:
+        return json.dumps({"source": "x", "error": "e", "raw": raw, **extra}).encode()
+
+    assert subjects.dead_letter_requests(letter('{"ip": "203.0.113.9", "x": 1}')) == {"B"}
+    assert subjects.dead_letter_requests(letter('{"email": "ADA@corp.example"}')) == {"A"}
+    assert subjects.dead_letter_requests(letter('{"uin": 100000009, "ip": "1.1.1.1')) == {"C"}
+    assert subjects.dead_letter_requests(letter("visitor 203.0.113.9 broke it")) == {"B"}
+    assert subjects.dead_letter_requests(letter("203.0.113.91 and 1203.0.113.9")) == set()
+    assert subjects.dead_letter_requests(letter('{"uin": "1000000091"}')) == set()
+    assert subjects.dead_letter_requests(letter('{"room_id": "100000009"}')) == set()
+    assert subjects.dead_letter_requests(b"not json at all ada@corp.example") == {"A"}
+
+
+def test_dead_letter_lines_are_kept_byte_for_byte(tmp_path):
+    lines = [b'{"a": 1}', '{"b": "\u00e9"}'.encode(), b"raw \xff bytes"]
+    path = tmp_path / "d.jsonl"
+    write_lines(str(path), lines)
+    assert path.read_bytes() == b"\n".join(lines) + b"\n"

@@ -1,0 +1,16 @@
+"""Retention that happens: the building blocks of ``pipelines.purge``, ``.lifecycle``, ``.erase``.
+
+- :mod:`~transforms.retention.layout`: which files of an output root are partitions of what, and
+  whether a directory is an output root at all (everything goes through Beam's ``FileSystems``,
+  so ``gs://`` and ``s3://`` roots work like local ones);
+- :mod:`~transforms.retention.files`: reading and rewriting one file of the layout with its own
+  schema and codec (Parquet, Avro, JSON Lines dead letters);
+- :mod:`~transforms.retention.txn`: the write-ahead journal that makes a rewrite of many files
+  crash-safe (stage, commit, apply, recover), the lock, the audit records, the fail points;
+- :mod:`~transforms.retention.matching`: normalisation of identifiers, e-mails and IPs, and the
+  vectorised matching of a file's columns against a set of values;
+- :mod:`~transforms.retention.lifecycle`: lifecycle events, the new ``expires_at`` of the rows
+  they end, and the Beam transforms that move rows out of the null partition;
+- :mod:`~transforms.retention.erasure`: erasure requests, their data subjects and the Beam
+  transforms that remove (and then look for) every row of a subject.
+"""

@@ -1,0 +1,245 @@
+"""The output layout as the retention jobs see it (DESIGN.md section 3, ``transforms.sinks``).
+
+Only these files belong to the layout, and only they are ever deleted or rewritten::
+
+    data_category=<category>/expiry_date=<YYYY-MM-DD | __HIVE_DEFAULT_PARTITION__>/<file>
+    _dead_letter/source=<source>/expiry_date=<YYYY-MM-DD | __HIVE_DEFAULT_PARTITION__>/<file>
+
+Everything else under the root (``_reports/``, ``_retention/``, the sinks' ``.temp-*`` folders,
+files a user put there) is outside the layout and never touched. A partition whose
+``expiry_date`` is neither a calendar date nor Hive's null partition is *unrecognised*: it is
+reported, never deleted (fail closed: we do not guess what a malformed name means).
+
+Listing is one ``FileSystems.match`` of ``<root>/**`` (a recursive walk on local disks, one
+prefix listing on object stores), so the same code runs on local paths, ``gs://`` and ``s3://``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import urllib.parse
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.localfilesystem import LocalFileSystem
+
+from transforms.sinks import DEAD_LETTER_DIR, HIVE_NULL_PARTITION
+
+__all__ = [
+    "DATA",
+    "DEAD_LETTER",
+    "LayoutFile",
+    "NotAnOutputRootError",
+    "Partition",
+    "check_output_root",
+    "classify",
+    "full_path",
+    "is_local",
+    "list_layout",
+    "normalise_root",
+    "remove_empty_dirs",
+    "require_matches",
+]
+
+DATA = "data"
+DEAD_LETTER = "dead_letter"
+REPORTS_DIR = "_reports"
+FORMATS_BY_EXTENSION = {".parquet": "parquet", ".avro": "avro", ".jsonl": "jsonl"}
+
+_LAYOUT = re.compile(
+    r"^(?:data_category=(?P<category>[^/]+)|"
+    + re.escape(DEAD_LETTER_DIR)
+    + r"/source=(?P<source>[^/]+))/expiry_date=(?P<expiry>[^/]+)/(?P<rest>.+)$"
+)
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+class NotAnOutputRootError(ValueError):
+    """The directory does not look like an output root of these pipelines."""
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One ``expiry_date=`` partition: of a data category or of a dead-letter source."""
+
+    kind: str  # DATA or DEAD_LETTER
+    name: str  # the category or the source, unescaped
+    expiry: str  # the directory value: a date, or HIVE_NULL_PARTITION, or something unrecognised
+    rel_dir: str  # relative to the root, as written (escaped)
+
+    @property
+    def open_ended(self) -> bool:
+        return self.expiry == HIVE_NULL_PARTITION
+
+    @property
+    def expiry_date(self) -> dt.date | None:
+        """The partition's date; None for the null partition and for unrecognised values."""
+        if not _DATE.match(self.expiry):
+            return None
+        try:
+            return dt.date.fromisoformat(self.expiry)
+        except ValueError:
+            return None
+
+    @property
+    def recognised(self) -> bool:
+        return self.open_ended or self.expiry_date is not None
+
+    def expired(self, today: dt.date) -> bool:
+        """True when every row of the partition expired before ``today`` (a UTC date).
+
+        A row expires on the UTC date of its ``expires_at``; its partition is deleted from the
+        next day on. Never true for the null partition or an unrecognised value.
+        """
+        date = self.expiry_date
+        return date is not None and date < today
+
+
+@dataclass(frozen=True)
+class LayoutFile:
+    """A file of the layout: full path, path relative to the root, its partition and size."""
+
+    path: str
+    rel: str
+    partition: Partition
+    size: int = 0
+
+    def element(self) -> dict[str, str]:
+        """The file as a Beam element: plain strings, cheap to encode, easy to read."""
+        key = "category" if self.partition.kind == DATA else "source"
+        return {
+            "path": self.path,
+            "rel": self.rel,
+            "format": self.format or "",
+            "kind": self.partition.kind,
+            key: self.partition.name,
+        }
+
+    @property
+    def format(self) -> str | None:
+        """``parquet``, ``avro`` or ``jsonl`` (dead letters); None for any other file."""
+        if self.rel.rsplit("/", 1)[-1].startswith((".", "_")):
+            return None  # hidden and marker files (_SUCCESS, .crc) are not data
+        ext = PurePosixPath(self.rel).suffix
+        fmt = FORMATS_BY_EXTENSION.get(ext)
+        if fmt == "jsonl" and self.partition.kind != DEAD_LETTER:
+            return None
+        if fmt in ("parquet", "avro") and self.partition.kind != DATA:
+            return None
+        return fmt
+
+
+def normalise_root(root: str) -> str:
+    """The root without a trailing slash (``gs://bucket/out/`` -> ``gs://bucket/out``)."""
+    if not root or not root.strip():
+        raise NotAnOutputRootError("the output root is empty")
+    stripped = root.rstrip("/")
+    return stripped if stripped and not stripped.endswith(":") else root
+
+
+def full_path(root: str, rel: str) -> str:
+    return FileSystems.join(root, rel)
+
+
+def is_local(path: str) -> bool:
+    return isinstance(FileSystems.get_filesystem(path), LocalFileSystem)
+
+
+def classify(rel: str) -> Partition | None:
+    """The partition of a path relative to the root, or None when it is outside the layout."""
+    found = _LAYOUT.match(rel)
+    if not found:
+        return None
+    if found["category"] is not None:
+        kind, raw = DATA, found["category"]
+        rel_dir = f"data_category={raw}/expiry_date={found['expiry']}"
+    else:
+        kind, raw = DEAD_LETTER, found["source"]
+        rel_dir = f"{DEAD_LETTER_DIR}/source={raw}/expiry_date={found['expiry']}"
+    return Partition(kind, urllib.parse.unquote(raw), found["expiry"], rel_dir)
+
+
+def _relative(root: str, path: str) -> str | None:
+    prefix = root.rstrip("/") + "/"
+    if not path.startswith(prefix):
+        return None
+    return path[len(prefix) :]
+
+
+def list_layout(root: str) -> list[LayoutFile]:
+    """Every file of the layout under ``root`` (sorted by relative path)."""
+    pattern = FileSystems.join(root, "**")
+    (result,) = FileSystems.match([pattern])
+    files = []
+    for meta in result.metadata_list:
+        rel = _relative(root, meta.path)
+        if rel is None:
+            continue
+        partition = classify(rel)
+        if partition is not None:
+            files.append(LayoutFile(meta.path, rel, partition, int(meta.size_in_bytes or 0)))
+    return sorted(files, key=lambda f: f.rel)
+
+
+def _top_level_names(root: str) -> set[str]:
+    """Names directly under a local root (cheap: no recursive walk of a wrong directory)."""
+    if not Path(root).is_dir():
+        raise NotAnOutputRootError(f"{root} is not a directory")
+    return {child.name for child in Path(root).iterdir()}
+
+
+def check_output_root(root: str) -> None:
+    """Refuse a directory that is not an output root of these pipelines.
+
+    An output root holds at least one ``data_category=*/expiry_date=*/`` or
+    ``_dead_letter/source=*/expiry_date=*/`` partition, or a JSON report under ``_reports/``.
+    On a local disk the top level is checked first, so that pointing a job at ``/`` or a home
+    directory fails at once instead of walking it.
+    """
+    if is_local(root):
+        names = _top_level_names(root)
+        if not any(
+            n.startswith("data_category=") or n in (DEAD_LETTER_DIR, REPORTS_DIR) for n in names
+        ):
+            raise NotAnOutputRootError(
+                f"{root} does not look like an output root (no data_category=*/, "
+                f"{DEAD_LETTER_DIR}/ or {REPORTS_DIR}/ in it): refusing to touch it"
+            )
+    patterns = [
+        FileSystems.join(root, "data_category=*", "expiry_date=*", "*"),
+        FileSystems.join(root, DEAD_LETTER_DIR, "source=*", "expiry_date=*", "*"),
+        FileSystems.join(root, REPORTS_DIR, "*.json"),
+    ]
+    for result in FileSystems.match(patterns, limits=[1] * len(patterns)):
+        if result.metadata_list:
+            return
+    raise NotAnOutputRootError(
+        f"{root} does not look like an output root (no partition files and no run reports): "
+        "refusing to touch it"
+    )
+
+
+def remove_empty_dirs(root: str, rel_dirs: Iterable[str]) -> None:
+    """On a local disk, remove partition directories (and their parents up to the root) that
+    deletions left empty. Object stores have no directories: nothing to do there."""
+    if not is_local(root):
+        return
+    top = Path(root).resolve()
+    for rel_dir in sorted(set(rel_dirs), key=lambda d: -d.count("/")):
+        path = (Path(root) / rel_dir).resolve()
+        while path != top and top in path.parents:
+            try:
+                path.rmdir()  # only ever removes an empty directory
+            except OSError:
+                break
+            path = path.parent
+
+
+def require_matches(pattern: str, flag: str) -> None:
+    """Fail at start-up, with the flag's name, when an input pattern matches no file."""
+    (result,) = FileSystems.match([pattern], limits=[1])
+    if not result.metadata_list:
+        raise ValueError(f"{flag}: no file matches {pattern}")
