@@ -48,6 +48,8 @@ setup(
             "netaddr>=1.2",
             "ruff==0.17.6",  # exact: the formatter's output is checked in CI
             "psutil>=5.9",
+            # The Dataflow dry run of tests/engines builds each job graph with the DataflowRunner.
+            BEAM.replace("apache-beam", "apache-beam[gcp]"),
         ],
         "gcp": [BEAM.replace("apache-beam", "apache-beam[gcp]")],
         "bench": ["psutil>=5.9"],

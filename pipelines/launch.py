@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, TestOptions
 
 from pipelines.options import IngestOptions, output_formats, run_time_micros
 from pipelines.report import build_report, counters_of, summary_lines, write_report
@@ -27,6 +27,7 @@ __all__ = [
     "RunContext",
     "cli_main",
     "dead_letter_context",
+    "launch_only",
     "run_and_report",
     "run_context",
     "run_pipeline",
@@ -96,6 +97,12 @@ def run_and_report(
     run = run.with_id()
     pipeline = beam.Pipeline(options=options)
     build(pipeline)
+    if launch_only(options):
+        # A Dataflow template build or dry run: the runner describes the job instead of running
+        # it, so there is nothing to wait for and no counters to report (the job's own metrics,
+        # namespace "compliance", are the report of a template launch).
+        pipeline.run()
+        return {"pipeline": run.pipeline, "launched_only": True, "report_path": None}
     result = pipeline.run()
     result.wait_until_finish()
     report = build_report(
@@ -116,6 +123,14 @@ def run_and_report(
     LOG.info("run report written to %s", path)
     report["report_path"] = path
     return report
+
+
+def launch_only(options: PipelineOptions) -> bool:
+    """True when the runner will only build the job (``--template_location``, ``--dry_run``)."""
+    return bool(
+        options.view_as(GoogleCloudOptions).template_location
+        or options.view_as(TestOptions).dry_run
+    )
 
 
 def run_pipeline(
@@ -149,6 +164,9 @@ def cli_main(
         report = run([*preset, *(sys.argv[1:] if argv is None else argv)])
     except (PolicyError, ValueError, OSError) as exc:
         raise SystemExit(f"error: {exc}") from None
+    if report.get("launched_only"):
+        print(f"[{report['pipeline']}] job built and handed to the runner; no run report here")
+        return
     print("\n".join(summary(report)))
     if report.get("report_path"):
         print(f"report: {report['report_path']}")
