@@ -41,10 +41,8 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.launch import RunContext, cli_main, dead_letter_context
-from pipelines.options import IngestOptions, run_time_micros
+from pipelines.launch import RunContext, cli_main, dead_letter_context, retention_context
 from pipelines.report import counters_of
-from schemas.policy import load_policy
 from transforms.deadletter import ParDoWithDeadLetters
 from transforms.read import ReadRecords
 from transforms.retention.erasure import (
@@ -58,10 +56,7 @@ from transforms.retention.erasure import (
 )
 from transforms.retention.layout import (
     DATA,
-    check_output_root,
     list_layout,
-    normalise_root,
-    require_matches,
 )
 from transforms.retention.txn import (
     RetentionLock,
@@ -223,25 +218,13 @@ class VerifyErasure(beam.PTransform):
 
 def config_from(options: PipelineOptions) -> EraseConfig:
     """Resolve and validate everything before any data is read."""
-    FileSystems.set_options(options)
-    common = options.view_as(IngestOptions)
-    requests = options.view_as(EraseOptions).requests
-    if not requests:
-        raise ValueError("--requests is required (a file pattern of JSON Lines erasure requests)")
-    require_matches(requests, "--requests")
-    policy = load_policy(common.policy)
-    root = normalise_root(common.output)
-    check_output_root(root)
-    run = RunContext(
+    run = retention_context(
+        options,
         pipeline="erase",
-        primary_categories=(),
-        input=requests,
-        input_format="jsonl",
-        output=root,
-        formats=(),
-        policy=policy,
-        run_time=run_time_micros(common.run_time),
-    ).with_id()
+        pattern=options.view_as(EraseOptions).requests,
+        flag="--requests",
+    )
+    root = run.output
     return EraseConfig(run=run, root=root, txn=Transaction(root, run.run_id))
 
 

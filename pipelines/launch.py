@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, TestOptions
 
 from pipelines.options import IngestOptions, output_formats, run_time_micros
 from pipelines.report import build_report, counters_of, summary_lines, write_report
-from schemas.policy import Policy, PolicyError
+from schemas.policy import Policy, PolicyError, load_policy
 from transforms.deadletter import DeadLetterContext
+from transforms.retention.layout import check_output_root, normalise_root, require_matches
 from transforms.timestamps import format_utc
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "cli_main",
     "dead_letter_context",
     "launch_only",
+    "retention_context",
     "run_and_report",
     "run_context",
     "run_pipeline",
@@ -123,6 +126,32 @@ def run_and_report(
     LOG.info("run report written to %s", path)
     report["report_path"] = path
     return report
+
+
+def retention_context(
+    options: PipelineOptions, *, pipeline: str, pattern: str | None, flag: str
+) -> RunContext:
+    """The :class:`RunContext` of a retention job (lifecycle, erase) reading ``pattern`` (the
+    value of ``flag``) and rewriting the output root: everything is checked before any data is
+    read, and the run gets its id now (it names the job's transaction)."""
+    FileSystems.set_options(options)
+    common = options.view_as(IngestOptions)
+    if not pattern:
+        raise ValueError(f"{flag} is required (a file pattern of JSON Lines records)")
+    require_matches(pattern, flag)
+    policy = load_policy(common.policy)
+    root = normalise_root(common.output)
+    check_output_root(root)
+    return RunContext(
+        pipeline=pipeline,
+        primary_categories=(),
+        input=pattern,
+        input_format="jsonl",
+        output=root,
+        formats=(),
+        policy=policy,
+        run_time=run_time_micros(common.run_time),
+    ).with_id()
 
 
 def launch_only(options: PipelineOptions) -> bool:

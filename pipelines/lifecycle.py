@@ -42,22 +42,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.launch import RunContext, cli_main, dead_letter_context
-from pipelines.options import IngestOptions, run_time_micros
+from pipelines.launch import RunContext, cli_main, dead_letter_context, retention_context
 from pipelines.report import counters_of
 from schemas.avro import output_schema
-from schemas.policy import Policy, load_policy
+from schemas.policy import Policy
 from transforms.deadletter import ParDoWithDeadLetters
 from transforms.read import ReadRecords
 from transforms.retention.layout import (
     DATA,
-    check_output_root,
     list_layout,
-    normalise_root,
-    require_matches,
 )
 from transforms.retention.lifecycle import (
     AccountApps,
@@ -194,25 +189,13 @@ class ApplyLifecycleEvents(beam.PTransform):
 
 def config_from(options: PipelineOptions) -> LifecycleConfig:
     """Resolve and validate everything before any data is read."""
-    FileSystems.set_options(options)
-    common = options.view_as(IngestOptions)
-    events = options.view_as(LifecycleOptions).events
-    if not events:
-        raise ValueError("--events is required (a file pattern of JSON Lines lifecycle events)")
-    require_matches(events, "--events")
-    policy = load_policy(common.policy)
-    root = normalise_root(common.output)
-    check_output_root(root)
-    run = RunContext(
+    run = retention_context(
+        options,
         pipeline="lifecycle",
-        primary_categories=(),
-        input=events,
-        input_format="jsonl",
-        output=root,
-        formats=(),
-        policy=policy,
-        run_time=run_time_micros(common.run_time),
-    ).with_id()
+        pattern=options.view_as(LifecycleOptions).events,
+        flag="--events",
+    )
+    policy, root = run.policy, run.output
     link = AccountApps()
     return LifecycleConfig(
         run=run,
