@@ -7,15 +7,13 @@ dead letters and counters as the FnApiRunner. Adding a pipeline is one line in :
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.options import bundled
-from schemas.policy import load_policy
-from tests.support.mmdb import build_country_mmdb
+from tests.support.visit_fixture import write_country_db, write_snapshot
 
 __all__ = ["SDK_LOGS", "SPECS", "TELEMETRY", "VISITS", "PipelineSpec"]
 
@@ -52,18 +50,6 @@ def bundled_sample(file: str, *extra: str) -> Callable[[Path], list[str]]:
 # the EEA, contact fields in the input, several visit days (several expiry partitions), and lines
 # that must be dead-lettered. The database and the snapshot are passed as files, as in production.
 
-NETWORKS = {
-    "2.16.0.0/16": "DE",
-    "2.17.0.0/16": "IS",
-    "2.18.0.0/16": "GF",
-    "2.19.0.0/16": "GB",
-    "2.20.0.0/16": "CH",
-    "2.21.0.0/16": "RS",
-    "2.22.0.0/16": "US",
-    "2.23.0.0/16": None,
-    "2a01:4f8:1::/48": "FR",
-    "2400:cb00:2::/48": "JP",
-}
 IPS = (
     "2.16.0.{n}",
     "2.17.0.{n}",
@@ -82,14 +68,6 @@ IPS = (
     "198.51.100.{n}",
     "fd00::{n:x}",
 )
-SNAPSHOT = (
-    ("2.16.0.0/16", "DE"),
-    ("2.20.0.0/16", "CH"),
-    ("2.22.0.0/16", "US"),
-    ("2.22.5.0/24", "DE"),
-    ("2400:cb00:2::/48", "JP"),
-    ("2.23.0.0/16", "US"),
-)
 BAD_LINES = (
     json.dumps({"event_id": "bad-ip", "ip": "300.1.1.1", "visited_at": 1}).encode(),
     json.dumps({"ip": "2.22.0.1", "visited_at": 1}).encode(),
@@ -102,30 +80,9 @@ BAD_LINES = (
 )
 
 
-def _write_snapshot(path: Path) -> Path:
-    contact = load_policy().category("corporate_visitor_info").field_groups["contact"]
-    company = ("company_name", "company_domain", "company_industry", "company_country")
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["network", *company, "company_size", *contact])
-        for i, (network, country) in enumerate(SNAPSHOT):
-            writer.writerow(
-                [
-                    network,
-                    f"Company {i}",
-                    f"c{i}.example",
-                    "software",
-                    country,
-                    "51-200",
-                    *(f"snap-{c}-{i}" for c in contact),
-                ]
-            )
-    return path
-
-
 def visits_inputs(directory: Path) -> list[str]:
-    mmdb = build_country_mmdb(directory / "country.mmdb", NETWORKS)
-    snapshot = _write_snapshot(directory / "snapshot.csv")
+    mmdb = write_country_db(directory / "country.mmdb")
+    snapshot = write_snapshot(directory / "snapshot.csv")
     lines = []
     for n in range(1, 10):
         day = f"2026-10-{n:02d}"

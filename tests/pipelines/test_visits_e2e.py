@@ -8,7 +8,6 @@ unlisted address, and IPv4-mapped IPv6 spellings.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -21,26 +20,13 @@ import pytest
 from schemas.avro import load_avsc
 from schemas.policy import load_policy
 from tests.support.arounddeal_server import Action, AroundDealServer
-from tests.support.mmdb import build_country_mmdb
 from tests.support.outputs import decoded_text, read_rows, run_cli
+from tests.support.visit_fixture import write_country_db, write_snapshot
 
 pytestmark = pytest.mark.e2e
 
-COMPANY = load_policy().category("corporate_visitor_info").field_groups["company"]
 CONTACT = load_policy().category("corporate_visitor_info").field_groups["contact"]
 SECRETS = ("hunter2-SECRET", "eJyrVkrxUSERSIG", "BEGIN-PRIVATE-KEY-XYZ")
-NETWORKS = {
-    "2.16.0.0/16": "DE",
-    "2.17.0.0/16": "IS",
-    "2.18.0.0/16": "GF",
-    "2.19.0.0/16": "GB",
-    "2.20.0.0/16": "CH",
-    "2.21.0.0/16": "RS",
-    "2.22.0.0/16": "US",
-    "2.23.0.0/16": None,
-    "2a01:4f8:1::/48": "FR",
-    "2400:cb00:2::/48": "JP",
-}
 # event_id -> (ip, expected region)
 VISITORS = {
     "de": ("2.16.0.5", "EEA_UK"),
@@ -60,15 +46,6 @@ VISITORS = {
     "unlisted": ("198.51.100.7", "UNKNOWN"),
     "private6": ("fd00::5", "UNKNOWN"),
 }
-SNAPSHOT = [
-    # network, company_country
-    ("2.16.0.0/16", "DE"),
-    ("2.20.0.0/16", "CH"),
-    ("2.22.0.0/16", "US"),
-    ("2.22.5.0/24", "DE"),
-    ("2400:cb00:2::/48", "JP"),
-    ("2.23.0.0/16", "US"),
-]
 
 SNAPSHOT_MATCHES = {
     "ch",
@@ -91,22 +68,8 @@ def contact_of(event_id: str) -> dict[str, str]:
 
 
 def write_inputs(tmp: Path) -> dict[str, Path]:
-    mmdb = build_country_mmdb(tmp / "country.mmdb", NETWORKS)
-    with (tmp / "snapshot.csv").open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["network", *COMPANY, *CONTACT])
-        for i, (network, country) in enumerate(SNAPSHOT):
-            writer.writerow(
-                [
-                    network,
-                    f"Company {i}",
-                    f"c{i}.example",
-                    "software",
-                    country,
-                    "51-200",
-                    *(f"snap-{c}-{i}" for c in CONTACT),
-                ]
-            )
+    mmdb = write_country_db(tmp / "country.mmdb")
+    write_snapshot(tmp / "snapshot.csv")
     visits = []
     for event_id, (ip, _region) in VISITORS.items():
         visits.append(

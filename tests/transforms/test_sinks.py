@@ -18,7 +18,6 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
-from apache_beam.io.filesystem import BeamIOError, FileMetadata, FileSystem
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
@@ -26,6 +25,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.support.objectstore import OBJECTS  # registers the memstore:// filesystem
 from transforms.sinks import (
     HIVE_NULL_PARTITION,
     AvroSink,
@@ -671,93 +671,9 @@ def test_dead_letters_layout_content_and_counters(tmp_path):
 
 # ------------------------------------------- object-store semantics (no directories)
 
-_OBJECTS: dict[str, bytes] = {}
-
-
-class _Upload(io.BytesIO):
-    def __init__(self, path: str) -> None:
-        super().__init__()
-        self.path = path
-
-    def close(self) -> None:
-        if not self.closed:
-            _OBJECTS[self.path] = self.getvalue()
-        super().close()
-
-
-class ObjectStoreFileSystem(FileSystem):
-    """A flat key/value store behind Beam's FileSystems API, like GCS or S3.
-
-    There are no directories: ``has_dirs()`` is False, ``mkdirs`` does nothing, a
-    "directory" never exists, and a key may contain any number of slashes.
-    """
-
-    @classmethod
-    def scheme(cls):
-        return "memstore"
-
-    def join(self, basepath, *paths):
-        return "/".join([basepath.rstrip("/"), *(p.strip("/") for p in paths)])
-
-    def split(self, path):
-        head, _, tail = path.rstrip("/").rpartition("/")
-        return head, tail
-
-    def mkdirs(self, path):
-        pass
-
-    def has_dirs(self):
-        return False
-
-    def _list(self, dir_or_prefix):
-        for key, value in list(_OBJECTS.items()):
-            if key.startswith(dir_or_prefix):
-                yield FileMetadata(key, len(value), 0.0)
-
-    def create(self, path, mime_type="application/octet-stream", compression_type=None):
-        return _Upload(path)
-
-    def open(self, path, mime_type="application/octet-stream", compression_type=None):
-        return io.BytesIO(_OBJECTS[path])
-
-    def copy(self, source_file_names, destination_file_names):
-        for src, dst in zip(source_file_names, destination_file_names, strict=True):
-            _OBJECTS[dst] = _OBJECTS[src]
-
-    def rename(self, source_file_names, destination_file_names):
-        missing = {
-            (s, d): KeyError(s)
-            for s, d in zip(source_file_names, destination_file_names, strict=True)
-            if s not in _OBJECTS
-        }
-        if missing:
-            raise BeamIOError("rename failed", missing)
-        for src, dst in zip(source_file_names, destination_file_names, strict=True):
-            _OBJECTS[dst] = _OBJECTS.pop(src)
-
-    def exists(self, path):
-        return path in _OBJECTS
-
-    def size(self, path):
-        return len(_OBJECTS[path])
-
-    def last_updated(self, path):
-        return 0.0
-
-    def checksum(self, path):
-        return str(hash(_OBJECTS[path]))
-
-    def metadata(self, path):
-        return FileMetadata(path, len(_OBJECTS[path]), 0.0)
-
-    def delete(self, paths):
-        for path in paths:
-            for key in [k for k in _OBJECTS if k == path or k.startswith(path.rstrip("/") + "/")]:
-                del _OBJECTS[key]
-
 
 def test_object_store_without_directories():
-    _OBJECTS.clear()
+    OBJECTS.clear()
     root = "memstore://bucket/out"
     rows = [visit(i, micros("2025-01-02T00:30:00+08:00")) for i in range(5)] + [visit(9, None)]
     letters = [
@@ -775,7 +691,7 @@ def test_object_store_without_directories():
         _ = p | "Letters" >> beam.Create(letters) | WriteDeadLetters(root, run_token="obj")
 
     run(build)
-    assert sorted(_OBJECTS) == [
+    assert sorted(OBJECTS) == [
         f"{root}/_dead_letter/source=visits/expiry_date={HIVE_NULL_PARTITION}/part-00000-of-00001-obj.jsonl",
         f"{root}/data_category=visit/expiry_date=2025-01-01/part-00000-of-00001-obj.avro",
         f"{root}/data_category=visit/expiry_date=2025-01-01/part-00000-of-00001-obj.parquet",
@@ -784,7 +700,7 @@ def test_object_store_without_directories():
     ]
     table = pq.read_table(
         pa.BufferReader(
-            _OBJECTS[
+            OBJECTS[
                 f"{root}/data_category=visit/expiry_date=2025-01-01/part-00000-of-00001-obj.parquet"
             ]
         )
@@ -793,11 +709,11 @@ def test_object_store_without_directories():
     avro_rows = list(
         fastavro.reader(
             io.BytesIO(
-                _OBJECTS[
+                OBJECTS[
                     f"{root}/data_category=visit/expiry_date={HIVE_NULL_PARTITION}/part-00000-of-00001-obj.avro"
                 ]
             )
         )
     )
     assert [r["event_id"] for r in avro_rows] == ["v0009"]
-    _OBJECTS.clear()
+    OBJECTS.clear()
