@@ -202,9 +202,6 @@ class Source:
     input_schema: str
     routes: tuple[Route, ...]
 
-    def category_of(self, record: Mapping[str, Any]) -> str | None:
-        return next((r.category for r in self.routes if r.matches(record)), None)
-
 
 @dataclass(frozen=True)
 class Category:
