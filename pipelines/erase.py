@@ -59,13 +59,11 @@ from transforms.retention.layout import (
     list_layout,
 )
 from transforms.retention.txn import (
-    RetentionLock,
     Transaction,
     added_action,
-    apply_actions,
     read_json,
-    recover,
     sorted_actions,
+    staged_change,
     utc_now_iso,
     write_audit,
     write_json,
@@ -333,49 +331,39 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     options = PipelineOptions(list(argv or []))
     config = config_from(options)
     started = utc_now_iso()
-    with RetentionLock(config.root, config.run.run_id, "erase"):
-        recovered = recover(config.root, config.run.run_id)
+    with staged_change(config.txn, "erase") as change:
         config = _with_files(config)
-        txn, committed = config.txn, False
-        try:
-            pipeline = beam.Pipeline(options=options)
-            _ = pipeline | "EraseSubjects" >> EraseSubjects(config)
-            result = pipeline.run()
-            result.wait_until_finish()
-            counters = counters_of(result)
-            plan = txn.read_plan()
-            audit = {
-                **_audit(config, counters, plan, None),
-                "started_at": started,
-                "recovered_transactions": recovered,
-            }
-            if plan["actions"]:
-                txn.commit({"pipeline": "erase", "actions": plan["actions"], "audit": audit})
-                committed = True
-                audit["apply"] = apply_actions(config.root, plan["actions"])
-            files, _ = _scan_files(config.root)
-            verify_path = FileSystems.join(txn.dir, "verify.json")
-            check = beam.Pipeline(options=options)
-            _ = check | "Verify" >> VerifyErasure(
-                config.run.input, plan["links"], files, verify_path
-            )
-            check.run().wait_until_finish()
-            found = read_json(verify_path)["found"]
-            audit = {
-                **audit,
-                **{
-                    k: v
-                    for k, v in _audit(config, counters, plan, found).items()
-                    if k in ("requests", "verification")
-                },
-                "finished_at": utc_now_iso(),
-            }
-            path = write_audit(config.root, "erase", config.run.run_id, audit)
-        except BaseException:
-            if not committed:
-                txn.discard()
-            raise
-        txn.discard()
+        txn = config.txn
+        pipeline = beam.Pipeline(options=options)
+        _ = pipeline | "EraseSubjects" >> EraseSubjects(config)
+        result = pipeline.run()
+        result.wait_until_finish()
+        counters = counters_of(result)
+        plan = txn.read_plan()
+        audit = {
+            **_audit(config, counters, plan, None),
+            "started_at": started,
+            "recovered_transactions": change.recovered,
+        }
+        applied = change.commit_and_apply(plan["actions"], audit)
+        if applied is not None:
+            audit["apply"] = applied
+        files, _ = _scan_files(config.root)
+        verify_path = FileSystems.join(txn.dir, "verify.json")
+        check = beam.Pipeline(options=options)
+        _ = check | "Verify" >> VerifyErasure(config.run.input, plan["links"], files, verify_path)
+        check.run().wait_until_finish()
+        found = read_json(verify_path)["found"]
+        audit = {
+            **audit,
+            **{
+                k: v
+                for k, v in _audit(config, counters, plan, found).items()
+                if k in ("requests", "verification")
+            },
+            "finished_at": utc_now_iso(),
+        }
+        path = write_audit(config.root, "erase", config.run.run_id, audit)
     report = {**audit, "report_path": path}
     if not audit["verification"]["verified"]:
         report["error"] = (

@@ -129,23 +129,28 @@ def run_and_report(
 
 
 def retention_context(
-    options: PipelineOptions, *, pipeline: str, pattern: str | None, flag: str
+    options: PipelineOptions,
+    *,
+    pipeline: str,
+    pattern: str | None = None,
+    flag: str | None = None,
 ) -> RunContext:
-    """The :class:`RunContext` of a retention job (lifecycle, erase) reading ``pattern`` (the
-    value of ``flag``) and rewriting the output root: everything is checked before any data is
-    read, and the run gets its id now (it names the job's transaction)."""
+    """The :class:`RunContext` of a retention job rewriting the output root (purge; lifecycle
+    and erase, which also read ``pattern``, the value of ``flag``): everything is checked
+    before any data is read, and the run gets its id now (it names the job's transaction)."""
     FileSystems.set_options(options)
     common = options.view_as(IngestOptions)
-    if not pattern:
-        raise ValueError(f"{flag} is required (a file pattern of JSON Lines records)")
-    require_matches(pattern, flag)
+    if flag is not None:
+        if not pattern:
+            raise ValueError(f"{flag} is required (a file pattern of JSON Lines records)")
+        require_matches(pattern, flag)
     policy = load_policy(common.policy)
     root = normalise_root(common.output)
     check_output_root(root)
     return RunContext(
         pipeline=pipeline,
         primary_categories=(),
-        input=pattern,
+        input=pattern or "",
         input_format="jsonl",
         output=root,
         formats=(),

@@ -62,12 +62,10 @@ from transforms.retention.lifecycle import (
     SplitFileFn,
 )
 from transforms.retention.txn import (
-    RetentionLock,
     Transaction,
     added_action,
-    apply_actions,
-    recover,
     sorted_actions,
+    staged_change,
     utc_now_iso,
     write_audit,
     write_json,
@@ -284,32 +282,23 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     options = PipelineOptions(list(argv or []))
     config = config_from(options)
     started = utc_now_iso()
-    with RetentionLock(config.root, config.run.run_id, "lifecycle"):
-        recovered = recover(config.root, config.run.run_id)
+    with staged_change(config.txn, "lifecycle") as change:
         config = _with_files(config)
-        txn, committed = config.txn, False
-        try:
-            pipeline = beam.Pipeline(options=options)
-            _ = pipeline | "ApplyLifecycleEvents" >> ApplyLifecycleEvents(config)
-            result = pipeline.run()
-            result.wait_until_finish()
-            actions = txn.read_plan()["actions"]
-            audit = {
-                **_audit(config, counters_of(result), actions),
-                "started_at": started,
-                "recovered_transactions": recovered,
-            }
-            if actions:
-                txn.commit({"pipeline": "lifecycle", "actions": actions, "audit": audit})
-                committed = True
-                audit["apply"] = apply_actions(config.root, actions)
-            audit["finished_at"] = utc_now_iso()
-            path = write_audit(config.root, "lifecycle", config.run.run_id, audit)
-        except BaseException:
-            if not committed:  # nothing visible happened: drop the staged files
-                txn.discard()
-            raise
-        txn.discard()
+        pipeline = beam.Pipeline(options=options)
+        _ = pipeline | "ApplyLifecycleEvents" >> ApplyLifecycleEvents(config)
+        result = pipeline.run()
+        result.wait_until_finish()
+        actions = config.txn.read_plan()["actions"]
+        audit = {
+            **_audit(config, counters_of(result), actions),
+            "started_at": started,
+            "recovered_transactions": change.recovered,
+        }
+        applied = change.commit_and_apply(actions, audit)
+        if applied is not None:
+            audit["apply"] = applied
+        audit["finished_at"] = utc_now_iso()
+        path = write_audit(config.root, "lifecycle", config.run.run_id, audit)
     return {**audit, "report_path": path}
 
 

@@ -33,14 +33,15 @@ def bundled(relative: str) -> str:
     return str(resources.files("pipelines").joinpath("data", relative))
 
 
-def run_time_micros(value: str | None) -> int:
-    """The run's reference time (``--run_time``) in epoch micros; now when not given."""
+def run_time_micros(value: str | None, flag: str = "--run_time") -> int:
+    """A reference time flag (``--run_time``, purge's ``--now``) in epoch micros; now when not
+    given."""
     if not value:
         return int(datetime.now(UTC).timestamp() * 1_000_000)
     try:
         return parse_event_time(value)
     except TimestampError as exc:
-        raise ValueError(f"--run_time: {exc}: {value!r}") from None
+        raise ValueError(f"{flag}: {exc}: {value!r}") from None
 
 
 class IngestOptions(PipelineOptions):

@@ -29,33 +29,26 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
-from pipelines.launch import cli_main
-from pipelines.options import IngestOptions
-from schemas.policy import load_policy
+from pipelines.launch import cli_main, retention_context
+from pipelines.options import run_time_micros
 from transforms.retention.layout import (
     DATA,
     LayoutFile,
-    check_output_root,
     list_layout,
-    normalise_root,
 )
 from transforms.retention.txn import (
-    RetentionLock,
     Transaction,
-    apply_actions,
-    recover,
+    staged_change,
     utc_now_iso,
     write_audit,
 )
 from transforms.retention.txn import pending_transactions as pending
-from transforms.timestamps import TimestampError, format_utc, parse_event_time, utc_date
+from transforms.timestamps import format_utc, utc_date
 
 __all__ = ["PurgeOptions", "expired_partitions", "main", "run", "summary"]
 
@@ -94,15 +87,6 @@ def _flag(value: object) -> bool:
     if text in _FALSE or value is None:
         return False
     raise ValueError(f"--dry_run: expected true or false, got {value!r}")
-
-
-def _now(value: str | None) -> int:
-    if not value:
-        return int(dt.datetime.now(dt.UTC).timestamp() * 1_000_000)
-    try:
-        return parse_event_time(value)
-    except TimestampError as exc:
-        raise ValueError(f"--now: {exc}: {value!r}") from None
 
 
 def expired_partitions(files: Sequence[LayoutFile], today: dt.date) -> list[dict[str, Any]]:
@@ -149,15 +133,11 @@ def _counts(partitions: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Purge with command-line style ``argv``; returns the audit record (plus its path)."""
     options = PipelineOptions(_bare_dry_run(argv or []))
-    FileSystems.set_options(options)
-    common = options.view_as(IngestOptions)
-    now = _now(options.view_as(PurgeOptions).now)
+    now = run_time_micros(options.view_as(PurgeOptions).now, "--now")
     dry_run = _flag(options.view_as(TestOptions).dry_run)
-    policy = load_policy(common.policy)
-    root = normalise_root(common.output)
-    check_output_root(root)
+    run = retention_context(options, pipeline="purge")
+    policy, root, run_id = run.policy, run.output, run.run_id
     today = dt.date.fromisoformat(utc_date(now))
-    run_id = uuid.uuid4().hex[:12]
     audit: dict[str, Any] = {
         "pipeline": "purge",
         "run_id": run_id,
@@ -179,25 +159,20 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "unrecognised_partitions": _unrecognised(files),
             "pending_transactions": pending(root),
         }
-    with RetentionLock(root, run_id, "purge"):
-        recovered = recover(root, run_id)
+    with staged_change(Transaction(root, run_id), "purge") as change:
         files = list_layout(root)
         partitions = expired_partitions(files, today)
         audit.update(
             partitions=partitions,
             counts=_counts(partitions),
             unrecognised_partitions=_unrecognised(files),
-            recovered_transactions=recovered,
+            recovered_transactions=change.recovered,
         )
-        txn = Transaction(root, run_id)
-        if partitions:
-            txn.commit(
-                {"pipeline": "purge", "run_id": run_id, "actions": partitions, "audit": audit}
-            )
-            audit["apply"] = apply_actions(root, partitions)
+        applied = change.commit_and_apply(partitions, audit)
+        if applied is not None:
+            audit["apply"] = applied
         audit["finished_at"] = utc_now_iso()
         path = write_audit(root, "purge", run_id, audit)
-        txn.discard()
     return {**audit, "report_path": path}
 
 

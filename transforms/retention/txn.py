@@ -39,7 +39,9 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +56,7 @@ __all__ = [
     "RETENTION_DIR",
     "LockHeldError",
     "RetentionLock",
+    "StagedChange",
     "Transaction",
     "added_action",
     "apply_actions",
@@ -62,6 +65,7 @@ __all__ = [
     "read_json",
     "recover",
     "sorted_actions",
+    "staged_change",
     "utc_now_iso",
     "write_audit",
     "write_json",
@@ -360,3 +364,48 @@ class RetentionLock:
         if is_local(self.path):
             with contextlib.suppress(OSError):
                 Path(self.path).parent.rmdir()  # only if nothing is pending in it
+
+
+# ------------------------------------------------------------------ the job protocol
+
+
+@dataclass
+class StagedChange:
+    """The change a retention job makes under :func:`staged_change`."""
+
+    txn: Transaction
+    pipeline: str
+    recovered: list[dict[str, Any]]
+    committed: bool = False
+
+    def commit_and_apply(
+        self, actions: Sequence[Mapping[str, Any]], audit: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """Commit ``actions`` (with the audit so far, for a recovery to write) and apply them.
+
+        Returns what applying did, or None when there is nothing to change."""
+        if not actions:
+            return None
+        self.txn.commit({"pipeline": self.pipeline, "actions": list(actions), "audit": audit})
+        self.committed = True
+        return apply_actions(self.txn.root, actions)
+
+
+@contextmanager
+def staged_change(txn: Transaction, pipeline: str) -> Iterator[StagedChange]:
+    """The protocol every retention job follows, around its own work.
+
+    Hold the output root's lock; finish (or undo) what earlier killed runs left; let the job
+    stage files and :meth:`StagedChange.commit_and_apply` its actions. If the job fails before
+    its commit, nothing visible happened and its staged files are dropped; after the commit
+    they stay for the next run to finish; on success the transaction folder is removed.
+    """
+    with RetentionLock(txn.root, txn.id, pipeline):
+        change = StagedChange(txn, pipeline, recover(txn.root, txn.id))
+        try:
+            yield change
+        except BaseException:
+            if not change.committed:
+                txn.discard()
+            raise
+        txn.discard()
