@@ -7,15 +7,14 @@ reconciles: every record read is either a row of the source's primary category o
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.runner import PipelineResult
 
 from transforms.counters import NAMESPACE
+from transforms.retention.txn import write_audit
 
 __all__ = ["build_report", "counters_of", "summary_lines", "write_report"]
 
@@ -81,14 +80,9 @@ def build_report(
 
 
 def write_report(report: Mapping[str, Any], output_dir: str, run_id: str) -> str:
-    """Write the report as ``_reports/<pipeline>-<run_id>.json``; returns its path."""
-    directory = FileSystems.join(output_dir, "_reports")
-    if not FileSystems.exists(directory):
-        FileSystems.mkdirs(directory)  # object stores have no directories; local disks need one
-    path = FileSystems.join(directory, f"{report['pipeline']}-{run_id}.json")
-    with FileSystems.create(path) as fh:
-        fh.write(json.dumps(report, indent=2, sort_keys=True, default=str).encode("utf-8"))
-    return path
+    """Write the report as ``_reports/<pipeline>-<run_id>.json`` (like the retention jobs'
+    audit records); returns its path."""
+    return write_audit(output_dir, report["pipeline"], run_id, report)
 
 
 def summary_lines(report: Mapping[str, Any]) -> list[str]:

@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.localfilesystem import LocalFileSystem
 
-from transforms.sinks import DEAD_LETTER_DIR, HIVE_NULL_PARTITION
+from transforms.sinks import DEAD_LETTER_DIR, EXTENSIONS, HIVE_NULL_PARTITION
 
 __all__ = [
     "DATA",
@@ -47,12 +47,12 @@ __all__ = [
 DATA = "data"
 DEAD_LETTER = "dead_letter"
 REPORTS_DIR = "_reports"
-FORMATS_BY_EXTENSION = {".parquet": "parquet", ".avro": "avro", ".jsonl": "jsonl"}
+FORMATS_BY_EXTENSION = {extension: fmt for fmt, extension in EXTENSIONS.items()}
 
 _LAYOUT = re.compile(
-    r"^(?:data_category=(?P<category>[^/]+)|"
+    r"^(?P<dir>(?:data_category=(?P<category>[^/]+)|"
     + re.escape(DEAD_LETTER_DIR)
-    + r"/source=(?P<source>[^/]+))/expiry_date=(?P<expiry>[^/]+)/(?P<rest>.+)$"
+    + r"/source=(?P<source>[^/]+))/expiry_date=(?P<expiry>[^/]+))/(?P<rest>.+)$"
 )
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -155,11 +155,9 @@ def classify(rel: str) -> Partition | None:
         return None
     if found["category"] is not None:
         kind, raw = DATA, found["category"]
-        rel_dir = f"data_category={raw}/expiry_date={found['expiry']}"
     else:
         kind, raw = DEAD_LETTER, found["source"]
-        rel_dir = f"{DEAD_LETTER_DIR}/source={raw}/expiry_date={found['expiry']}"
-    return Partition(kind, urllib.parse.unquote(raw), found["expiry"], rel_dir)
+    return Partition(kind, urllib.parse.unquote(raw), found["expiry"], found["dir"])
 
 
 def _relative(root: str, path: str) -> str | None:

@@ -49,7 +49,7 @@ from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.retention.files import ensure_parent
-from transforms.retention.layout import full_path, is_local, remove_empty_dirs
+from transforms.retention.layout import REPORTS_DIR, full_path, is_local, remove_empty_dirs
 
 __all__ = [
     "FAILPOINT_ENV",
@@ -74,7 +74,6 @@ __all__ = [
 LOG = logging.getLogger(__name__)
 
 RETENTION_DIR = "_retention"
-REPORTS_DIR = "_reports"
 FAILPOINT_ENV = "TRTC_RETENTION_FAILPOINT"
 _ORDER = {"add": 0, "replace": 1, "delete": 2, "delete_partition": 3}
 
