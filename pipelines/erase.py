@@ -42,7 +42,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.launch import RunContext, cli_main, dead_letter_context, retention_context
-from pipelines.report import counters_of
+from pipelines.report import counters_of, counters_with_prefix
 from transforms.deadletter import ParDoWithDeadLetters
 from transforms.read import ReadRecords
 from transforms.retention.erasure import (
@@ -288,19 +288,12 @@ def _audit(
     actions = [a for a in plan["actions"] if a["op"] != "add"]
     remaining = None if found is None else sum(f["rows_removed"] for f in found)
     return {
-        "pipeline": "erase",
-        "run_id": run.run_id,
-        "run_time": format_utc(run.run_time),
-        "policy_version": run.policy.version,
-        "policy_source": run.policy.source,
-        "output": config.root,
+        **run.header(),
         "requests_input": run.input,
         "counts": {
             "requests_read": counters.get("erase.requests_read", 0),
             "requests_valid": counters.get("erase.requests_valid", 0),
-            "dead_lettered": {
-                k.split(".", 1)[1]: v for k, v in counters.items() if k.startswith("dead_letter.")
-            },
+            "dead_lettered": counters_with_prefix(counters, "dead_letter."),
             "files_scanned": len(config.files),
             "files_rewritten": sum(1 for a in actions if a["op"] == "replace"),
             "files_deleted": sum(1 for a in actions if a["op"] == "delete"),

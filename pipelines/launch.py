@@ -54,6 +54,17 @@ class RunContext:
     run_time: int  # epoch micros
     run_id: str = ""
 
+    def header(self) -> dict[str, Any]:
+        """The identity every report and audit record of the run starts with."""
+        return {
+            "pipeline": self.pipeline,
+            "run_id": self.run_id,
+            "run_time": format_utc(self.run_time),
+            "policy_version": self.policy.version,
+            "policy_source": self.policy.source,
+            "output": self.output,
+        }
+
     def with_id(self) -> RunContext:
         if self.run_id:
             return self
@@ -112,15 +123,7 @@ def run_and_report(
         counters_of(result),
         pipeline=run.pipeline,
         primary_categories=run.primary_categories,
-        run={
-            "run_id": run.run_id,
-            "input": run.input,
-            "output": run.output,
-            "policy_version": run.policy.version,
-            "policy_source": run.policy.source,
-            "run_time": format_utc(run.run_time),
-            "state": str(result.state),
-        },
+        run={**run.header(), "input": run.input, "state": str(result.state)},
     )
     path = write_report(report, run.output, run.run_id)
     LOG.info("run report written to %s", path)

@@ -45,7 +45,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.launch import RunContext, cli_main, dead_letter_context, retention_context
-from pipelines.report import counters_of
+from pipelines.report import counters_of, counters_with_prefix
 from schemas.avro import output_schema
 from schemas.policy import Policy
 from transforms.deadletter import ParDoWithDeadLetters
@@ -71,7 +71,6 @@ from transforms.retention.txn import (
     write_json,
 )
 from transforms.sinks import WriteDeadLetters, WritePartitioned
-from transforms.timestamps import format_utc
 
 __all__ = [
     "ApplyLifecycleEvents",
@@ -243,23 +242,14 @@ def _audit(
     run = config.run
     rewrites = [a for a in actions if a["op"] != "add"]
     added = [a["target"] for a in actions if a["op"] == "add"]
-    events_valid = {
-        k.split(".", 2)[2]: v for k, v in counters.items() if k.startswith("lifecycle.events.")
-    }
+    events_valid = counters_with_prefix(counters, "lifecycle.events.")
     return {
-        "pipeline": "lifecycle",
-        "run_id": run.run_id,
-        "run_time": format_utc(run.run_time),
-        "policy_version": run.policy.version,
-        "policy_source": run.policy.source,
-        "output": config.root,
+        **run.header(),
         "events": run.input,
         "counts": {
             "events_read": counters.get("lifecycle.events_read", 0),
             "events_valid": events_valid,
-            "dead_lettered": {
-                k.split(".", 1)[1]: v for k, v in counters.items() if k.startswith("dead_letter.")
-            },
+            "dead_lettered": counters_with_prefix(counters, "dead_letter."),
             "derived_app_events": counters.get("lifecycle.derived_app_events", 0),
             "rows_moved": _sum(rewrites, "rows_moved"),
             "rows_deleted_expired": _sum(rewrites, "rows_deleted_expired"),

@@ -16,7 +16,13 @@ from apache_beam.runners.runner import PipelineResult
 from transforms.counters import NAMESPACE
 from transforms.retention.txn import write_audit
 
-__all__ = ["build_report", "counters_of", "summary_lines", "write_report"]
+__all__ = [
+    "build_report",
+    "counters_of",
+    "counters_with_prefix",
+    "summary_lines",
+    "write_report",
+]
 
 
 def counters_of(result: PipelineResult) -> dict[str, int]:
@@ -30,7 +36,8 @@ def counters_of(result: PipelineResult) -> dict[str, int]:
     return totals
 
 
-def _group(counters: Mapping[str, int], prefix: str) -> dict[str, int]:
+def counters_with_prefix(counters: Mapping[str, int], prefix: str) -> dict[str, int]:
+    """The counters named ``<prefix><name>``, by ``<name>``, sorted."""
     return {
         name[len(prefix) :]: value
         for name, value in sorted(counters.items())
@@ -50,8 +57,8 @@ def build_report(
     ``primary_categories`` are the categories every good record yields exactly one row of (one
     for visits, one per route for a routed source)."""
     read = counters.get("read", 0)
-    written = _group(counters, "written.")
-    dead = _group(counters, "dead_letter.")
+    written = counters_with_prefix(counters, "written.")
+    dead = counters_with_prefix(counters, "dead_letter.")
     dead_total = sum(dead.values())
     primary = sum(written.get(c, 0) for c in primary_categories)
     return {
@@ -70,11 +77,11 @@ def build_report(
             "dead_lettered": dead_total,
             "reconciled": read == primary + dead_total,
         },
-        "regions": _group(counters, "region."),
-        "suppressed": _group(counters, "suppressed."),
-        "enrichment": _group(counters, "enrichment."),
-        "parse": _group(counters, "parse."),
-        "guard": _group(counters, "guard."),
+        "regions": counters_with_prefix(counters, "region."),
+        "suppressed": counters_with_prefix(counters, "suppressed."),
+        "enrichment": counters_with_prefix(counters, "enrichment."),
+        "parse": counters_with_prefix(counters, "parse."),
+        "guard": counters_with_prefix(counters, "guard."),
         "fingerprinted": counters.get("fingerprinted", 0),
     }
 
