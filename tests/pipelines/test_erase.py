@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import erase, ingest, sdk_logs, visits
+from pipelines import erase, ingest, sdk_logs
 from pipelines.options import bundled
 from schemas.policy import load_policy
-from tests.support.outputs import RUN_TIME, dead_letters, read_rows
+from tests.support.outputs import RUN_TIME, dead_letters, read_rows, run_sample
 from transforms.retention.txn import FAILPOINT_ENV
 
 pytestmark = pytest.mark.e2e
@@ -104,37 +104,17 @@ def visitor_email() -> str:
 def golden(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("erase")
     out = tmp / "out"
-    sdk_logs.run([f"--input={bundled('sample/sdk_logs.jsonl')}", f"--output={out}", *COMMON])
+    run_sample("sdk_logs", out, "--format=both")
     sdk_logs.run(
         [f"--input={write_jsonl(tmp / 'x.jsonl', EXTRA_LOGS)}", f"--output={out}", *COMMON]
     )
-    visits.run(
-        [
-            f"--input={bundled('sample/visits.jsonl')}",
-            f"--enrichment_snapshot={bundled('sample/arounddeal_snapshot.csv')}",
-            f"--output={out}",
-            *COMMON,
-        ]
-    )
-    previous = os.environ.get("TRTC_FINGERPRINT_KEY")
-    os.environ["TRTC_FINGERPRINT_KEY"] = KEY
-    try:
+    run_sample("visits", out, "--format=both")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("TRTC_FINGERPRINT_KEY", KEY)
         for category, records in accounts(visitor_email()).items():
             data = write_jsonl(tmp / f"{category}.jsonl", records)
             ingest.run([f"--category={category}", f"--input={data}", f"--output={out}", *COMMON])
-    finally:
-        if previous is None:
-            os.environ.pop("TRTC_FINGERPRINT_KEY")
-        else:
-            os.environ["TRTC_FINGERPRINT_KEY"] = previous
     return out
-
-
-@pytest.fixture
-def out(golden, tmp_path) -> Path:
-    copy = tmp_path / "out"
-    shutil.copytree(golden, copy)
-    return copy
 
 
 def requests(email: str) -> list:

@@ -18,10 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import ingest, lifecycle, purge, visits
-from pipelines.options import bundled
+from pipelines import ingest, lifecycle, purge
 from schemas.policy import load_policy
-from tests.support.outputs import RUN_TIME, dead_letters, read_rows
+from tests.support.outputs import RUN_TIME, dead_letters, read_rows, run_sample
 from transforms.retention.txn import FAILPOINT_ENV
 from transforms.sinks import HIVE_NULL_PARTITION
 from transforms.timestamps import format_utc, parse_event_time, utc_date
@@ -76,9 +75,8 @@ def write_jsonl(path: Path, records: list) -> Path:
 def golden(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("lifecycle")
     out = tmp / "out"
-    previous = os.environ.get("TRTC_FINGERPRINT_KEY")
-    os.environ["TRTC_FINGERPRINT_KEY"] = KEY
-    try:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("TRTC_FINGERPRINT_KEY", KEY)
         for category, records in INPUTS.items():
             data = write_jsonl(tmp / f"{category}.jsonl", records)
             fmt = "both" if category == "account_information" else "parquet"
@@ -91,27 +89,8 @@ def golden(tmp_path_factory) -> Path:
                     *COMMON,
                 ]
             )
-    finally:
-        if previous is None:
-            os.environ.pop("TRTC_FINGERPRINT_KEY")
-        else:
-            os.environ["TRTC_FINGERPRINT_KEY"] = previous
-    visits.run(
-        [
-            f"--input={bundled('sample/visits.jsonl')}",
-            f"--enrichment_snapshot={bundled('sample/arounddeal_snapshot.csv')}",
-            f"--output={out}",
-            *COMMON,
-        ]
-    )
+    run_sample("visits", out)
     return out
-
-
-@pytest.fixture
-def out(golden, tmp_path) -> Path:
-    copy = tmp_path / "out"
-    shutil.copytree(golden, copy)
-    return copy
 
 
 def opted_out_email(root: Path) -> str:

@@ -18,12 +18,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipelines import purge, sdk_logs, telemetry, visits
-from pipelines.options import bundled
+from pipelines import purge
 from schemas.arrow import arrow_schema
 from schemas.avro import category_columns, output_schema
 from schemas.policy import load_policy
-from tests.support.outputs import RUN_TIME, read_rows
+from tests.support.outputs import RUN_TIME, read_rows, run_sample
 from transforms.retention.txn import FAILPOINT_ENV
 from transforms.sinks import (
     HIVE_NULL_PARTITION,
@@ -43,24 +42,10 @@ POLICY = load_policy()
 @pytest.fixture(scope="module")
 def golden(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("purge") / "out"
-    sdk_logs.run([f"--input={bundled('sample/sdk_logs.jsonl')}", f"--output={out}", *COMMON])
-    telemetry.run([f"--input={bundled('sample/telemetry.jsonl')}", f"--output={out}", *COMMON])
-    visits.run(
-        [
-            f"--input={bundled('sample/visits.jsonl')}",
-            f"--enrichment_snapshot={bundled('sample/arounddeal_snapshot.csv')}",
-            f"--output={out}",
-            *COMMON,
-        ]
-    )
+    run_sample("sdk_logs", out)
+    run_sample("telemetry", out)
+    run_sample("visits", out)
     return out
-
-
-@pytest.fixture
-def out(golden, tmp_path) -> Path:
-    copy = tmp_path / "out"
-    shutil.copytree(golden, copy)
-    return copy
 
 
 def inventory(root: Path, *, reports: bool = False) -> dict[str, str]:

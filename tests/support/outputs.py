@@ -13,6 +13,15 @@ import pyarrow.parquet as pq
 RUN_TIME = "2026-11-29T00:00:00Z"
 
 
+def run_sample(pipeline: str, out: Path, *extra: str) -> dict:
+    """A pipeline on its bundled sample, as ``python -m pipelines`` runs it, into ``out``
+    (FnApiRunner, pinned run time); returns the run report."""
+    from pipelines.__main__ import SOURCES, sample_args
+
+    (run, defaults) = next((r, d) for name, r, d in SOURCES if name == pipeline)
+    return run(sample_args(defaults, [f"--output={out}", f"--run_time={RUN_TIME}", *extra]))
+
+
 def run_cli(
     *args: str, env: dict | None = None, expect_ok: bool = True
 ) -> subprocess.CompletedProcess:
