@@ -52,9 +52,11 @@ def make_dead_letter(
     raw: str | bytes | Mapping[str, Any],
     masker: Masker,
     expires_at: int,
-    event_id: str | None = None,
+    event_id: Any = None,
 ) -> dict[str, Any]:
-    """Build a dead letter; ``raw`` is masked here so that no caller can forget to."""
+    """Build a dead letter; ``raw`` is masked here so that no caller can forget to.
+
+    ``event_id`` is kept only when it is a string (a rejected record's may be anything)."""
     if isinstance(raw, bytes):
         raw = raw.decode("utf-8", errors="replace")
     if isinstance(raw, str):
@@ -68,7 +70,7 @@ def make_dead_letter(
         "raw": raw_text,
         "expires_at": expires_at,
     }
-    if event_id is not None:
+    if isinstance(event_id, str):
         letter["event_id"] = event_id
     return letter
 
@@ -85,7 +87,7 @@ class DeadLetterContext:
         return Masker(self.mask_names)
 
     def letter(
-        self, *, stage: str, error: str, raw: Any, masker: Masker, event_id: str | None = None
+        self, *, stage: str, error: str, raw: Any, masker: Masker, event_id: Any = None
     ) -> dict[str, Any]:
         return make_dead_letter(
             source=self.source,
@@ -95,6 +97,15 @@ class DeadLetterContext:
             masker=masker,
             expires_at=self.expires_at,
             event_id=event_id,
+        )
+
+    def rejected(
+        self, *, stage: str, error: str, raw: Any, masker: Masker, event_id: Any = None
+    ) -> beam.pvalue.TaggedOutput:
+        """The dead letter as a DoFn emits it: on the ``dead_letter`` output."""
+        return beam.pvalue.TaggedOutput(
+            DEAD_LETTER_TAG,
+            self.letter(stage=stage, error=error, raw=raw, masker=masker, event_id=event_id),
         )
 
 
@@ -109,13 +120,12 @@ class _ExceptionToDeadLetter(beam.DoFn):
 
     def process(self, failed: tuple[Any, tuple[type, str, list[str]]]):
         element, (exc_type, _message, _traceback) = failed
-        event_id = element.get("event_id") if isinstance(element, Mapping) else None
         yield self._context.letter(
             stage=self._stage,
             error=f"unexpected_error:{getattr(exc_type, '__name__', str(exc_type))}",
             raw=element if isinstance(element, str | bytes | Mapping) else repr(element),
             masker=self._masker,
-            event_id=event_id if isinstance(event_id, str) else None,
+            event_id=element.get("event_id") if isinstance(element, Mapping) else None,
         )
 
 

@@ -23,7 +23,7 @@ import apache_beam as beam
 
 from schemas.policy import Category, Policy
 from transforms.counters import counter
-from transforms.deadletter import DEAD_LETTER_TAG, DeadLetterContext, ParDoWithDeadLetters
+from transforms.deadletter import DeadLetterContext, ParDoWithDeadLetters
 from transforms.suppress import forbidden_by_region
 
 __all__ = ["Guard", "GuardFn", "violations"]
@@ -110,15 +110,12 @@ class GuardFn(beam.DoFn):
             yield record
             return
         self._rejected.inc()
-        yield beam.pvalue.TaggedOutput(
-            DEAD_LETTER_TAG,
-            self._context.letter(
-                stage="guard",
-                error=f"guard:{found[0]}",
-                raw=record,
-                masker=self._masker,
-                event_id=record.get("event_id"),
-            ),
+        yield self._context.rejected(
+            stage="guard",
+            error=f"guard:{found[0]}",
+            raw=record,
+            masker=self._masker,
+            event_id=record.get("event_id"),
         )
 
 

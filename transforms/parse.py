@@ -24,12 +24,7 @@ import apache_beam as beam
 from schemas.avro import FieldSpec
 from schemas.policy import Policy
 from transforms.counters import counter
-from transforms.deadletter import (
-    DEAD_LETTER_TAG,
-    DeadLetterContext,
-    ParDoWithDeadLetters,
-    RecordError,
-)
+from transforms.deadletter import DeadLetterContext, ParDoWithDeadLetters, RecordError
 from transforms.timestamps import TimestampError, parse_event_time
 
 __all__ = ["Parse", "ParseFn", "canonical_ip", "decode_json_line", "validate_record"]
@@ -126,38 +121,20 @@ class ParseFn(beam.DoFn):
         try:
             obj = element if isinstance(element, Mapping) else decode_json_line(element)
             if self._minimum_age is not None and self._minimum_age.blocks(obj):
-                yield self._under_age(obj)
+                # A child's record is not stored, not even as a dead letter: id and reason only.
+                self._under_age_count.inc()
+                yield self._reject("under_minimum_age", UNDER_AGE_WITHHELD, obj)
                 return
             record = validate_record(obj, self._specs, self._event_time_field)
         except RecordError as rejected:
-            event_id = obj.get("event_id")
-            yield beam.pvalue.TaggedOutput(
-                DEAD_LETTER_TAG,
-                self._context.letter(
-                    stage="parse",
-                    error=rejected.error,
-                    raw=element,
-                    masker=self._masker,
-                    event_id=event_id if isinstance(event_id, str) else None,
-                ),
-            )
+            yield self._reject(rejected.error, element, obj)
             return
         self._count_dropped(obj)
         yield record
 
-    def _under_age(self, obj: Mapping[str, Any]) -> beam.pvalue.TaggedOutput:
-        """A child's record is not stored, not even as a dead letter: only its id and reason."""
-        self._under_age_count.inc()
-        event_id = obj.get("event_id")
-        return beam.pvalue.TaggedOutput(
-            DEAD_LETTER_TAG,
-            self._context.letter(
-                stage="parse",
-                error="under_minimum_age",
-                raw=UNDER_AGE_WITHHELD,
-                masker=self._masker,
-                event_id=event_id if isinstance(event_id, str) else None,
-            ),
+    def _reject(self, error: str, raw: Any, obj: Mapping[str, Any]) -> beam.pvalue.TaggedOutput:
+        return self._context.rejected(
+            stage="parse", error=error, raw=raw, masker=self._masker, event_id=obj.get("event_id")
         )
 
     def _count_dropped(self, obj: Mapping[str, Any]) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 import apache_beam as beam
 
 from transforms.counters import counter
-from transforms.deadletter import DEAD_LETTER_TAG, DeadLetterContext, RecordError
+from transforms.deadletter import DeadLetterContext, RecordError
 from transforms.parse import decode_json_line
 from transforms.retention.files import TableFile, read_lines, read_parquet, write_lines
 from transforms.retention.layout import full_path
@@ -166,11 +166,8 @@ class ParseRequestFn(beam.DoFn):
             request = parse_request(decode_json_line(line))
         except RecordError as rejected:
             if self._context is not None:
-                yield beam.pvalue.TaggedOutput(
-                    DEAD_LETTER_TAG,
-                    self._context.letter(
-                        stage="parse", error=rejected.error, raw=line, masker=self._masker
-                    ),
+                yield self._context.rejected(
+                    stage="parse", error=rejected.error, raw=line, masker=self._masker
                 )
             return
         self._valid.inc()

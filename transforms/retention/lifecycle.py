@@ -32,7 +32,7 @@ import apache_beam as beam
 
 from schemas.policy import Category, LifecycleEvent, Policy, Retention
 from transforms.counters import counter
-from transforms.deadletter import DEAD_LETTER_TAG, DeadLetterContext, RecordError
+from transforms.deadletter import DeadLetterContext, RecordError
 from transforms.parse import decode_json_line
 from transforms.retention.files import TableFile, read_parquet
 from transforms.retention.layout import full_path
@@ -101,11 +101,8 @@ class ParseEventFn(beam.DoFn):
         try:
             event = parse_event(decode_json_line(line), self._policy)
         except RecordError as rejected:
-            yield beam.pvalue.TaggedOutput(
-                DEAD_LETTER_TAG,
-                self._context.letter(
-                    stage="parse", error=rejected.error, raw=line, masker=self._masker
-                ),
+            yield self._context.rejected(
+                stage="parse", error=rejected.error, raw=line, masker=self._masker
             )
             return
         self._valid[event["event"]].inc()
