@@ -227,10 +227,6 @@ class Category:
     def stored(self) -> bool:
         return self.retention.rule != "never_store"
 
-    def forbidden_fields(self, region: str) -> frozenset[str]:
-        """Fields that must never be stored for a record of ``region``."""
-        return self.forbidden_fields_in_regions.get(region, frozenset())
-
     def effective(
         self, region: str, record: Mapping[str, Any]
     ) -> tuple[tuple[str, ...], Retention]:

@@ -93,8 +93,9 @@ def test_corporate_contact_restrictions_and_direct_marketing():
     cat = load_policy().category("corporate_visitor_info")
     contact = set(cat.field_groups["contact"])
     assert len(contact) == 9
-    assert cat.forbidden_fields("EEA_UK") == contact == cat.forbidden_fields("UNKNOWN")
-    assert cat.forbidden_fields("OTHER") == frozenset()
+    forbidden = cat.forbidden_fields_in_regions
+    assert forbidden["EEA_UK"] == contact == forbidden["UNKNOWN"]
+    assert forbidden.get("OTHER", frozenset()) == frozenset()
     with_email = {"business_email": "a@b.example"}
     purposes, retention = cat.effective("OTHER", with_email)
     assert "direct_marketing" in purposes and retention.rule == "until_opt_out"
