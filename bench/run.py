@@ -1,31 +1,46 @@
-"""Throughput of the pipelines on generated input: records/s and peak memory.
+"""Throughput and peak memory of each pipeline next to a columnar pyarrow baseline, same input.
 
-    python -m bench.run                         # every pipeline, 1,000,000 records each
-    python -m bench.run --pipeline visits --records 200000 --workers 2
+    python -m bench.run                                   # every pipeline, 1,000,000 records each
+    python -m bench.run --pipeline visits --records 100000
+    python -m bench.run --pipeline visits --flatness      # also 10x the records: is the peak flat?
 
-The input is generated deterministically (``tools.synthetic``) into ``bench/work/`` and reused
-while its parameters do not change. Visits: ~5% IPv6, ~30% with contact fields, 100,000 distinct
-IPs drawn from the bundled country database, an AroundDeal snapshot of 3,000 networks. SDK logs:
-20% backend logs (with a client IP), identifiers as numbers or strings. Telemetry: ~27% quality
-reports. The pipeline
-runs as a child process, exactly as a user would start it; peak memory is the largest sum of RSS
-over that process and all its descendants (Beam worker processes included), sampled every 100 ms.
-Numbers only compare within one run on one machine (a loaded machine is a third slower or more).
+Per pipeline, one invocation generates the input (deterministic, ``tools.synthetic``, cached in
+``bench/work/`` under its parameters and a hash of the generator), then runs as child processes,
+one after the other: ``python -m bench.baseline`` (read, tag and write the same file with pyarrow
+alone: the practical upper limit) and ``python -m pipelines.<name>`` exactly as a user starts it
+(``--workers 2``, the default: DirectRunner in multi_processing mode with two workers; ``--workers
+1``: FnApiRunner in process). Visits: ~5% IPv6, ~30% with contact fields, 100,000 distinct IPs
+drawn from the bundled country database, an AroundDeal snapshot of ``--networks`` networks. SDK
+logs: 20% backend logs, identifiers as numbers or strings. Telemetry: ~27% quality reports.
+
+Each prints one line: records/s (records read / wall time of the child, imports included), wall,
+peak RSS (largest sum of RSS over the child and all its descendants, Beam workers included,
+sampled every 100 ms). The pipeline's line adds its ratio to the baseline's records/s with the
+target (visits 0.4, the others 0.5) and, for visits, the 1.5 GiB memory ceiling, each PASS/FAIL.
+``--flatness`` runs the pipeline again on 10x the records and prints both peaks and their ratio
+(flat: at most 1.10; 10M visits are 3 GB of input, written line by line). The targets are meant
+for 1M records: on fewer, start-up (imports, Beam's workers) weighs more in the ratio. Numbers
+only compare within one run on one machine: a loaded machine is a third slower or more, which is
+why the baseline runs next to the pipeline every time.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
+import tools.synthetic
 from pipelines.options import bundled
 from tools.synthetic import (
     COUNTRY_WEIGHTS,
@@ -38,12 +53,35 @@ from tools.synthetic import (
     visit_lines,
 )
 
-WORK = Path(__file__).resolve().parent / "work"
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "bench" / "work"
 PIPELINES = ("visits", "sdk_logs", "telemetry")
 SEED = 7
+SPEED_TARGETS = {"visits": 0.4, "sdk_logs": 0.5, "telemetry": 0.5}  # x the baseline's records/s
+MEMORY_CEILINGS_MIB = {"visits": 1536}
+FLAT_TOLERANCE = 1.10  # peak at 10x records / peak at 1x
+MIB = 2**20
 
 
-def _write(path: Path, lines) -> None:
+@dataclass(frozen=True)
+class Measure:
+    records: int
+    wall: float
+    peak: int  # bytes, whole process tree
+
+    @property
+    def rate(self) -> float:
+        return self.records / self.wall
+
+    def line(self, label: str) -> str:
+        return (
+            f"{label}  records={self.records:,}  wall={self.wall:.1f}s  "
+            f"records/s={self.rate:,.0f}  peak_rss={self.peak / MIB:,.0f} MiB"
+        )
+
+
+def _write(path: Path, lines: Iterable[str]) -> None:
+    """Stream ``lines`` to ``path`` (never all in memory); the file appears only when complete."""
     tmp = path.with_suffix(".tmp")
     with tmp.open("w") as fh:
         for line in lines:
@@ -52,48 +90,61 @@ def _write(path: Path, lines) -> None:
 
 
 def generate(pipeline: str, records: int, networks: int) -> tuple[Path, list[str]]:
-    """The input file for ``pipeline`` (generated once, then reused) and its extra arguments."""
+    """The input file of ``pipeline`` (generated once, then reused) and its extra arguments."""
     WORK.mkdir(parents=True, exist_ok=True)
-    data = WORK / f"{pipeline}-{records}-{SEED}.jsonl"
+    version = hashlib.sha256(Path(tools.synthetic.__file__).read_bytes()).hexdigest()[:8]
+    data = WORK / f"{pipeline}-{records}-{SEED}-{version}.jsonl"
     if pipeline != "visits":
         if not data.exists():
             generator = sdk_log_lines if pipeline == "sdk_logs" else telemetry_lines
             _write(data, generator(records, SEED))
         return data, []
-    snapshot = WORK / f"snapshot-{networks}-{SEED}.csv"
+    snapshot = WORK / f"snapshot-{networks}-{SEED}-{version}.csv"
     if not (data.exists() and snapshot.exists()):
         mix = VisitMix()
         pool = AddressPool(bundled("country.mmdb"), list(COUNTRY_WEIGHTS))
         population = ip_population(pool, mix, random.Random(SEED))
-        _write(data, visit_lines(records, population, mix, SEED))
-        snapshot.write_text(snapshot_csv(population, networks, SEED))
+        if not data.exists():
+            _write(data, visit_lines(records, population, mix, SEED))
+        if not snapshot.exists():
+            snapshot.write_text(snapshot_csv(population, networks, SEED))
     return data, [f"--enrichment_snapshot={snapshot}"]
 
 
-def run_measured(command: list[str]) -> tuple[float, int, str]:
-    """Wall seconds, peak RSS bytes (process tree) and stdout of ``command``."""
+def run_measured(command: list[str], log: Path) -> tuple[float, int, str]:
+    """Wall seconds, peak RSS bytes (process tree) and stdout of ``command``.
+
+    Its stdout and stderr go to files (``log``.out and ``log``), never to a pipe that could fill.
+    """
+    out = log.with_suffix(".out")
     start = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    root = psutil.Process(proc.pid)
-    peak = 0
-    while proc.poll() is None:
-        try:
-            tree = [root, *root.children(recursive=True)]
-            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
-        except psutil.Error:
-            pass
-        time.sleep(0.1)
-    out, err = proc.communicate()
+    with out.open("w") as stdout, log.open("w") as stderr:
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=stdout, stderr=stderr)
+        root = psutil.Process(proc.pid)
+        peak = 0
+        while proc.poll() is None:
+            try:
+                tree = [root, *root.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.1)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
-        sys.exit(f"pipeline failed ({proc.returncode}):\n{err[-4000:]}")
-    return elapsed, peak, out
+        sys.exit(f"{' '.join(command)} failed ({proc.returncode}):\n{log.read_text()[-4000:]}")
+    return elapsed, peak, out.read_text()
 
 
-def bench(pipeline: str, records: int, networks: int, workers: int) -> dict[str, object]:
-    t = time.perf_counter()
-    data, extra = generate(pipeline, records, networks)
-    ready = time.perf_counter() - t
+def baseline(pipeline: str, data: Path) -> Measure:
+    out = WORK / f"out-baseline-{pipeline}"
+    shutil.rmtree(out, ignore_errors=True)
+    command = [sys.executable, "-m", "bench.baseline", pipeline, str(data), str(out)]
+    elapsed, peak, stdout = run_measured(command, WORK / f"baseline-{pipeline}.log")
+    return Measure(json.loads(stdout)["records"], elapsed, peak)
+
+
+def pipeline_run(pipeline: str, data: Path, extra: list[str], workers: int) -> tuple[Measure, str]:
+    """The pipeline's measure and a summary of its run report."""
     out = WORK / f"out-{pipeline}"
     shutil.rmtree(out, ignore_errors=True)
     runner = (
@@ -114,17 +165,47 @@ def bench(pipeline: str, records: int, networks: int, workers: int) -> dict[str,
         *extra,
         *runner,
     ]
-    elapsed, peak, _ = run_measured(command)
+    elapsed, peak, _ = run_measured(command, WORK / f"{pipeline}.log")
     (report,) = out.glob("_reports/*.json")
     counts = json.loads(report.read_text())["counts"]
+    summary = (
+        f"workers={workers}  rows_written={sum(counts['written'].values()):,}  "
+        f"dead_lettered={counts['dead_lettered_total']:,}"
+    )
+    return Measure(counts["read"], elapsed, peak), summary
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def bench(pipeline: str, records: int, networks: int, workers: int, flatness: bool) -> None:
+    t = time.perf_counter()
+    data, extra = generate(pipeline, records, networks)
     print(
-        f"{pipeline:10s} records={counts['read']}  workers={workers}  wall={elapsed:.1f}s  "
-        f"records/s={counts['read'] / elapsed:,.0f}  peak_rss={peak / 2**20:,.0f} MiB  "
-        f"written={counts['written']}  dead_lettered={counts['dead_lettered_total']}  "
-        f"(input {data.stat().st_size / 1e6:.0f} MB, ready in {ready:.1f}s)",
+        f"{pipeline}: input {data.name}, {data.stat().st_size / 1e6:,.0f} MB, "
+        f"ready in {time.perf_counter() - t:.1f}s",
         flush=True,
     )
-    return counts
+    base = baseline(pipeline, data)
+    print(base.line(f"{pipeline:10s} baseline"), flush=True)
+    run, summary = pipeline_run(pipeline, data, extra, workers)
+    ratio, target = run.rate / base.rate, SPEED_TARGETS[pipeline]
+    checks = f"ratio={ratio:.2f} (target {target}) {verdict(ratio >= target)}"
+    if ceiling := MEMORY_CEILINGS_MIB.get(pipeline):
+        checks += f"  peak<{ceiling} MiB {verdict(run.peak < ceiling * MIB)}"
+    print(f"{run.line(f'{pipeline:10s} pipeline')}  {summary}  {checks}", flush=True)
+    if flatness:
+        big_data, big_extra = generate(pipeline, records * 10, networks)
+        big, _ = pipeline_run(pipeline, big_data, big_extra, workers)
+        print(big.line(f"{pipeline:10s} pipeline 10x"), flush=True)
+        growth = big.peak / run.peak
+        print(
+            f"{pipeline:10s} flatness  peak {run.peak / MIB:,.0f} -> {big.peak / MIB:,.0f} MiB "
+            f"at 10x the records: x{growth:.2f} (flat: <= {FLAT_TOLERANCE}) "
+            f"{verdict(growth <= FLAT_TOLERANCE)}",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -135,12 +216,17 @@ def main() -> None:
     parser.add_argument(
         "--workers",
         type=int,
-        default=1,
-        help="1: FnApiRunner in process; >1: multi_processing with that many workers",
+        default=2,
+        help="1: FnApiRunner in process; >1: DirectRunner multi_processing with that many workers",
+    )
+    parser.add_argument(
+        "--flatness",
+        action="store_true",
+        help="also run each pipeline on 10x the records and compare the peak memory",
     )
     args = parser.parse_args()
     for pipeline in PIPELINES if args.pipeline == "all" else (args.pipeline,):
-        bench(pipeline, args.records, args.networks, args.workers)
+        bench(pipeline, args.records, args.networks, args.workers, args.flatness)
 
 
 if __name__ == "__main__":

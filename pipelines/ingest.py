@@ -154,12 +154,14 @@ class IngestRecords(beam.PTransform):
         run, spec = c.run, c.spec
         dead_letters = dead_letter_context(run, mask_names=tuple(spec.fingerprints.values()))
 
-        raw = pbegin | "Read" >> ReadRecords(run.input, run.input_format)
+        raw = pbegin | "Read" >> ReadRecords(run.input, run.input_format, batched=True)
         records, parse_dead = raw | "ParseValidate" >> Parse(
-            spec.input_specs, spec.event_time, run.policy, dead_letters
+            spec.input_specs, spec.event_time, run.policy, dead_letters, batched=True
         )
         if spec.fingerprints:
-            records = records | "Fingerprint" >> Fingerprint(spec.name, spec.fingerprints, c.key)
+            records = records | "Fingerprint" >> Fingerprint(
+                spec.name, spec.fingerprints, c.key, batched=True
+            )
         store_dead = records | "Store" >> Store(
             policy=run.policy,
             outputs=spec.outputs,
@@ -169,6 +171,7 @@ class IngestRecords(beam.PTransform):
             formats=run.formats,
             context=dead_letters,
             exclusive=spec.exclusive,
+            batched=True,
         )
         return (
             (parse_dead, store_dead)

@@ -4,6 +4,10 @@
          -> Store (Guard -> Tag -> Write), with every rejected record collected into the dead
          letters.
 
+Records travel in batches (``transforms.batches``) from the reader to the tagger, which builds
+Arrow tables for the sinks: the per-record work is plain Python loops, Beam's per-element cost is
+paid once per batch, and no stage holds more than a batch.
+
 Writes two categories: ``website_visit`` (one row per good visit) and ``corporate_visitor_info``
 (company and contact fields, keyed by ``event_id``, for visits that have any), then a run report
 under ``_reports/``. See the README for the flags and DESIGN.md section 3 for the contract.
@@ -132,19 +136,19 @@ class IngestVisits(beam.PTransform):
             CategoryOutput(CORPORATE, category_columns(CORPORATE), when_any=company + contact),
         )
 
-        raw = pbegin | "Read" >> ReadRecords(run.input, run.input_format)
+        raw = pbegin | "Read" >> ReadRecords(run.input, run.input_format, batched=True)
         records, parse_dead = raw | "ParseValidate" >> Parse(
-            input_fields(INPUT_SCHEMA), visit.event_time, policy, dead_letters
+            input_fields(INPUT_SCHEMA), visit.event_time, policy, dead_letters, batched=True
         )
         located = records | "Geolocate" >> Geolocate(
-            c.geoip_db, policy.restricted_countries, cache_size=c.geo_cache_size
+            c.geoip_db, policy.restricted_countries, cache_size=c.geo_cache_size, batched=True
         )
         minimised = located | "SuppressRestrictedContacts" >> SuppressRestrictedContacts(
-            (corporate,), policy.regions
+            (corporate,), policy.regions, batched=True
         )
         if c.enrichment is not None:
             minimised = minimised | "EnrichAroundDeal" >> EnrichAroundDeal(
-                c.enrichment, company, contact, policy.restricted_countries
+                c.enrichment, company, contact, policy.restricted_countries, batched=True
             )
         store_dead = minimised | "Store" >> Store(
             policy=policy,
@@ -154,6 +158,7 @@ class IngestVisits(beam.PTransform):
             output_dir=run.output,
             formats=run.formats,
             context=dead_letters,
+            batched=True,
         )
         return (
             (parse_dead, store_dead)

@@ -18,13 +18,14 @@ This module must not import Beam (``schemas`` is the bottom layer).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
 
 __all__ = [
     "UnsupportedAvroSchemaError",
+    "arrow_column",
     "arrow_schema",
     "to_arrow_table",
 ]
@@ -178,6 +179,21 @@ def arrow_schema(avro_schema: Mapping[str, Any]) -> pa.Schema:
     return pa.schema(arrow_fields)
 
 
+def arrow_column(field: pa.Field, values: Sequence[Any]) -> pa.Array:
+    """One column of ``field`` from Python values; ValueError (naming the column) for a value
+    the type cannot hold or a null in a non-nullable column."""
+    try:
+        array = pa.array(values, type=field.type)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as err:
+        raise ValueError(f"column {field.name!r} ({field.type}): {err}") from err
+    if not field.nullable and array.null_count:
+        raise ValueError(
+            f"column {field.name!r} is required (non-null) but {array.null_count} of "
+            f"{len(values)} rows have no value"
+        )
+    return array
+
+
 def to_arrow_table(rows: Iterable[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
     """Build a table of ``schema`` from row dicts, column by column.
 
@@ -188,17 +204,5 @@ def to_arrow_table(rows: Iterable[Mapping[str, Any]], schema: pa.Schema) -> pa.T
     gives the null check for free.
     """
     rows = rows if isinstance(rows, list) else list(rows)
-    arrays = []
-    for field in schema:
-        name = field.name
-        try:
-            array = pa.array([row.get(name) for row in rows], type=field.type)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as err:
-            raise ValueError(f"column {name!r} ({field.type}): {err}") from err
-        if not field.nullable and array.null_count:
-            raise ValueError(
-                f"column {name!r} is required (non-null) but {array.null_count} of "
-                f"{len(rows)} rows have no value"
-            )
-        arrays.append(array)
+    arrays = [arrow_column(field, [row.get(field.name) for row in rows]) for field in schema]
     return pa.Table.from_arrays(arrays, schema=schema)

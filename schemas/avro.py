@@ -54,21 +54,25 @@ class FieldSpec:
     format: str | None = None
     symbols: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        # Precomputed once: the parser asks these for every field of every record.
+        py_types = tuple(t for a in self.avro_types for t in _PY_TYPES.get(a, ()))
+        object.__setattr__(self, "_py_types", py_types)
+        object.__setattr__(self, "_bool_ok", "boolean" in self.avro_types)
+        object.__setattr__(self, "_enum", "enum" in self.avro_types)
+        object.__setattr__(
+            self, "plain_string", self.format is None and "string" in self.avro_types
+        )
+
     def accepts(self, value: Any) -> bool:
         if self.format == "identifier":
-            return isinstance(value, str | int) and not isinstance(value, bool)
-        for avro_type in self.avro_types:
-            if avro_type == "enum":
-                if value in self.symbols:
-                    return True
-                continue
-            py_types = _PY_TYPES.get(avro_type, ())
-            # bool is an int in Python but never a valid long/double in the data contract
-            if isinstance(value, bool) and avro_type != "boolean":
-                continue
-            if isinstance(value, py_types):
-                return True
-        return False
+            return isinstance(value, (str, int)) and not isinstance(value, bool)
+        if self._enum and value in self.symbols:
+            return True
+        # bool is an int in Python but never a valid long/double in the data contract
+        if isinstance(value, bool) and not self._bool_ok:
+            return False
+        return isinstance(value, self._py_types)
 
     def coerce(self, value: Any) -> Any:
         """The value as the output column stores it (identifiers as text, numbers as floats)."""

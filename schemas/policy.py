@@ -143,7 +143,7 @@ class MinimumAge:
         age = raw.get(self.age_field)
         if age is None:
             return False
-        if isinstance(age, bool) or not isinstance(age, int | float):
+        if isinstance(age, bool) or not isinstance(age, (int, float)):
             return True
         return age < self.age and raw.get(self.consent_field) is not True
 

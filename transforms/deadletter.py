@@ -37,11 +37,19 @@ DEAD_LETTER_TAG = "dead_letter"
 
 
 class RecordError(Exception):
-    """Raised inside a DoFn helper to reject a record with a reason code and optional detail."""
+    """Raised inside a stage to reject a record with a reason code and optional detail.
 
-    def __init__(self, error: str, detail: str | None = None) -> None:
+    ``raw``: what the dead letter shows instead of the element (e.g. a withheld placeholder);
+    ``event_id``: the record's id when the element itself does not carry it (a raw line).
+    """
+
+    def __init__(
+        self, error: str, detail: str | None = None, *, raw: Any = None, event_id: Any = None
+    ) -> None:
         super().__init__(f"{error}:{detail}" if detail else error)
         self.error = f"{error}:{detail}" if detail else error
+        self.raw = raw
+        self.event_id = event_id
 
 
 def make_dead_letter(
@@ -49,7 +57,7 @@ def make_dead_letter(
     source: str,
     stage: str,
     error: str,
-    raw: str | bytes | Mapping[str, Any],
+    raw: Any,
     masker: Masker,
     expires_at: int,
     event_id: Any = None,
@@ -59,6 +67,8 @@ def make_dead_letter(
     ``event_id`` is kept only when it is a string (a rejected record's may be anything)."""
     if isinstance(raw, bytes):
         raw = raw.decode("utf-8", errors="replace")
+    elif not isinstance(raw, (str, Mapping)):
+        raw = repr(raw)
     if isinstance(raw, str):
         raw_text = masker.mask_text(raw)
     else:
@@ -120,13 +130,16 @@ class _ExceptionToDeadLetter(beam.DoFn):
 
     def process(self, failed: tuple[Any, tuple[type, str, list[str]]]):
         element, (exc_type, _message, _traceback) = failed
-        yield self._context.letter(
-            stage=self._stage,
-            error=f"unexpected_error:{getattr(exc_type, '__name__', str(exc_type))}",
-            raw=element if isinstance(element, str | bytes | Mapping) else repr(element),
-            masker=self._masker,
-            event_id=element.get("event_id") if isinstance(element, Mapping) else None,
-        )
+        error = f"unexpected_error:{getattr(exc_type, '__name__', str(exc_type))}"
+        # A failed batch (transforms.batches) is one dead letter per record it held.
+        for item in element if isinstance(element, list) else (element,):
+            yield self._context.letter(
+                stage=self._stage,
+                error=error,
+                raw=item,
+                masker=self._masker,
+                event_id=item.get("event_id") if isinstance(item, Mapping) else None,
+            )
 
 
 class FromExceptions(beam.PTransform):

@@ -17,14 +17,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.counters import counter
+from transforms.batches import ApplyStage, RecordStage
 
 __all__ = ["Fingerprint", "FingerprintFn", "KeySource", "fingerprint", "load_key"]
 
@@ -62,36 +62,43 @@ def fingerprint(key: bytes, category: str, field: str, value: str) -> str:
     return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
-class FingerprintFn(beam.DoFn):
-    """Yields a copy of the record with each secret input replaced by its fingerprint."""
+class FingerprintFn(RecordStage):
+    """Yields a copy of each record with each secret input replaced by its fingerprint."""
+
+    stage = "fingerprint"
 
     def __init__(self, category: str, pairs: Mapping[str, str], key: KeySource) -> None:
+        super().__init__()
         self._category = category
         self._pairs = dict(pairs)
+        self._secrets = frozenset(self._pairs.values())
         self._key_source = key
 
     def setup(self) -> None:
+        super().setup()
         self._key = load_key(self._key_source)
-        self._count = counter("fingerprinted")
 
-    def process(self, record: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
-        secrets = set(self._pairs.values())
-        out = {k: v for k, v in record.items() if k not in secrets}
+    def one(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in record.items() if k not in self._secrets}
         for stored, secret in self._pairs.items():
             value = record.get(secret)
             out[stored] = (
                 None if value is None else fingerprint(self._key, self._category, secret, value)
             )
-            self._count.inc()
-        yield out
+        self.tally.add("fingerprinted", len(self._pairs))
+        return out
 
 
 class Fingerprint(beam.PTransform):
-    """Replace the policy's secret input fields by their keyed fingerprints."""
+    """Replace the policy's secret input fields by their keyed fingerprints (per record, or per
+    batch with ``batched``)."""
 
-    def __init__(self, category: str, pairs: Mapping[str, str], key: KeySource) -> None:
+    def __init__(
+        self, category: str, pairs: Mapping[str, str], key: KeySource, *, batched: bool = False
+    ) -> None:
         super().__init__()
         self._fn = FingerprintFn(category, pairs, key)
+        self._batched = batched
 
     def expand(self, records):
-        return records | "HmacSecrets" >> beam.ParDo(self._fn)
+        return records | "HmacSecrets" >> ApplyStage(self._fn, batched=self._batched)

@@ -32,7 +32,7 @@ import shutil
 import socket
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ import geoip2.errors
 import maxminddb
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.counters import counter
+from transforms.batches import ApplyStage, RecordStage
 
 __all__ = [
     "DEFAULT_CACHE_SIZE",
@@ -344,14 +344,16 @@ def clear_shared_lookups() -> None:
         _SHARED.clear()
 
 
-class GeolocateFn(beam.DoFn):
-    """Adds ``country`` (ISO code or None) and ``region`` to each visit record.
+class GeolocateFn(RecordStage):
+    """Adds ``country`` (ISO code or None) and ``region`` to each visit record of a batch.
 
-    Emits a new dict (inputs are never mutated) and counts regions in the ``compliance``
+    Emits new dicts (inputs are never mutated) and counts regions in the ``compliance``
     namespace (``region.eea_uk``, ``region.other``, ``region.unknown``) for the run report.
     The IP is read from the record's ``ip`` field; a missing or malformed one gives
     ``UNKNOWN``, which downstream treats as restricted.
     """
+
+    stage = "geolocate"
 
     def __init__(
         self,
@@ -363,25 +365,28 @@ class GeolocateFn(beam.DoFn):
         self._geoip_db = str(geoip_db)
         self._eea_uk = frozenset(eea_uk)
         self._cache_size = cache_size
-        self._counters = {region: counter(name) for region, name in _COUNTER_NAMES.items()}
         self._lookup: CountryLookup | None = None
+        self._regions: dict[str | None, str] = {}
 
     def setup(self) -> None:
+        super().setup()
         self._lookup = shared_lookup(self._geoip_db, self._cache_size)
 
-    def process(self, record: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        assert self._lookup is not None, "setup() was not called"
+    def one(self, record: dict[str, Any]) -> dict[str, Any]:
         country = self._lookup.country(record.get("ip"))
-        region = region_for(country, self._eea_uk)
-        self._counters[region].inc()
-        yield {**record, "country": country, "region": region}
+        region = self._regions.get(country)
+        if region is None:
+            region = self._regions[country] = region_for(country, self._eea_uk)
+        self.tally.add(_COUNTER_NAMES[region])
+        return {**record, "country": country, "region": region}
 
 
 class Geolocate(beam.PTransform):
     """Composite: visit records -> the same records with ``country`` and ``region``.
 
     ``geoip_db`` is a MaxMind DB (Country, City or Enterprise) on any Beam filesystem;
-    ``eea_uk`` is the policy's set of restricted country codes.
+    ``eea_uk`` is the policy's set of restricted country codes. ``batched``: batches of records
+    in and out (``transforms.batches``) instead of single records.
     """
 
     def __init__(
@@ -389,9 +394,12 @@ class Geolocate(beam.PTransform):
         geoip_db: str,
         eea_uk: frozenset[str],
         cache_size: int = DEFAULT_CACHE_SIZE,
+        *,
+        batched: bool = False,
     ) -> None:
         super().__init__()
         self._fn = GeolocateFn(geoip_db, eea_uk, cache_size)
+        self._batched = batched
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
-        return records | "LookupCountry" >> beam.ParDo(self._fn)
+        return records | "LookupCountry" >> ApplyStage(self._fn, batched=self._batched)

@@ -16,14 +16,14 @@ record independently of how that stage was written, and routes a violation to th
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import apache_beam as beam
 
 from schemas.policy import Category, Policy
-from transforms.counters import counter
-from transforms.deadletter import DeadLetterContext, ParDoWithDeadLetters
+from transforms.batches import ApplyStage, RecordStage
+from transforms.deadletter import DeadLetterContext, RecordError
 from transforms.suppress import forbidden_by_region
 
 __all__ = ["Guard", "GuardFn", "violations"]
@@ -69,8 +69,11 @@ def violations(
     return found
 
 
-@beam.typehints.with_output_types(Any, dead_letter=Any)
-class GuardFn(beam.DoFn):
+class GuardFn(RecordStage):
+    """Passes each record on unchanged, or rejects it with the first invariant it breaks."""
+
+    stage = "guard"
+
     def __init__(
         self,
         policy: Policy,
@@ -78,6 +81,7 @@ class GuardFn(beam.DoFn):
         extra_keys: Iterable[str],
         context: DeadLetterContext,
     ) -> None:
+        super().__init__(context)
         categories = tuple(categories)
         self._policy = policy
         self._forbidden = forbidden_by_region(categories)
@@ -85,7 +89,6 @@ class GuardFn(beam.DoFn):
         self._country_fields = tuple(
             sorted({c.restricted_country_field for c in categories if c.restricted_country_field})
         )
-        self._context = context
         clashing = sorted(
             k for k in self._allowed if policy.is_secret_name(k) or policy.is_media_name(k)
         )
@@ -94,11 +97,7 @@ class GuardFn(beam.DoFn):
                 f"the policy allows fields that it also calls secret/media: {clashing}"
             )
 
-    def setup(self) -> None:
-        self._masker = self._context.masker()
-        self._rejected = counter("guard.violations")
-
-    def process(self, record: Mapping[str, Any]) -> Iterator[Any]:
+    def one(self, record: Mapping[str, Any]) -> Mapping[str, Any]:
         found = violations(
             record,
             policy=self._policy,
@@ -106,21 +105,15 @@ class GuardFn(beam.DoFn):
             allowed_keys=self._allowed,
             country_fields=self._country_fields,
         )
-        if not found:
-            yield record
-            return
-        self._rejected.inc()
-        yield self._context.rejected(
-            stage="guard",
-            error=f"guard:{found[0]}",
-            raw=record,
-            masker=self._masker,
-            event_id=record.get("event_id"),
-        )
+        if found:
+            self.tally.add("guard.violations")
+            raise RecordError("guard", found[0])
+        return record
 
 
 class Guard(beam.PTransform):
-    """Re-check the compliance invariants; yields ``(records, dead_letters)``."""
+    """Re-check the compliance invariants; yields ``(records, dead_letters)`` (of batches with
+    ``batched``)."""
 
     def __init__(
         self,
@@ -128,10 +121,12 @@ class Guard(beam.PTransform):
         categories: Iterable[Category],
         extra_keys: Iterable[str],
         context: DeadLetterContext,
+        *,
+        batched: bool = False,
     ) -> None:
         super().__init__()
         self._fn = GuardFn(policy, categories, extra_keys, context)
-        self._context = context
+        self._batched = batched
 
     def expand(self, records):
-        return records | "CheckInvariants" >> ParDoWithDeadLetters(self._fn, "guard", self._context)
+        return records | "CheckInvariants" >> ApplyStage(self._fn, batched=self._batched)

@@ -13,17 +13,22 @@ from typing import Any
 
 import apache_beam as beam
 
+from schemas.arrow import arrow_schema
 from schemas.policy import Category, Policy
 from transforms.deadletter import DeadLetterContext
 from transforms.guard import Guard
-from transforms.sinks import WritePartitioned
+from transforms.sinks import WritePartitioned, WriteTables
 from transforms.tag import CategoryOutput, Tag
 
 __all__ = ["Store"]
 
 
 class Store(beam.PTransform):
-    """Guard, tag and write records; yields the PCollection of dead letters."""
+    """Guard, tag and write records; yields the PCollection of dead letters.
+
+    ``batched``: the input is batches of records (``transforms.batches``); the tagger then
+    builds Arrow tables and ``WriteTables`` writes them, with no Python dict per output row.
+    """
 
     def __init__(
         self,
@@ -36,12 +41,18 @@ class Store(beam.PTransform):
         formats: Sequence[str],
         context: DeadLetterContext,
         exclusive: bool = False,
+        batched: bool = False,
     ) -> None:
         super().__init__()
         categories: tuple[Category, ...] = tuple(policy.category(o.category) for o in outputs)
-        self._guard = Guard(policy, categories, tuple(extra_keys), context)
-        self._tag = Tag(policy, outputs, context, exclusive=exclusive)
-        self._write = WritePartitioned(output_dir, dict(schemas), tuple(formats))
+        self._guard = Guard(policy, categories, tuple(extra_keys), context, batched=batched)
+        if batched:
+            arrow = {name: arrow_schema(schema) for name, schema in schemas.items()}
+            self._tag = Tag(policy, outputs, context, exclusive, batched=True, schemas=arrow)
+            self._write = WriteTables(output_dir, dict(schemas), tuple(formats))
+        else:
+            self._tag = Tag(policy, outputs, context, exclusive=exclusive)
+            self._write = WritePartitioned(output_dir, dict(schemas), tuple(formats))
 
     def expand(self, records):
         safe, guard_dead = records | "Guard" >> self._guard

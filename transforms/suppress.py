@@ -10,13 +10,13 @@ of all of them (fail closed).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import apache_beam as beam
 
 from schemas.policy import Category
-from transforms.counters import counter
+from transforms.batches import ApplyStage, RecordStage
 
 __all__ = ["SuppressRestrictedContacts", "SuppressRestrictedFn", "forbidden_by_region"]
 
@@ -30,36 +30,38 @@ def forbidden_by_region(categories: Iterable[Category]) -> dict[str, frozenset[s
     return {region: frozenset(fields) for region, fields in out.items()}
 
 
-class SuppressRestrictedFn(beam.DoFn):
-    """Yields a copy of the record without the fields its region forbids."""
+class SuppressRestrictedFn(RecordStage):
+    """Yields a copy of each record without the fields its region forbids."""
+
+    stage = "suppress"
 
     def __init__(self, forbidden: Mapping[str, frozenset[str]], known_regions: Iterable[str]):
+        super().__init__()
         self._forbidden = dict(forbidden)
         self._known = frozenset(known_regions)
         self._all = frozenset().union(*self._forbidden.values()) if self._forbidden else frozenset()
 
-    def setup(self) -> None:
-        self._records = counter("suppressed.records")
-        self._fields = counter("suppressed.contact_fields")
-
-    def process(self, record: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    def one(self, record: Mapping[str, Any]) -> dict[str, Any]:
         region = record.get("region")
         forbidden = self._forbidden.get(region, frozenset()) if region in self._known else self._all
         present = [f for f in forbidden if record.get(f) not in (None, "")]
         if not present:
-            yield record if isinstance(record, dict) else dict(record)
-            return
-        self._records.inc()
-        self._fields.inc(len(present))
-        yield {k: v for k, v in record.items() if k not in forbidden}
+            return record if isinstance(record, dict) else dict(record)
+        self.tally.add("suppressed.records")
+        self.tally.add("suppressed.contact_fields", len(present))
+        return {k: v for k, v in record.items() if k not in forbidden}
 
 
 class SuppressRestrictedContacts(beam.PTransform):
-    """Remove region-forbidden (corporate contact) fields from every record."""
+    """Remove region-forbidden (corporate contact) fields from every record (or batch of
+    records, with ``batched``)."""
 
-    def __init__(self, categories: Iterable[Category], known_regions: Iterable[str]) -> None:
+    def __init__(
+        self, categories: Iterable[Category], known_regions: Iterable[str], *, batched: bool = False
+    ) -> None:
         super().__init__()
         self._fn = SuppressRestrictedFn(forbidden_by_region(categories), known_regions)
+        self._batched = batched
 
     def expand(self, records):
-        return records | "DropForbiddenFields" >> beam.ParDo(self._fn)
+        return records | "DropForbiddenFields" >> ApplyStage(self._fn, batched=self._batched)

@@ -559,7 +559,7 @@ def test_geolocate_fn_yields_a_new_dict(registry, written_db):
     fn.setup()
     record = _visit("gb", ip="81.2.69.142")
     before = copy.deepcopy(record)
-    (out,) = fn.process(record)
+    ((out,),) = fn.process([record])
     assert record == before
     assert out is not record
     assert out == {**before, "country": "GB", "region": REGION_EEA_UK}

@@ -94,7 +94,7 @@ def test_under_age_record_keeps_nothing_but_its_id(policy, dl_context):
             "end_user_age": 9,
         }
     ).encode()
-    (out,) = list(fn.process(line))
+    (out,) = list(fn.process([line]))
     assert out.tag == DEAD_LETTER_TAG
     letter = out.value
     assert letter["error"] == "under_minimum_age" and letter["event_id"] == "child-1"

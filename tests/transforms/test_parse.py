@@ -92,8 +92,11 @@ def test_line_level_reasons(line, expected):
 def _run_fn(fn, element):
     fn.setup()
     good, dead = [], []
-    for out in fn.process(element):
-        (dead if isinstance(out, beam.pvalue.TaggedOutput) else good).append(out)
+    for out in fn.process([element]):  # a stage takes a batch and yields a batch
+        if isinstance(out, beam.pvalue.TaggedOutput):
+            dead.append(out)
+        else:
+            good.extend(out)
     return good, [d.value for d in dead if d.tag == DEAD_LETTER_TAG]
 
 

@@ -1,7 +1,8 @@
 """transforms.sinks: Hive-partitioned Parquet/Avro data and JSON Lines dead letters.
 
 Every pipeline test runs on the FnApiRunner and reads the written files back with
-pyarrow (per file and as a Hive-partitioned dataset) and fastavro.
+pyarrow (per file and as a Hive-partitioned dataset) and fastavro. The DoFns of the
+columnar writer (``WriteTables``) are also driven directly, to see its spills.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import datetime as dt
 import importlib.util
 import io
 import json
+import zlib
 from pathlib import Path
 
 import apache_beam as beam
@@ -22,17 +24,21 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
 from hypothesis import given
 from hypothesis import strategies as st
 
+from schemas.arrow import arrow_schema, to_arrow_table
 from tests.support.objectstore import OBJECTS  # registers the memstore:// filesystem
+from transforms import sinks
 from transforms.sinks import (
     HIVE_NULL_PARTITION,
-    AvroSink,
     JsonLinesSink,
     ParquetSink,
     WriteDeadLetters,
     WritePartitioned,
+    WriteTables,
     dead_letter_json,
     dead_letter_path,
     dead_letter_reason,
@@ -246,8 +252,6 @@ def test_dead_letter_reason(error, reason):
 
 
 def test_parquet_sink_bounds_row_groups_and_compresses(tmp_path):
-    from schemas.arrow import arrow_schema
-
     sink = ParquetSink(arrow_schema(VISIT_SCHEMA), codec="zstd", row_group_size=4)
     path = tmp_path / "direct.parquet"
     with open(path, "wb") as fh:
@@ -269,27 +273,43 @@ def test_parquet_sink_rejects_unknown_codec():
         ParquetSink(pa.schema([]), codec="nope")
 
 
-def test_avro_sink_writes_blocks_and_converts_millis(tmp_path):
-    schema = {
-        "type": "record",
-        "name": "Millis",
-        "fields": [
-            {"name": "id", "type": "string"},
-            {"name": "at_ms", "type": {"type": "long", "logicalType": "timestamp-millis"}},
-            {
-                "name": "maybe_ms",
-                "type": ["null", {"type": "long", "logicalType": "timestamp-millis"}],
-            },
-        ],
-    }
+MILLIS_SCHEMA = {
+    "type": "record",
+    "name": "Millis",
+    "fields": [
+        {"name": "id", "type": "string"},
+        {"name": "at_ms", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+        {
+            "name": "maybe_ms",
+            "type": ["null", {"type": "long", "logicalType": "timestamp-millis"}],
+        },
+        {"name": "at_us", "type": TS},
+        {"name": "day", "type": ["null", {"type": "int", "logicalType": "date"}]},
+    ],
+}
+
+
+def test_avro_writer_writes_blocks_and_converts_millis(tmp_path):
     at = micros("2025-01-01T23:30:00.123456+00:00")
-    sink = AvroSink(schema, sync_interval=64)
+    before_1970 = micros("1969-12-31T23:59:59.998500+00:00")
+    rows = [
+        {
+            "id": f"r{i}",
+            "at_ms": at,
+            "maybe_ms": None if i % 2 else before_1970,
+            "at_us": at + i,
+            "day": i if i % 3 else None,
+        }
+        for i in range(50)
+    ]
+    table = to_arrow_table(rows, arrow_schema(MILLIS_SCHEMA))
     path = tmp_path / "direct.avro"
     with open(path, "wb") as fh:
-        sink.open(fh)
-        for i in range(50):
-            sink.write({"id": f"r{i}", "at_ms": at, "maybe_ms": None if i % 2 else at})
-        sink.flush()
+        writer = sinks._AvroFile(fh, MILLIS_SCHEMA, sync_interval=64)
+        writer.write(table.slice(0, 20))
+        writer.write(table.slice(20).to_batches()[0])  # tables and record batches alike
+        writer.close()
+        assert not fh.closed  # the handle belongs to the caller
     with open(path, "rb") as fh:
         blocks = list(fastavro.block_reader(fh))
     assert len(blocks) > 1  # small sync interval: several compressed blocks
@@ -299,16 +319,25 @@ def test_avro_sink_writes_blocks_and_converts_millis(tmp_path):
         records = list(reader)
     expected = dt.datetime(2025, 1, 1, 23, 30, 0, 123000, tzinfo=dt.UTC)  # millis precision
     assert {r["at_ms"] for r in records} == {expected}
-    assert records[0]["maybe_ms"] == expected
+    # Floored, not truncated toward zero, before 1970 (as ``micros // 1000`` did).
+    assert records[0]["maybe_ms"] == dt.datetime(1969, 12, 31, 23, 59, 59, 998000, tzinfo=dt.UTC)
     assert records[1]["maybe_ms"] is None
+    assert [r["at_us"] for r in records] == [as_utc(at + i) for i in range(50)]  # exact
+    assert records[1]["day"] == dt.date(1970, 1, 2) and records[3]["day"] is None
+    assert [r["id"] for r in records] == [f"r{i}" for i in range(50)]
 
 
-def test_avro_sink_snappy_needs_cramjam():
+def test_avro_snappy_needs_cramjam(tmp_path):
+    def make():
+        return WritePartitioned(
+            str(tmp_path), SCHEMAS, formats=("avro",), avro_codec="snappy"
+        ).avro_codec
+
     if importlib.util.find_spec("cramjam") is None:
         with pytest.raises(ValueError, match="cramjam"):
-            AvroSink(VISIT_SCHEMA, codec="snappy")
+            make()
     else:
-        assert AvroSink(VISIT_SCHEMA, codec="snappy").codec == "snappy"
+        assert make() == "snappy"
 
 
 def test_json_lines_sink(tmp_path):
@@ -717,3 +746,447 @@ def test_object_store_without_directories():
     )
     assert [r["event_id"] for r in avro_rows] == ["v0009"]
     OBJECTS.clear()
+
+
+# ---------------------------------------------------- WriteTables (columnar, bounded)
+
+VISIT_ARROW = arrow_schema(VISIT_SCHEMA)
+COMPANY_ARROW = arrow_schema(COMPANY_SCHEMA)
+DAY_US = 86_400_000_000
+
+
+def visit_table(rows: list[dict]) -> pa.Table:
+    return to_arrow_table(rows, VISIT_ARROW)
+
+
+def company_table(rows: list[dict]) -> pa.Table:
+    return to_arrow_table(rows, COMPANY_ARROW)
+
+
+def _table_inputs() -> tuple[list[dict], list[dict], list[tuple[str, pa.Table]]]:
+    """Visits over the boundary instants, 30 days and the null partition; companies over 3
+    days (15 rows each, from 9 tables) and the null partition; cut into tables of a few rows."""
+    visits = _boundary_rows()
+    visits += [
+        visit(300 + k, micros("2025-05-01T06:00:00+00:00") + (k % 30) * DAY_US) for k in range(90)
+    ]
+    companies = [
+        company(k, micros("2025-02-01T00:00:00+00:00") + (k % 3) * DAY_US) for k in range(45)
+    ]
+    companies += [company(50 + k, None) for k in range(4)]
+    elements = [("visit", visit_table(visits[k : k + 17])) for k in range(0, len(visits), 17)]
+    elements += [
+        ("company", company_table(companies[k : k + 5])) for k in range(0, len(companies), 5)
+    ]
+    return visits, companies, elements
+
+
+def _by_id(rows: list[dict]) -> dict[str, dict]:
+    return {r["event_id"]: r for r in rows}
+
+
+def _expected_arrow_rows(rows: list[dict], schema: pa.Schema) -> dict[str, dict]:
+    """What a row reads back as: its schema columns, timestamps as UTC datetimes."""
+    return _by_id(to_arrow_table(rows, schema).to_pylist())
+
+
+def _check_written(out: Path, visits: list[dict], companies: list[dict], token: str) -> None:
+    """One file per partition and format, named by the token, holding exactly its rows."""
+    for suffix in (".parquet", ".avro"):
+        layout = partitions(out, suffix)
+        expected_dirs = {partition_path("visit", r["expires_at"]) for r in visits}
+        expected_dirs |= {partition_path("company", r["expires_at"]) for r in companies}
+        assert set(layout) == expected_dirs
+        assert all(len(files) == 1 for files in layout.values())
+        for rel_dir, (path,) in layout.items():
+            assert path.name == f"part-00000-of-00001-{token}{suffix}"
+            category = rel_dir.split("/")[0].split("=")[1]
+            source, schema = (
+                (visits, VISIT_ARROW) if category == "visit" else (companies, COMPANY_ARROW)
+            )
+            expected = _expected_arrow_rows(
+                [r for r in source if partition_path(category, r["expires_at"]) == rel_dir],
+                schema,
+            )
+            if suffix == ".parquet":
+                table = pq.read_table(path)
+                assert table.schema.equals(schema, check_metadata=False)
+                got = table.to_pylist()
+            else:
+                with open(path, "rb") as fh:
+                    got = list(fastavro.reader(fh))
+            assert _by_id(got) == expected
+            assert len(got) == len(expected)
+    # No temp directory, nothing but data files.
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    assert set(files_under(out, "")) == set(files_under(out, ".parquet")) | set(
+        files_under(out, ".avro")
+    )
+
+
+def test_write_tables_two_categories_both_formats(tmp_path):
+    out = tmp_path / "tables"
+    visits, companies, elements = _table_inputs()
+
+    def build(p):
+        tables = p | beam.Create(elements)
+        results = tables | WriteTables(
+            str(out), SCHEMAS, formats=("parquet", "avro"), run_token="tbl"
+        )
+        assert_that(
+            results | beam.Map(lambda r: (r.file_name, r.shard_index, r.total_shards)),
+            _FileResultsMatchDisk(out),
+        )
+
+    result = run(build, workers=2)
+    _check_written(out, visits, companies, "tbl")
+    # Boundary instants land in their UTC day, the instant preserved.
+    (path,) = partitions(out, ".parquet")["data_category=visit/expiry_date=2025-01-01"]
+    by_id = _by_id(pq.read_table(path).to_pylist())
+    assert by_id["v0001"]["expires_at"] == dt.datetime(2025, 1, 1, 16, 30, tzinfo=dt.UTC)
+    assert "v0003" not in by_id  # 2025-01-02T00:00Z is the next day
+    (path,) = partitions(out, ".parquet")["data_category=visit/expiry_date=1969-12-31"]
+    assert pq.read_table(path).column("event_id").to_pylist() == ["v0005"]
+    assert counters(result) == {"written.visit": len(visits), "written.company": len(companies)}
+
+
+class _FileResultsMatchDisk:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def __call__(self, results):
+        on_disk = sorted(str(p) for p in self.root.rglob("part-*") if p.is_file())
+        assert sorted(name for name, _shard, _shards in results) == on_disk
+        assert {(shard, shards) for _name, shard, shards in results} == {(0, 1)}
+
+
+def test_write_tables_tiny_buffer_spills_and_still_writes_one_file_per_partition(tmp_path):
+    out = tmp_path / "spilled"
+    visits, companies, elements = _table_inputs()
+
+    def build(p):
+        _ = (
+            p
+            | beam.Create(elements)
+            | WriteTables(
+                str(out),
+                SCHEMAS,
+                formats=("parquet", "avro"),
+                run_token="spill",
+                buffer_bytes=1,  # every table is spilled as soon as it is buffered
+                row_group_size=7,
+            )
+        )
+
+    result = run(build, workers=2)
+    _check_written(out, visits, companies, "spill")
+    # The rows of a partition, spilled in many runs of a few rows, are coalesced into full
+    # row groups.
+    (path,) = partitions(out, ".parquet")["data_category=company/expiry_date=2025-02-01"]
+    meta = pq.read_metadata(path)
+    assert [meta.row_group(g).num_rows for g in range(meta.num_row_groups)] == [7, 7, 1]
+    sizes = [
+        [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+        for meta in (pq.read_metadata(p) for p in files_under(out, ".parquet"))
+    ]
+    assert all(all(n == 7 for n in groups[:-1]) and 0 < groups[-1] <= 7 for groups in sizes)
+    assert counters(result) == {"written.visit": len(visits), "written.company": len(companies)}
+
+
+def _drain(results) -> list:
+    return list(results or ())
+
+
+def _buffer_dofn(temp_dir: str, buffer_bytes: int, shards: int = 1) -> sinks._BufferPartitions:
+    dofn = sinks._BufferPartitions(SCHEMAS, shards, temp_dir, buffer_bytes)
+    dofn.setup()
+    dofn.start_bundle()
+    return dofn
+
+
+def _read_slice(path: str, first: int, count: int) -> pa.Table:
+    with pa.OSFile(path) as source:
+        reader = pa.ipc.open_file(source)
+        return pa.Table.from_batches([reader.get_batch(i) for i in range(first, first + count)])
+
+
+def test_buffer_partitions_spills_sorted_runs_within_budget(tmp_path):
+    temp_dir = str(tmp_path / ".temp")
+    big_day = micros("2025-03-01T00:00:00+00:00")
+    # Each table: 90 rows expiring on one day, 10 spread over five other days.
+    tables = []
+    for t in range(12):
+        rows = [visit(t * 100 + k, big_day) for k in range(90)]
+        rows += [visit(t * 100 + 90 + k, big_day + (1 + k % 5) * DAY_US) for k in range(10)]
+        tables.append(visit_table(rows))
+    budget = 3 * tables[0].nbytes  # a spill every second table
+    dofn = _buffer_dofn(temp_dir, budget)
+    emitted = []
+    for table in tables:
+        for value in dofn.process(("visit", table)):
+            assert isinstance(value, WindowedValue)
+            assert list(value.windows) == [GlobalWindow()]
+            emitted.append(value.value)
+        assert 2 * dofn.held <= budget  # after every element, whatever it spilled
+    assert emitted, "the budget must have been exceeded"
+    for value in dofn.finish_bundle():
+        assert isinstance(value, WindowedValue)
+        assert list(value.windows) == [GlobalWindow()]
+        emitted.append(value.value)
+    assert dofn.held == 0
+
+    # One temp file per spill (a sorted run), each naming all six destinations once.
+    runs = sorted({path for _dest, (path, _first, _count) in emitted})
+    assert sorted(str(p) for p in Path(temp_dir).iterdir()) == runs
+    assert len(runs) == 6
+    big_dir = partition_path("visit", big_day)
+    dirs = {partition_path("visit", big_day + d * DAY_US) for d in range(6)}
+    for run_path in runs:
+        assert sorted(d[1] for d, (p, _f, _c) in emitted if p == run_path) == sorted(dirs)
+
+    # Every slice holds the rows of its destination only; together, every row once.
+    seen = []
+    for dest, (path, first, count) in emitted:
+        table = _read_slice(path, first, count)
+        assert table.schema.equals(VISIT_ARROW, check_metadata=False)
+        instants = table.column("expires_at").cast(pa.int64()).to_pylist()
+        assert {partition_path("visit", at) for at in instants} == {dest[1]}
+        seen += table.column("event_id").to_pylist()
+    assert sorted(seen) == sorted(e for t in tables for e in t.column("event_id").to_pylist())
+
+    # Compact streams the slices of a destination into one file per format, in row groups
+    # of exactly row_group_size rows, the rows in input order.
+    big = next(dest for dest, _run in emitted if dest[1] == big_dir)
+    slices = [run for dest, run in emitted if dest == big]
+    out = tmp_path / "out"
+    compact = sinks._Compact(
+        str(out), temp_dir, "cmp", SCHEMAS, ("parquet", "avro"), "zstd", "deflate", 256
+    )
+    compact.setup()
+    parquet_result, avro_result = compact.process((big, list(reversed(slices))))
+    assert parquet_result.file_name == str(out / big_dir / "part-00000-of-00001-cmp.parquet")
+    assert avro_result.file_name == str(out / big_dir / "part-00000-of-00001-cmp.avro")
+    assert (parquet_result.shard_index, parquet_result.total_shards) == (0, 1)
+    assert parquet_result.destination == big and parquet_result.window == GlobalWindow()
+    meta = pq.read_metadata(parquet_result.file_name)
+    assert [meta.row_group(g).num_rows for g in range(meta.num_row_groups)] == [256] * 4 + [56]
+    assert meta.row_group(0).column(0).compression == "ZSTD"
+    ids = pq.read_table(parquet_result.file_name).column("event_id").to_pylist()
+    assert ids == [f"v{t * 100 + k:04d}" for t in range(12) for k in range(90)]
+    with open(avro_result.file_name, "rb") as fh:
+        assert [r["event_id"] for r in fastavro.reader(fh)] == ids
+
+    # A retried bundle writes the same files again (the temp files stay until the end).
+    again = list(compact.process((big, slices)))
+    assert [r.file_name for r in again] == [parquet_result.file_name, avro_result.file_name]
+    assert pq.read_table(parquet_result.file_name).column("event_id").to_pylist() == ids
+    # A temp file that is gone fails loudly, and leaves no half-written file behind.
+    Path(slices[0][0]).unlink()
+    with pytest.raises(OSError):
+        list(compact.process((big, slices)))
+    assert all(p.suffix == ".arrow" for p in Path(temp_dir).iterdir())
+    # Once every destination is written, the temp files and their directory go.
+    sinks._remove_temp_files(1, temp_dir)
+    assert not Path(temp_dir).exists()
+
+
+def test_destination_keys_match_partition_path():
+    """The vectorised expiry day is ``expiry_date`` of every instant, including around
+    midnight, before 1970 and the null partition."""
+    instants = [micros(iso) for iso, _day in BOUNDARIES] + [None, 0, -1, 1, DAY_US, -DAY_US]
+    instants += [micros("0001-01-01T00:00:00+00:00"), micros("9999-12-31T23:59:59.999999+00:00")]
+    table = visit_table([visit(i, at) for i, at in enumerate(instants)])
+    keys = sinks._destination_keys(table, 1).to_pylist()
+    assert [sinks._destination("visit", k, 1)[1] for k in keys] == [
+        partition_path("visit", at) for at in instants
+    ]
+
+
+@given(
+    st.lists(
+        st.one_of(st.none(), st.integers(-62_135_596_800_000_000, 253_402_300_799_999_999)),
+        min_size=1,
+        max_size=20,
+    ),
+    st.integers(1, 3),
+)
+def test_sorted_runs_agree_with_expiry_date(instants, cut):
+    rows = [visit(i, at) for i, at in enumerate(instants)]
+    tables = [visit_table(rows[k : k + cut]) for k in range(0, len(rows), cut)]
+    keys = [sinks._destination_keys(t, 1) for t in tables]
+    table, spans = sinks._sort_run(tables, keys)
+    assert [key for key, _offset, _size in spans] == sorted(
+        {k for ks in keys for k in ks.to_pylist()}
+    )
+    for key, offset, size in spans:
+        day = sinks._destination("visit", key, 1)[1].rsplit("=", 1)[1]
+        piece = table.slice(offset, size)
+        instants_here = piece.column("expires_at").cast(pa.int64()).to_pylist()
+        assert {expiry_date(at) for at in instants_here} == {day}
+        ids = piece.column("event_id").to_pylist()
+        assert ids == sorted(ids)  # stable: input order within a destination
+    assert sum(size for _key, _offset, size in spans) == len(instants)
+
+
+def test_write_tables_shards_by_event_id_crc32(tmp_path):
+    out = tmp_path / "sharded"
+    day = micros("2025-06-01T08:00:00+00:00")
+    rows = [visit(i, day) for i in range(200)] + [visit(1000 + i, None) for i in range(3)]
+    elements = [("visit", visit_table(rows[k : k + 23])) for k in range(0, len(rows), 23)]
+
+    def build(p):
+        _ = (
+            p
+            | beam.Create(elements)
+            | WriteTables(str(out), {"visit": VISIT_SCHEMA}, shards_per_partition=4, run_token="sh")
+        )
+
+    run(build, workers=2)
+    found = {}
+    for path in files_under(out, ".parquet"):
+        shard, shards = path.name.split("-")[1], path.name.split("-")[3]
+        assert shards == "00004"
+        for event_id in pq.read_table(path).column("event_id").to_pylist():
+            assert event_id not in found
+            found[event_id] = int(shard)
+    assert found == {r["event_id"]: zlib.crc32(r["event_id"].encode()) % 4 for r in rows}
+    day_files = partitions(out, ".parquet")[partition_path("visit", day)]
+    assert len(day_files) == 4  # 200 rows: every shard got some
+    # The shard of a row does not depend on how the rows were cut into tables.
+    assert sinks._row_shards(visit_table(rows), 4).to_pylist() == [
+        zlib.crc32(r["event_id"].encode()) % 4 for r in rows
+    ]
+
+
+def test_write_tables_unknown_category_fails(tmp_path):
+    elements = [
+        ("visit", visit_table([visit(1, None)])),
+        ("not_in_policy", visit_table([visit(2, None)])),
+    ]
+
+    def build(p):
+        _ = p | beam.Create(elements) | WriteTables(str(tmp_path), {"visit": VISIT_SCHEMA})
+
+    with pytest.raises(Exception, match=r"no schema for data_category 'not_in_policy'"):
+        run(build)
+    assert files_under(tmp_path, ".parquet") == []
+
+
+@pytest.mark.parametrize(
+    ("element", "message"),
+    [
+        (("visit", company_table([company(1, None)])), "does not have the category's Arrow schema"),
+        (
+            ("company", company_table([{**company(1, None), "data_category": "visit"}])),
+            "another data_category",
+        ),
+        (
+            # Arrow does not enforce a non-nullable field; the writer does.
+            (
+                "visit",
+                visit_table([visit(1, None)]).set_column(
+                    1, VISIT_ARROW.field(1), pa.nulls(1, VISIT_ARROW.field(1).type)
+                ),
+            ),
+            "column 'visited_at' is required",
+        ),
+        (("visit", [visit(1, None)]), "pyarrow.Table"),
+    ],
+)
+def test_write_tables_rejects_bad_tables(tmp_path, element, message):
+    dofn = _buffer_dofn(str(tmp_path / ".temp"), 1 << 20)
+    with pytest.raises((ValueError, TypeError), match=message):
+        _drain(dofn.process(element))
+
+
+def test_write_tables_construction_errors(tmp_path):
+    with pytest.raises(ValueError, match="buffer_bytes must be a positive int"):
+        WriteTables(str(tmp_path), SCHEMAS, buffer_bytes=0)
+    with pytest.raises(ValueError, match="at least one category"):
+        WriteTables(str(tmp_path), {})
+    odd = {
+        **VISIT_SCHEMA,
+        "fields": [*VISIT_SCHEMA["fields"][:-1], {"name": "expires_at", "type": "string"}],
+    }
+    with pytest.raises(ValueError, match="expires_at must be a timestamp"):
+        WriteTables(str(tmp_path), {"visit": odd})
+
+
+def test_write_tables_object_store_with_spills():
+    OBJECTS.clear()
+    root = "memstore://bucket/tables"
+    visits, companies, elements = _table_inputs()
+
+    def build(p):
+        _ = (
+            p
+            | beam.Create(elements)
+            | WriteTables(
+                root, SCHEMAS, formats=("parquet", "avro"), run_token="obj", buffer_bytes=1
+            )
+        )
+
+    result = run(build)
+    expected_dirs = {partition_path("visit", r["expires_at"]) for r in visits}
+    expected_dirs |= {partition_path("company", r["expires_at"]) for r in companies}
+    assert sorted(OBJECTS) == sorted(
+        f"{root}/{d}/part-00000-of-00001-obj{ext}"
+        for d in expected_dirs
+        for ext in (".parquet", ".avro")
+    )  # no temp object left
+    for rel_dir in expected_dirs:
+        category = rel_dir.split("/")[0].split("=")[1]
+        source, schema = (
+            (visits, VISIT_ARROW) if category == "visit" else (companies, COMPANY_ARROW)
+        )
+        expected = _expected_arrow_rows(
+            [r for r in source if partition_path(category, r["expires_at"]) == rel_dir], schema
+        )
+        table = pq.read_table(
+            pa.BufferReader(OBJECTS[f"{root}/{rel_dir}/part-00000-of-00001-obj.parquet"])
+        )
+        assert _by_id(table.to_pylist()) == expected
+        records = list(
+            fastavro.reader(io.BytesIO(OBJECTS[f"{root}/{rel_dir}/part-00000-of-00001-obj.avro"]))
+        )
+        assert _by_id(records) == expected
+    assert counters(result) == {"written.visit": len(visits), "written.company": len(companies)}
+    OBJECTS.clear()
+
+
+def test_write_tables_millis_fields_in_avro_and_parquet(tmp_path):
+    rows = [
+        {
+            "id": f"r{i}",
+            "at_ms": micros("1969-12-31T23:59:59.998500+00:00") + i,
+            "maybe_ms": None if i % 2 else micros("2025-01-01T23:30:00.123456+00:00"),
+            "at_us": micros("2025-01-01T23:30:00.123456+00:00") + i,
+            "day": i,
+        }
+        for i in range(4)
+    ]
+    table = to_arrow_table(rows, arrow_schema(MILLIS_SCHEMA))
+
+    def build(p):
+        _ = (
+            p
+            | beam.Create([("m", table)])
+            | WriteTables(
+                str(tmp_path), {"m": MILLIS_SCHEMA}, formats=("parquet", "avro"), run_token="ms"
+            )
+        )
+
+    run(build)
+    (avro_file,) = files_under(tmp_path, ".avro")
+    assert avro_file.parent.name == f"expiry_date={HIVE_NULL_PARTITION}"  # no expires_at
+    with open(avro_file, "rb") as fh:
+        records = list(fastavro.reader(fh))
+    assert [r["at_ms"] for r in records] == [
+        dt.datetime(1969, 12, 31, 23, 59, 59, 998000, tzinfo=dt.UTC)
+    ] * 4
+    assert records[0]["maybe_ms"] == dt.datetime(2025, 1, 1, 23, 30, 0, 123000, tzinfo=dt.UTC)
+    assert [r["at_us"] for r in records] == [as_utc(r["at_us"]) for r in rows]
+    (parquet_file,) = files_under(tmp_path, ".parquet")
+    assert pq.read_table(parquet_file).column("at_ms").cast(pa.int64()).to_pylist() == [
+        r["at_ms"] for r in rows
+    ]  # Parquet keeps microseconds

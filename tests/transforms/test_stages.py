@@ -46,7 +46,7 @@ def test_suppress_removes_contact_fields_of_restricted_regions(policy, corporate
     fn = SuppressRestrictedFn(forbidden_by_region([corporate]), policy.regions)
     fn.setup()
     record = visit(region, **CONTACT, company_name="ACME")
-    (out,) = fn.process(record)
+    ((out,),) = fn.process([record])
     assert not set(CONTACT) & out.keys()
     assert out["company_name"] == "ACME"
     assert record["contact_name"] == "Jane"  # input never mutated
@@ -55,7 +55,7 @@ def test_suppress_removes_contact_fields_of_restricted_regions(policy, corporate
 def test_suppress_keeps_unrestricted_contacts(policy, corporate):
     fn = SuppressRestrictedFn(forbidden_by_region([corporate]), policy.regions)
     fn.setup()
-    (out,) = fn.process(visit("OTHER", **CONTACT))
+    ((out,),) = fn.process([visit("OTHER", **CONTACT)])
     assert out["business_email"] == "jane@corp.example"
 
 
@@ -201,7 +201,7 @@ def test_property_suppressed_records_never_violate_the_region_rule(
     fn = SuppressRestrictedFn(forbidden_by_region([corporate]), policy.regions)
     fn.setup()
     record = {**visit(region), **contact, "company_country": company_country}
-    (out,) = fn.process(record)
+    ((out,),) = fn.process([record])
     found = _violations(policy, corporate, out)
     assert "forbidden_field" not in found
     has_contact = any(out.get(f) not in (None, "") for f in CONTACT_NAMES)

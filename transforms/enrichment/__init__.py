@@ -22,6 +22,7 @@ in the bundle's thread, turns it into counters.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,6 +93,12 @@ def parse_ip(value: object) -> IpAddress | None:
     """
     if not isinstance(value, str):
         return None
+    return _parse_ip(value)
+
+
+@functools.lru_cache(maxsize=131072)
+def _parse_ip(value: str) -> IpAddress | None:
+    """Cached (addresses repeat; the objects are immutable)."""
     try:
         address = ipaddress.ip_address(value.strip())
     except ValueError:
@@ -111,9 +118,9 @@ def clean_value(value: object) -> str | None:
         return None
     if isinstance(value, str):
         text = value.strip()
-    elif isinstance(value, int | float):
+    elif isinstance(value, (int, float)):
         text = str(value)
-    elif isinstance(value, list | tuple):
+    elif isinstance(value, (list, tuple)):
         parts = [clean_value(v) for v in value]
         text = ", ".join(p for p in parts if p)
     else:

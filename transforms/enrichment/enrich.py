@@ -32,7 +32,7 @@ from the input), ``enrichment.company_country_restricted``, ``enrichment.cache_h
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import apache_beam as beam
@@ -43,7 +43,7 @@ from apache_beam.io.requestresponse import (
 )
 from apache_beam.transforms.enrichment import Enrichment, EnrichmentSourceHandler
 
-from transforms.counters import counter
+from transforms.batches import BATCH_SIZE, CounterTally, Rebatch, Unbatch
 from transforms.enrichment import (
     FAILED,
     MATCHED,
@@ -65,17 +65,11 @@ __all__ = [
 
 COMPANY_COUNTRY_FIELD = "company_country"
 
-_CALLS = counter("enrichment.calls")
-_MATCHED = counter("enrichment.matched")
-_NO_MATCH = counter("enrichment.no_match")
-_FAILED = counter("enrichment.failed")
-_INVALID_IP = counter("enrichment.invalid_ip")
-_CONTACT_BLOCKED = counter("enrichment.contact_blocked")
-_CONTACT_DISCARDED = counter("enrichment.contact_fields_discarded")
-_COMPANY_COUNTRY_RESTRICTED = counter("enrichment.company_country_restricted")
-_CACHE_HITS = counter("enrichment.cache_hits")
-_RETRIES = counter("enrichment.retries")
-_STATUS_COUNTERS = {MATCHED: _MATCHED, NO_MATCH: _NO_MATCH, FAILED: _FAILED}
+_STATUS_COUNTERS = {
+    MATCHED: "enrichment.matched",
+    NO_MATCH: "enrichment.no_match",
+    FAILED: "enrichment.failed",
+}
 
 
 def _is_empty(value: object) -> bool:
@@ -136,41 +130,72 @@ class JoinAroundDeal:
         self.company_fields = tuple(company_fields)
         self.contact_fields = tuple(contact_fields)
         self._contact_set = frozenset(self.contact_fields)
+        self._company_set = frozenset(self.company_fields)
+        self._no_company = dict.fromkeys(self.company_fields)
         self.rule = _CountryRule(eea_uk)
 
     def __call__(self, request: dict[str, Any], response: Any) -> dict[str, Any]:
+        """The per-record ``join_fn``."""
+        return self.batch([request], [response])[0]
+
+    def batch(self, requests: list[dict[str, Any]], responses: list[Any]) -> list[dict[str, Any]]:
+        """The ``join_fn`` of a whole batch (see :class:`EnrichAroundDeal`): new records, in
+        order; counters are added once per batch."""
+        tally = CounterTally()
+        joined = [
+            self._join(request, response, tally)
+            for request, response in zip(requests, responses, strict=True)
+        ]
+        tally.flush()
+        return joined
+
+    def _join(self, request: dict[str, Any], response: Any, tally: CounterTally) -> dict[str, Any]:
         restricted = is_restricted(request)
         result = _as_result(response, restricted)
-        _STATUS_COUNTERS.get(result.status, _FAILED).inc()
+        tally.add(_STATUS_COUNTERS.get(result.status, "enrichment.failed"))
         if result.source_calls:
-            _CALLS.inc(result.source_calls)
+            tally.add("enrichment.calls", result.source_calls)
         if result.retries:
-            _RETRIES.inc(result.retries)
+            tally.add("enrichment.retries", result.retries)
         if result.cache_hit:
-            _CACHE_HITS.inc()
+            tally.add("enrichment.cache_hits")
         if result.invalid_ip:
-            _INVALID_IP.inc()
+            tally.add("enrichment.invalid_ip")
         if restricted and not result.invalid_ip:
-            _CONTACT_BLOCKED.inc()
+            tally.add("enrichment.contact_blocked")
         discarded = result.contact_fields_discarded
 
         fields = result.fields if result.status == MATCHED else {}
-        record: dict[str, Any] = {}
-        for key, value in request.items():
-            if restricted and key in self._contact_set:
-                # Should already be gone (SuppressRestrictedContacts); never kept regardless.
-                discarded += not _is_empty(value)
-                continue
-            record[key] = value
-        for name in self.company_fields:
-            if _is_empty(record.get(name)):
-                record[name] = clean_value(fields.get(name))
+        if restricted:
+            # Contact fields should already be gone (SuppressRestrictedContacts); never kept.
+            contact = self._contact_set
+            record = {k: v for k, v in request.items() if k not in contact}
+            discarded += sum(not _is_empty(request[k]) for k in contact.intersection(request))
+        else:
+            record = dict(request)
+        if not fields and self._company_set.isdisjoint(record):
+            record.update(self._no_company)  # the common case: nothing to fill, nothing found
+        else:
+            for name in self.company_fields:
+                value = record.get(name)
+                if value is None or _is_empty(value):
+                    record[name] = clean_value(fields.get(name)) if fields else None
+        if fields:
+            discarded += self._add_contacts(record, fields, restricted)
+        if discarded:
+            tally.add("enrichment.contact_fields_discarded", discarded)
+        return record
 
+    def _add_contacts(
+        self, record: dict[str, Any], fields: Mapping[str, Any], restricted: bool
+    ) -> int:
+        """Adds the response's contact fields where allowed; the number of values discarded."""
         contact_allowed = (
             not restricted
             and self.rule.allowed(fields.get(COMPANY_COUNTRY_FIELD))
             and not self.rule.restricted(record.get(COMPANY_COUNTRY_FIELD))
         )
+        discarded = 0
         for name in self.contact_fields:
             value = clean_value(fields.get(name))
             if value is None:
@@ -179,9 +204,7 @@ class JoinAroundDeal:
                 discarded += 1
             elif _is_empty(record.get(name)):
                 record[name] = value
-        if discarded:
-            _CONTACT_DISCARDED.inc(discarded)
-        return record
+        return discarded
 
 
 class RestrictContactsByCompanyCountry:
@@ -192,13 +215,67 @@ class RestrictContactsByCompanyCountry:
         self.rule = _CountryRule(eea_uk)
 
     def __call__(self, record: dict[str, Any]) -> dict[str, Any]:
+        return self.batch([record])[0]
+
+    def batch(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The rule over a batch: records it does not touch are passed on as they are."""
+        tally = CounterTally()
+        out = [self._one(record, tally) for record in records]
+        tally.flush()
+        return out
+
+    def _one(self, record: dict[str, Any], tally: CounterTally) -> dict[str, Any]:
         if not self.rule.restricted(record.get(COMPANY_COUNTRY_FIELD)):
             return record
-        _COMPANY_COUNTRY_RESTRICTED.inc()
+        tally.add("enrichment.company_country_restricted")
         removed = sum(1 for k, v in record.items() if k in self.contact_fields and not _is_empty(v))
         if removed:
-            _CONTACT_DISCARDED.inc(removed)
+            tally.add("enrichment.contact_fields_discarded", removed)
         return {k: v for k, v in record.items() if k not in self.contact_fields}
+
+
+class _WholeBatch(EnrichmentSourceHandler[Any, Any]):
+    """Makes one Enrichment call of a whole batch of records: ``batch -> (batch, responses)``.
+
+    The batches already exist (``transforms.batches``), so Enrichment must not batch again; the
+    wrapped handler sees its own request size (``batch_size`` records per HTTP request).
+    """
+
+    def __init__(self, handler: EnrichmentSourceHandler, max_records: int) -> None:
+        self.handler = handler
+        self.max_records = max_records
+
+    def __enter__(self) -> _WholeBatch:
+        self.handler.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.handler.__exit__(*exc)
+
+    def __str__(self) -> str:
+        return str(self.handler)
+
+    def batch_elements_kwargs(self) -> Mapping[str, Any]:
+        return {}
+
+    def _chunk(self) -> int:
+        return getattr(self.handler, "batch_size", 0) or self.max_records
+
+    def max_call_seconds(self) -> float:
+        """The handler's bound for one call, times the calls one batch can need."""
+        max_call = getattr(self.handler, "max_call_seconds", None)
+        per_call = float(max_call()) if callable(max_call) else float(DEFAULT_TIMEOUT_SECS)
+        return per_call * max(1, -(-self.max_records // self._chunk()))
+
+    def get_cache_key(self, request: Any) -> str:
+        return self.handler.get_cache_key(request)
+
+    def __call__(self, batch: list[dict[str, Any]], *args: Any, **kwargs: Any) -> Any:
+        size = self._chunk()
+        responses = []
+        for start in range(0, len(batch), size):
+            responses.extend(response for _, response in self.handler(batch[start : start + size]))
+        return batch, responses
 
 
 class _NoThrottle(PreCallThrottler):
@@ -215,7 +292,9 @@ class EnrichAroundDeal(beam.PTransform):
       company_fields, contact_fields: from the policy.
       eea_uk: ISO codes of the EEA/UK set (the project's own list, from the policy).
 
-    Input and output: ``PCollection[dict]``, one output record per input record.
+    Input and output: ``PCollection[dict]``, one output record per input record; with
+    ``batched``, batches of records (``transforms.batches``): each batch is one Enrichment
+    request, which the handler serves in requests of its own ``batch_size``.
     """
 
     def __init__(
@@ -224,8 +303,11 @@ class EnrichAroundDeal(beam.PTransform):
         company_fields: Iterable[str],
         contact_fields: Iterable[str],
         eea_uk: frozenset[str],
+        *,
+        batched: bool = False,
     ) -> None:
         super().__init__()
+        self._batched = batched
         self._handler = handler
         self._company_fields = tuple(company_fields)
         self._contact_fields = tuple(contact_fields)
@@ -234,21 +316,20 @@ class EnrichAroundDeal(beam.PTransform):
         self._join = JoinAroundDeal(self._company_fields, self._contact_fields, self._eea_uk)
         self._restrict = RestrictContactsByCompanyCountry(self._contact_fields, self._eea_uk)
 
-    def _timeout(self) -> float:
-        max_call = getattr(self._handler, "max_call_seconds", None)
-        return float(max_call()) if callable(max_call) else float(DEFAULT_TIMEOUT_SECS)
-
     def expand(self, records: beam.PCollection) -> beam.PCollection:
+        batches = records if self._batched else records | "Batch" >> Rebatch()
         if self._handler is not None:
-            records = records | "Lookup" >> Enrichment(
-                self._handler,
-                join_fn=self._join,
+            lookup = _WholeBatch(self._handler, BATCH_SIZE)
+            batches = batches | "Lookup" >> Enrichment(
+                lookup,
+                join_fn=self._join.batch,
                 use_custom_types=True,
-                timeout=self._timeout(),
+                timeout=lookup.max_call_seconds(),
                 repeater=NoOpsRepeater(),
                 throttler=_NoThrottle(),
             )
-        return records | "RestrictByCompanyCountry" >> beam.Map(self._restrict)
+        restricted = batches | "RestrictByCompanyCountry" >> beam.Map(self._restrict.batch)
+        return restricted if self._batched else restricted | "Unbatch" >> Unbatch()
 
 
 def build_handler(

@@ -17,6 +17,7 @@ the matching row are never read for them.
 from __future__ import annotations
 
 import csv
+import functools
 import ipaddress
 import logging
 import threading
@@ -259,6 +260,10 @@ def _shared_snapshot(
         return snapshot
 
 
+# Entries of the per-handler memo of lookups (address, restricted) -> result.
+MEMO_SIZE = 131072
+
+
 class SnapshotHandler(EnrichmentSourceHandler[Any, Any]):
     """Looks visit records up in an offline AroundDeal snapshot (see the module docstring).
 
@@ -292,18 +297,23 @@ class SnapshotHandler(EnrichmentSourceHandler[Any, Any]):
         self.contact_fields = tuple(contact_fields)
         self.batch_size = batch_size
         self._snapshot: _Snapshot | None = None
+        self._memo: Any = None
 
     def __enter__(self) -> SnapshotHandler:
         self._snapshot = _shared_snapshot(self.path, self.company_fields, self.contact_fields)
+        # The snapshot does not change during the run, so the result for an address is a pure
+        # function of (address, restricted): memoised, since visitors' addresses repeat.
+        self._memo = functools.lru_cache(maxsize=MEMO_SIZE)(self._lookup_address)
         return self
 
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> None:
         # The index is shared by the process; this instance only lets go of its reference.
         self._snapshot = None
+        self._memo = None
 
     def __getstate__(self) -> dict[str, Any]:
         # Never ship the index inside the pickled handler: workers load it themselves.
-        return {**self.__dict__, "_snapshot": None}
+        return {**self.__dict__, "_snapshot": None, "_memo": None}
 
     def __str__(self) -> str:
         # RequestResponseIO names its metrics namespace after str(caller).
@@ -331,8 +341,14 @@ class SnapshotHandler(EnrichmentSourceHandler[Any, Any]):
 
     def _lookup(self, record: dict[str, Any]) -> LookupResult:
         assert self._snapshot is not None
+        ip = record.get(IP_FIELD)
         restricted = is_restricted(record)
-        address = parse_ip(record.get(IP_FIELD))
+        if not isinstance(ip, str):
+            return LookupResult(NO_MATCH, contact_requested=not restricted, invalid_ip=True)
+        return self._memo(ip, restricted)
+
+    def _lookup_address(self, ip: str, restricted: bool) -> LookupResult:
+        address = parse_ip(ip)
         if address is None:
             return LookupResult(NO_MATCH, contact_requested=not restricted, invalid_ip=True)
         hit = self._snapshot.index.lookup(address)

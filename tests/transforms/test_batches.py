@@ -1,0 +1,226 @@
+"""Batches: a stage over a batch rejects records one by one; the batched reader reads every line
+once; the table tagger writes what the row tagger would."""
+
+from __future__ import annotations
+
+import gzip
+
+import apache_beam as beam
+import pyarrow as pa
+import pytest
+from apache_beam.io.filesystem import FileMetadata
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from schemas.arrow import arrow_schema, to_arrow_table
+from schemas.avro import category_columns, output_schema
+from transforms.batches import ApplyStage, RecordStage
+from transforms.deadletter import DEAD_LETTER_TAG, RecordError
+from transforms.read import ReadRecords, byte_ranges, read_line_batches
+from transforms.tag import CategoryOutput, TagFn, Tagger
+
+T = 1_790_000_000 * 1_000_000
+
+
+class _Halve(RecordStage):
+    """Halves even numbers; rejects odd ones; crashes on zero."""
+
+    stage = "halve"
+
+    def one(self, n):
+        if n == 0:
+            raise ZeroDivisionError("secret value 0")
+        if n % 2:
+            raise RecordError("odd", raw=f"withheld-{n}", event_id=f"n{n}")
+        self.tally.add("halved")
+        return n // 2
+
+
+def _run(fn, batch):
+    fn.setup()
+    good, dead = [], []
+    for out in fn.process(batch):
+        if isinstance(out, beam.pvalue.TaggedOutput):
+            assert out.tag == DEAD_LETTER_TAG
+            dead.append(out.value)
+        else:
+            good.append(out)
+    return good, dead
+
+
+def test_a_stage_rejects_records_one_by_one_and_keeps_the_rest(dl_context):
+    good, dead = _run(_Halve(dl_context), [4, 3, 0, 8])
+    assert good == [[2, 4]]  # one output batch, in order
+    assert [(d["error"], d["event_id"], d["raw"]) for d in dead if "event_id" in d] == [
+        ("odd", "n3", "withheld-3")
+    ]
+    (crash,) = [d for d in dead if "event_id" not in d]
+    assert crash["error"] == "unexpected_error:ZeroDivisionError"
+    assert "secret" not in crash["raw"] and crash["stage"] == "halve"
+
+
+def test_a_stage_without_dead_letters_lets_exceptions_through():
+    with pytest.raises(ZeroDivisionError):
+        _run(_Halve(), [2, 0])
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_apply_stage_per_record_and_batched(dl_context, batched):
+    elements = [[2, 3, 4], [6, 0]] if batched else [2, 3, 4, 6, 0]
+    with TestPipeline(runner="FnApiRunner") as p:
+        good, dead = p | beam.Create(elements) | ApplyStage(_Halve(dl_context), batched=batched)
+        flat = good | "Flat" >> beam.FlatMap(lambda b: b) if batched else good
+        assert_that(flat, equal_to([1, 2, 3]), label="Good")
+        assert_that(
+            dead | beam.Map(lambda d: d["error"]),
+            equal_to(["odd", "unexpected_error:ZeroDivisionError"]),
+            label="Dead",
+        )
+
+
+class _FailsOutsideTheLoop(RecordStage):
+    stage = "broken"
+
+    def process(self, batch):
+        raise RuntimeError("the whole batch")
+
+
+def test_a_failed_batch_is_one_dead_letter_per_record(dl_context):
+    records = [{"event_id": "a"}, {"event_id": "b"}]
+    with TestPipeline(runner="FnApiRunner") as p:
+        _good, dead = (
+            p | beam.Create([records]) | ApplyStage(_FailsOutsideTheLoop(dl_context), batched=True)
+        )
+        assert_that(
+            dead | beam.Map(lambda d: (d["event_id"], d["error"])),
+            equal_to(
+                [("a", "unexpected_error:RuntimeError"), ("b", "unexpected_error:RuntimeError")]
+            ),
+        )
+
+
+# ------------------------------------------------------------------------------- reading
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lines=st.lists(st.binary(max_size=12).map(lambda b: b.replace(b"\n", b"")), max_size=30),
+    chunk=st.integers(min_value=1, max_value=64),
+    final_newline=st.booleans(),
+    batch_size=st.integers(min_value=1, max_value=5),
+)
+def test_byte_ranges_read_every_line_exactly_once(
+    tmp_path_factory, lines, chunk, final_newline, batch_size
+):
+    data = b"\n".join(lines) + (b"\n" if final_newline and lines else b"")
+    path = tmp_path_factory.mktemp("ranges") / "in.jsonl"
+    path.write_bytes(data)
+    meta = FileMetadata(str(path), len(data))
+    read = []
+    for p, start, end in byte_ranges(meta, "jsonl", chunk):
+        with open(p, "rb") as fh:
+            for batch in read_line_batches(fh, start, end, batch_size):
+                assert 1 <= len(batch) <= batch_size
+                read.extend(batch)
+    # The lines without their ending ("\n" or "\r\n"), no extra line after a final newline.
+    expected = data.split(b"\n")
+    last = expected.pop()
+    expected = [line[:-1] if line.endswith(b"\r") else line for line in expected]
+    if last:
+        expected.append(last)
+    assert read == expected
+
+
+def test_a_compressed_file_is_one_range(tmp_path):
+    path = tmp_path / "in.jsonl.gz"
+    path.write_bytes(gzip.compress(b"a\nb\n"))
+    meta = FileMetadata(str(path), 10**9)
+    assert list(byte_ranges(meta, "jsonl", 1)) == [(str(path), 0, None)]
+
+
+def test_batched_read_matches_the_per_line_read(tmp_path):
+    lines = [f'{{"n": {i}}}'.encode() for i in range(500)] + [b"", b"\xff\xfe"]
+    (tmp_path / "a.jsonl").write_bytes(b"\n".join(lines[:300]) + b"\n")
+    (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(b"\n".join(lines[300:])))
+    pattern = str(tmp_path / "*.jsonl*")
+    with TestPipeline(runner="FnApiRunner") as p:
+        batched = (
+            p
+            | "Batched" >> ReadRecords(pattern, batched=True, chunk_bytes=512, batch_size=7)
+            | beam.FlatMap(lambda b: b)
+        )
+        single = p | "Single" >> ReadRecords(pattern)
+        assert_that(batched, equal_to(lines), label="BatchedAll")
+        assert_that(single, equal_to(lines), label="SingleAll")
+
+
+def test_batched_read_of_no_file_fails(tmp_path):
+    pipeline = TestPipeline(runner="FnApiRunner")
+    _ = pipeline | ReadRecords(str(tmp_path / "missing-*.jsonl"), batched=True)
+    with pytest.raises(Exception, match=r"Empty match"):
+        pipeline.run().wait_until_finish()
+
+
+# ------------------------------------------------------------------------------- tagging
+
+_CONTACT_VALUES = st.one_of(st.none(), st.just(""), st.text(max_size=5))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {
+                "event_id": st.text(min_size=1, max_size=8),
+                "region": st.sampled_from(["OTHER", "EEA_UK", "UNKNOWN"]),
+                "visited_at": st.integers(min_value=0, max_value=T),
+                "company_name": _CONTACT_VALUES,
+                "business_email": _CONTACT_VALUES,
+                "linkedin_url": _CONTACT_VALUES,
+            }
+        ),
+        max_size=12,
+    )
+)
+def test_the_table_tagger_writes_what_the_row_tagger_would(policy, records):
+    category = policy.category("corporate_visitor_info")
+    schema = arrow_schema(output_schema("corporate_visitor_info"))
+    tagger = Tagger(category, category_columns("corporate_visitor_info"), policy.version)
+    fresh = Tagger(category, category_columns("corporate_visitor_info"), policy.version)
+    rows = [fresh.row(r) for r in records]  # a fresh tagger: nothing memoised across records
+    table = tagger.table(records, [tagger.tags(r) for r in records], schema)
+    assert table.equals(to_arrow_table(rows, schema))
+
+
+def test_tag_fn_builds_tables_and_dead_letters_what_a_table_cannot_hold(policy, dl_context):
+    schemas = {"website_visit": arrow_schema(output_schema("website_visit"))}
+    fn = TagFn(
+        policy,
+        (CategoryOutput("website_visit", category_columns("website_visit")),),
+        dl_context,
+        schemas=schemas,
+    )
+    good = {"event_id": "ok", "ip": "1.2.3.4", "visited_at": T, "region": "OTHER"}
+    bad = {**good, "event_id": "bad", "url": 12}  # not a string: the table cannot hold it
+    no_time = {**good, "event_id": "no-time", "visited_at": None}
+    fn.setup()
+    outs = list(fn.process([good, bad, no_time]))
+    tables = [o for o in outs if not isinstance(o, beam.pvalue.TaggedOutput)]
+    dead = sorted(
+        (o.value["event_id"], o.value["error"])
+        for o in outs
+        if isinstance(o, beam.pvalue.TaggedOutput)
+    )
+    assert dead == [
+        ("bad", "unexpected_error:ValueError"),
+        ("no-time", "unexpected_error:ValueError"),
+    ]
+    ((category, table),) = tables
+    assert category == "website_visit" and isinstance(table, pa.Table)
+    assert table.column("event_id").to_pylist() == ["ok"]
+    assert (
+        table.column("expires_at").to_pylist()[0].timestamp() * 1_000_000
+        == T + 180 * 86_400 * 10**6
+    )
