@@ -36,6 +36,8 @@ setup(
         "google-api-core>=2,<3",
         "geoip2>=4.8",
         "maxminddb>=2.5",
+        # JSON Lines decoding is the parser's largest cost: orjson is ~4x faster than json.
+        "orjson>=3.9",
         "pyarrow>=14",
         "pyyaml>=6",
         "requests>=2.31",

@@ -21,6 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import apache_beam as beam
+import orjson
 
 from schemas.avro import FieldSpec
 from schemas.policy import Policy
@@ -52,9 +53,14 @@ def decode_json_line(line: bytes | str) -> dict[str, Any]:
     if not line.strip():
         raise RecordError("empty_line")
     try:
-        obj = json.loads(line)
-    except ValueError:
-        raise RecordError("invalid_json") from None
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        # orjson is stricter than json (NaN, lone surrogates, integers beyond 64 bits): json,
+        # the contract's reference, has the last word on what a valid line is.
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            raise RecordError("invalid_json") from None
     if not isinstance(obj, dict):
         raise RecordError("not_an_object")
     return obj

@@ -69,23 +69,45 @@ def _strip_newline(line: bytes) -> bytes:
     return line
 
 
+def _in_batches(lines: list[bytes], batch_size: int) -> Iterator[Batch]:
+    for first in range(0, len(lines), batch_size):
+        yield lines[first : first + batch_size]
+
+
 def read_line_batches(fh: Any, start: int, end: int | None, batch_size: int) -> Iterator[Batch]:
     """Batches of the lines that start in ``[start, end)`` of the open file ``fh`` (without
-    their line ending; blank lines included: Parse makes them dead letters)."""
+    their line ending; blank lines included: Parse makes them dead letters).
+
+    A bounded range is read in one piece and split in C (``bytes.split``): a Python loop per
+    line costs more than the rest of reading. ``end`` None (a compressed file) streams.
+    """
     if start:
+        # The line in progress at ``start`` belongs to the range before (a line starting right
+        # at ``start`` follows the newline at ``start - 1`` and is ours).
         fh.seek(start - 1)
-        position = (
-            start - 1 + len(fh.readline())
-        )  # the line in progress belongs to the range before
+        position = start - 1 + len(fh.readline())
     else:
         position = 0
+    if end is None:
+        yield from _stream_line_batches(fh, batch_size)
+        return
+    if position >= end:
+        return
+    data = fh.read(end - position)
+    if data and not data.endswith(b"\n"):
+        data += fh.readline()  # the last line starts in the range: read it to its end
+    lines = data.split(b"\n")
+    unterminated = lines.pop()  # b"" after a final newline, else the file's last line
+    if b"\r" in data:
+        lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
+    if unterminated:
+        lines.append(unterminated)
+    yield from _in_batches(lines, batch_size)
+
+
+def _stream_line_batches(fh: Any, batch_size: int) -> Iterator[Batch]:
     batch: Batch = []
-    readline = fh.readline
-    while end is None or position < end:
-        line = readline()
-        if not line:
-            break
-        position += len(line)
+    for line in iter(fh.readline, b""):
         batch.append(_strip_newline(line))
         if len(batch) >= batch_size:
             yield batch

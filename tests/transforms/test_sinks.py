@@ -31,7 +31,6 @@ from hypothesis import strategies as st
 
 from schemas.arrow import arrow_schema, to_arrow_table
 from tests.support.objectstore import OBJECTS  # registers the memstore:// filesystem
-from transforms import sinks
 from transforms.sinks import (
     HIVE_NULL_PARTITION,
     JsonLinesSink,
@@ -46,6 +45,9 @@ from transforms.sinks import (
     micros_to_iso,
     partition_path,
 )
+from transforms.sinks.files import _AvroFile
+from transforms.sinks.runs import _destination, _destination_keys, _row_shards, _sort_run
+from transforms.sinks.tables import _BufferPartitions, _Compact, _remove_temp_files
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 TS = {"type": "long", "logicalType": "timestamp-micros"}
@@ -305,7 +307,7 @@ def test_avro_writer_writes_blocks_and_converts_millis(tmp_path):
     table = to_arrow_table(rows, arrow_schema(MILLIS_SCHEMA))
     path = tmp_path / "direct.avro"
     with open(path, "wb") as fh:
-        writer = sinks._AvroFile(fh, MILLIS_SCHEMA, sync_interval=64)
+        writer = _AvroFile(fh, MILLIS_SCHEMA, sync_interval=64)
         writer.write(table.slice(0, 20))
         writer.write(table.slice(20).to_batches()[0])  # tables and record batches alike
         writer.close()
@@ -897,8 +899,8 @@ def _drain(results) -> list:
     return list(results or ())
 
 
-def _buffer_dofn(temp_dir: str, buffer_bytes: int, shards: int = 1) -> sinks._BufferPartitions:
-    dofn = sinks._BufferPartitions(SCHEMAS, shards, temp_dir, buffer_bytes)
+def _buffer_dofn(temp_dir: str, buffer_bytes: int, shards: int = 1) -> _BufferPartitions:
+    dofn = _BufferPartitions(SCHEMAS, shards, temp_dir, buffer_bytes)
     dofn.setup()
     dofn.start_bundle()
     return dofn
@@ -959,7 +961,7 @@ def test_buffer_partitions_spills_sorted_runs_within_budget(tmp_path):
     big = next(dest for dest, _run in emitted if dest[1] == big_dir)
     slices = [run for dest, run in emitted if dest == big]
     out = tmp_path / "out"
-    compact = sinks._Compact(
+    compact = _Compact(
         str(out), temp_dir, "cmp", SCHEMAS, ("parquet", "avro"), "zstd", "deflate", 256
     )
     compact.setup()
@@ -986,7 +988,7 @@ def test_buffer_partitions_spills_sorted_runs_within_budget(tmp_path):
         list(compact.process((big, slices)))
     assert all(p.suffix == ".arrow" for p in Path(temp_dir).iterdir())
     # Once every destination is written, the temp files and their directory go.
-    sinks._remove_temp_files(1, temp_dir)
+    _remove_temp_files(1, temp_dir)
     assert not Path(temp_dir).exists()
 
 
@@ -996,8 +998,8 @@ def test_destination_keys_match_partition_path():
     instants = [micros(iso) for iso, _day in BOUNDARIES] + [None, 0, -1, 1, DAY_US, -DAY_US]
     instants += [micros("0001-01-01T00:00:00+00:00"), micros("9999-12-31T23:59:59.999999+00:00")]
     table = visit_table([visit(i, at) for i, at in enumerate(instants)])
-    keys = sinks._destination_keys(table, 1).to_pylist()
-    assert [sinks._destination("visit", k, 1)[1] for k in keys] == [
+    keys = _destination_keys(table, 1).to_pylist()
+    assert [_destination("visit", k, 1)[1] for k in keys] == [
         partition_path("visit", at) for at in instants
     ]
 
@@ -1013,13 +1015,13 @@ def test_destination_keys_match_partition_path():
 def test_sorted_runs_agree_with_expiry_date(instants, cut):
     rows = [visit(i, at) for i, at in enumerate(instants)]
     tables = [visit_table(rows[k : k + cut]) for k in range(0, len(rows), cut)]
-    keys = [sinks._destination_keys(t, 1) for t in tables]
-    table, spans = sinks._sort_run(tables, keys)
+    keys = [_destination_keys(t, 1) for t in tables]
+    table, spans = _sort_run(tables, keys)
     assert [key for key, _offset, _size in spans] == sorted(
         {k for ks in keys for k in ks.to_pylist()}
     )
     for key, offset, size in spans:
-        day = sinks._destination("visit", key, 1)[1].rsplit("=", 1)[1]
+        day = _destination("visit", key, 1)[1].rsplit("=", 1)[1]
         piece = table.slice(offset, size)
         instants_here = piece.column("expires_at").cast(pa.int64()).to_pylist()
         assert {expiry_date(at) for at in instants_here} == {day}
@@ -1053,7 +1055,7 @@ def test_write_tables_shards_by_event_id_crc32(tmp_path):
     day_files = partitions(out, ".parquet")[partition_path("visit", day)]
     assert len(day_files) == 4  # 200 rows: every shard got some
     # The shard of a row does not depend on how the rows were cut into tables.
-    assert sinks._row_shards(visit_table(rows), 4).to_pylist() == [
+    assert _row_shards(visit_table(rows), 4).to_pylist() == [
         zlib.crc32(r["event_id"].encode()) % 4 for r in rows
     ]
 

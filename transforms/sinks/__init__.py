@@ -1,0 +1,105 @@
+"""Hive-partitioned sinks: the last step of every pipeline.
+
+Layout under the output directory (DESIGN.md section 3)::
+
+    data_category=<category>/expiry_date=<YYYY-MM-DD>/part-<shard>-of-<n>-<token>.parquet|.avro
+    data_category=<category>/expiry_date=__HIVE_DEFAULT_PARTITION__/...   (expires_at is None)
+    _dead_letter/source=<source>/expiry_date=<YYYY-MM-DD>/part-<shard>-of-<n>-<token>.jsonl
+
+Why partition by expiry date: retention is enforced by deleting whole directories
+(``pipelines.purge``), never by rewriting files, so every file must hold rows that expire
+on the same UTC day. ``expiry_date`` is the UTC calendar date of ``expires_at`` (int epoch
+microseconds); open-ended retention (``expires_at`` None) goes to Hive's null partition.
+
+How files are bounded (DESIGN.md section 5): a destination is ``(partition, shard)``, the
+shard a CRC32 of the row's ``event_id`` (always 0 with one shard per partition, the default),
+and every destination gets exactly one file per format per run, whatever the bundling of the
+runner; a given row always lands in the same shard.
+
+The data is written columnar (:class:`WriteTables`; :class:`WritePartitioned` turns its rows
+into Arrow tables first), in two steps, so that memory stays flat however much data comes in:
+
+1. ``BufferPartitions`` computes the destination of every row with Arrow compute kernels (no
+   Python per row unless rows are sharded) and buffers the tables of the bundle. When they
+   hold half of ``buffer_bytes`` (64 MiB by default; sorting them makes a copy of the same
+   size), and at the end of the bundle, it sorts them by destination (one sort, one ``take``)
+   and spills them as one Arrow IPC file per category, a *sorted run* under
+   ``<output_dir>/.temp-<token>-tables-<formats>/``, and emits ``(destination, (file, first
+   record batch, batch count))`` for every destination in the run.
+2. Only these references cross the ``GroupByKey`` (the previous design sent every *row*
+   through it: on the FnApiRunner a GroupByKey is held in memory, ~2 KB per row, 5 GiB at
+   1M rows). ``Compact`` then reads the batches of its destination from every run (IPC files
+   are random access: the other destinations' batches are not read) and streams them into
+   one final file per format: Parquet row groups of exactly ``row_group_size`` rows (small
+   pieces coalesced), Avro blocks via fastavro. The files are written in the temp directory
+   and renamed into the layout (the partition directory is created first where the file
+   system has directories; object stores need none). The temp directory is deleted once
+   every destination is written, so a retried ``Compact`` bundle finds its runs again.
+
+A worker therefore holds about ``buffer_bytes`` plus one row group per destination being
+compacted, whatever the input size; the shuffle is a few bytes per destination and run; and
+there is one temp file per category and run, not one per destination, which matters on
+object stores. The price is disk (or bucket) space: the runs, uncompressed Arrow, stay until
+the end of the write.
+
+Dead letters are few and keep the simpler row path (Beam's ``fileio.WriteToFiles`` with every
+record grouped by destination); two things ``WriteToFiles`` does not do on its own are
+handled there:
+
+- Its final rename does not create sub-directories and, on a hierarchical file system,
+  *swallows* the failed rename (the file silently stays in the temp directory). The file
+  naming therefore creates the partition directory through ``FileSystems.mkdirs`` (only
+  where ``has_dirs()``; object stores need none), and every moved file is checked with
+  ``FileSystems.exists`` afterwards, so a lost file fails the pipeline loudly.
+- Its temp directory is left behind; it is removed once it is empty.
+
+File names carry a short run token so that a later run writing into the same partition
+(late events expire on the same day) adds files instead of overwriting earlier ones.
+
+Modules, each importing only those listed before it:
+
+- ``layout``: partition and dead-letter directories, file names, run tokens;
+- ``files``: the Parquet and Avro file writers and their codec checks;
+- ``runs``: destination keys of Arrow rows and the sorted runs (temp Arrow IPC files);
+- ``tables``: :class:`WriteTables` (buffer and spill, compact, clean up);
+- ``rows``: :class:`WritePartitioned` (row dicts to tables);
+- ``deadletters``: :class:`WriteDeadLetters` (JSON Lines through ``fileio.WriteToFiles``).
+"""
+
+from transforms.sinks.deadletters import (
+    JsonLinesSink,
+    WriteDeadLetters,
+    dead_letter_json,
+    dead_letter_reason,
+)
+from transforms.sinks.files import DEFAULT_PARQUET_CODEC, DEFAULT_ROW_GROUP_SIZE, ParquetSink
+from transforms.sinks.layout import (
+    DEAD_LETTER_DIR,
+    EXTENSIONS,
+    HIVE_NULL_PARTITION,
+    dead_letter_path,
+    expiry_date,
+    micros_to_iso,
+    partition_path,
+)
+from transforms.sinks.rows import WritePartitioned
+from transforms.sinks.tables import WriteTables
+
+__all__ = [
+    "DEAD_LETTER_DIR",
+    "DEFAULT_PARQUET_CODEC",
+    "DEFAULT_ROW_GROUP_SIZE",
+    "EXTENSIONS",
+    "HIVE_NULL_PARTITION",
+    "JsonLinesSink",
+    "ParquetSink",
+    "WriteDeadLetters",
+    "WritePartitioned",
+    "WriteTables",
+    "dead_letter_json",
+    "dead_letter_path",
+    "dead_letter_reason",
+    "expiry_date",
+    "micros_to_iso",
+    "partition_path",
+]

@@ -1,0 +1,402 @@
+"""``WriteTables``: ``(category, pyarrow.Table)`` elements to one file per partition and format.
+
+The two steps of the package docstring: ``BufferPartitions`` buffers a bundle's tables and
+spills them as sorted runs (``transforms.sinks.runs``); only references to the runs cross the
+``GroupByKey``; ``Compact`` streams each destination's slices into its final files
+(``transforms.sinks.files``) and renames them into the layout; the temp files go once every
+destination is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import apache_beam as beam
+import fastavro
+import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms.window import GlobalWindow, GlobalWindows
+
+from schemas.arrow import arrow_schema
+from transforms.counters import counter
+from transforms.sinks.files import (
+    DEFAULT_AVRO_CODEC,
+    DEFAULT_PARQUET_CODEC,
+    DEFAULT_ROW_GROUP_SIZE,
+    MIME_TYPES,
+    _AvroFile,
+    _check_avro_codec,
+    _check_parquet_codec,
+    _check_row_group_size,
+    _ParquetFile,
+)
+from transforms.sinks.layout import (
+    EXTENSIONS,
+    FORMATS,
+    Destination,
+    _check_shards,
+    _ensure_dir,
+    _new_token,
+    _part_name,
+)
+from transforms.sinks.runs import (
+    _IPC_EXTENSION,
+    RunSlice,
+    _destination,
+    _destination_keys,
+    _read_run,
+    _sort_run,
+    _write_run,
+)
+
+_LOG = logging.getLogger(__name__)
+
+# Bytes of Arrow data one BufferPartitions instance (one bundle) keeps before it spills.
+DEFAULT_BUFFER_BYTES = 64 * 1024 * 1024
+
+
+def _check_expires_at(schema: pa.Schema, category: str) -> None:
+    if "expires_at" not in schema.names:
+        return
+    kind = schema.field("expires_at").type
+    if not (pa.types.is_timestamp(kind) or pa.types.is_integer(kind)):
+        raise ValueError(
+            f"category {category!r}: expires_at must be a timestamp (or int micros) column, "
+            f"got {kind}"
+        )
+
+
+def _no_schema(what: str, category: object, known: Iterable[str], detail: str) -> ValueError:
+    # Fail closed: the Guard dead-letters rows of unknown categories, so reaching here is a
+    # wiring bug; writing the rows with a guessed schema would be worse.
+    return ValueError(
+        f"{what}: no schema for data_category {category!r} (known: {sorted(known)}); {detail}"
+    )
+
+
+class _BufferPartitions(beam.DoFn):
+    """``(category, table)`` -> ``(destination, RunSlice)``; counts ``written.<category>``.
+
+    Buffers the tables of the bundle with their destination keys. Once they hold half of
+    ``buffer_bytes`` (sorting them makes a copy of the same size), and at the end of the
+    bundle, they are sorted by destination and spilled as one temp file per category (a
+    sorted run), which is emitted once per destination it holds.
+    """
+
+    def __init__(
+        self,
+        schemas: Mapping[str, Mapping[str, Any]],
+        shards: int,
+        temp_dir: str,
+        buffer_bytes: int,
+    ) -> None:
+        self.schemas = {category: dict(schema) for category, schema in schemas.items()}
+        self.shards = shards
+        self.temp_dir = temp_dir
+        self.buffer_bytes = buffer_bytes
+
+    def setup(self) -> None:
+        self._arrow = {c: arrow_schema(s) for c, s in self.schemas.items()}
+        self._counters: dict[str, Any] = {}
+
+    def start_bundle(self) -> None:
+        # category -> ([tables], [keys]); the bytes of Arrow data they hold
+        self._buffer: dict[str, tuple[list[pa.Table], list[pa.ChunkedArray]]] = {}
+        self.held = 0
+        # Runs named <bundle>-<sequence>: Compact reads them in name order, so the rows of a
+        # bundle keep their order in the final file.
+        self._bundle = uuid.uuid4().hex
+        self._runs = 0
+
+    def process(self, element: tuple[str, pa.Table]):
+        category, table = element
+        schema = self._arrow.get(category) if isinstance(category, str) else None
+        if schema is None:
+            rows = getattr(table, "num_rows", "?")
+            raise _no_schema("WriteTables", category, self._arrow, f"{rows} rows")
+        table = self._check(category, table, schema)
+        written = self._counters.get(category)
+        if written is None:
+            written = self._counters[category] = counter(f"written.{category}")
+        written.inc(table.num_rows)
+        if table.num_rows == 0:
+            return
+        tables, keys = self._buffer.setdefault(category, ([], []))
+        tables.append(table)
+        keys.append(_destination_keys(table, self.shards))
+        self.held += table.nbytes
+        if self.held * 2 > self.buffer_bytes:
+            yield from self._spill()
+
+    def _check(self, category: str, table: Any, schema: pa.Schema) -> pa.Table:
+        if isinstance(table, pa.RecordBatch):
+            table = pa.Table.from_batches([table])
+        if not isinstance(table, pa.Table):
+            raise TypeError(
+                f"WriteTables takes (category, pyarrow.Table) elements, got a "
+                f"{type(table).__name__} for {category!r}"
+            )
+        if not table.schema.equals(schema, check_metadata=False):
+            raise ValueError(
+                f"WriteTables: the table of {category!r} does not have the category's Arrow "
+                f"schema (schemas.arrow.arrow_schema):\n{table.schema}\nexpected:\n{schema}"
+            )
+        for field in schema:
+            if not field.nullable:
+                nulls = table.column(field.name).null_count
+                if nulls:
+                    raise ValueError(
+                        f"column {field.name!r} is required (non-null) but {nulls} of "
+                        f"{table.num_rows} rows have no value"
+                    )
+        if "data_category" in schema.names and table.num_rows:
+            same = pc.all(
+                pc.equal(table.column("data_category"), pa.scalar(category)), skip_nulls=False
+            ).as_py()
+            if not same:
+                raise ValueError(
+                    f"WriteTables: the table of {category!r} has rows of another data_category"
+                )
+        return table
+
+    def _spill(self):
+        buffered, self._buffer = self._buffer, {}
+        self.held = 0
+        while buffered:
+            category, (tables, keys) = buffered.popitem()
+            table, spans = _sort_run(tables, keys)
+            del tables[:], keys[:]  # the sorted copy is all that is needed now
+            name = f"{self._bundle}-{self._runs:06d}{_IPC_EXTENSION}"
+            self._runs += 1
+            path = FileSystems.join(self.temp_dir, name)
+            for key, first, count in _write_run(path, table, spans):
+                destination = _destination(category, key, self.shards)
+                yield GlobalWindows.windowed_value_at_end_of_window(
+                    (destination, (path, first, count))
+                )
+
+    def finish_bundle(self):
+        yield from self._spill()
+
+
+class _Compact(beam.DoFn):
+    """``(destination, [RunSlice])`` -> one final file per format, as ``FileResult``s.
+
+    Streams the destination's batches of every temp file into one writer per format, in the
+    temp directory; then creates the partition directory (where the file system has
+    directories) and renames the files into the layout. The temp files are only deleted
+    once every destination is written, so a retried bundle simply writes its files again.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        temp_dir: str,
+        token: str,
+        schemas: Mapping[str, Mapping[str, Any]],
+        formats: Sequence[str],
+        parquet_codec: str,
+        avro_codec: str,
+        row_group_size: int,
+    ) -> None:
+        self.output_dir = output_dir
+        self.temp_dir = temp_dir
+        self.token = token
+        self.schemas = {category: dict(schema) for category, schema in schemas.items()}
+        self.formats = tuple(formats)
+        self.parquet_codec = parquet_codec
+        self.avro_codec = avro_codec
+        self.row_group_size = row_group_size
+
+    def setup(self) -> None:
+        self._arrow: dict[str, pa.Schema] = {}
+        self._avro: dict[str, Any] = {}
+
+    def _writer(self, fmt: str, category: str, handle):
+        if fmt == "parquet":
+            if category not in self._arrow:
+                self._arrow[category] = arrow_schema(self.schemas[category])
+            return _ParquetFile(
+                handle, self._arrow[category], self.parquet_codec, self.row_group_size
+            )
+        if category not in self._avro:
+            self._avro[category] = fastavro.parse_schema(dict(self.schemas[category]))
+        return _AvroFile(
+            handle, self.schemas[category], self.avro_codec, parsed=self._avro[category]
+        )
+
+    def process(self, element: tuple[Destination, Iterable[RunSlice]]):
+        destination, runs = element
+        category, rel_dir, shard, shards = destination
+        runs = sorted(set(runs))  # the same row order whatever order the slices came in
+        name = _part_name(shard, shards, self.token)
+        finals = {
+            fmt: FileSystems.join(self.output_dir, rel_dir, name + EXTENSIONS[fmt])
+            for fmt in self.formats
+        }
+        staged = {
+            fmt: FileSystems.join(self.temp_dir, f"{uuid.uuid4().hex}{EXTENSIONS[fmt]}")
+            for fmt in self.formats
+        }
+        try:
+            self._write(category, runs, staged)
+            _ensure_dir(FileSystems.join(self.output_dir, rel_dir))
+            FileSystems.rename(list(staged.values()), [finals[fmt] for fmt in staged])
+        except BaseException:
+            leftovers = [path for path in staged.values() if FileSystems.exists(path)]
+            if leftovers:
+                try:
+                    FileSystems.delete(leftovers)
+                except OSError as err:  # best effort: the cleanup step warns about them
+                    _LOG.warning("could not delete %s: %s", leftovers, err)
+            raise
+        for final in finals.values():
+            yield fileio.FileResult(
+                file_name=final,
+                shard_index=shard,
+                total_shards=shards,
+                window=GlobalWindow(),
+                pane=None,
+                destination=destination,
+            )
+
+    def _write(self, category: str, runs: Sequence[RunSlice], staged: Mapping[str, str]):
+        handles = []
+        writers = []
+        try:
+            for fmt, path in staged.items():
+                handle = FileSystems.create(
+                    path, mime_type=MIME_TYPES[fmt], compression_type=CompressionTypes.UNCOMPRESSED
+                )
+                handles.append(handle)
+                writers.append(self._writer(fmt, category, handle))
+            for path, first, count in runs:
+                for batch in _read_run(path, first, count):
+                    for writer in writers:
+                        writer.write(batch)
+            while writers:
+                writers.pop().close()
+        finally:
+            for writer in writers:  # left open by a failure
+                writer.abort()
+            for handle in handles:
+                handle.close()
+
+
+def _remove_temp_files(_count: int, temp_dir: str) -> None:
+    """Delete the temp files and their directory once every destination is written."""
+    try:
+        found = FileSystems.match([FileSystems.join(temp_dir, "*")])[0].metadata_list
+        if found:
+            FileSystems.delete([m.path for m in found])
+        if FileSystems.get_filesystem(temp_dir).has_dirs() and FileSystems.exists(temp_dir):
+            FileSystems.delete([temp_dir])
+    except OSError as err:  # BeamIOError is an OSError; cleanup is best effort
+        _LOG.warning("could not remove temp directory %s: %s", temp_dir, err)
+
+
+def _check_buffer_bytes(buffer_bytes: int) -> int:
+    if isinstance(buffer_bytes, bool) or not isinstance(buffer_bytes, int) or buffer_bytes < 1:
+        raise ValueError(f"buffer_bytes must be a positive int, got {buffer_bytes!r}")
+    return buffer_bytes
+
+
+class WriteTables(beam.PTransform):
+    """Write ``(category, pyarrow.Table)`` elements as ``data_category=/expiry_date=`` Hive
+    partitions, columnar and in bounded memory (see the package docstring).
+
+    Every table must have exactly the Arrow schema of its category
+    (``schemas.arrow.arrow_schema(schemas[category])``, tag columns included); its rows go to
+    the partition of their ``expires_at`` and, with ``shards_per_partition`` > 1, to the shard
+    of their ``event_id``. A category without a schema, a table of another schema, a null in a
+    required column or a ``data_category`` column that disagrees with the category raises and
+    fails the pipeline (fail closed). Counts ``written.<category>`` per row.
+
+    Each partition and shard gets exactly one file per format per run, named
+    ``part-<shard>-of-<shards>-<run_token>.<ext>``. Returns the ``fileio.FileResult`` of every
+    file written, all formats, with ``file_name`` the full path.
+    """
+
+    def __init__(
+        self,
+        output_dir: str,
+        schemas: Mapping[str, dict],
+        formats: Sequence[str] = ("parquet",),
+        shards_per_partition: int | None = None,
+        *,
+        parquet_codec: str = DEFAULT_PARQUET_CODEC,
+        avro_codec: str = DEFAULT_AVRO_CODEC,
+        row_group_size: int = DEFAULT_ROW_GROUP_SIZE,
+        run_token: str | None = None,
+        buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+    ) -> None:
+        super().__init__()
+        if not schemas:
+            raise ValueError(f"{type(self).__name__} needs at least one category schema")
+        formats = tuple(dict.fromkeys(formats))
+        unknown = [f for f in formats if f not in FORMATS]
+        if not formats or unknown:
+            raise ValueError(f"formats must be a non-empty subset of {FORMATS}, got {formats!r}")
+        self.output_dir = output_dir
+        self.schemas = {category: dict(schema) for category, schema in schemas.items()}
+        self.formats = formats
+        self.shards = _check_shards(shards_per_partition)
+        self.run_token = run_token or _new_token()
+        self.buffer_bytes = _check_buffer_bytes(buffer_bytes)
+        # Fail at construction, not on a worker: every schema must map and every codec exist.
+        # Tables are Arrow whatever the formats, so every schema needs its Arrow mapping.
+        for category, schema in self.schemas.items():
+            _check_expires_at(arrow_schema(schema), category)
+        if "parquet" in formats:
+            _check_parquet_codec(parquet_codec)
+            _check_row_group_size(row_group_size)
+        if "avro" in formats:
+            for schema in self.schemas.values():
+                fastavro.parse_schema(dict(schema))
+            _check_avro_codec(avro_codec)
+        self.parquet_codec = parquet_codec
+        self.avro_codec = avro_codec
+        self.row_group_size = row_group_size
+
+    @property
+    def temp_dir(self) -> str:
+        """Where the temp files go; per format set, as two writers may share a run token."""
+        suffix = "-".join(self.formats)
+        return FileSystems.join(self.output_dir, f".temp-{self.run_token}-tables-{suffix}")
+
+    def expand(self, tables):
+        temp_dir = self.temp_dir
+        files = (
+            tables
+            | "GlobalWindow" >> beam.WindowInto(GlobalWindows())
+            | "BufferPartitions"
+            >> beam.ParDo(
+                _BufferPartitions(self.schemas, self.shards, temp_dir, self.buffer_bytes)
+            ).with_output_types(tuple[Destination, RunSlice])
+            | "GroupTempFiles" >> beam.GroupByKey()
+            | "Compact"
+            >> beam.ParDo(
+                _Compact(
+                    self.output_dir,
+                    temp_dir,
+                    self.run_token,
+                    self.schemas,
+                    self.formats,
+                    self.parquet_codec,
+                    self.avro_codec,
+                    self.row_group_size,
+                )
+            )
+        )
+        _ = (
+            files
+            | "CountFiles" >> beam.combiners.Count.Globally().without_defaults()
+            | "RemoveTempFiles" >> beam.Map(_remove_temp_files, temp_dir)
+        )
+        return files
