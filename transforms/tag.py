@@ -9,23 +9,32 @@ open-ended retention (the Hive null partition, until a lifecycle event sets it).
 
 A row is projected onto exactly its category's columns, so nothing outside the schema reaches a
 sink even if an earlier stage let it through.
+
+Tables (the batched pipelines) are built column-wise: each field a batch needs is read once for the
+whole batch (:class:`BatchColumns`), and which output takes a row, its tags and its expiry are
+computed with ``pyarrow.compute``; ``Category.effective`` still decides the tags, once per
+distinct (region, conditional purposes) combination. Whenever the columns cannot decide exactly
+what the per-record code would (a value of another type than expected, an error), that output of
+that batch goes record by record, so a bad record still becomes its own dead letter.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import reduce
 from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from schemas.arrow import arrow_column
-from schemas.policy import UNKNOWN_REGION, Category, Policy, Route
+from schemas.policy import UNKNOWN_REGION, Category, Policy, Retention, Route
 from transforms.batches import ApplyStage, Batch, RecordStage
 from transforms.deadletter import DeadLetterContext
 
-__all__ = ["CategoryOutput", "Tag", "TagFn", "tag_row"]
+__all__ = ["BatchColumns", "CategoryOutput", "Tag", "TagFn", "tag_row"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,20 @@ class CategoryOutput:
             return False
         return not self.when_any or filled_any(record, self.when_any)
 
+    def mask(self, columns: BatchColumns) -> pa.BooleanArray | None:
+        """:meth:`applies` for every record of a batch at once, or None when the columns cannot
+        decide it exactly (then ask :meth:`applies`, record by record)."""
+        parts = []
+        if self.route is not None:
+            if self.route.when_present:
+                parts.append(columns.filled_any(self.route.when_present))
+            parts.extend(columns.equals(k, v) for k, v in self.route.when_equals.items())
+        if self.when_any:
+            parts.append(columns.filled_any(self.when_any))
+        if any(part is None for part in parts):
+            return None
+        return reduce(pc.and_, parts) if parts else columns.every
+
 
 def filled_any(record: Mapping[str, Any], fields: Iterable[str]) -> bool:
     """True if one of ``fields`` has a value (neither None nor ""). A plain loop: this runs for
@@ -57,8 +80,183 @@ def filled_any(record: Mapping[str, Any], fields: Iterable[str]) -> bool:
     return False
 
 
+# Arrow types of values that never equal "": such a value is filled exactly when it is not None.
+_NEVER_EMPTY = (
+    pa.types.is_integer,
+    pa.types.is_floating,
+    pa.types.is_boolean,
+    pa.types.is_temporal,
+    pa.types.is_decimal,
+)
+
+
+def _is_str(type_: pa.DataType) -> bool:
+    return pa.types.is_string(type_) or pa.types.is_large_string(type_)
+
+
+class BatchColumns:
+    """The fields of one batch of records, each read once, as Arrow arrays.
+
+    :meth:`convert` reads the fields of the output schemas all at once, record by record in Arrow
+    (reading dicts is what costs here, and Arrow reads one faster than a list comprehension); a
+    field it did not convert is read alone (``record.get(name)`` of every record) when needed.
+
+    The arrays that decide which records an output takes or which tags they get must mean what
+    the Python tests mean. Arrow *infers* a string array only when every value is a ``str`` or
+    None, so the inferred arrays do (:meth:`inferred`); a value converted to a schema's string
+    type may also have been bytes, so "filled" looks again, in Python, at the few records whose
+    converted value is "". A method returns None when a field cannot be decided (values of mixed
+    or other types, or a record that is no mapping); the caller then goes record by record.
+    """
+
+    def __init__(self, records: Sequence[Mapping[str, Any]]) -> None:
+        self.records = records
+        self.n = len(records)
+        self.every = pa.repeat(True, self.n)
+        self._values: dict[str, list[Any] | None] = {}
+        self._inferred: dict[str, pa.Array | None] = {}
+        self._typed: dict[tuple[str, pa.DataType], pa.Array | None] = {}
+        self._converted: dict[str, pa.Array] = {}  # by convert(), in their schema's type
+        self._filled: dict[tuple[str, ...], pa.Array | None] = {}
+        self._regions: tuple[pa.Array, list[str]] | None = None
+
+    def convert(self, fields: Sequence[pa.Field]) -> None:
+        """Convert ``fields`` at once, as :meth:`typed` would one by one; nothing if a value does
+        not convert (then each is converted alone, when needed). Only plain dicts: Arrow would
+        read a tuple as the values of the fields, and a dict's own ``get`` is not called."""
+        wanted = [f for f in fields if (f.name, f.type) not in self._typed]
+        if not wanted or set(map(type, self.records)) != {dict}:
+            return
+        struct = pa.struct([pa.field(f.name, f.type) for f in wanted])  # nulls checked later
+        try:
+            arrays = pa.array(self.records, type=struct).flatten()
+        except Exception:
+            return
+        for field, array in zip(wanted, arrays, strict=True):
+            self._typed[(field.name, field.type)] = self._converted[field.name] = array
+
+    def values(self, name: str) -> list[Any] | None:
+        """``record.get(name)`` of every record (None if a record has no ``get``)."""
+        if name not in self._values:
+            try:
+                self._values[name] = [r.get(name) for r in self.records]
+            except Exception:
+                self._values[name] = None
+        return self._values[name]
+
+    def inferred(self, name: str) -> pa.Array | None:
+        """The field as the Arrow array inferred from its values (None if there is none)."""
+        if name not in self._inferred:
+            values = self.values(name)
+            try:
+                self._inferred[name] = None if values is None else pa.array(values)
+            except Exception:
+                self._inferred[name] = None
+        return self._inferred[name]
+
+    def typed(self, field: pa.Field) -> pa.Array | None:
+        """The field as ``arrow_column(field, values)`` would hold it, nulls not checked (None if
+        a value does not convert)."""
+        key = (field.name, field.type)
+        if key not in self._typed:
+            array = None
+            inferred = self._inferred.get(field.name)  # reused, never inferred for this
+            if inferred is not None:
+                if inferred.type == field.type:
+                    array = inferred
+                elif pa.types.is_null(inferred.type):
+                    array = pa.nulls(self.n, field.type)
+                elif pa.types.is_int64(inferred.type) and pa.types.is_timestamp(field.type):
+                    array = inferred.cast(field.type)  # ints are the timestamps' raw values
+            if array is None:
+                values = self.values(field.name)
+                try:
+                    array = None if values is None else pa.array(values, type=field.type)
+                except Exception:
+                    array = None
+            self._typed[key] = array
+        return self._typed[key]
+
+    def filled(self, name: str) -> pa.Array | None:
+        """Per record: the field is neither None nor "" (see :func:`filled_any`)."""
+        array = self._converted.get(name)
+        if array is not None and _is_str(array.type):
+            filled = pc.not_equal(array, "")
+            if filled.false_count:  # "": maybe b"" or the like, which Python calls filled
+                flags = filled.fill_null(False).to_pylist()
+                for i in pc.indices_nonzero(pc.invert(filled)).to_pylist():
+                    value = self.records[i].get(name)
+                    flags[i] = value is not None and value != ""
+                return pa.array(flags, type=pa.bool_())
+            return filled.fill_null(False)
+        if array is None or not any(test(array.type) for test in _NEVER_EMPTY):
+            array = self.inferred(name)
+        if array is None:
+            return None
+        if _is_str(array.type):
+            return pc.not_equal(array, "").fill_null(False)
+        if pa.types.is_null(array.type) or any(test(array.type) for test in _NEVER_EMPTY):
+            return array.is_valid()
+        return None  # bytes, lists...: let Python decide
+
+    def filled_any(self, names: tuple[str, ...]) -> pa.Array | None:
+        """Per record: :func:`filled_any` of ``names``."""
+        names = tuple(names)
+        if names not in self._filled:
+            parts = [self.filled(name) for name in names]
+            if any(part is None for part in parts):
+                self._filled[names] = None
+            else:
+                self._filled[names] = reduce(pc.or_, parts) if parts else pc.invert(self.every)
+        return self._filled[names]
+
+    def equals(self, name: str, value: Any) -> pa.Array | None:
+        """Per record: ``record.get(name) == value``, for a str or None ``value``."""
+        array = self.inferred(name)
+        if array is None:
+            return None
+        if value is None:
+            decided = _is_str(array.type) or pa.types.is_null(array.type)
+            if decided or any(test(array.type) for test in _NEVER_EMPTY):
+                return array.is_null()
+        elif type(value) is str:
+            if _is_str(array.type):
+                return pc.equal(array, value).fill_null(False)
+            if pa.types.is_null(array.type):
+                return array.is_valid()  # all False
+        return None
+
+    def regions(self) -> tuple[pa.Array, list[str]] | None:
+        """``record.get("region") or UNKNOWN_REGION`` per record, as (int32 codes, the distinct
+        regions the codes index)."""
+        if self._regions is None:
+            array = self.inferred("region")
+            if array is None:
+                return None
+            if pa.types.is_null(array.type):
+                self._regions = pa.nulls(self.n, pa.int32()).fill_null(0), [UNKNOWN_REGION]
+            elif _is_str(array.type):
+                dense = pc.if_else(self.filled("region"), array, UNKNOWN_REGION)
+                encoded = pc.dictionary_encode(dense)
+                self._regions = encoded.indices, encoded.dictionary.to_pylist()
+            else:
+                return None
+        return self._regions
+
+
 # (purposes, retention_rule, expires_at) of a record for a category.
 Tags = tuple[list[str], str, int | None]
+
+
+@dataclass(frozen=True)
+class ColumnTags:
+    """The tags of the picked records of a batch, column-wise (:meth:`Tagger.column_tags`)."""
+
+    rows: pa.Array  # batch indices of the records that get a row
+    dead: list[int]  # batch indices of the records whose expiry cannot be computed
+    policies: list[tuple[list[str], str, Retention]]  # per distinct combination of tags
+    combination: pa.Array  # per row: its index in ``policies``
+    expires_at: pa.Array  # per row: int64 epoch microseconds, null when open-ended
 
 
 class Tagger:
@@ -82,16 +280,25 @@ class Tagger:
         )
         self._memo: dict[Any, tuple[list[str], str, Any]] = {}
 
+    def key(self, record: Mapping[str, Any]) -> tuple[Any, ...]:
+        """What the tags of ``record`` depend on: its region, and per conditional purpose whether
+        it fills one of the purpose's fields."""
+        region = record.get("region") or UNKNOWN_REGION
+        return (region, *[filled_any(record, fields) for fields in self._conditional])
+
+    def _policy(self, key: tuple[Any, ...], record: Mapping[str, Any]) -> tuple[Any, ...]:
+        """``(purposes, retention_rule, Retention)`` of the records of ``key`` (``record`` is
+        one of them)."""
+        hit = self._memo.get(key)
+        if hit is None:
+            purposes, retention = self.category.effective(key[0], record)
+            hit = self._memo[key] = (list(purposes), retention.label, retention)
+        return hit
+
     def tags(self, record: Mapping[str, Any]) -> Tags:
         """``(purposes, retention_rule, expires_at)`` of ``record``. The purposes list is shared
         by the records with the same tags: copy it before changing it."""
-        region = record.get("region") or UNKNOWN_REGION
-        key = (region, *[filled_any(record, fields) for fields in self._conditional])
-        hit = self._memo.get(key)
-        if hit is None:
-            purposes, retention = self.category.effective(region, record)
-            hit = self._memo[key] = (list(purposes), retention.label, retention)
-        purposes, label, retention = hit
+        purposes, label, retention = self._policy(self.key(record), record)
         event_field = self.category.event_time
         event_time = record.get(event_field) if event_field else None
         return purposes, label, retention.expires_at(event_time)
@@ -137,16 +344,121 @@ class Tagger:
             arrays.append(arrow_column(field, values))
         return pa.Table.from_arrays(arrays, schema=schema)
 
+    def column_tags(self, columns: BatchColumns, picked: pa.BooleanArray) -> ColumnTags | None:
+        """:meth:`tags` of the ``picked`` records of a batch, column-wise; None when the columns
+        cannot decide them (then ask :meth:`tags`, record by record).
+
+        A record's combination (its region and conditional purpose flags, what :meth:`key` is)
+        becomes one integer; ``Category.effective`` runs once per combination never seen before,
+        on the first record of it, exactly as :meth:`tags` memoises. A fixed retention expires a
+        fixed time after the event (``expires_at(0)``); a record without an event time cannot
+        have it and is ``dead`` (``Retention.expires_at`` raises ValueError for it).
+        """
+        regions = columns.regions()
+        if regions is None:
+            return None
+        codes, region_names = regions
+        bits = len(self._conditional)
+        combination = pc.multiply(codes, 1 << bits) if bits else codes
+        for bit, fields in enumerate(self._conditional):
+            flags = columns.filled_any(fields)
+            if flags is None:
+                return None
+            combination = pc.add(combination, pc.multiply(flags.cast(pa.int32()), 1 << bit))
+        event_field = self.category.event_time
+        event_time = columns.inferred(event_field) if event_field else pa.nulls(columns.n)
+        if event_time is None:
+            return None
+        if pa.types.is_null(event_time.type):
+            event_time = pa.nulls(columns.n, pa.int64())
+        elif not pa.types.is_int64(event_time.type):
+            return None  # not plain ints: let Python add them
+
+        rows = pc.indices_nonzero(picked)
+        combination = combination.take(rows)
+        event_time = event_time.take(rows)
+        distinct = pc.unique(combination)
+        policies, offsets = [], []
+        for value in distinct.to_pylist():
+            key = (region_names[value >> bits], *[bool(value >> b & 1) for b in range(bits)])
+            hit = self._memo.get(key)
+            if hit is None:
+                record = columns.records[rows[pc.index(combination, value).as_py()].as_py()]
+                if self.key(record) != key:  # cannot happen; if it does, Python decides
+                    return None
+                hit = self._policy(key, record)
+            retention = hit[2]
+            if retention.rule == "fixed":
+                offsets.append(retention.expires_at(0))
+            elif retention.open_ended:
+                offsets.append(None)
+            else:
+                return None
+            policies.append(hit)
+        combination = pc.index_in(combination, value_set=distinct)
+        offset = pa.array(offsets, type=pa.int64()).take(combination)
+        expires_at = pc.add_checked(event_time, offset)
+        dead = pc.and_(offset.is_valid(), event_time.is_null())
+        dead_rows: list[int] = []
+        if dead.true_count:
+            dead_rows = rows.filter(dead).to_pylist()
+            kept = pc.invert(dead)
+            rows, combination = rows.filter(kept), combination.filter(kept)
+            expires_at = expires_at.filter(kept)
+        return ColumnTags(rows, dead_rows, policies, combination, expires_at)
+
+    def column_table(self, columns: BatchColumns, tags: ColumnTags, schema: pa.Schema) -> pa.Table:
+        """What :meth:`table` gives for the records of ``tags.rows`` with their tags, from the
+        batch's columns. Raises ValueError for a value the schema cannot hold (then build the
+        table record-wise, with :meth:`table`, and find the records at fault)."""
+        n = len(tags.rows)
+        whole = n == columns.n  # every record of the batch: nothing to take
+
+        def constant(field: pa.Field, value: Any) -> pa.Array:
+            return pa.repeat(arrow_column(field, [value])[0], n)
+
+        def per_policy(field: pa.Field, values: list[Any]) -> pa.Array:
+            return arrow_column(field, values).take(tags.combination)
+
+        def expires_at(field: pa.Field) -> pa.Array:
+            if pa.types.is_timestamp(field.type) or pa.types.is_int64(field.type):
+                return tags.expires_at.cast(field.type)  # ints are the timestamps' raw values
+            return arrow_column(field, tags.expires_at.to_pylist())
+
+        by_name = {
+            "data_category": lambda f: constant(f, self.category.name),
+            "purposes": lambda f: per_policy(f, [p[0] for p in tags.policies]),
+            "legal_basis": lambda f: constant(f, self.category.legal_basis),
+            "retention_rule": lambda f: per_policy(f, [p[1] for p in tags.policies]),
+            "expires_at": expires_at,
+            "policy_version": lambda f: constant(f, self.policy_version),
+        }
+        own = frozenset(self.columns)
+        arrays = []
+        for field in schema:
+            name = field.name
+            if name in by_name:
+                array = by_name[name](field)
+            elif name in own:
+                array = columns.typed(field)
+                if array is None:  # a value somewhere in the batch does not convert
+                    values = columns.values(name)
+                    array = arrow_column(field, [values[i] for i in tags.rows.to_pylist()])
+                elif not whole:
+                    array = array.take(tags.rows)
+            else:
+                array = arrow_column(field, [None] * n)
+            if not field.nullable and array.null_count:
+                raise ValueError(f"column {name!r} is required (non-null) but has nulls")
+            arrays.append(array)
+        return pa.Table.from_arrays(arrays, schema=schema)
+
 
 def tag_row(
     record: Mapping[str, Any], category: Category, columns: Iterable[str], policy_version: str
 ) -> dict[str, Any]:
     """The output row of ``record`` for ``category``: its columns plus the policy tags."""
     return Tagger(category, columns, policy_version).row(record)
-
-
-# What a record yields for one of its categories: the category's tagger, the record, its tags.
-Chosen = tuple[Tagger, Mapping[str, Any], Tags]
 
 
 class TagFn(RecordStage):
@@ -174,65 +486,199 @@ class TagFn(RecordStage):
         )
         self._exclusive = exclusive
         self._schemas = dict(schemas) if schemas is not None else None
+        self._fields = _fields_to_convert(self._outputs, self._schemas or {})
 
-    def one(self, record: Mapping[str, Any]) -> list[Chosen]:
+    def one(self, record: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The rows of one record (the row mode; tables are built batch-wise)."""
         chosen = [tagger for output, tagger in self._outputs if output.applies(record)]
         if self._exclusive:
             if not chosen:
                 raise ValueError("no route of the source matches the record")
             chosen = chosen[:1]
-        # Tags are computed here so that a record whose tags cannot be fails alone.
-        return [(tagger, record, tagger.tags(record)) for tagger in chosen]
-
-    def process(self, batch: Batch) -> Iterator[Any]:
-        for out in super().process(batch):
-            if isinstance(out, beam.pvalue.TaggedOutput):
-                yield out
-            elif self._schemas is None:
-                yield self._rows(out)
-            else:
-                yield from self._tables(out)
-        self.tally.flush()
-
-    def _rows(self, chosen: list[Chosen]) -> list[dict[str, Any]]:
-        rows = [tagger.row(record, tags) for tagger, record, tags in chosen]
-        for tagger, _, _ in chosen:
+        rows = [tagger.row(record) for tagger in chosen]
+        for tagger in chosen:
             self.tally.add(f"tagged.{tagger.category.name}")
         return rows
 
-    def _tables(self, chosen: list[Chosen]) -> Iterator[Any]:
-        by_category: dict[str, list[Chosen]] = {}
-        for item in chosen:
-            by_category.setdefault(item[0].category.name, []).append(item)
-        for category, items in by_category.items():
-            tagger, schema = items[0][0], self._schemas[category]
-            records = [record for _, record, _ in items]
-            tags = [t for _, _, t in items]
+    def process(self, batch: Batch) -> Iterator[Any]:
+        if self._schemas is None:
+            yield from super().process(batch)
+            return
+        if batch:
+            yield from self._tables(batch)
+        self.tally.flush()
+
+    def _tables(self, batch: Batch) -> Iterator[Any]:
+        """Tables: each step runs over the whole batch, column-wise where the columns decide
+        (see :class:`BatchColumns`), else record by record; a record that fails a step (an
+        exception from applies/tags, or a value the schema cannot hold) is found and becomes a
+        dead letter, exactly as in the row mode."""
+        columns = BatchColumns(batch)
+        columns.convert(self._fields)
+        remaining = columns.every  # exclusive: the records no output took yet
+        for output, tagger in self._outputs:
+            candidates = remaining if self._exclusive else columns.every
             try:
-                table = tagger.table(records, tags, schema)
-            except ValueError:
-                # A value the schema cannot hold: find the records at fault, one by one.
-                table, bad = _salvage(tagger, records, tags, schema)
-                for record in bad:
-                    yield self._reject("unexpected_error:ValueError", record, None)
-            if table.num_rows:
-                self.tally.add(f"tagged.{category}", table.num_rows)
-                yield category, table
+                applies = output.mask(columns)
+            except Exception:
+                applies = None
+            if applies is None:
+                picked, rest = yield from self._split(batch, candidates, output)
+            else:
+                picked = pc.and_(candidates, applies)
+                rest = pc.and_not(candidates, applies)
+            if self._exclusive:
+                remaining = rest
+            if picked.true_count:
+                yield from self._output(output.category, tagger, columns, picked)
+        if self._exclusive:  # no route of the source matches these records
+            for i in pc.indices_nonzero(remaining).to_pylist():
+                yield self._reject("unexpected_error:ValueError", batch[i], None)
+
+    def _split(
+        self, batch: Batch, candidates: pa.BooleanArray, output: CategoryOutput
+    ) -> Iterator[Any]:
+        """Generator returning the masks ``(candidates output applies to, the others)``, asking
+        ``applies`` record by record; yields the dead letters of records it fails on (in
+        neither mask)."""
+        index = pc.indices_nonzero(candidates).to_pylist()
+        records = [batch[i] for i in index]
+        try:
+            flags = [output.applies(r) for r in records]
+        except Exception:  # find the record(s) at fault
+            flags = []
+            for record in records:
+                try:
+                    flags.append(output.applies(record))
+                except Exception as err:  # its own dead letter
+                    flags.append(None)
+                    yield self._reject(f"unexpected_error:{type(err).__name__}", record, None)
+        picked, rest = [False] * len(batch), [False] * len(batch)
+        for i, flag in zip(index, flags, strict=True):
+            if flag:
+                picked[i] = True
+            elif flag is False:
+                rest[i] = True
+        return pa.array(picked, type=pa.bool_()), pa.array(rest, type=pa.bool_())
+
+    def _output(
+        self, category: str, tagger: Tagger, columns: BatchColumns, picked: pa.BooleanArray
+    ) -> Iterator[Any]:
+        """The table of the ``picked`` records for ``category``, and their dead letters."""
+        try:
+            tags = tagger.column_tags(columns, picked)
+        except Exception:
+            tags = None
+        if tags is None:  # record by record
+            rows = pc.indices_nonzero(picked).to_pylist()
+            yield from self._rows_table(category, tagger, [columns.records[i] for i in rows])
+            return
+        for i in tags.dead:
+            yield self._reject("unexpected_error:ValueError", columns.records[i], None)
+        if not len(tags.rows):
+            return
+        try:
+            table = tagger.column_table(columns, tags, self._schemas[category])
+        except Exception:  # a value the schema cannot hold: record by record
+            rows = tags.rows.to_pylist()
+            yield from self._rows_table(category, tagger, [columns.records[i] for i in rows])
+            return
+        self.tally.add(f"tagged.{category}", table.num_rows)
+        yield category, table
+
+    def _rows_table(
+        self, category: str, tagger: Tagger, records: list[Mapping[str, Any]]
+    ) -> Iterator[Any]:
+        tags = yield from self._tags(tagger, records)
+        if records:
+            yield from self._table(category, tagger, records, tags)
+
+    def _tags(self, tagger: Tagger, picked: list[Mapping[str, Any]]) -> Iterator[Any]:
+        """Generator returning the tags of ``picked`` (records whose tags fail are removed from
+        it, as dead letters)."""
+        try:
+            return [tagger.tags(r) for r in picked]
+        except Exception:  # find the record(s) at fault
+            tags, kept = [], []
+            for record in picked:
+                try:
+                    tags.append(tagger.tags(record))
+                    kept.append(record)
+                except Exception as err:  # its own dead letter
+                    yield self._reject(f"unexpected_error:{type(err).__name__}", record, None)
+            picked[:] = kept
+            return tags
+
+    def _table(
+        self, category: str, tagger: Tagger, records: list[Mapping[str, Any]], tags: list[Tags]
+    ) -> Iterator[Any]:
+        schema = self._schemas[category]
+        try:
+            table = tagger.table(records, tags, schema)
+        except ValueError:
+            # A value the schema cannot hold: find the records at fault.
+            table, bad = _salvage(tagger, records, tags, schema)
+            for record in bad:
+                yield self._reject("unexpected_error:ValueError", record, None)
+        if table.num_rows:
+            self.tally.add(f"tagged.{category}", table.num_rows)
+            yield category, table
+
+
+# The columns Tagger.table fills with the tags, whatever the record holds.
+_TAG_COLUMNS = frozenset(
+    ("data_category", "purposes", "legal_basis", "retention_rule", "expires_at", "policy_version")
+)
+
+
+def _fields_to_convert(
+    outputs: Sequence[tuple[CategoryOutput, Tagger]], schemas: Mapping[str, pa.Schema]
+) -> list[pa.Field]:
+    """The record fields the tables of ``outputs`` hold, to convert at once per batch: all but
+    those whose Python values decide something that a schema's type could blur (the region, the
+    event time, a route's ``when_equals``): those are inferred alone (see BatchColumns)."""
+    inferred = {"region"}
+    for output, tagger in outputs:
+        inferred.add(tagger.category.event_time)
+        if output.route is not None:
+            inferred.update(output.route.when_equals)
+    fields: dict[str, pa.Field] = {}
+    for output, _ in outputs:
+        schema = schemas.get(output.category)
+        for field in schema or ():
+            name = field.name
+            if name in output.columns and name not in _TAG_COLUMNS | inferred:
+                fields.setdefault(name, field)
+    return list(fields.values())
 
 
 def _salvage(
     tagger: Tagger, records: list[Mapping[str, Any]], tags: list[Tags], schema: pa.Schema
 ) -> tuple[pa.Table, list[Mapping[str, Any]]]:
-    """The table of the records that convert, and the records that do not."""
+    """The table of the records that convert, and the records that do not (``records`` do not
+    convert together).
+
+    A record converts alone exactly when every value of it does, and a group when every record
+    of it does: so the groups are halved until the failing records are alone, and a few bad
+    records in a batch cost a few dozen tables, not one table per record."""
     good, good_tags, bad = [], [], []
-    for record, tag in zip(records, tags, strict=True):
-        try:
-            tagger.table([record], [tag], schema)
-        except ValueError:
-            bad.append(record)
-        else:
-            good.append(record)
-            good_tags.append(tag)
+
+    def halve(lo: int, hi: int) -> None:  # records[lo:hi] do not convert together
+        if hi - lo == 1:
+            bad.append(records[lo])
+            return
+        mid = (lo + hi) // 2
+        for start, stop in ((lo, mid), (mid, hi)):
+            try:
+                tagger.table(records[start:stop], tags[start:stop], schema)
+            except ValueError:
+                halve(start, stop)
+            else:
+                good.extend(records[start:stop])
+                good_tags.extend(tags[start:stop])
+
+    if records:
+        halve(0, len(records))
     return tagger.table(good, good_tags, schema), bad
 
 

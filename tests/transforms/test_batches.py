@@ -4,9 +4,12 @@ once; the table tagger writes what the row tagger would."""
 from __future__ import annotations
 
 import gzip
+from collections import Counter
+from types import MappingProxyType
 
 import apache_beam as beam
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from apache_beam.io.filesystem import FileMetadata
 from apache_beam.testing.test_pipeline import TestPipeline
@@ -14,14 +17,16 @@ from apache_beam.testing.util import assert_that, equal_to
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipelines.ingest import spec_for
 from schemas.arrow import arrow_schema, to_arrow_table
 from schemas.avro import category_columns, output_schema
 from transforms.batches import ApplyStage, RecordStage
 from transforms.deadletter import DEAD_LETTER_TAG, RecordError
 from transforms.read import ReadRecords, byte_ranges, read_line_batches
-from transforms.tag import CategoryOutput, TagFn, Tagger
+from transforms.tag import BatchColumns, CategoryOutput, TagFn, Tagger
 
 T = 1_790_000_000 * 1_000_000
+DAY = 86_400 * 1_000_000
 
 
 class _Halve(RecordStage):
@@ -224,3 +229,175 @@ def test_tag_fn_builds_tables_and_dead_letters_what_a_table_cannot_hold(policy, 
         table.column("expires_at").to_pylist()[0].timestamp() * 1_000_000
         == T + 180 * 86_400 * 10**6
     )
+
+
+# Table mode decides column-wise (transforms.tag.BatchColumns) what the row mode decides record by
+# record. Random batches of three shapes: visits (two outputs, one of them when_any, a conditional
+# purpose), and the routed sources sdk_logs (when_present) and telemetry (when_equals), exclusive.
+# Values are mostly what the pipelines carry, sometimes not (ints or bytes where strings belong,
+# a text event time, a mapping that is no dict): those must end exactly as record by record.
+
+_TEXT = st.one_of(st.none(), st.just(""), st.text(max_size=4))
+_ODD = st.one_of(_TEXT, _TEXT, _TEXT, st.integers(-2, 2), st.sampled_from([b"", b"x"]))
+_TIME = st.one_of(st.none(), st.integers(0, T), st.integers(0, T), st.just("soon"))
+_COMPANY = ("company_name", "company_size")
+_CONTACT = ("contact_name", "business_email", "business_phone", "linkedin_url")
+
+_SHAPES = {
+    "visits": st.fixed_dictionaries(
+        {
+            "ip": st.text(min_size=1, max_size=4),
+            "visited_at": _TIME,
+            "region": st.sampled_from(["OTHER", "EEA_UK", "UNKNOWN", "MARS", "", None, b"OTHER"]),
+        },
+        optional={"url": _ODD, "country": _TEXT, **dict.fromkeys(_COMPANY + _CONTACT, _ODD)},
+    ),
+    "sdk_logs": st.fixed_dictionaries(
+        {"logged_at": _TIME, "sdk_app_id": st.one_of(st.text(min_size=1, max_size=4), _ODD)},
+        optional={"client_ip": _ODD, "message": _TEXT, "region": st.sampled_from(["OTHER", 1])},
+    ),
+    "telemetry": st.fixed_dictionaries(
+        {
+            "reported_at": _TIME,
+            "sdk_app_id": st.text(min_size=1, max_size=4),
+            "event_type": st.sampled_from(["quality", "mute", "", None, b"quality", 3]),
+        },
+        optional={"cpu_usage": st.one_of(st.none(), st.floats(allow_nan=False), st.just("x"))},
+    ),
+}
+
+
+def _shape(policy, shape):
+    """(outputs, exclusive) of a shape, as the pipelines build them."""
+    if shape == "visits":
+        corp = policy.category("corporate_visitor_info")
+        when_any = corp.field_groups["company"] + corp.field_groups["contact"]
+        return (
+            CategoryOutput("website_visit", category_columns("website_visit")),
+            CategoryOutput(
+                "corporate_visitor_info",
+                category_columns("corporate_visitor_info"),
+                when_any=when_any,
+            ),
+        ), False
+    spec = spec_for(policy, source=shape)
+    return spec.outputs, spec.exclusive
+
+
+def _batches(shape):
+    """Batches of records of ``shape``, each with its own event id; in a few, one is no dict."""
+
+    def batch(records, proxy):
+        batch = [{**r, "event_id": f"e{i}"} for i, r in enumerate(records)]
+        if proxy and batch:
+            batch[0] = MappingProxyType(batch[0])
+        return batch
+
+    proxy = st.sampled_from([False] * 5 + [True])
+    return st.builds(batch, st.lists(_SHAPES[shape], max_size=16), proxy)
+
+
+def _tag(policy, dl_context, shape, batch, *, tables=True):
+    """Outputs, dead letters and counter increments of a TagFn over ``batch``."""
+    outputs, exclusive = _shape(policy, shape)
+    schemas = {o.category: arrow_schema(output_schema(o.category)) for o in outputs}
+    fn = TagFn(policy, outputs, dl_context, exclusive, schemas if tables else None)
+    fn.setup()
+    counts = Counter()
+    add = fn.tally.add
+
+    def count(name, n=1):
+        counts[name] += n
+        add(name, n)
+
+    fn.tally.add = count
+    good, dead = [], []
+    for out in fn.process(batch):
+        (dead.append(out.value) if isinstance(out, beam.pvalue.TaggedOutput) else good.append(out))
+    return good, dead, counts, schemas
+
+
+@pytest.mark.parametrize("shape", sorted(_SHAPES))
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_the_table_mode_writes_what_the_row_mode_would(policy, dl_context, shape, data):
+    batch = data.draw(_batches(shape))
+    rows, row_dead, _, schemas = _tag(policy, dl_context, shape, batch, tables=False)
+    tables, dead, counts, _ = _tag(policy, dl_context, shape, batch)
+
+    # The row mode writes no table: a row whose values its schema cannot hold is the table
+    # mode's dead letter. Beyond that, a record is dead in both modes or in none.
+    rows = [row for batch_rows in rows for row in batch_rows]
+    unwritable = set()
+    for row in rows:
+        try:
+            to_arrow_table([row], schemas[row["data_category"]])
+        except ValueError:
+            unwritable.add(row["event_id"])
+    gone = {d["event_id"] for d in row_dead} | unwritable
+    assert {d["event_id"] for d in dead} == gone
+    for category, schema in schemas.items():
+        written = [t for c, t in tables if c == category]
+        assert counts[f"tagged.{category}"] == sum(t.num_rows for t in written)
+        table = pa.concat_tables(written) if written else schema.empty_table()
+        # A record dead in one output of the table mode may still have a row in another.
+        alive = pc.invert(pc.is_in(table["event_id"], pa.array(sorted(gone), pa.string())))
+        expected = [r for r in rows if r["data_category"] == category and r["event_id"] not in gone]
+        assert table.filter(alive).equals(to_arrow_table(expected, schema))
+
+
+@pytest.mark.parametrize("shape", sorted(_SHAPES))
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_column_wise_tagging_is_record_by_record_tagging(policy, dl_context, shape, data):
+    batch = data.draw(_batches(shape))
+    with pytest.MonkeyPatch.context() as mp:  # the columns decide nothing: record by record
+        mp.setattr(CategoryOutput, "mask", lambda self, columns: None)
+        mp.setattr(Tagger, "column_tags", lambda self, columns, picked: None)
+        expected, expected_dead, expected_counts, _ = _tag(policy, dl_context, shape, batch)
+    tables, dead, counts, _ = _tag(policy, dl_context, shape, batch)
+    assert [c for c, _ in tables] == [c for c, _ in expected]
+    for (_, table), (_, want) in zip(tables, expected, strict=True):
+        assert table.schema == want.schema and table.equals(want)
+    assert dead == expected_dead  # the same dead letters, in the same order
+    assert counts == expected_counts
+
+
+def test_a_plain_batch_is_tagged_column_wise(policy, dl_context, monkeypatch):
+    def record_by_record(*args):
+        raise AssertionError("the columns should have decided")
+
+    monkeypatch.setattr(TagFn, "_rows_table", record_by_record)
+    monkeypatch.setattr(TagFn, "_split", record_by_record)
+    visit = {"ip": "1.2.3.4", "visited_at": T, "region": "OTHER"}
+    contact = {"contact_name": "Jane", "business_email": "jane@corp.example"}
+    batch = [
+        {**visit, "event_id": "a", **contact},
+        {**visit, "event_id": "b", "region": "EEA_UK", "company_name": "X"},
+        {**visit, "event_id": "c", "url": "", "company_name": ""},
+        {**visit, "event_id": "d", "visited_at": None},
+        {**visit, "event_id": "e", "region": "", "linkedin_url": "in/e"},  # unknown region
+    ]
+    tables, dead, counts, _ = _tag(policy, dl_context, "visits", batch)
+    by_category = {c: t.to_pydict() for c, t in tables}
+    assert by_category["website_visit"]["event_id"] == ["a", "b", "c", "e"]
+    corporate = by_category["corporate_visitor_info"]
+    assert corporate["event_id"] == ["a", "b", "e"]
+    assert corporate["retention_rule"] == ["until_opt_out", "fixed_180d", "fixed_180d"]
+    assert corporate["expires_at"][0] is None and corporate["purposes"][0][-1] == "direct_marketing"
+    assert by_category["website_visit"]["expires_at"][1].timestamp() * 10**6 == T + 180 * DAY
+    assert [(d["event_id"], d["error"]) for d in dead] == [
+        ("d", "unexpected_error:ValueError")  # no event time: no fixed expiry
+    ]
+    assert counts == {"tagged.website_visit": 4, "tagged.corporate_visitor_info": 3}
+
+
+def test_batch_columns_look_again_at_empty_values():
+    """b"" converts to a string column as "", but Python calls it filled."""
+    records = [{"x": b""}, {"x": ""}, {"x": "a"}, {}, {"x": None}]
+    columns = BatchColumns(records)
+    columns.convert([pa.field("x", pa.string())])
+    assert columns.filled("x").to_pylist() == [True, False, True, False, False]
+    assert BatchColumns(records).filled("x") is None  # not all str: the records decide
+    assert BatchColumns([{"x": 1}, {}]).filled("x").to_pylist() == [True, False]
+    assert BatchColumns([{"x": "a"}, {"x": b"a"}]).equals("x", "a") is None
