@@ -21,7 +21,7 @@ from typing import Any
 
 import apache_beam as beam
 
-from schemas.policy import Category, Policy
+from schemas.policy import Category, Policy, filled_any
 from transforms.batches import ApplyStage, RecordStage
 from transforms.deadletter import DeadLetterContext, RecordError
 from transforms.suppress import forbidden_by_region
@@ -50,18 +50,17 @@ def violations(
     else:
         region_forbidden = frozenset()
 
-    def present(fields: Iterable[str]) -> bool:
-        return any(record.get(f) not in (None, "") for f in fields)
-
-    if present(region_forbidden):
+    if region_forbidden and filled_any(record, region_forbidden):
         found.append("forbidden_field")
     for country_field in country_fields:
         company_region = policy.region_for(record.get(country_field))
-        if record.get(country_field) and present(forbidden.get(company_region, frozenset())):
+        if record.get(country_field) and filled_any(
+            record, forbidden.get(company_region, frozenset())
+        ):
             found.append("restricted_company_contact")
     # The allowed keys are checked once (GuardFn) never to be secret or media names, so only
-    # undeclared keys need the name check: the common, clean record costs one set difference.
-    undeclared = record.keys() - allowed_keys
+    # undeclared keys need the name check: the common, clean record costs one subset test.
+    undeclared = () if allowed_keys.issuperset(record) else record.keys() - allowed_keys
     if any(policy.is_secret_name(k) or policy.is_media_name(k) for k in undeclared):
         found.append("secret_field")
     if undeclared:

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.arrow import arrow_column
-from schemas.policy import UNKNOWN_REGION, Category, Policy, Retention, Route
+from schemas.policy import UNKNOWN_REGION, Category, Policy, Retention, Route, filled_any
 from transforms.batches import ApplyStage, Batch, RecordStage
 from transforms.deadletter import DeadLetterContext
 
@@ -69,15 +69,6 @@ class CategoryOutput:
         if any(part is None for part in parts):
             return None
         return reduce(pc.and_, parts) if parts else columns.every
-
-
-def filled_any(record: Mapping[str, Any], fields: Iterable[str]) -> bool:
-    """True if one of ``fields`` has a value (neither None nor ""). A plain loop: this runs for
-    every record and every category, where a generator costs twice as much."""
-    for value in map(record.get, fields):  # noqa: SIM110 (see the docstring)
-        if value is not None and value != "":
-            return True
-    return False
 
 
 # Arrow types of values that never equal "": such a value is filled exactly when it is not None.

@@ -37,7 +37,8 @@ class TimestampError(ValueError):
 def _from_datetime(value: datetime) -> int:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    return (value - _EPOCH) // _ONE_US
+    delta = value - _EPOCH  # integer arithmetic: timedelta // timedelta costs twice as much
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def parse_event_time(value: object) -> int:
