@@ -10,13 +10,14 @@ country) becomes ``UNKNOWN`` and is treated like EEA/UK.
   (``schemas/policy.yaml``) and is passed in, so changing it needs no code change.
 - Only the database's ``country`` is used; ``registered_country`` and ``is_in_european_union``
   are ignored on purpose (the latter is pre-Brexit and says GB is in the EU).
-- Country, City and Enterprise databases all work: the reader method is chosen from the
-  database's ``database_type`` metadata.
+- Country, City and Enterprise databases all work (their records share the ``country`` map that
+  geoip2's models read); any other ``database_type`` is refused when the database is opened.
 - IPv4-mapped IPv6 addresses (``::ffff:1.2.3.4``) are looked up as their IPv4 address, and so
   are 6to4 addresses (``2002:0102:0304::/48``), whose IPv4 host is the actual endpoint.
-- Lookups use geoip2 with the maxminddb C extension (the pure-Python reader is ~10x slower) and an
-  LRU cache in front (visits repeat IPs heavily); one reader per worker process is shared by all
-  DoFn instances and threads through :func:`shared_lookup`.
+- Lookups use maxminddb's C extension directly, the reader geoip2 wraps: geoip2 builds a model
+  object per lookup, which made a lookup cost several times the C call (the pure-Python reader
+  is ~10x slower still); an LRU cache sits in front (visits repeat IPs heavily), and one reader
+  per worker process is shared by all DoFn instances and threads through :func:`shared_lookup`.
 """
 
 from __future__ import annotations
@@ -37,8 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
-import geoip2.database
-import geoip2.errors
 import maxminddb
 from apache_beam.io.filesystems import FileSystems
 
@@ -182,9 +181,8 @@ def _iso_code(code: object) -> str | None:
 class CountryLookup:
     """IP string -> ISO 3166-1 alpha-2 country code (or None), from a MaxMind DB file.
 
-    Wraps ``geoip2.database.Reader`` in C-extension mmap mode and dispatches on the database
-    type: ``enterprise()`` for Enterprise, ``city()`` for City, ``country()`` for Country
-    databases (geoip2 refuses ``country()`` on a City database). Any other type is refused at
+    Reads the ``country.iso_code`` of the record maxminddb's C reader (mmap mode) returns, as
+    geoip2's Country, City and Enterprise models do. A database of any other type is refused at
     construction, so a wrong ``--geoip_db`` fails at startup rather than turning every visitor
     ``UNKNOWN``.
 
@@ -215,10 +213,10 @@ class CountryLookup:
                 "with libmaxminddb); pass allow_pure_python=True to accept a ~10x slower reader"
             )
         self.path = os.fspath(path)
-        self._reader = geoip2.database.Reader(self.path, mode=mode)
+        self._reader = maxminddb.open_database(self.path, mode)
         self.uses_c_extension = mode == maxminddb.MODE_MMAP_EXT
         self.database_type: str = self._reader.metadata().database_type
-        self._query = self._query_method(self.database_type)
+        self._check_type(self.database_type)
         self.cache_size = cache_size
         self._cached: Callable[[str], str | None]
         if cache_size:
@@ -226,13 +224,9 @@ class CountryLookup:
         else:
             self._cached = self._lookup
 
-    def _query_method(self, database_type: str) -> Callable[[Any], Any]:
-        if "Enterprise" in database_type:
-            return self._reader.enterprise
-        if "City" in database_type:
-            return self._reader.city
-        if "Country" in database_type:
-            return self._reader.country
+    def _check_type(self, database_type: str) -> None:
+        if any(kind in database_type for kind in ("Enterprise", "City", "Country")):
+            return
         self._reader.close()
         raise ValueError(
             f"{self.path}: database type {database_type!r} has no country data; "
@@ -254,13 +248,12 @@ class CountryLookup:
         if addr is None:
             return None
         try:
-            model = self._query(addr)
-        except geoip2.errors.AddressNotFoundError:
-            return None
+            record = self._reader.get(addr)
         except ValueError:
             # e.g. an IPv6 address against an IPv4-only database: cannot be placed.
             return None
-        return _iso_code(model.country.iso_code)
+        country = record.get("country") if isinstance(record, dict) else None
+        return _iso_code(country.get("iso_code")) if isinstance(country, dict) else None
 
     def cache_info(self) -> Any:
         """``functools`` cache statistics (None when the cache is disabled)."""

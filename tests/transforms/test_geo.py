@@ -13,6 +13,7 @@ from pathlib import Path
 
 import apache_beam as beam
 import geoip2.database
+import geoip2.errors
 import maxminddb
 import pytest
 from apache_beam.io.localfilesystem import LocalFileSystem
@@ -39,6 +40,7 @@ from transforms.geo import (
     CountryLookup,
     Geolocate,
     GeolocateFn,
+    _public_address,
     clear_shared_lookups,
     region_for,
     shared_lookup,
@@ -625,3 +627,25 @@ def test_no_answer_for_what_the_stdlib_calls_non_global(bundled, addr):
 @given(st.ip_addresses(network="10.0.0.0/8") | st.ip_addresses(network="fc00::/7"))
 def test_private_ranges_are_none(bundled, addr):
     assert bundled.country(str(addr)) is None
+
+
+@pytest.mark.parametrize(
+    ("path", "method"),
+    [(MAXMIND_COUNTRY, "country"), (MAXMIND_CITY, "city"), (MAXMIND_ENTERPRISE, "enterprise")],
+)
+def test_lookups_agree_with_geoip2_models(path, method):
+    """CountryLookup reads maxminddb's records directly (geoip2's models cost more than the
+    lookup): for every network of MaxMind's test databases, the country is geoip2's."""
+    lookup = CountryLookup(path, cache_size=0)
+    with geoip2.database.Reader(str(path)) as reader:
+        networks = [n for n, _ in maxminddb.open_database(str(path))]
+        for network in networks:
+            ip = str(network.network_address)
+            if _public_address(ip) != ip:
+                continue  # non-public ranges are UNKNOWN on purpose, whatever the file says
+            try:
+                expected = getattr(reader, method)(ip).country.iso_code
+            except geoip2.errors.AddressNotFoundError:
+                expected = None
+            assert lookup.country(ip) == expected, ip
+    lookup.close()
