@@ -63,6 +63,7 @@ class FieldSpec:
         object.__setattr__(
             self, "plain_string", self.format is None and "string" in self.avro_types
         )
+        object.__setattr__(self, "identifier", self.format == "identifier")
 
     def accepts(self, value: Any) -> bool:
         if self.format == "identifier":
