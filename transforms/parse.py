@@ -45,6 +45,18 @@ def canonical_ip(value: str) -> str:
 
 def decode_json_line(line: bytes | str) -> dict[str, Any]:
     """One JSON Lines line to a JSON object, or :class:`RecordError`."""
+    try:
+        obj = orjson.loads(line)  # the common case: valid UTF-8 JSON, decoded in one C call
+    except orjson.JSONDecodeError:
+        obj = _decode_slowly(line)
+    if not isinstance(obj, dict):
+        raise RecordError("not_an_object")
+    return obj
+
+
+def _decode_slowly(line: bytes | str) -> Any:
+    """What orjson refused: say why, or decode it with json, which is laxer (NaN, lone
+    surrogates, integers beyond 64 bits) and is the contract's reference."""
     if isinstance(line, bytes):
         try:
             line = line.decode("utf-8")
@@ -53,17 +65,9 @@ def decode_json_line(line: bytes | str) -> dict[str, Any]:
     if not line.strip():
         raise RecordError("empty_line")
     try:
-        obj = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        # orjson is stricter than json (NaN, lone surrogates, integers beyond 64 bits): json,
-        # the contract's reference, has the last word on what a valid line is.
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            raise RecordError("invalid_json") from None
-    if not isinstance(obj, dict):
-        raise RecordError("not_an_object")
-    return obj
+        return json.loads(line)
+    except ValueError:
+        raise RecordError("invalid_json") from None
 
 
 # How validate_record treats a field (see FieldPlan).
@@ -129,6 +133,10 @@ def validate_planned(obj: Mapping[str, Any], plan: Sequence[FieldPlan]) -> dict[
     return record
 
 
+def _as_object(element: str | Mapping[str, Any]) -> Mapping[str, Any]:
+    return element if isinstance(element, Mapping) else decode_json_line(element)
+
+
 class ParseFn(RecordStage):
     """Raw element (bytes line or Avro dict) -> validated record, or a dead letter."""
 
@@ -153,7 +161,7 @@ class ParseFn(RecordStage):
         return super().process(batch)
 
     def one(self, element: bytes | str | Mapping[str, Any]) -> dict[str, Any]:
-        obj = element if isinstance(element, Mapping) else decode_json_line(element)
+        obj = decode_json_line(element) if element.__class__ is bytes else _as_object(element)
         if self._minimum_age is not None and self._minimum_age.blocks(obj):
             # A child's record is not stored, not even as a dead letter: id and reason only.
             self.tally.add("parse.under_minimum_age")

@@ -164,3 +164,45 @@ def test_any_object_validates_or_rejects(obj):
     except RecordError:
         return
     assert set(record) == {s.name for s in SPECS}
+
+
+def _reference_decoding(line: bytes) -> object:
+    """The contract's reference: UTF-8, then the standard library's json."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        return "invalid_encoding"
+    if not text.strip():
+        return "empty_line"
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return "invalid_json"
+    return obj if isinstance(obj, dict) else "not_an_object"
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=8,
+)
+
+
+@given(
+    st.one_of(
+        st.binary(max_size=120),
+        st.dictionaries(st.text(max_size=6), _JSON_VALUES, max_size=5).map(
+            lambda d: json.dumps(d).encode()
+        ),
+        _JSON_VALUES.map(lambda v: json.dumps(v).encode()),
+    )
+)
+def test_decoding_is_the_standard_librarys(line):
+    """orjson decodes the common case; whatever it accepts, json accepts identically, and what
+    it refuses json decides: the fast path changes no outcome."""
+    try:
+        got: object = decode_json_line(line)
+    except RecordError as err:
+        got = err.error
+    expected = _reference_decoding(line)
+    assert repr(got) == repr(expected)
