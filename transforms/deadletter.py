@@ -157,19 +157,30 @@ class ParDoWithDeadLetters(beam.PTransform):
     """``ParDo(dofn)`` whose expected rejections (``dead_letter`` output) and unexpected
     exceptions (``with_exception_handling``) both end up as dead letters.
 
-    Applying it yields ``(good, dead_letters)``.
+    Applying it yields ``(good, dead_letters)``; ``output_type`` is the good output's element
+    type (its coder is the registered one).
     """
 
-    def __init__(self, dofn: beam.DoFn, stage: str, context: DeadLetterContext) -> None:
+    def __init__(
+        self,
+        dofn: beam.DoFn,
+        stage: str,
+        context: DeadLetterContext,
+        *,
+        output_type: Any = Any,
+    ) -> None:
         super().__init__()
         self._dofn = dofn
         self._stage = stage
         self._context = context
+        self._output_type = output_type
 
     def expand(self, pcoll):
-        results = pcoll | "Apply" >> beam.ParDo(self._dofn).with_outputs(
-            DEAD_LETTER_TAG, main="good"
-        ).with_exception_handling(dead_letter_tag="failed")
+        results = pcoll | "Apply" >> beam.ParDo(self._dofn).with_output_types(
+            self._output_type
+        ).with_outputs(DEAD_LETTER_TAG, main="good").with_exception_handling(
+            dead_letter_tag="failed"
+        )
         crashed = results.failed | "Crashed" >> FromExceptions(self._stage, self._context)
         dead = (results[DEAD_LETTER_TAG], crashed) | "DeadLetters" >> beam.Flatten()
         return results.good, dead

@@ -35,7 +35,7 @@ INPUT_FORMATS = ("auto", "jsonl", "avro")
 
 # 16 MiB: 1M visits (~300 MB) make ~19 ranges, enough to keep two or more workers busy to the
 # end; the cost per range (one file open and seek) is negligible.
-DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024
+DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
 
 # (path, start, end): end None = to the end of the file (compressed and Avro files).
 ByteRange = tuple[str, int, int | None]
@@ -71,7 +71,7 @@ def _strip_newline(line: bytes) -> bytes:
 
 def _in_batches(lines: list[bytes], batch_size: int) -> Iterator[Batch]:
     for first in range(0, len(lines), batch_size):
-        yield lines[first : first + batch_size]
+        yield Batch(lines[first : first + batch_size])
 
 
 def read_line_batches(fh: Any, start: int, end: int | None, batch_size: int) -> Iterator[Batch]:
@@ -106,12 +106,12 @@ def read_line_batches(fh: Any, start: int, end: int | None, batch_size: int) -> 
 
 
 def _stream_line_batches(fh: Any, batch_size: int) -> Iterator[Batch]:
-    batch: Batch = []
+    batch = Batch()
     for line in iter(fh.readline, b""):
         batch.append(_strip_newline(line))
         if len(batch) >= batch_size:
             yield batch
-            batch = []
+            batch = Batch()
     if batch:
         yield batch
 
@@ -133,12 +133,12 @@ class _ReadBatches(beam.DoFn):
                 yield from read_line_batches(fh, start, end, self._batch_size)
 
     def _avro(self, fh: Any) -> Iterator[Batch]:
-        batch: Batch = []
+        batch = Batch()
         for record in fastavro.reader(fh):
             batch.append(record)
             if len(batch) >= self._batch_size:
                 yield batch
-                batch = []
+                batch = Batch()
         if batch:
             yield batch
 
@@ -175,7 +175,8 @@ class ReadRecords(beam.PTransform):
                 )
                 | "SplitFiles" >> beam.FlatMap(byte_ranges, self._format, self._chunk_bytes)
                 | "Distribute" >> beam.Reshuffle()
-                | "ReadBatches" >> beam.ParDo(_ReadBatches(self._format, self._batch_size))
+                | "ReadBatches"
+                >> beam.ParDo(_ReadBatches(self._format, self._batch_size)).with_output_types(Batch)
             )
         if self._format == "avro":
             return pbegin | "ReadAvro" >> beam.io.ReadFromAvro(self._pattern)

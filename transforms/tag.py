@@ -697,4 +697,8 @@ class Tag(beam.PTransform):
         self._batched = batched
 
     def expand(self, records):
-        return records | "StampPolicy" >> ApplyStage(self._fn, batched=self._batched)
+        # Batched, the output is (category, table) pairs, not batches.
+        output_type = Any if self._batched else Batch
+        return records | "StampPolicy" >> ApplyStage(
+            self._fn, batched=self._batched, output_type=output_type
+        )

@@ -43,7 +43,7 @@ from apache_beam.io.requestresponse import (
 )
 from apache_beam.transforms.enrichment import Enrichment, EnrichmentSourceHandler
 
-from transforms.batches import BATCH_SIZE, CounterTally, Rebatch, Unbatch
+from transforms.batches import BATCH_SIZE, Batch, CounterTally, Rebatch, Unbatch
 from transforms.enrichment import (
     FAILED,
     MATCHED,
@@ -217,10 +217,10 @@ class RestrictContactsByCompanyCountry:
     def __call__(self, record: dict[str, Any]) -> dict[str, Any]:
         return self.batch([record])[0]
 
-    def batch(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def batch(self, records: list[dict[str, Any]]) -> Batch:
         """The rule over a batch: records it does not touch are passed on as they are."""
         tally = CounterTally()
-        out = [self._one(record, tally) for record in records]
+        out = Batch(self._one(record, tally) for record in records)
         tally.flush()
         return out
 
@@ -328,7 +328,9 @@ class EnrichAroundDeal(beam.PTransform):
                 repeater=NoOpsRepeater(),
                 throttler=_NoThrottle(),
             )
-        restricted = batches | "RestrictByCompanyCountry" >> beam.Map(self._restrict.batch)
+        restricted = batches | "RestrictByCompanyCountry" >> beam.Map(
+            self._restrict.batch
+        ).with_output_types(Batch)
         return restricted if self._batched else restricted | "Unbatch" >> Unbatch()
 
 
