@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from datetime import UTC, datetime
 
@@ -14,7 +15,13 @@ from hypothesis import strategies as st
 
 from schemas.avro import input_fields
 from transforms.deadletter import DEAD_LETTER_TAG, RecordError
-from transforms.parse import Parse, ParseFn, decode_json_line, validate_record
+from transforms.parse import (
+    Parse,
+    ParseFn,
+    canonical_ip,
+    decode_json_line,
+    validate_record,
+)
 
 SPECS = input_fields("visit_input")
 T = int(datetime(2026, 10, 5, 15, 30, tzinfo=UTC).timestamp()) * 1_000_000
@@ -206,3 +213,20 @@ def test_decoding_is_the_standard_librarys(line):
         got = err.error
     expected = _reference_decoding(line)
     assert repr(got) == repr(expected)
+
+
+@given(
+    st.one_of(
+        st.ip_addresses().map(str),
+        st.ip_addresses(v=4).map(lambda a: ".".join(f"{int(p):03d}" for p in str(a).split("."))),
+        st.text(alphabet="0123456789.: abcdef", max_size=20),
+    )
+)
+def test_canonical_ip_is_ipaddress(value):
+    try:
+        expected = str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        with pytest.raises(ValueError):
+            canonical_ip(value)
+        return
+    assert canonical_ip(value) == expected
