@@ -17,9 +17,8 @@ from __future__ import annotations
 import functools
 import ipaddress
 import json
-import re
 import socket
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -52,26 +51,40 @@ def canonical_ip(value: str) -> str:
     return str(ipaddress.ip_address(value.strip()))
 
 
-# A run of 19 digits may be an integer beyond 64 bits, which orjson reads as a float where json
-# keeps the exact integer: such a line takes the standard library's path.
-_LONG_NUMBER = re.compile(rb"[0-9]{19}")
-_LONG_NUMBER_TEXT = re.compile(r"[0-9]{19}")
+# orjson reads an integer beyond 64 bits as a float (json keeps the exact integer): a float of at
+# least this magnitude may be one.
+_BEYOND_INT64 = 2.0**63
 
 
 def decode_json_line(line: bytes | str) -> dict[str, Any]:
     """One JSON Lines line to a JSON object, or :class:`RecordError`.
 
     orjson decodes the common case in one C call; json (the contract's reference) decides
-    everything orjson refuses or might read differently (see ``_LONG_NUMBER``), so that the
-    result is always json's."""
-    long_number = (_LONG_NUMBER if isinstance(line, bytes) else _LONG_NUMBER_TEXT).search(line)
+    everything orjson refuses, and re-reads a line where orjson may have read an integer as a
+    float, so that the result is always json's."""
     try:
-        obj = _decode_slowly(line) if long_number else orjson.loads(line)
+        obj = orjson.loads(line)
     except orjson.JSONDecodeError:
         obj = _decode_slowly(line)
     if not isinstance(obj, dict):
         raise RecordError("not_an_object")
+    if _may_hold_a_long_integer(obj.values()):
+        return _decode_slowly(line)  # an object again: orjson read one
     return obj
+
+
+def _may_hold_a_long_integer(values: Iterable[Any]) -> bool:
+    for value in values:
+        kind = value.__class__
+        if kind is float:
+            if not -_BEYOND_INT64 < value < _BEYOND_INT64:
+                return True
+        elif kind is list:
+            if _may_hold_a_long_integer(value):
+                return True
+        elif kind is dict and _may_hold_a_long_integer(value.values()):
+            return True
+    return False
 
 
 def _decode_slowly(line: bytes | str) -> Any:

@@ -10,7 +10,7 @@ import apache_beam as beam
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.avro import input_fields
@@ -195,6 +195,7 @@ _JSON_VALUES = st.recursive(
 )
 
 
+@settings(max_examples=500)
 @given(
     st.one_of(
         st.binary(max_size=120),
