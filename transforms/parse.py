@@ -141,12 +141,12 @@ def validate_planned(obj: Mapping[str, Any], plan: Sequence[FieldPlan]) -> dict[
     get = obj.get
     for name, required, kind, spec in plan:
         value = get(name)
-        if value is None or (required and value == ""):
+        if kind == _STRING and value.__class__ is str and (value or not required):
+            record[name] = value  # the common case, nothing to check or convert
+        elif value is None or (required and value == ""):
             if required:
                 raise RecordError("missing_field", name)
             record[name] = None
-        elif kind == _STRING and value.__class__ is str:
-            record[name] = value  # the common case, nothing to check or convert
         elif kind == _TIME:
             try:
                 record[name] = parse_event_time(value)
