@@ -18,7 +18,7 @@ import functools
 import ipaddress
 import json
 import socket
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -73,7 +73,12 @@ def decode_json_line(line: bytes | str) -> dict[str, Any]:
     return obj
 
 
-def _may_hold_a_long_integer(values: Iterable[Any]) -> bool:
+_FLOAT_OR_CONTAINER = frozenset({float, list, dict})
+
+
+def _may_hold_a_long_integer(values: Collection[Any]) -> bool:
+    if _FLOAT_OR_CONTAINER.isdisjoint(map(type, values)):
+        return False  # the common case, decided in C
     for value in values:
         kind = value.__class__
         if kind is float:
