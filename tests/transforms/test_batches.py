@@ -21,9 +21,10 @@ from pipelines.ingest import spec_for
 from schemas.arrow import arrow_schema, to_arrow_table
 from schemas.avro import category_columns, output_schema
 from transforms.batches import ApplyStage, RecordStage
+from transforms.columns import BatchColumns
 from transforms.deadletter import DEAD_LETTER_TAG, RecordError
 from transforms.read import ReadRecords, byte_ranges, read_line_batches
-from transforms.tag import BatchColumns, CategoryOutput, TagFn, Tagger
+from transforms.tag import CategoryOutput, TagFn, Tagger
 
 T = 1_790_000_000 * 1_000_000
 DAY = 86_400 * 1_000_000
@@ -231,8 +232,8 @@ def test_tag_fn_builds_tables_and_dead_letters_what_a_table_cannot_hold(policy, 
     )
 
 
-# Table mode decides column-wise (transforms.tag.BatchColumns) what the row mode decides record by
-# record. Random batches of three shapes: visits (two outputs, one of them when_any, a conditional
+# Table mode decides column-wise (transforms.columns.BatchColumns) what the row mode decides
+# record by record. Random batches of three shapes: visits (two outputs, one of them when_any, a conditional
 # purpose), and the routed sources sdk_logs (when_present) and telemetry (when_equals), exclusive.
 # Values are mostly what the pipelines carry, sometimes not (ints or bytes where strings belong,
 # a text event time, a mapping that is no dict): those must end exactly as record by record.

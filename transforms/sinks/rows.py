@@ -6,14 +6,13 @@ data takes the same columnar, bounded-memory path as tables built upstream.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
 
 from schemas.arrow import arrow_schema, to_arrow_table
-from transforms.sinks.files import DEFAULT_AVRO_CODEC, DEFAULT_PARQUET_CODEC, DEFAULT_ROW_GROUP_SIZE
 from transforms.sinks.tables import WriteTables, _no_schema
 
 # Rows per table WritePartitioned builds from row dicts, per category and bundle.
@@ -61,57 +60,21 @@ def _event_id(row: object) -> object:
     return row.get("event_id") if isinstance(row, Mapping) else None
 
 
-class WritePartitioned(beam.PTransform):
+class WritePartitioned(WriteTables):
     """Write tagged rows as ``data_category=/expiry_date=`` Hive partitions.
 
-    Each category is written with its own Avro record schema (Parquet columns derived by
+    :class:`WriteTables` with row dicts in (its parameters, files and results): each category
+    is written with its own Avro record schema (Parquet columns derived by
     ``schemas.arrow.arrow_schema``); columns not in a category's schema are dropped, which
     keeps the output to the policy's allow-list even if an upstream step added a field.
     The rows are turned into Arrow tables per category (up to ``DEFAULT_TABLE_ROWS`` rows per
-    table and bundle) and written by :class:`WriteTables`.
+    table and bundle) first.
 
     A row whose ``data_category`` has no schema raises ``ValueError`` and fails the
     pipeline: the Guard routes unknown categories to the dead letters earlier, so such a
     row here is a programming error, and failing closed beats writing it silently.
-
-    Returns the ``fileio.FileResult`` of every file written, all formats flattened, with
-    ``file_name`` the full path.
     """
-
-    def __init__(
-        self,
-        output_dir: str,
-        schemas: Mapping[str, dict],
-        formats: Sequence[str] = ("parquet",),
-        shards_per_partition: int | None = None,
-        *,
-        parquet_codec: str = DEFAULT_PARQUET_CODEC,
-        avro_codec: str = DEFAULT_AVRO_CODEC,
-        row_group_size: int = DEFAULT_ROW_GROUP_SIZE,
-        run_token: str | None = None,
-    ) -> None:
-        super().__init__()
-        if not schemas:
-            raise ValueError("WritePartitioned needs at least one category schema")
-        self._tables = WriteTables(
-            output_dir,
-            schemas,
-            formats,
-            shards_per_partition,
-            parquet_codec=parquet_codec,
-            avro_codec=avro_codec,
-            row_group_size=row_group_size,
-            run_token=run_token,
-        )
-        self.output_dir = output_dir
-        self.schemas = self._tables.schemas
-        self.formats = self._tables.formats
-        self.shards = self._tables.shards
-        self.run_token = self._tables.run_token
-        self.parquet_codec = parquet_codec
-        self.avro_codec = avro_codec
-        self.row_group_size = row_group_size
 
     def expand(self, rows):
         tables = rows | "ToTables" >> beam.ParDo(_RowsToTables(self.schemas, DEFAULT_TABLE_ROWS))
-        return tables | "WriteTables" >> self._tables
+        return super().expand(tables)
