@@ -233,8 +233,9 @@ def test_tag_fn_builds_tables_and_dead_letters_what_a_table_cannot_hold(policy, 
 
 
 # Table mode decides column-wise (transforms.columns.BatchColumns) what the row mode decides
-# record by record. Random batches of three shapes: visits (two outputs, one of them when_any, a conditional
-# purpose), and the routed sources sdk_logs (when_present) and telemetry (when_equals), exclusive.
+# record by record. Random batches of three shapes: visits (two outputs, one of them when_any, a
+# conditional purpose), and the routed sources sdk_logs (when_present) and telemetry
+# (when_equals), exclusive.
 # Values are mostly what the pipelines carry, sometimes not (ints or bytes where strings belong,
 # a text event time, a mapping that is no dict): those must end exactly as record by record.
 
