@@ -10,9 +10,9 @@ Two shapes of output:
 - ``batched=True``: lists of up to ``BATCH_SIZE`` elements (``transforms.batches``), what the
   pipelines use. Files are matched with ``fileio.MatchFiles`` and cut into byte ranges of
   ``chunk_bytes`` (uncompressed JSON Lines; a compressed or Avro file is one range), the ranges
-  are spread over the workers (``Reshuffle``) and each is read as a stream of line batches. A
+  are spread over the workers (``Reshuffle``) and each is read in one piece and cut into batches. A
   range owns the lines that *start* inside it, so every line is read exactly once whatever the
-  chunk size. Memory per worker is one batch in flight, not one range.
+  chunk size. Memory per worker is one range of raw input and one batch in flight.
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ __all__ = ["DEFAULT_CHUNK_BYTES", "INPUT_FORMATS", "ReadRecords", "resolve_input
 
 INPUT_FORMATS = ("auto", "jsonl", "avro")
 
-# 16 MiB: 1M visits (~300 MB) make ~19 ranges, enough to keep two or more workers busy to the
-# end; the cost per range (one file open and seek) is negligible.
+# 4 MiB: 1M visits (~300 MB) make ~75 ranges, so that the workers share the input evenly (the
+# runner hands each worker a share of the ranges); a range costs one open and one seek, and is
+# read in one piece, so this is also the most a worker holds of the raw input.
 DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
 
 # (path, start, end): end None = to the end of the file (compressed and Avro files).
