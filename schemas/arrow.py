@@ -27,6 +27,7 @@ __all__ = [
     "UnsupportedAvroSchemaError",
     "arrow_column",
     "arrow_schema",
+    "check_required",
     "to_arrow_table",
 ]
 
@@ -186,10 +187,16 @@ def arrow_column(field: pa.Field, values: Sequence[Any]) -> pa.Array:
         array = pa.array(values, type=field.type)
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as err:
         raise ValueError(f"column {field.name!r} ({field.type}): {err}") from err
+    return check_required(field, array)
+
+
+def check_required(field: pa.Field, array: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """``array`` itself, or ValueError naming the column if ``field`` is non-nullable and the
+    array has nulls."""
     if not field.nullable and array.null_count:
         raise ValueError(
             f"column {field.name!r} is required (non-null) but {array.null_count} of "
-            f"{len(values)} rows have no value"
+            f"{len(array)} rows have no value"
         )
     return array
 

@@ -29,7 +29,8 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.arrow import arrow_column
+from schemas.arrow import arrow_column, check_required
+from schemas.avro import tag_columns
 from schemas.policy import UNKNOWN_REGION, Category, Policy, Retention, Route, filled_any
 from transforms.batches import ApplyStage, Batch, RecordStage
 from transforms.columns import BatchColumns
@@ -276,9 +277,7 @@ class Tagger:
                     array = array.take(tags.rows)
             else:
                 array = arrow_column(field, [None] * n)
-            if not field.nullable and array.null_count:
-                raise ValueError(f"column {name!r} is required (non-null) but has nulls")
-            arrays.append(array)
+            arrays.append(check_required(field, array))
         return pa.Table.from_arrays(arrays, schema=schema)
 
 
@@ -370,24 +369,28 @@ class TagFn(RecordStage):
         ``applies`` record by record; yields the dead letters of records it fails on (in
         neither mask)."""
         index = pc.indices_nonzero(candidates).to_pylist()
-        records = [batch[i] for i in index]
-        try:
-            flags = [output.applies(r) for r in records]
-        except Exception:  # find the record(s) at fault
-            flags = []
-            for record in records:
-                try:
-                    flags.append(output.applies(record))
-                except Exception as err:  # its own dead letter
-                    flags.append(None)
-                    yield self._reject(f"unexpected_error:{type(err).__name__}", record, None)
+        flags = yield from self._each(output.applies, [batch[i] for i in index])
         picked, rest = [False] * len(batch), [False] * len(batch)
         for i, flag in zip(index, flags, strict=True):
-            if flag:
-                picked[i] = True
-            elif flag is False:
-                rest[i] = True
+            if flag is not _FAILED:
+                (picked if flag else rest)[i] = True
         return pa.array(picked, type=pa.bool_()), pa.array(rest, type=pa.bool_())
+
+    def _each(self, fn: Any, records: list[Mapping[str, Any]]) -> Iterator[Any]:
+        """Generator returning ``[fn(record) ...]``, with ``_FAILED`` for the records ``fn``
+        raises on; yields their dead letters. The whole list is tried first: a failure is rare,
+        and only then is each record tried alone."""
+        try:
+            return [fn(r) for r in records]
+        except Exception:  # find the record(s) at fault
+            results = []
+            for record in records:
+                try:
+                    results.append(fn(record))
+                except Exception as err:  # its own dead letter
+                    results.append(_FAILED)
+                    yield self._reject(f"unexpected_error:{type(err).__name__}", record, None)
+            return results
 
     def _output(
         self, category: str, tagger: Tagger, columns: BatchColumns, picked: pa.BooleanArray
@@ -417,25 +420,11 @@ class TagFn(RecordStage):
     def _rows_table(
         self, category: str, tagger: Tagger, records: list[Mapping[str, Any]]
     ) -> Iterator[Any]:
-        tags = yield from self._tags(tagger, records)
-        if records:
-            yield from self._table(category, tagger, records, tags)
-
-    def _tags(self, tagger: Tagger, picked: list[Mapping[str, Any]]) -> Iterator[Any]:
-        """Generator returning the tags of ``picked`` (records whose tags fail are removed from
-        it, as dead letters)."""
-        try:
-            return [tagger.tags(r) for r in picked]
-        except Exception:  # find the record(s) at fault
-            tags, kept = [], []
-            for record in picked:
-                try:
-                    tags.append(tagger.tags(record))
-                    kept.append(record)
-                except Exception as err:  # its own dead letter
-                    yield self._reject(f"unexpected_error:{type(err).__name__}", record, None)
-            picked[:] = kept
-            return tags
+        """The table of ``records`` built record-wise; records whose tags fail are dead."""
+        tags = yield from self._each(tagger.tags, records)
+        kept = [(r, t) for r, t in zip(records, tags, strict=True) if t is not _FAILED]
+        if kept:
+            yield from self._table(category, tagger, [r for r, _ in kept], [t for _, t in kept])
 
     def _table(
         self, category: str, tagger: Tagger, records: list[Mapping[str, Any]], tags: list[Tags]
@@ -454,9 +443,10 @@ class TagFn(RecordStage):
 
 
 # The columns Tagger.table fills with the tags, whatever the record holds.
-_TAG_COLUMNS = frozenset(
-    ("data_category", "purposes", "legal_basis", "retention_rule", "expires_at", "policy_version")
-)
+_TAG_COLUMNS = frozenset(tag_columns())
+
+# What TagFn._each gives for a record its function raised on.
+_FAILED = object()
 
 
 def _fields_to_convert(

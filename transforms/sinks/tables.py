@@ -23,7 +23,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindow, GlobalWindows
 
-from schemas.arrow import arrow_schema
+from schemas.arrow import arrow_schema, check_required
 from transforms.counters import counter
 from transforms.sinks.files import (
     DEFAULT_AVRO_CODEC,
@@ -148,13 +148,7 @@ class _BufferPartitions(beam.DoFn):
                 f"schema (schemas.arrow.arrow_schema):\n{table.schema}\nexpected:\n{schema}"
             )
         for field in schema:
-            if not field.nullable:
-                nulls = table.column(field.name).null_count
-                if nulls:
-                    raise ValueError(
-                        f"column {field.name!r} is required (non-null) but {nulls} of "
-                        f"{table.num_rows} rows have no value"
-                    )
+            check_required(field, table.column(field.name))
         if "data_category" in schema.names and table.num_rows:
             same = pc.all(
                 pc.equal(table.column("data_category"), pa.scalar(category)), skip_nulls=False
