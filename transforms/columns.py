@@ -22,7 +22,7 @@ __all__ = ["BatchColumns"]
 
 
 # Arrow types of values that never equal "": such a value is filled exactly when it is not None.
-NEVER_EMPTY = (
+_NEVER_EMPTY = (
     pa.types.is_integer,
     pa.types.is_floating,
     pa.types.is_boolean,
@@ -33,6 +33,10 @@ NEVER_EMPTY = (
 
 def _is_str(type_: pa.DataType) -> bool:
     return pa.types.is_string(type_) or pa.types.is_large_string(type_)
+
+
+def _never_empty(type_: pa.DataType) -> bool:
+    return any(test(type_) for test in _NEVER_EMPTY)
 
 
 class BatchColumns:
@@ -130,13 +134,13 @@ class BatchColumns:
                     flags[i] = value is not None and value != ""
                 return pa.array(flags, type=pa.bool_())
             return filled.fill_null(False)
-        if array is None or not any(test(array.type) for test in NEVER_EMPTY):
+        if array is None or not _never_empty(array.type):
             array = self.inferred(name)
         if array is None:
             return None
         if _is_str(array.type):
             return pc.not_equal(array, "").fill_null(False)
-        if pa.types.is_null(array.type) or any(test(array.type) for test in NEVER_EMPTY):
+        if pa.types.is_null(array.type) or _never_empty(array.type):
             return array.is_valid()
         return None  # bytes, lists...: let Python decide
 
@@ -158,7 +162,7 @@ class BatchColumns:
             return None
         if value is None:
             decided = _is_str(array.type) or pa.types.is_null(array.type)
-            if decided or any(test(array.type) for test in NEVER_EMPTY):
+            if decided or _never_empty(array.type):
                 return array.is_null()
         elif type(value) is str:
             if _is_str(array.type):
