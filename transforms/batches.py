@@ -195,8 +195,10 @@ class ApplyStage(beam.PTransform):
         context = self._fn._context
         if context is None:
             good = batches | "Apply" >> beam.ParDo(self._fn).with_output_types(self._output_type)
-            return good if self._batched else good | "Unbatch" >> Unbatch()
-        good, dead = batches | "Apply" >> ParDoWithDeadLetters(
-            self._fn, self._fn.stage, context, output_type=self._output_type
-        )
-        return (good if self._batched else good | "Unbatch" >> Unbatch()), dead
+        else:
+            good, dead = batches | "Apply" >> ParDoWithDeadLetters(
+                self._fn, self._fn.stage, context, output_type=self._output_type
+            )
+        if not self._batched:
+            good = good | "Unbatch" >> Unbatch()
+        return good if context is None else (good, dead)

@@ -30,7 +30,18 @@ from transforms.batches import ApplyStage, Batch, RecordStage
 from transforms.deadletter import DeadLetterContext, RecordError
 from transforms.timestamps import TimestampError, parse_event_time
 
-__all__ = ["Parse", "ParseFn", "canonical_ip", "decode_json_line", "validate_record"]
+__all__ = [
+    "FieldPlan",
+    "Parse",
+    "ParseFn",
+    "canonical_ip",
+    "compile_validator",
+    "decode_json_line",
+    "field_plan",
+    "field_value",
+    "validate_planned",
+    "validate_record",
+]
 
 UNDER_AGE_WITHHELD = "<withheld: the record declares an end user below the minimum age>"
 
@@ -202,10 +213,6 @@ def compile_validator(plan: Sequence[FieldPlan]) -> Callable[[Mapping[str, Any]]
     return namespace["validate"]
 
 
-def _as_object(element: str | Mapping[str, Any]) -> Mapping[str, Any]:
-    return element if isinstance(element, Mapping) else decode_json_line(element)
-
-
 class ParseFn(RecordStage):
     """Raw element (bytes line or Avro dict) -> validated record, or a dead letter."""
 
@@ -235,7 +242,11 @@ class ParseFn(RecordStage):
         return super().process(batch)
 
     def one(self, element: bytes | str | Mapping[str, Any]) -> dict[str, Any]:
-        obj = decode_json_line(element) if element.__class__ is bytes else _as_object(element)
+        # A JSON line is bytes; the ABC check of Mapping is for Avro records (and text lines).
+        if element.__class__ is bytes or not isinstance(element, Mapping):
+            obj = decode_json_line(element)
+        else:
+            obj = element
         if self._minimum_age is not None and self._minimum_age.blocks(obj):
             # A child's record is not stored, not even as a dead letter: id and reason only.
             self.tally.add("parse.under_minimum_age")
