@@ -18,6 +18,14 @@ record.
 :class:`ApplyStage` applies a stage to a PCollection of batches (``batched=True``, what the
 pipelines do) or of single records (the default, for users and tests that work record by record:
 the records are batched with ``BatchElements`` and unbatched after the stage).
+
+Columnar batches: a batch is either a :class:`Batch` (a list of record dicts) or a
+:class:`TableBatch` (the same records as the columns of a ``pyarrow.Table``: a missing value is
+null). The parser emits tables where the schema maps to Arrow, and the visit stages (geolocate,
+suppress, enrich, guard, tag) then work on whole columns with ``pyarrow.compute``, so a record
+never becomes a dict on the way to the sinks. A stage without a columnar version (or a table its
+columnar version cannot decide exactly) goes record by record over ``table.to_pylist()``: the
+default :meth:`RecordStage.process_table`, the same per-record code and dead letters as a list.
 """
 
 from __future__ import annotations
@@ -27,18 +35,37 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import apache_beam as beam
+import pyarrow as pa
 
 from transforms.counters import counter
 from transforms.deadletter import DeadLetterContext, ParDoWithDeadLetters, RecordError
 
-__all__ = ["BATCH_SIZE", "ApplyStage", "Batch", "CounterTally", "Rebatch", "RecordStage", "Unbatch"]
+__all__ = [
+    "BATCH_SIZE",
+    "AnyBatch",
+    "ApplyStage",
+    "Batch",
+    "CounterTally",
+    "Rebatch",
+    "RecordStage",
+    "TableBatch",
+    "Unbatch",
+    "records_of",
+]
 
 # Records per batch: large enough that Beam's per-element cost vanishes (a few µs per batch),
 # small enough that a batch of visits stays well under a megabyte in flight.
 BATCH_SIZE = 2048
 
 
-class Batch(list):
+class AnyBatch:
+    """What travels between batched stages: a :class:`Batch` or a :class:`TableBatch` (the
+    element type of their PCollections, whose coder is :class:`BatchCoder`)."""
+
+    __slots__ = ()
+
+
+class Batch(list, AnyBatch):
     """A batch of records (or of raw lines): a list with a coder of its own, :class:`BatchCoder`.
 
     Why a type: Beam samples the encoded size of elements of every PCollection for its metrics
@@ -47,29 +74,63 @@ class Batch(list):
     """
 
 
+class TableBatch(AnyBatch):
+    """A batch of records as the columns of a ``pyarrow.Table`` (a field a record lacks is null).
+
+    Records of a table are read as ``table.to_pylist()``: dicts with every column as a key.
+    """
+
+    __slots__ = ("table",)
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def __repr__(self) -> str:
+        return f"TableBatch({self.table.num_rows} rows: {', '.join(self.table.column_names)})"
+
+
+def records_of(batch: Any) -> list[Any]:
+    """The records of a batch of either kind, as a list (a table's rows as dicts)."""
+    return batch.table.to_pylist() if isinstance(batch, TableBatch) else batch
+
+
 class BatchCoder(beam.coders.Coder):
-    """Encodes a :class:`Batch` as a list; estimates its size from its first element."""
+    """Encodes a :class:`Batch` as a list and a :class:`TableBatch` as an Arrow IPC stream;
+    estimates a list's size from its first element and a table's from its buffers."""
 
     def __init__(self) -> None:
         self._items = beam.coders.FastPrimitivesCoder()
 
-    def encode(self, value: Batch) -> bytes:
-        return self._items.encode(list(value))
+    def encode(self, value: AnyBatch) -> bytes:
+        if isinstance(value, TableBatch):
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, value.table.schema) as writer:
+                writer.write_table(value.table)
+            return b"T" + sink.getvalue().to_pybytes()
+        return b"L" + self._items.encode(list(value))
 
-    def decode(self, encoded: bytes) -> Batch:
-        return Batch(self._items.decode(encoded))
+    def decode(self, encoded: bytes) -> AnyBatch:
+        if encoded[:1] == b"T":
+            return TableBatch(pa.ipc.open_stream(encoded[1:]).read_all())
+        return Batch(self._items.decode(encoded[1:]))
 
-    def estimate_size(self, value: Batch) -> int:
-        return len(value) * self._items.estimate_size(value[0]) if value else 1
+    def estimate_size(self, value: AnyBatch) -> int:
+        if isinstance(value, TableBatch):
+            return value.table.nbytes + 1
+        return len(value) * self._items.estimate_size(value[0]) + 1 if value else 1
 
     def is_deterministic(self) -> bool:
         return False
 
     def to_type_hint(self) -> type:
-        return Batch
+        return AnyBatch
 
 
-beam.coders.registry.register_coder(Batch, BatchCoder)
+for _kind in (AnyBatch, Batch, TableBatch):
+    beam.coders.registry.register_coder(_kind, BatchCoder)
 
 
 class CounterTally:
@@ -121,7 +182,18 @@ class RecordStage(beam.DoFn):
     def one(self, element: Any) -> Any:
         raise NotImplementedError
 
-    def process(self, batch: Batch) -> Iterator[Any]:
+    def process(self, batch: AnyBatch) -> Iterator[Any]:
+        if isinstance(batch, TableBatch):
+            return self.process_table(batch.table)
+        return self.process_records(batch)
+
+    def process_table(self, table: pa.Table) -> Iterator[Any]:
+        """A columnar batch. By default record by record (``to_pylist``, a :class:`Batch` out);
+        stages with a columnar version override it."""
+        return self.process_records(Batch(table.to_pylist()))
+
+    def process_records(self, batch: Batch) -> Iterator[Any]:
+        """A batch of records, ``one()`` each."""
         good = Batch()
         keep = good.extend if self.many else good.append
         one = self.one
@@ -152,8 +224,8 @@ class RecordStage(beam.DoFn):
         )
 
 
-def _items(batch: Batch) -> Batch:
-    return batch
+def _items(batch: AnyBatch) -> list[Any]:
+    return records_of(batch)
 
 
 class Unbatch(beam.PTransform):
@@ -181,10 +253,13 @@ class ApplyStage(beam.PTransform):
     stage has a dead-letter context.
 
     ``batched``: the input (and the output) is a PCollection of batches; otherwise of single
-    elements. ``output_type``: what the stage emits (a :class:`Batch` unless it says otherwise).
+    elements. ``output_type``: what the stage emits (batches of either kind unless it says
+    otherwise).
     """
 
-    def __init__(self, fn: RecordStage, *, batched: bool = False, output_type: Any = Batch) -> None:
+    def __init__(
+        self, fn: RecordStage, *, batched: bool = False, output_type: Any = AnyBatch
+    ) -> None:
         super().__init__()
         self._fn = fn
         self._batched = batched

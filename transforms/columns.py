@@ -9,7 +9,7 @@ the tagger then goes record by record.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import reduce
 from typing import Any
 
@@ -18,7 +18,15 @@ import pyarrow.compute as pc
 
 from schemas.policy import UNKNOWN_REGION
 
-__all__ = ["BatchColumns"]
+__all__ = [
+    "BatchColumns",
+    "column_or_nulls",
+    "count",
+    "forbidding_rows",
+    "not_blank",
+    "present",
+    "with_column",
+]
 
 
 # Arrow types of values that never equal "": such a value is filled exactly when it is not None.
@@ -39,6 +47,84 @@ def _never_empty(type_: pa.DataType) -> bool:
     return any(test(type_) for test in _NEVER_EMPTY)
 
 
+def present(array: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Per value: neither None nor "" (:func:`filled_any`'s notion of a field having a value).
+
+    Exact for every Arrow type: only a string can equal ""; bytes ``b""`` does not."""
+    if pa.types.is_null(array.type):
+        return pc.is_valid(array)
+    if _is_str(array.type):
+        return pc.and_(pc.is_valid(array), pc.not_equal(array, "").fill_null(False))
+    return pc.is_valid(array)
+
+
+def count(mask: pa.Array | pa.ChunkedArray) -> int:
+    """The rows a boolean mask selects (nulls are not selected)."""
+    return pc.sum(mask).as_py() or 0
+
+
+def not_blank(array: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Per value of a string column: it has a character other than whitespace (``str.strip``).
+
+    Exact: a value that starts with a printable ASCII character other than space is decided
+    in Arrow; the few others (empty, blank, or starting with any other character, whose status
+    under Python's notion of whitespace Arrow cannot tell) are looked at in Python."""
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if pa.types.is_null(array.type):
+        return pc.is_valid(array)
+    sure = pc.match_substring_regex(array, "^[!-~]").fill_null(False)
+    unsure = pc.and_not(pc.is_valid(array), sure)
+    if not unsure.true_count:
+        return sure
+    flags = sure.to_pylist()
+    values = array.to_pylist()
+    for i in pc.indices_nonzero(unsure).to_pylist():
+        flags[i] = bool(values[i].strip())
+    return pa.array(flags, pa.bool_())
+
+
+def column_or_nulls(table: pa.Table, name: str) -> pa.ChunkedArray:
+    """``record.get(name)`` of every row: the column, or nulls where the table has none."""
+    if name in table.column_names:
+        return table.column(name)
+    return pa.chunked_array([pa.nulls(table.num_rows, pa.string())])
+
+
+def with_column(table: pa.Table, name: str, array: Any) -> pa.Table:
+    """``table`` with column ``name`` set to ``array`` (replaced if it exists, else appended)."""
+    i = table.schema.get_field_index(name)
+    if i < 0:
+        return table.append_column(name, array)
+    return table.set_column(i, name, array)
+
+
+def forbidding_rows(
+    regions: pa.ChunkedArray,
+    forbidden: Mapping[str, frozenset[str]],
+    known: Iterable[str],
+    fields: Iterable[str],
+) -> dict[str, pa.ChunkedArray]:
+    """Per field: the rows whose region forbids it. A region the policy does not know (None
+    included) forbids every field of ``forbidden`` (fail closed), as in the per-record stages.
+
+    ``regions`` must be a string (or all-null) column."""
+    known = frozenset(known)
+    every = frozenset().union(*forbidden.values()) if forbidden else frozenset()
+    distinct = [r for r in pc.unique(regions).to_pylist() if r is not None]
+    masks = {}
+    for field in fields:
+        unknown_forbids = field in every
+        forbidding = [
+            r
+            for r in distinct
+            if (field in forbidden.get(r, frozenset()) if r in known else unknown_forbids)
+        ]
+        mask = pc.is_in(regions, value_set=pa.array(forbidding, pa.string()))
+        masks[field] = pc.or_(mask, pc.is_null(regions)) if unknown_forbids else mask
+    return masks
+
+
 class BatchColumns:
     """The fields of one batch of records, each read once, as Arrow arrays.
 
@@ -55,7 +141,8 @@ class BatchColumns:
     """
 
     def __init__(self, records: Sequence[Mapping[str, Any]]) -> None:
-        self.records = records
+        self._records: Sequence[Mapping[str, Any]] | None = records
+        self._table: pa.Table | None = None
         self.n = len(records)
         self.every = pa.repeat(True, self.n)
         self._values: dict[str, list[Any] | None] = {}
@@ -65,11 +152,44 @@ class BatchColumns:
         self._filled: dict[tuple[str, ...], pa.Array | None] = {}
         self._regions: tuple[pa.Array, list[str]] | None = None
 
+    @classmethod
+    def of_table(cls, table: pa.Table) -> BatchColumns:
+        """The columns of a columnar batch: the table's own, read as ``to_pylist()`` records
+        would be (a column that is not there is all None). Its string values are exactly what
+        the records hold, so "filled" needs no second look in Python."""
+        columns = cls(())
+        columns._records = None
+        columns._table = table
+        columns.n = table.num_rows
+        columns.every = pa.repeat(True, table.num_rows)
+        return columns
+
+    @property
+    def records(self) -> Sequence[Mapping[str, Any]]:
+        """The records (of a table: its rows as dicts, made on first use)."""
+        if self._records is None:
+            self._records = self._table.to_pylist()
+        return self._records
+
+    def _column(self, name: str) -> pa.Array | None:
+        if name not in self._table.column_names:
+            return None
+        return self._table.column(name).combine_chunks()
+
     def convert(self, fields: Sequence[pa.Field]) -> None:
         """Convert ``fields`` at once, as :meth:`typed` would one by one; nothing if a value does
         not convert (then each is converted alone, when needed). Only plain dicts: Arrow would
         read a tuple as the values of the fields, and a dict's own ``get`` is not called."""
         wanted = [f for f in fields if (f.name, f.type) not in self._typed]
+        if self._table is not None:
+            for field in wanted:
+                array = self._column(field.name)
+                if array is None:
+                    array = pa.nulls(self.n, field.type)
+                elif array.type != field.type:
+                    continue  # typed() converts its Python values, as for records
+                self._typed[(field.name, field.type)] = self._converted[field.name] = array
+            return
         if not wanted or set(map(type, self.records)) != {dict}:
             return
         struct = pa.struct([pa.field(f.name, f.type) for f in wanted])  # nulls checked later
@@ -82,6 +202,9 @@ class BatchColumns:
 
     def values(self, name: str) -> list[Any] | None:
         """``record.get(name)`` of every record (None if a record has no ``get``)."""
+        if name not in self._values and self._table is not None:
+            array = self._column(name)
+            self._values[name] = [None] * self.n if array is None else array.to_pylist()
         if name not in self._values:
             try:
                 self._values[name] = [r.get(name) for r in self.records]
@@ -91,6 +214,12 @@ class BatchColumns:
 
     def inferred(self, name: str) -> pa.Array | None:
         """The field as the Arrow array inferred from its values (None if there is none)."""
+        if name not in self._inferred and self._table is not None:
+            array = self._column(name)
+            # Python infers the null type for a field that is None throughout.
+            if array is None or array.null_count == self.n:
+                array = pa.nulls(self.n)
+            self._inferred[name] = array
         if name not in self._inferred:
             values = self.values(name)
             try:
@@ -127,7 +256,9 @@ class BatchColumns:
         array = self._converted.get(name)
         if array is not None and _is_str(array.type):
             filled = pc.not_equal(array, "")
-            if filled.false_count:  # "": maybe b"" or the like, which Python calls filled
+            # "": maybe b"" or the like in a record, which Python calls filled (a table holds
+            # exactly the strings it shows).
+            if filled.false_count and self._table is None:
                 flags = filled.fill_null(False).to_pylist()
                 for i in pc.indices_nonzero(pc.invert(filled)).to_pylist():
                     value = self.records[i].get(name)

@@ -131,8 +131,11 @@ class _ExceptionToDeadLetter(beam.DoFn):
     def process(self, failed: tuple[Any, tuple[type, str, list[str]]]):
         element, (exc_type, _message, _traceback) = failed
         error = f"unexpected_error:{getattr(exc_type, '__name__', str(exc_type))}"
-        # A failed batch (transforms.batches) is one dead letter per record it held.
-        for item in element if isinstance(element, list) else (element,):
+        # A failed batch (transforms.batches, which imports this module) is one dead letter per
+        # record it held.
+        from transforms.batches import AnyBatch, records_of
+
+        for item in records_of(element) if isinstance(element, (list, AnyBatch)) else (element,):
             yield self._context.letter(
                 stage=self._stage,
                 error=error,

@@ -33,15 +33,18 @@ import shutil
 import socket
 import tempfile
 import threading
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
 import maxminddb
+import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.batches import ApplyStage, RecordStage
+from transforms.batches import ApplyStage, RecordStage, TableBatch
+from transforms.columns import column_or_nulls, with_column
 
 __all__ = [
     "DEFAULT_CACHE_SIZE",
@@ -372,6 +375,23 @@ class GeolocateFn(RecordStage):
             region = self._regions[country] = region_for(country, self._eea_uk)
         self.tally.add(_COUNTER_NAMES[region])
         return {**record, "country": country, "region": region}
+
+    def process_table(self, table: pa.Table) -> Iterator[TableBatch]:
+        """The columnar version: one lookup per row (the per-process cache makes repeats cheap),
+        regions per distinct country."""
+        country = self._lookup.country
+        countries = [country(ip) for ip in column_or_nulls(table, "ip").to_pylist()]
+        regions = []
+        for code in countries:
+            region = self._regions.get(code)
+            if region is None:
+                region = self._regions[code] = region_for(code, self._eea_uk)
+            regions.append(region)
+        for region, n in Counter(regions).items():
+            self.tally.add(_COUNTER_NAMES[region], n)
+        self.tally.flush()
+        table = with_column(table, "country", pa.array(countries, pa.string()))
+        yield TableBatch(with_column(table, "region", pa.array(regions, pa.string())))
 
 
 class Geolocate(beam.PTransform):

@@ -12,17 +12,26 @@ record independently of how that stage was written, and routes a violation to th
   that region forbids is present;
 - ``secret_field``: a key that is a credential or media payload name;
 - ``undeclared_field``: a key outside the allow-list of the categories being written.
+
+On a columnar batch the invariants are computed on whole columns; the rows that break one go
+through the record-wise check, which gives their dead letters exactly as it would alone. A
+table with a column outside the allow-list goes record by record (every row then carries that
+key, as ``to_pylist`` gives it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from functools import reduce
 from typing import Any
 
 import apache_beam as beam
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from schemas.policy import Category, Policy, filled_any
-from transforms.batches import ApplyStage, RecordStage
+from transforms.batches import ApplyStage, Batch, RecordStage, TableBatch
+from transforms.columns import column_or_nulls, forbidding_rows, present
 from transforms.deadletter import DeadLetterContext, RecordError
 from transforms.suppress import forbidden_by_region
 
@@ -113,6 +122,62 @@ class GuardFn(RecordStage):
             self.tally.add("guard.violations")
             raise RecordError("guard", found[0])
         return record
+
+    def process_table(self, table: pa.Table) -> Iterator[Any]:
+        if not self._allowed.issuperset(table.column_names):
+            return super().process_table(table)
+        breaking = self._breaking(table)
+        if breaking is None:
+            return super().process_table(table)
+        return self._split(table, breaking)
+
+    def _split(self, table: pa.Table, breaking: pa.ChunkedArray) -> Iterator[Any]:
+        """The rows that break nothing as a table; the others record by record."""
+        if pc.any(breaking).as_py():
+            yield from self.process_records(Batch(table.filter(breaking).to_pylist()))
+            table = table.filter(pc.invert(breaking))
+        if table.num_rows:
+            yield TableBatch(table)
+
+    def _breaking(self, table: pa.Table) -> pa.ChunkedArray | None:
+        """Per row: does it break an invariant of :func:`violations` (None: Python must say)."""
+        region = column_or_nulls(table, "region")
+        if pa.types.is_null(region.type):
+            region = region.cast(pa.string())
+        if not pa.types.is_string(region.type):
+            return None
+        known = pa.array(sorted(self._policy.regions), pa.string())
+        parts = []
+        if self._forbidden:  # a region is required, and must be one the policy knows
+            parts.append(pc.invert(pc.is_in(region, value_set=known)))
+        else:  # no region wanted: any region at all is unknown here unless the policy knows it
+            parts.append(pc.and_(pc.is_valid(region), pc.invert(pc.is_in(region, value_set=known))))
+        fields = sorted({f for names in self._forbidden.values() for f in names})
+        filled = {f: present(column_or_nulls(table, f)) for f in fields}
+        forbids = forbidding_rows(region, self._forbidden, self._policy.regions, fields)
+        parts.extend(pc.and_(forbids[f], filled[f]) for f in fields)
+        for country_field in self._country_fields:
+            countries = column_or_nulls(table, country_field)
+            if not (pa.types.is_string(countries.type) or pa.types.is_null(countries.type)):
+                return None
+            countries = countries.cast(pa.string())
+            by_region: dict[str, list[str]] = {}
+            for code in pc.unique(countries).to_pylist():
+                if code:  # a falsy country (None, "") breaks nothing
+                    by_region.setdefault(self._policy.region_for(code), []).append(code)
+            for company_region, codes in by_region.items():
+                names = self._forbidden.get(company_region, frozenset())
+                if names:
+                    rows = pc.is_in(countries, value_set=pa.array(codes, pa.string()))
+                    anything = reduce(
+                        pc.or_,
+                        (
+                            filled[n] if n in filled else present(column_or_nulls(table, n))
+                            for n in sorted(names)
+                        ),
+                    )
+                    parts.append(pc.and_(rows, anything))
+        return reduce(pc.or_, parts)
 
 
 class Guard(beam.PTransform):

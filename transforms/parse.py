@@ -10,11 +10,15 @@ Dead-letter reasons: ``invalid_encoding``, ``empty_line``, ``invalid_json``, ``n
 ``missing_field:<f>``, ``malformed_field:<f>``, ``malformed_timestamp:<f>``, and
 ``under_minimum_age`` (the DPSA's minimum-age condition, ``policy.minimum_age``): such a record is
 not stored at all, so its dead letter keeps only the event id and the reason.
+
+Batched (``Parse(batched=True)``), the records of a batch leave as one Arrow table
+(``transforms.batches.TableBatch``) whose columns are :func:`record_schema`: the later stages
+then work column-wise. A schema with a field of several types has no such table, and a batch
+whose values do not fit it (an integer beyond 64 bits) leaves as a list of records.
 """
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import json
 import socket
@@ -23,12 +27,19 @@ from typing import Any
 
 import apache_beam as beam
 import orjson
+import pyarrow as pa
 
 from schemas.avro import FieldSpec
 from schemas.policy import Policy
-from transforms.batches import ApplyStage, Batch, RecordStage
+from transforms.batches import ApplyStage, Batch, RecordStage, TableBatch
 from transforms.deadletter import DeadLetterContext, RecordError
-from transforms.timestamps import TimestampError, parse_event_time
+from transforms.timestamps import (
+    MAX_EPOCH_MS,
+    MIN_EPOCH_MS,
+    TimestampError,
+    iso_micros,
+    parse_event_time,
+)
 
 __all__ = [
     "FieldPlan",
@@ -39,6 +50,7 @@ __all__ = [
     "decode_json_line",
     "field_plan",
     "field_value",
+    "record_schema",
     "validate_planned",
     "validate_record",
 ]
@@ -46,14 +58,31 @@ __all__ = [
 UNDER_AGE_WITHHELD = "<withheld: the record declares an end user below the minimum age>"
 
 
-@functools.lru_cache(maxsize=131072)
+# Canonical text of addresses seen, keyed by themselves (the compiled validator reads it
+# inline). Bounded: cleared when full, cheaper than an LRU's bookkeeping on every hit.
+_CANONICAL_IPS: dict[str, str] = {}
+_CANONICAL_IPS_MAX = 131072
+
+
 def canonical_ip(value: str) -> str:
     """Canonical text of an IPv4/IPv6 address (``ValueError`` if it is not one).
 
-    Cached: visitors' addresses repeat (1M visits ~ 100k addresses) and ``ipaddress`` parsing
-    costs more than the rest of the record's validation. An IPv4 address already in canonical
-    form (what socket's C conversion gives back unchanged) is returned as it is, without
-    ``ipaddress``: that is the answer ``ipaddress`` would give."""
+    Cached per process (only canonical forms, keyed by what was read): visitors' addresses repeat
+    (1M visits ~ 100k addresses) and ``ipaddress`` parsing costs more than the rest of the
+    record's validation. An IPv4 address already in canonical form (what socket's C conversion
+    gives back unchanged) is returned as it is, without ``ipaddress``: that is the answer
+    ``ipaddress`` would give."""
+    known = _CANONICAL_IPS.get(value)
+    if known is not None:
+        return known
+    canonical = _canonical_ip(value)
+    if len(_CANONICAL_IPS) >= _CANONICAL_IPS_MAX:
+        _CANONICAL_IPS.clear()
+    _CANONICAL_IPS[value] = canonical
+    return canonical
+
+
+def _canonical_ip(value: str) -> str:
     try:
         if socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, value)) == value:
             return value
@@ -187,30 +216,79 @@ def compile_validator(plan: Sequence[FieldPlan]) -> Callable[[Mapping[str, Any]]
     """:func:`validate_planned` for one schema as straight-line code, built once per worker.
 
     Why: validation is the largest cost of parsing, and most of it was the loop itself (one
-    iteration per field of every record). The generated function reads each field, keeps the
-    common values inline (a non-empty string where a string is declared, an int identifier
-    turned to text) and hands everything else to :func:`field_value`, the same code the
-    reference uses; a property test holds the two to the same results and errors.
+    iteration per field of every record) and calls for values that need no check. The generated
+    function reads each field and keeps the common values inline: an absent optional field, a
+    non-empty string where a string is declared, an int identifier turned to text, an IP address
+    already seen in canonical form (the process cache of :func:`canonical_ip`), an event time in
+    epoch milliseconds within range or a well-formed ISO-8601 string (``iso_micros``).
+    Everything else goes to :func:`field_value`, the code the reference uses; a property test
+    holds the two to the same results and errors.
     """
-    namespace: dict[str, Any] = {"slow": field_value}
+    namespace: dict[str, Any] = {
+        "slow": field_value,
+        "known_ip": _CANONICAL_IPS,
+        "MIN_MS": MIN_EPOCH_MS,
+        "MAX_MS": MAX_EPOCH_MS,
+        "iso": iso_micros,
+    }
     lines = ["def validate(obj):", "    get = obj.get"]
     for i, field in enumerate(plan):
-        name, required, kind, _spec = field
+        name, required, kind, spec = field
         namespace[f"p{i}"] = field
         fast = "v.__class__ is str" + (" and v" if required else "")
+        absent = "" if required else "None if v is None else "
         lines.append(f"    v = get({name!r})")
         if kind == _STRING:
-            lines.append(f"    f{i} = v if {fast} else slow(p{i}, v)")
+            value = f"v if {fast} else slow(p{i}, v)"
         elif kind == _IDENTIFIER:
-            lines.append(
-                f"    f{i} = v if {fast} else str(v) if v.__class__ is int else slow(p{i}, v)"
+            value = f"v if {fast} else str(v) if v.__class__ is int else slow(p{i}, v)"
+        elif kind == _TIME:
+            value = (
+                f"v * 1000 if v.__class__ is int and MIN_MS <= v <= MAX_MS"
+                f" else (v.__class__ is str and iso(v)) or slow(p{i}, v)"
             )
+        elif spec.format == "ip":
+            value = f"(v.__class__ is str and known_ip.get(v)) or slow(p{i}, v)"
         else:
-            lines.append(f"    f{i} = slow(p{i}, v)")
+            value = f"slow(p{i}, v)"
+        lines.append(f"    f{i} = {absent}{value}")
     lines.append("    return {" + ", ".join(f"{f[0]!r}: f{i}" for i, f in enumerate(plan)) + "}")
     # Only repr() of the schema's field names reaches the code: no value is ever evaluated.
     exec("\n".join(lines), namespace)
     return namespace["validate"]
+
+
+_ARROW_TYPES = {
+    "string": pa.string(),
+    "enum": pa.string(),
+    "long": pa.int64(),
+    "int": pa.int64(),
+    "double": pa.float64(),
+    "float": pa.float64(),
+    "boolean": pa.bool_(),
+    "bytes": pa.binary(),
+}
+
+
+def record_schema(specs: Sequence[FieldSpec], event_time_field: str | None) -> pa.Schema | None:
+    """The Arrow schema of validated records (what :func:`validate_record` gives, as columns),
+    or None when a field may hold values of more than one type.
+
+    The event time is epoch microseconds (``int64``, as in the records); identifiers and IP
+    addresses are text."""
+    fields = []
+    for spec in specs:
+        if spec.name == event_time_field:
+            type_ = pa.int64()
+        elif spec.format in ("identifier", "ip"):
+            type_ = pa.string()
+        else:
+            types = {_ARROW_TYPES.get(t) for t in spec.avro_types}
+            if len(types) != 1 or None in types:
+                return None
+            (type_,) = types
+        fields.append(pa.field(spec.name, type_))
+    return pa.schema(fields)
 
 
 class ParseFn(RecordStage):
@@ -224,8 +302,12 @@ class ParseFn(RecordStage):
         event_time_field: str | None,
         policy: Policy,
         context: DeadLetterContext,
+        *,
+        columnar: bool = False,
     ) -> None:
         super().__init__(context)
+        self._schema = record_schema(specs, event_time_field) if columnar else None
+        self._struct = pa.struct(list(self._schema)) if self._schema is not None else None
         self._plan = field_plan(specs, event_time_field)
         self._validate: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
         self._declared = frozenset(s.name for s in specs)
@@ -240,6 +322,19 @@ class ParseFn(RecordStage):
     def process(self, batch: Batch) -> Iterator[Any]:
         self.tally.add("read", len(batch))
         return super().process(batch)
+
+    def process_records(self, batch: Batch) -> Iterator[Any]:
+        for out in super().process_records(batch):
+            yield self._columns(out) if self._struct is not None and out.__class__ is Batch else out
+
+    def _columns(self, records: Batch) -> Batch | TableBatch:
+        """The records as a table of :func:`record_schema`, or as they are if a value does not
+        fit it."""
+        try:
+            arrays = pa.array(records, type=self._struct).flatten()
+        except (pa.ArrowException, OverflowError, TypeError, ValueError):
+            return records
+        return TableBatch(pa.Table.from_arrays(arrays, schema=self._schema))
 
     def one(self, element: bytes | str | Mapping[str, Any]) -> dict[str, Any]:
         # A JSON line is bytes; the ABC check of Mapping is for Avro records (and text lines).
@@ -276,7 +371,8 @@ class Parse(beam.PTransform):
     """Parse and validate raw elements; yields ``(records, dead_letters)``.
 
     ``batched``: the input is batches of raw elements and the output batches of records
-    (``transforms.batches``); otherwise single elements in and out.
+    (``transforms.batches``: tables where the schema allows, see the module docstring);
+    otherwise single elements in and out.
     """
 
     def __init__(
@@ -289,7 +385,7 @@ class Parse(beam.PTransform):
         batched: bool = False,
     ) -> None:
         super().__init__()
-        self._fn = ParseFn(specs, event_time_field, policy, context)
+        self._fn = ParseFn(specs, event_time_field, policy, context, columnar=batched)
         self._batched = batched
 
     def expand(self, raw):

@@ -6,17 +6,25 @@ fields a producer may have sent are removed here, so that neither the enrichment
 later stage ever holds them. Which fields a region forbids is the policy's
 ``restrictions.forbidden_fields_in_regions``; a region the policy does not know forbids the union
 of all of them (fail closed).
+
+On a columnar batch (``transforms.batches.TableBatch``) the same rule runs on whole columns: a
+forbidden field of a row that has any forbidden value becomes null (the record-wise version
+drops the key; a table has no per-row keys, and null is what every later stage reads as absent).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from functools import reduce
 from typing import Any
 
 import apache_beam as beam
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from schemas.policy import Category
-from transforms.batches import ApplyStage, RecordStage
+from transforms.batches import ApplyStage, RecordStage, TableBatch
+from transforms.columns import column_or_nulls, count, forbidding_rows, present, with_column
 
 __all__ = ["SuppressRestrictedContacts", "SuppressRestrictedFn", "forbidden_by_region"]
 
@@ -50,6 +58,27 @@ class SuppressRestrictedFn(RecordStage):
         self.tally.add("suppressed.records")
         self.tally.add("suppressed.contact_fields", len(present))
         return {k: v for k, v in record.items() if k not in forbidden}
+
+    def process_table(self, table: pa.Table):
+        regions = column_or_nulls(table, "region")
+        fields = [f for f in sorted(self._all) if f in table.column_names]
+        if not (pa.types.is_string(regions.type) or pa.types.is_null(regions.type)):
+            return super().process_table(table)  # regions Python must judge one by one
+        if pa.types.is_null(regions.type):
+            regions = regions.cast(pa.string())
+        forbids = forbidding_rows(regions, self._forbidden, self._known, fields)
+        found = {f: pc.and_(forbids[f], present(table.column(f))) for f in fields}
+        rows = reduce(pc.or_, found.values()) if found else None
+        if rows is not None and pc.any(rows).as_py():
+            self.tally.add("suppressed.records", count(rows))
+            self.tally.add("suppressed.contact_fields", sum(map(count, found.values())))
+            self.tally.flush()
+            for f in fields:
+                column = table.column(f)
+                drop = pc.and_(forbids[f], rows)
+                kept = pc.if_else(drop, pa.scalar(None, column.type), column)
+                table = with_column(table, f, kept)
+        return iter((TableBatch(table),) if table.num_rows else ())
 
 
 class SuppressRestrictedContacts(beam.PTransform):

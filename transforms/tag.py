@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 from schemas.arrow import arrow_column, check_required
 from schemas.avro import tag_columns
 from schemas.policy import UNKNOWN_REGION, Category, Policy, Retention, Route, filled_any
-from transforms.batches import ApplyStage, Batch, RecordStage
+from transforms.batches import AnyBatch, ApplyStage, Batch, RecordStage, TableBatch
 from transforms.columns import BatchColumns
 from transforms.deadletter import DeadLetterContext
 
@@ -327,7 +327,7 @@ class TagFn(RecordStage):
             self.tally.add(f"tagged.{tagger.category.name}")
         return rows
 
-    def process(self, batch: Batch) -> Iterator[Any]:
+    def process(self, batch: AnyBatch) -> Iterator[Any]:
         if self._schemas is None:
             yield from super().process(batch)
             return
@@ -335,12 +335,16 @@ class TagFn(RecordStage):
             yield from self._tables(batch)
         self.tally.flush()
 
-    def _tables(self, batch: Batch) -> Iterator[Any]:
+    def _tables(self, batch: AnyBatch) -> Iterator[Any]:
         """Tables: each step runs over the whole batch, column-wise where the columns decide
         (see :class:`BatchColumns`), else record by record; a record that fails a step (an
         exception from applies/tags, or a value the schema cannot hold) is found and becomes a
         dead letter, exactly as in the row mode."""
-        columns = BatchColumns(batch)
+        columns = (
+            BatchColumns.of_table(batch.table)
+            if isinstance(batch, TableBatch)
+            else BatchColumns(batch)
+        )
         columns.convert(self._fields)
         remaining = columns.every  # exclusive: the records no output took yet
         for output, tagger in self._outputs:
@@ -350,7 +354,7 @@ class TagFn(RecordStage):
             except Exception:
                 applies = None
             if applies is None:
-                picked, rest = yield from self._split(batch, candidates, output)
+                picked, rest = yield from self._split(columns.records, candidates, output)
             else:
                 picked = pc.and_(candidates, applies)
                 rest = pc.and_not(candidates, applies)
@@ -360,10 +364,13 @@ class TagFn(RecordStage):
                 yield from self._output(output.category, tagger, columns, picked)
         if self._exclusive:  # no route of the source matches these records
             for i in pc.indices_nonzero(remaining).to_pylist():
-                yield self._reject("unexpected_error:ValueError", batch[i], None)
+                yield self._reject("unexpected_error:ValueError", columns.records[i], None)
 
     def _split(
-        self, batch: Batch, candidates: pa.BooleanArray, output: CategoryOutput
+        self,
+        batch: Sequence[Mapping[str, Any]],
+        candidates: pa.BooleanArray,
+        output: CategoryOutput,
     ) -> Iterator[Any]:
         """Generator returning the masks ``(candidates output applies to, the others)``, asking
         ``applies`` record by record; yields the dead letters of records it fails on (in

@@ -17,15 +17,25 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 
-__all__ = ["TimestampError", "format_utc", "parse_event_time", "utc_date"]
+__all__ = [
+    "MAX_EPOCH_MS",
+    "MIN_EPOCH_MS",
+    "TimestampError",
+    "format_utc",
+    "iso_micros",
+    "parse_event_time",
+    "utc_date",
+]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NAIVE_EPOCH = datetime(1970, 1, 1)
+_fromisoformat = datetime.fromisoformat
 _ONE_US = timedelta(microseconds=1)
 _MICROS_PER_DAY = 86_400_000_000
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 # 0001-01-01 .. 9999-12-31, the range every reader of the outputs can represent.
-_MIN_MS = (datetime(1, 1, 1, tzinfo=UTC) - _EPOCH) // timedelta(milliseconds=1)
-_MAX_MS = (datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC) - _EPOCH) // timedelta(
+MIN_EPOCH_MS = (datetime(1, 1, 1, tzinfo=UTC) - _EPOCH) // timedelta(milliseconds=1)
+MAX_EPOCH_MS = (datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC) - _EPOCH) // timedelta(
     milliseconds=1
 )
 
@@ -41,12 +51,30 @@ def _from_datetime(value: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
+def iso_micros(text: str) -> int | None:
+    """The common case of :func:`parse_event_time` for a string, or None when it is not that
+    case (then :func:`parse_event_time` decides, errors included).
+
+    Why: the reference spends most of its time on checks that a well-formed date-time passes;
+    this takes the string as it is when it has a time part and no surrounding whitespace, and
+    the arithmetic is done without replacing the time zone. Same answers: a property test holds
+    it to :func:`parse_event_time`."""
+    if len(text) < 16 or text[10] not in "Tt " or text[0].isspace() or text[-1].isspace():
+        return None
+    try:
+        parsed = _fromisoformat(text)
+        delta = parsed - (_NAIVE_EPOCH if parsed.tzinfo is None else _EPOCH)
+    except (ValueError, OverflowError):
+        return None
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
 def parse_event_time(value: object) -> int:
     """Parse an accepted timestamp to UTC epoch microseconds, or raise :class:`TimestampError`."""
     if isinstance(value, bool):
         raise TimestampError("a boolean is not a timestamp")
     if isinstance(value, int):
-        if not _MIN_MS <= value <= _MAX_MS:
+        if not MIN_EPOCH_MS <= value <= MAX_EPOCH_MS:
             raise TimestampError("epoch milliseconds out of range")
         return value * 1000
     if isinstance(value, datetime):

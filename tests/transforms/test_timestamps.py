@@ -9,7 +9,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from transforms.timestamps import TimestampError, format_utc, parse_event_time, utc_date
+from transforms.timestamps import (
+    TimestampError,
+    format_utc,
+    iso_micros,
+    parse_event_time,
+    utc_date,
+)
 
 US = 1_000_000
 T0 = int(datetime(2026, 10, 5, 15, 30, tzinfo=UTC).timestamp()) * US
@@ -100,3 +106,36 @@ def test_epoch_millis_round_trip(millis):
 def test_any_text_parses_or_raises_timestamp_error(text):
     with contextlib.suppress(TimestampError):
         parse_event_time(text)
+
+
+def _reference(text):
+    try:
+        return parse_event_time(text)
+    except TimestampError:
+        return "rejected"
+
+
+_DATE_TIMES = st.builds(
+    lambda moment, sep, spec, pad, zulu: (
+        pad
+        + moment.isoformat(sep=sep, timespec=spec).replace("+00:00", "Z" if zulu else "+00:00")
+        + pad
+    ),
+    st.datetimes(
+        min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.timezones()
+    )
+    | st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31)),
+    st.sampled_from(["T", "t", " ", "_"]),
+    st.sampled_from(["auto", "minutes", "seconds", "milliseconds", "microseconds"]),
+    st.sampled_from(["", " ", "\t", "\u3000"]),
+    st.booleans(),
+)
+
+
+@given(_DATE_TIMES | st.text(max_size=40))
+def test_the_fast_iso_path_is_the_reference(text):
+    """iso_micros (the parser's fast path) answers only what parse_event_time answers, and
+    answers every well-formed date-time without surrounding whitespace."""
+    fast = iso_micros(text)
+    if fast is not None:
+        assert fast == _reference(text)

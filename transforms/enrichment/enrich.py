@@ -32,10 +32,14 @@ from the input), ``enrichment.company_country_restricted``, ``enrichment.cache_h
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
+import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.io.requestresponse import (
     DEFAULT_TIMEOUT_SECS,
     NoOpsRepeater,
@@ -43,11 +47,23 @@ from apache_beam.io.requestresponse import (
 )
 from apache_beam.transforms.enrichment import Enrichment, EnrichmentSourceHandler
 
-from transforms.batches import BATCH_SIZE, Batch, CounterTally, Rebatch, Unbatch
+from transforms.batches import (
+    BATCH_SIZE,
+    AnyBatch,
+    Batch,
+    CounterTally,
+    Rebatch,
+    TableBatch,
+    Unbatch,
+)
+from transforms.columns import column_or_nulls, count, not_blank, with_column
 from transforms.enrichment import (
     FAILED,
+    IP_FIELD,
     MATCHED,
     NO_MATCH,
+    REGION_FIELD,
+    UNRESTRICTED_REGION,
     LookupResult,
     clean_value,
     is_restricted,
@@ -115,6 +131,20 @@ def _as_result(response: Any, restricted: bool) -> LookupResult:
     return LookupResult(status, fields, contact_requested=not restricted, source_calls=1)
 
 
+# Result objects whose plan JoinAroundDeal keeps (per process; cleared when full).
+_PLAN_MEMO_SIZE = 262144
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What one lookup result means for the table rows that have it (``JoinAroundDeal``)."""
+
+    restricted: bool
+    counters: tuple[tuple[str, int], ...]
+    company: tuple[str | None, ...]
+    contacts: tuple[str | None, ...] | None  # offered contact values, None if none may be kept
+
+
 class JoinAroundDeal:
     """The Enrichment ``join_fn``: ``(record, response) -> new record`` (see module docstring).
 
@@ -133,14 +163,22 @@ class JoinAroundDeal:
         self._company_set = frozenset(self.company_fields)
         self._no_company = dict.fromkeys(self.company_fields)
         self.rule = _CountryRule(eea_uk)
+        self._plans: dict[tuple[int, bool], tuple[Any, _Plan]] = {}
+        self._interned: dict[_Plan, _Plan] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The plan memos are per process, rebuilt on a worker.
+        return {**self.__dict__, "_plans": {}, "_interned": {}}
 
     def __call__(self, request: dict[str, Any], response: Any) -> dict[str, Any]:
         """The per-record ``join_fn``."""
         return self.batch([request], [response])[0]
 
-    def batch(self, requests: list[dict[str, Any]], responses: list[Any]) -> list[dict[str, Any]]:
+    def batch(self, requests: AnyBatch | list[dict[str, Any]], responses: list[Any]) -> Any:
         """The ``join_fn`` of a whole batch (see :class:`EnrichAroundDeal`): new records, in
-        order; counters are added once per batch."""
+        order (a table for a table); counters are added once per batch."""
+        if isinstance(requests, TableBatch):
+            return self._join_table(requests.table, responses)
         tally = CounterTally()
         joined = [
             self._join(request, response, tally)
@@ -186,6 +224,106 @@ class JoinAroundDeal:
             tally.add("enrichment.contact_fields_discarded", discarded)
         return record
 
+    def _join_table(self, table: pa.Table, responses: Sequence[Any]) -> AnyBatch:
+        """:meth:`_join` of every row, on columns.
+
+        What a result means for a row (counters, company values, contact values the row may
+        take) is a :class:`_Plan`, worked out once per result object and region kind (handlers
+        memoise their results per address, so the same objects come back batch after batch) and
+        interned, so that a batch has a handful of distinct plans, spread over the rows with
+        ``take``. A table that already has a company column goes record by record: the record's
+        own values win there. Contact values are strings here (what Parse gives); other types go
+        record by record.
+        """
+        names = table.column_names
+        if COMPANY_COUNTRY_FIELD in names or not self._company_set.isdisjoint(names):
+            return Batch(self.batch(table.to_pylist(), list(responses)))
+        memo, interned = self._plans, self._interned
+        index: dict[int, int] = {}  # id(plan) -> its position in plans (alive: in plans)
+        plans: list[_Plan] = []
+        rows = []
+        regions = column_or_nulls(table, REGION_FIELD).to_pylist()
+        for region, response in zip(regions, responses, strict=True):
+            restricted = region != UNRESTRICTED_REGION
+            key = (id(response), restricted)
+            known = memo.get(key)
+            if known is None or known[0] is not response:  # an id is only unique while alive
+                plan = self._plan(_as_result(response, restricted), restricted)
+                plan = interned.setdefault(plan, plan)
+                if len(memo) >= _PLAN_MEMO_SIZE:
+                    memo.clear()
+                    interned.clear()
+                memo[key] = known = (response, plan)  # keeps response alive: its id stays its
+            plan = known[1]
+            i = index.get(id(plan))
+            if i is None:
+                i = index[id(plan)] = len(plans)
+                plans.append(plan)
+            rows.append(i)
+        tally = CounterTally()
+        for i, n in Counter(rows).items():
+            for name, each in plans[i].counters:
+                tally.add(name, each * n)
+        take = pa.array(rows, pa.int32())
+        restricted = pa.array([p.restricted for p in plans], pa.bool_()).take(take)
+        for j, name in enumerate(self.company_fields):
+            values = pa.array([p.company[j] for p in plans], pa.string())
+            table = with_column(table, name, values.take(take))
+        offers = any(p.contacts is not None for p in plans)
+        for j, name in enumerate(self.contact_fields):
+            if name not in table.column_names and not offers:
+                continue
+            own = column_or_nulls(table, name)
+            if not (pa.types.is_string(own.type) or pa.types.is_null(own.type)):
+                return Batch(self.batch(table.to_pylist(), list(responses)))
+            own = own.cast(pa.string())
+            filled = not_blank(own)
+            tally.add("enrichment.contact_fields_discarded", count(pc.and_(restricted, filled)))
+            value = own
+            if offers:
+                offered = pa.array(
+                    [None if p.contacts is None else p.contacts[j] for p in plans], pa.string()
+                ).take(take)
+                value = pc.if_else(filled, own, pc.coalesce(offered, own))
+            kept = pc.if_else(restricted, pa.scalar(None, pa.string()), value)
+            table = with_column(table, name, kept)
+        tally.flush()
+        return TableBatch(table)
+
+    def _plan(self, result: LookupResult, restricted: bool) -> _Plan:
+        """What ``result`` means for a row of a table (which has no company column): the
+        record-wise :meth:`_join` for a record that has only its own contact values."""
+        counters = [(_STATUS_COUNTERS.get(result.status, "enrichment.failed"), 1)]
+        if result.source_calls:
+            counters.append(("enrichment.calls", result.source_calls))
+        if result.retries:
+            counters.append(("enrichment.retries", result.retries))
+        if result.cache_hit:
+            counters.append(("enrichment.cache_hits", 1))
+        if result.invalid_ip:
+            counters.append(("enrichment.invalid_ip", 1))
+        if restricted and not result.invalid_ip:
+            counters.append(("enrichment.contact_blocked", 1))
+        discarded = result.contact_fields_discarded
+        fields = result.fields if result.status == MATCHED else {}
+        company = tuple(clean_value(fields.get(n)) if fields else None for n in self.company_fields)
+        contacts = None
+        if fields:
+            filled_in = dict(zip(self.company_fields, company, strict=True))
+            own_country = filled_in.get(COMPANY_COUNTRY_FIELD)
+            offered = tuple(clean_value(fields.get(n)) for n in self.contact_fields)
+            if (
+                not restricted
+                and self.rule.allowed(fields.get(COMPANY_COUNTRY_FIELD))
+                and not self.rule.restricted(own_country)
+            ):
+                contacts = offered
+            else:
+                discarded += sum(v is not None for v in offered)
+        if discarded:
+            counters.append(("enrichment.contact_fields_discarded", discarded))
+        return _Plan(restricted, tuple(counters), company, contacts)
+
     def _add_contacts(
         self, record: dict[str, Any], fields: Mapping[str, Any], restricted: bool
     ) -> int:
@@ -217,12 +355,41 @@ class RestrictContactsByCompanyCountry:
     def __call__(self, record: dict[str, Any]) -> dict[str, Any]:
         return self.batch([record])[0]
 
-    def batch(self, records: list[dict[str, Any]]) -> Batch:
+    def batch(self, records: AnyBatch | list[dict[str, Any]]) -> AnyBatch:
         """The rule over a batch: records it does not touch are passed on as they are."""
+        if isinstance(records, TableBatch):
+            table = self._table(records.table)
+            if table is not None:
+                return TableBatch(table)
+            records = records.table.to_pylist()
         tally = CounterTally()
         out = Batch(self._one(record, tally) for record in records)
         tally.flush()
         return out
+
+    def _table(self, table: pa.Table) -> pa.Table | None:
+        """The rule on columns (None: a column Python must read record by record)."""
+        countries = column_or_nulls(table, COMPANY_COUNTRY_FIELD)
+        contacts = [n for n in table.column_names if n in self.contact_fields]
+        columns = [countries] + [table.column(n) for n in contacts]
+        if not all(pa.types.is_string(c.type) or pa.types.is_null(c.type) for c in columns):
+            return None
+        countries = countries.cast(pa.string())
+        codes = [c for c in pc.unique(countries).to_pylist() if self.rule.restricted(c)]
+        if not codes:
+            return table
+        rows = pc.is_in(countries, value_set=pa.array(codes, pa.string()))
+        tally = CounterTally()
+        tally.add("enrichment.company_country_restricted", count(rows))
+        for name in contacts:
+            column = table.column(name).cast(pa.string())
+            tally.add(
+                "enrichment.contact_fields_discarded",
+                count(pc.and_(rows, not_blank(column))),
+            )
+            table = with_column(table, name, pc.if_else(rows, pa.scalar(None, pa.string()), column))
+        tally.flush()
+        return table
 
     def _one(self, record: dict[str, Any], tally: CounterTally) -> dict[str, Any]:
         if not self.rule.restricted(record.get(COMPANY_COUNTRY_FIELD)):
@@ -270,12 +437,22 @@ class _WholeBatch(EnrichmentSourceHandler[Any, Any]):
     def get_cache_key(self, request: Any) -> str:
         return self.handler.get_cache_key(request)
 
-    def __call__(self, batch: list[dict[str, Any]], *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, batch: AnyBatch | list[dict[str, Any]], *args: Any, **kwargs: Any) -> Any:
+        requests = _requests(batch.table) if isinstance(batch, TableBatch) else batch
         size = self._chunk()
         responses = []
-        for start in range(0, len(batch), size):
-            responses.extend(response for _, response in self.handler(batch[start : start + size]))
+        for start in range(0, len(requests), size):
+            chunk = requests[start : start + size]
+            responses.extend(response for _, response in self.handler(chunk))
         return batch, responses
+
+
+def _requests(table: pa.Table) -> list[dict[str, Any]]:
+    """The handler's requests for the rows of a table: the two fields a handler reads (see
+    ``transforms.enrichment``), not the whole row."""
+    ips = column_or_nulls(table, IP_FIELD).to_pylist()
+    regions = column_or_nulls(table, REGION_FIELD).to_pylist()
+    return [{IP_FIELD: ip, REGION_FIELD: region} for ip, region in zip(ips, regions, strict=True)]
 
 
 class _NoThrottle(PreCallThrottler):
@@ -330,7 +507,7 @@ class EnrichAroundDeal(beam.PTransform):
             )
         restricted = batches | "RestrictByCompanyCountry" >> beam.Map(
             self._restrict.batch
-        ).with_output_types(Batch)
+        ).with_output_types(AnyBatch)
         return restricted if self._batched else restricted | "Unbatch" >> Unbatch()
 
 
