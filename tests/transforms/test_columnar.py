@@ -18,7 +18,6 @@ from apache_beam.testing.util import assert_that, equal_to
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import transforms.batches
 from pipelines.options import bundled
 from schemas.arrow import arrow_schema
 from schemas.avro import category_columns, input_fields, output_schema
@@ -29,30 +28,15 @@ from transforms.enrichment import FAILED, MATCHED, NO_MATCH, LookupResult
 from transforms.enrichment.enrich import JoinAroundDeal, RestrictContactsByCompanyCountry
 from transforms.geo import GeolocateFn
 from transforms.guard import GuardFn
-from transforms.parse import ParseFn, record_schema
+from transforms.parse import ParseFn
 from transforms.suppress import SuppressRestrictedFn, forbidden_by_region
 from transforms.tag import CategoryOutput, TagFn
+from transforms.validation import record_schema
 
 T = 1_790_000_000 * 1_000_000
 TEXTS = st.sampled_from([None, "", " ", "\u3000", "\t x", "x", " Jane ", "jane@corp.example"])
 COUNTRIES = st.sampled_from([None, "", "DE", "de", "US", "GB", "XX1", " us "])
 REGIONS = st.sampled_from([None, "EEA_UK", "OTHER", "UNKNOWN", "MARS"])
-
-
-class _Recorded:
-    def __init__(self, name: str, counts: Counter) -> None:
-        self._name, self._counts = name, counts
-
-    def inc(self, n: int = 1) -> None:
-        self._counts[self._name] += n
-
-
-@pytest.fixture
-def counted(monkeypatch):
-    """The counters the stages add, as a Counter (outside a pipeline Beam keeps none)."""
-    counts: Counter = Counter()
-    monkeypatch.setattr(transforms.batches, "counter", lambda name: _Recorded(name, counts))
-    return counts
 
 
 def _normal(record: dict[str, Any]) -> tuple:

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.support.arounddeal_server import COMPANY_FIELDS, CONTACT_FIELDS
-from transforms.enrichment import MATCHED, NO_MATCH, LookupResult
+from transforms.enrichment import MATCHED, NO_MATCH, LookupResult, ipv4_int, parse_ip
 from transforms.enrichment.snapshot import (
     PrefixIndex,
     SnapshotError,
@@ -356,6 +356,22 @@ def test_prefix_index_agrees_with_brute_force(nets, addrs) -> None:
         probes += [network.network_address, network.broadcast_address]
     for address in probes:
         assert index.lookup(address) == _brute_force(nets, address), address
+
+
+@given(
+    st.builds(lambda a: str(ipaddress.IPv4Address(a)), v4_ints)
+    | st.builds(lambda a: str(ipaddress.IPv6Address(a)), v6_ints | mapped_ints)
+    | st.sampled_from(["01.2.3.4", " 1.2.3.4", "1.2.3.4 ", "1.2.3", "256.1.1.1", "0x1.2.3.4", ""])
+    | st.text(alphabet="0123456789.:abcdefx ", max_size=20)
+)
+def test_the_ipv4_fast_path_is_parse_ip(text) -> None:
+    """Snapshot lookups take ipv4_int where it answers; it answers only what parse_ip would."""
+    fast = ipv4_int(text)
+    if fast is not None:
+        address = parse_ip(text)
+        assert address.version == 4 and int(address) == fast
+    elif text.count(".") == 3 and ":" not in text:
+        assert parse_ip(text) is None or str(parse_ip(text)) != text
 
 
 def test_prefix_index_rejects_duplicates_and_none() -> None:

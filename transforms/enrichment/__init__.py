@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ __all__ = [
     "IpAddress",
     "LookupResult",
     "clean_value",
+    "ipv4_int",
     "is_restricted",
     "parse_ip",
 ]
@@ -94,6 +96,21 @@ def parse_ip(value: object) -> IpAddress | None:
     if not isinstance(value, str):
         return None
     return _parse_ip(value)
+
+
+def ipv4_int(value: str) -> int | None:
+    """The integer of an IPv4 address written in canonical dotted-quad form (what Parse makes
+    of every address), else None (then :func:`parse_ip` decides).
+
+    Why: ``ipaddress`` costs more than the rest of a snapshot lookup; socket's C conversion,
+    accepted only when it gives the text back unchanged, is the answer ``ipaddress`` gives."""
+    try:
+        packed = socket.inet_pton(socket.AF_INET, value)
+    except (OSError, TypeError, ValueError):
+        return None
+    if socket.inet_ntop(socket.AF_INET, packed) != value:
+        return None
+    return int.from_bytes(packed, "big")
 
 
 @functools.lru_cache(maxsize=131072)

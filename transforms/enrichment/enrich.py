@@ -165,10 +165,11 @@ class JoinAroundDeal:
         self.rule = _CountryRule(eea_uk)
         self._plans: dict[tuple[int, bool], tuple[Any, _Plan]] = {}
         self._interned: dict[_Plan, _Plan] = {}
+        self._fieldless: dict[tuple[Any, ...], _Plan] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         # The plan memos are per process, rebuilt on a worker.
-        return {**self.__dict__, "_plans": {}, "_interned": {}}
+        return {**self.__dict__, "_plans": {}, "_interned": {}, "_fieldless": {}}
 
     def __call__(self, request: dict[str, Any], response: Any) -> dict[str, Any]:
         """The per-record ``join_fn``."""
@@ -248,7 +249,7 @@ class JoinAroundDeal:
             key = (id(response), restricted)
             known = memo.get(key)
             if known is None or known[0] is not response:  # an id is only unique while alive
-                plan = self._plan(_as_result(response, restricted), restricted)
+                plan = self._plan_of(_as_result(response, restricted), restricted)
                 plan = interned.setdefault(plan, plan)
                 if len(memo) >= _PLAN_MEMO_SIZE:
                     memo.clear()
@@ -289,6 +290,25 @@ class JoinAroundDeal:
             table = with_column(table, name, kept)
         tally.flush()
         return TableBatch(table)
+
+    def _plan_of(self, result: LookupResult, restricted: bool) -> _Plan:
+        """:meth:`_plan`, memoised for results without fields (no match, failures: most of
+        them), which a few flags decide."""
+        if result.status == MATCHED and result.fields:
+            return self._plan(result, restricted)
+        key = (
+            result.status,
+            result.source_calls,
+            result.retries,
+            result.cache_hit,
+            result.invalid_ip,
+            result.contact_fields_discarded,
+            restricted,
+        )
+        plan = self._fieldless.get(key)
+        if plan is None:
+            plan = self._fieldless[key] = self._plan(result, restricted)
+        return plan
 
     def _plan(self, result: LookupResult, restricted: bool) -> _Plan:
         """What ``result`` means for a row of a table (which has no company column): the

@@ -34,6 +34,7 @@ from transforms.enrichment import (
     IpAddress,
     LookupResult,
     clean_value,
+    ipv4_int,
     is_restricted,
     parse_ip,
 )
@@ -123,8 +124,12 @@ class PrefixIndex:
         """The value of the longest network containing ``address``, or None."""
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
-        n = int(address)
-        for shift, _plen, table in self._probe[address.version]:
+        return self.lookup_int(int(address), address.version)
+
+    def lookup_int(self, n: int, version: int) -> Any | None:
+        """:meth:`lookup` of the address whose integer is ``n`` (IPv4-mapped IPv6 addresses
+        must be given as their IPv4 address)."""
+        for shift, _plen, table in self._probe[version]:
             value = table.get(n >> shift)
             if value is not None:
                 return value
@@ -348,10 +353,14 @@ class SnapshotHandler(EnrichmentSourceHandler[Any, Any]):
         return self._memo(ip, restricted)
 
     def _lookup_address(self, ip: str, restricted: bool) -> LookupResult:
-        address = parse_ip(ip)
-        if address is None:
-            return LookupResult(NO_MATCH, contact_requested=not restricted, invalid_ip=True)
-        hit = self._snapshot.index.lookup(address)
+        n = ipv4_int(ip)
+        if n is not None:
+            hit = self._snapshot.index.lookup_int(n, 4)
+        else:
+            address = parse_ip(ip)
+            if address is None:
+                return LookupResult(NO_MATCH, contact_requested=not restricted, invalid_ip=True)
+            hit = self._snapshot.index.lookup(address)
         if hit is None:
             return LookupResult(NO_MATCH, contact_requested=not restricted, source_calls=1)
         (company, contact), _line = hit

@@ -9,7 +9,7 @@ an IP address); the stored rows must be found by it however it was spelt on eith
 - e-mail addresses (``business_email``, ``google_email``) compare case-insensitively (the local
   part is case-sensitive in theory, never in practice: erring towards a match is erring towards
   deletion);
-- IP addresses (``ip``, ``client_ip``) are stored in canonical form (``transforms.parse``); an
+- IP addresses (``ip``, ``client_ip``) are stored in canonical form (``transforms.validation``); an
   IPv4 address also matches its IPv4-mapped IPv6 spelling and the other way round.
 
 A :class:`ColumnIndex` holds normalised values per column with a payload each (the requests or

@@ -1,0 +1,303 @@
+"""Validation: a decoded record against its source's input schema, record by record or a batch
+at a time in columns.
+
+The schema is the contract (``transforms.parse`` says what it means: allow-list, requiredness,
+types, the event time, IP addresses in canonical form). :func:`field_value` is the reference for
+one field; :func:`validate_record` the reference for a record. Both fast versions, compiled per
+schema, are held to it by property tests:
+
+- :func:`compile_validator`: one record to one dict, common values decided inline;
+- :func:`compile_columns`: a batch of decoded objects to Arrow columns of :func:`record_schema`,
+  with the same inline decisions; a row any of them cannot decide is left to the reference.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute
+
+from schemas.avro import FieldSpec
+from transforms.deadletter import RecordError
+from transforms.timestamps import (
+    MAX_EPOCH_MS,
+    MIN_EPOCH_MS,
+    TimestampError,
+    iso_micros,
+    parse_event_time,
+)
+
+__all__ = [
+    "FieldPlan",
+    "canonical_ip",
+    "compile_columns",
+    "compile_validator",
+    "field_plan",
+    "field_value",
+    "record_schema",
+    "validate_planned",
+    "validate_record",
+]
+
+
+# Canonical text of addresses seen, keyed by themselves (the compiled validator reads it
+# inline). Bounded: cleared when full, cheaper than an LRU's bookkeeping on every hit.
+_CANONICAL_IPS: dict[str, str] = {}
+_CANONICAL_IPS_MAX = 131072
+
+
+def canonical_ip(value: str) -> str:
+    """Canonical text of an IPv4/IPv6 address (``ValueError`` if it is not one).
+
+    Cached per process (only canonical forms, keyed by what was read): visitors' addresses repeat
+    (1M visits ~ 100k addresses) and ``ipaddress`` parsing costs more than the rest of the
+    record's validation. An IPv4 address already in canonical form (what socket's C conversion
+    gives back unchanged) is returned as it is, without ``ipaddress``: that is the answer
+    ``ipaddress`` would give."""
+    known = _CANONICAL_IPS.get(value)
+    if known is not None:
+        return known
+    canonical = _canonical_ip(value)
+    if len(_CANONICAL_IPS) >= _CANONICAL_IPS_MAX:
+        _CANONICAL_IPS.clear()
+    _CANONICAL_IPS[value] = canonical
+    return canonical
+
+
+def _canonical_ip(value: str) -> str:
+    try:
+        if socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, value)) == value:
+            return value
+    except OSError:
+        pass
+    return str(ipaddress.ip_address(value.strip()))
+
+
+# How validate_record treats a field (see FieldPlan).
+_OTHER, _STRING, _IDENTIFIER, _TIME = range(4)
+
+# (name, required, kind, spec): the checks of one field, unpacked once per schema rather than
+# looked up on the FieldSpec for every field of every record (that lookup cost as much as the
+# checks themselves).
+FieldPlan = tuple[str, bool, int, FieldSpec]
+
+
+def field_plan(specs: Sequence[FieldSpec], event_time_field: str | None) -> tuple[FieldPlan, ...]:
+    """The validation plan of a schema (what :func:`validate_planned` takes)."""
+
+    def kind(spec: FieldSpec) -> int:
+        if spec.name == event_time_field:
+            return _TIME
+        if spec.plain_string:
+            return _STRING
+        return _IDENTIFIER if spec.identifier else _OTHER
+
+    return tuple((spec.name, spec.required, kind(spec), spec) for spec in specs)
+
+
+def validate_record(
+    obj: Mapping[str, Any], specs: Sequence[FieldSpec], event_time_field: str | None
+) -> dict[str, Any]:
+    """The allow-listed, typed record; raises :class:`RecordError` with the first problem found.
+
+    Every declared field is present in the result (None when absent), in schema order.
+    """
+    return validate_planned(obj, field_plan(specs, event_time_field))
+
+
+def validate_planned(obj: Mapping[str, Any], plan: Sequence[FieldPlan]) -> dict[str, Any]:
+    """:func:`validate_record` with the schema's plan computed beforehand: the reference that
+    :func:`compile_validator`'s fast version is held to."""
+    return {field[0]: field_value(field, obj.get(field[0])) for field in plan}
+
+
+def field_value(field: FieldPlan, value: Any) -> Any:
+    """The checked, converted value of one field, or :class:`RecordError`."""
+    name, required, kind, spec = field
+    if value is None or (required and value == ""):
+        if required:
+            raise RecordError("missing_field", name)
+        return None
+    if kind == _TIME:
+        try:
+            return parse_event_time(value)
+        except TimestampError:
+            raise RecordError("malformed_timestamp", name) from None
+    if kind == _STRING and value.__class__ is str:
+        return value
+    if kind == _IDENTIFIER and (value.__class__ is str or value.__class__ is int):
+        return value if value.__class__ is str else str(value)  # = coerce()
+    if not spec.accepts(value):
+        raise RecordError("malformed_field", name)
+    if spec.format == "ip":
+        try:
+            return canonical_ip(value)
+        except ValueError:
+            raise RecordError("malformed_field", name) from None
+    return spec.coerce(value)
+
+
+def _inline(i: int, field: FieldPlan, fallback: str) -> str:
+    """The expression of field ``i``'s value ``v`` where the common cases decide it, else
+    ``fallback`` (an expression too). What :func:`field_value` gives for those cases."""
+    _name, required, kind, spec = field
+    fast = "v.__class__ is str" + (" and v" if required else "")
+    absent = "" if required else "None if v is None else "
+    types = set(spec.avro_types)
+    if kind == _STRING:
+        value = f"v if {fast} else {fallback}"
+    elif kind == _IDENTIFIER:
+        value = f"v if {fast} else str(v) if v.__class__ is int else {fallback}"
+    elif kind == _TIME:
+        value = (
+            "v * 1000 if v.__class__ is int and MIN_MS <= v <= MAX_MS"
+            f" else (v.__class__ is str and iso(v)) or {fallback}"
+        )
+    elif spec.format == "ip":
+        value = f"(v.__class__ is str and known_ip.get(v)) or {fallback}"
+    elif spec.format is None and types == {"enum"}:
+        value = f"v if v.__class__ is str and v in p{i}[3].symbols else {fallback}"
+    elif spec.format is None and types and types <= {"double", "float"}:
+        value = f"v if v.__class__ is float else float(v) if v.__class__ is int else {fallback}"
+    elif spec.format is None and types and types <= {"long", "int"}:
+        value = f"v if v.__class__ is int else {fallback}"
+    elif spec.format is None and types == {"boolean"}:
+        value = f"v if v.__class__ is bool else {fallback}"
+    else:
+        value = fallback
+    return absent + value
+
+
+def _namespace(plan: Sequence[FieldPlan]) -> dict[str, Any]:
+    namespace: dict[str, Any] = {
+        "slow": field_value,
+        "known_ip": _CANONICAL_IPS,
+        "MIN_MS": MIN_EPOCH_MS,
+        "MAX_MS": MAX_EPOCH_MS,
+        "iso": iso_micros,
+    }
+    namespace.update({f"p{i}": field for i, field in enumerate(plan)})
+    return namespace
+
+
+def compile_validator(plan: Sequence[FieldPlan]) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+    """:func:`validate_planned` for one schema as straight-line code, built once per worker.
+
+    Why: validation is the largest cost of parsing, and most of it was the loop itself (one
+    iteration per field of every record) and calls for values that need no check. The generated
+    function reads each field and keeps the common values inline (:func:`_inline`): an absent
+    optional field, a non-empty string where a string is declared, an int identifier turned to
+    text, an IP address already seen in canonical form (the process cache of
+    :func:`canonical_ip`), an event time in epoch milliseconds within range or a well-formed
+    ISO-8601 string (``iso_micros``), a number, flag or symbol of its declared type. Everything
+    else goes to :func:`field_value`, the code the reference uses; a property test holds the two
+    to the same results and errors.
+    """
+    namespace = _namespace(plan)
+    lines = ["def validate(obj):", "    get = obj.get"]
+    for i, field in enumerate(plan):
+        lines.append(f"    v = get({field[0]!r})")
+        lines.append(f"    f{i} = {_inline(i, field, f'slow(p{i}, v)')}")
+    lines.append("    return {" + ", ".join(f"{f[0]!r}: f{i}" for i, f in enumerate(plan)) + "}")
+    # Only repr() of the schema's field names reaches the code: no value is ever evaluated.
+    exec("\n".join(lines), namespace)
+    return namespace["validate"]
+
+
+# What a column of compile_columns holds for a value its inline cases cannot decide.
+UNDECIDED = object()
+
+
+def _known_or_undecided(value: Any) -> Any:
+    """An IP address's canonical text (cached), or UNDECIDED: the reference will say why not."""
+    try:
+        return canonical_ip(value)
+    except (AttributeError, TypeError, ValueError):
+        return UNDECIDED
+
+
+def compile_columns(
+    plan: Sequence[FieldPlan], schema: pa.Schema
+) -> Callable[[list[dict[str, Any]]], tuple[pa.Table, list[int]]]:
+    """Validation of a batch of decoded objects, column by column: ``objs -> (table, rows)``,
+    the table of the rows every column decided (columns of ``schema``, :func:`record_schema`)
+    and the positions of the other rows, for the reference to decide one by one.
+
+    Plain string fields are read by Arrow at once (a struct array over the dicts: only a str or
+    None converts, so one value of another type sends the whole batch to the reference), and a
+    required one must not be "" (a row that is goes to the reference); every other field is a
+    list comprehension of :func:`_inline`'s expression, with :data:`UNDECIDED` where the
+    reference must look. Same answers as :func:`validate_planned` for the rows it keeps: a
+    property test holds it to it.
+    """
+    namespace = _namespace(plan)
+    namespace.update({"UNDECIDED": UNDECIDED, "ip_or_undecided": _known_or_undecided, "pa": pa})
+    plain = [(i, f) for i, f in enumerate(plan) if f[2] == _STRING]
+    others = [(i, f) for i, f in enumerate(plan) if f[2] != _STRING]
+    namespace["plain"] = pa.struct([schema.field(f[0]) for _, f in plain])
+    namespace["schema"] = schema
+    lines = ["def columns(objs):", "    bad = set()"]
+    if plain:
+        lines.append("    plain_arrays = pa.array(objs, type=plain).flatten()")
+        for k, (_i, field) in enumerate(plain):
+            if field[1]:  # required: "" is missing
+                lines.append(f"    empty = pa.compute.equal(plain_arrays[{k}], '').fill_null(True)")
+                lines.append("    if empty.true_count:")
+                lines.append("        bad.update(pa.compute.indices_nonzero(empty).to_pylist())")
+    for i, field in others:
+        fallback = "ip_or_undecided(v)" if field[3].format == "ip" else "UNDECIDED"
+        values = f"[o.get({field[0]!r}) for o in objs]"
+        lines.append(f"    c{i} = [{_inline(i, field, fallback)} for v in {values}]")
+        lines.append(f"    if UNDECIDED in c{i}:")
+        lines.append(f"        bad.update(j for j, v in enumerate(c{i}) if v is UNDECIDED)")
+        lines.append(f"        c{i} = [None if v is UNDECIDED else v for v in c{i}]")
+    arrays = []
+    for i, field in enumerate(plan):
+        if field[2] == _STRING:
+            arrays.append(f"plain_arrays[{[j for j, _ in plain].index(i)}]")
+        else:
+            arrays.append(f"pa.array(c{i}, type=schema.field({i}).type)")
+    lines.append("    table = pa.Table.from_arrays([" + ", ".join(arrays) + "], schema=schema)")
+    lines.append("    if bad:")
+    lines.append("        keep = [j not in bad for j in range(len(objs))]")
+    lines.append("        table = table.filter(pa.array(keep, type=pa.bool_()))")
+    lines.append("    return table, sorted(bad)")
+    exec("\n".join(lines), namespace)
+    return namespace["columns"]
+
+
+_ARROW_TYPES = {
+    "string": pa.string(),
+    "enum": pa.string(),
+    "long": pa.int64(),
+    "int": pa.int64(),
+    "double": pa.float64(),
+    "float": pa.float64(),
+    "boolean": pa.bool_(),
+    "bytes": pa.binary(),
+}
+
+
+def record_schema(specs: Sequence[FieldSpec], event_time_field: str | None) -> pa.Schema | None:
+    """The Arrow schema of validated records (what :func:`validate_record` gives, as columns),
+    or None when a field may hold values of more than one type.
+
+    The event time is epoch microseconds (``int64``, as in the records); identifiers and IP
+    addresses are text."""
+    fields = []
+    for spec in specs:
+        if spec.name == event_time_field:
+            type_ = pa.int64()
+        elif spec.format in ("identifier", "ip"):
+            type_ = pa.string()
+        else:
+            types = {_ARROW_TYPES.get(t) for t in spec.avro_types}
+            if len(types) != 1 or None in types:
+                return None
+            (type_,) = types
+        fields.append(pa.field(spec.name, type_))
+    return pa.schema(fields)
