@@ -32,7 +32,6 @@ from the input), ``enrichment.company_country_restricted``, ``enrichment.cache_h
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -229,43 +228,41 @@ class JoinAroundDeal:
         """:meth:`_join` of every row, on columns.
 
         What a result means for a row (counters, company values, contact values the row may
-        take) is a :class:`_Plan`, worked out once per result object and region kind (handlers
-        memoise their results per address, so the same objects come back batch after batch) and
-        interned, so that a batch has a handful of distinct plans, spread over the rows with
-        ``take``. A table that already has a company column goes record by record: the record's
-        own values win there. Contact values are strings here (what Parse gives); other types go
-        record by record.
+        take) is a :class:`_Plan`, worked out once per distinct (result object, region kind) of
+        the batch and memoised per object (handlers hand out the same result objects batch after
+        batch), then spread over the rows with ``take``: the rows are grouped by Arrow
+        (``dictionary_encode`` of object id and region kind), so no Python runs per row here. A
+        table that already has a company column goes record by record: the record's own values
+        win there. Contact values are strings here (what Parse gives); other types go record by
+        record.
         """
         names = table.column_names
-        if COMPANY_COUNTRY_FIELD in names or not self._company_set.isdisjoint(names):
+        regions = column_or_nulls(table, REGION_FIELD)
+        if (
+            COMPANY_COUNTRY_FIELD in names
+            or not self._company_set.isdisjoint(names)
+            or not (pa.types.is_string(regions.type) or pa.types.is_null(regions.type))
+        ):
             return Batch(self.batch(table.to_pylist(), list(responses)))
-        memo, interned = self._plans, self._interned
-        index: dict[int, int] = {}  # id(plan) -> its position in plans (alive: in plans)
-        plans: list[_Plan] = []
-        rows = []
-        regions = column_or_nulls(table, REGION_FIELD).to_pylist()
-        for region, response in zip(regions, responses, strict=True):
-            restricted = region != UNRESTRICTED_REGION
-            key = (id(response), restricted)
-            known = memo.get(key)
-            if known is None or known[0] is not response:  # an id is only unique while alive
-                plan = self._plan_of(_as_result(response, restricted), restricted)
-                plan = interned.setdefault(plan, plan)
-                if len(memo) >= _PLAN_MEMO_SIZE:
-                    memo.clear()
-                    interned.clear()
-                memo[key] = known = (response, plan)  # keeps response alive: its id stays its
-            plan = known[1]
-            i = index.get(id(plan))
-            if i is None:
-                i = index[id(plan)] = len(plans)
-                plans.append(plan)
-            rows.append(i)
+        if len(responses) != table.num_rows:
+            raise ValueError(f"{len(responses)} responses for {table.num_rows} rows")
+        restricted = pc.not_equal(regions.cast(pa.string()), UNRESTRICTED_REGION).fill_null(True)
+        ids = pa.array(list(map(id, responses)), pa.int64())  # alive: in responses
+        keys = pc.add(pc.multiply(ids, 2), restricted.cast(pa.int64()))
+        groups = pc.dictionary_encode(keys).combine_chunks()
+        objects = dict(zip(map(id, responses), responses, strict=True))
+        plans = [
+            self._plan_for(objects[key >> 1], bool(key & 1))
+            for key in groups.dictionary.to_pylist()
+        ]
+        take = groups.indices
         tally = CounterTally()
-        for i, n in Counter(rows).items():
+        counts = pc.value_counts(take)
+        for i, n in zip(
+            counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True
+        ):
             for name, each in plans[i].counters:
                 tally.add(name, each * n)
-        take = pa.array(rows, pa.int32())
         restricted = pa.array([p.restricted for p in plans], pa.bool_()).take(take)
         for j, name in enumerate(self.company_fields):
             values = pa.array([p.company[j] for p in plans], pa.string())
@@ -290,6 +287,19 @@ class JoinAroundDeal:
             table = with_column(table, name, kept)
         tally.flush()
         return TableBatch(table)
+
+    def _plan_for(self, response: Any, restricted: bool) -> _Plan:
+        """The plan of a response, memoised per object (and region kind) for the process."""
+        key = (id(response), restricted)
+        known = self._plans.get(key)
+        if known is None or known[0] is not response:  # an id is only unique while alive
+            plan = self._plan_of(_as_result(response, restricted), restricted)
+            plan = self._interned.setdefault(plan, plan)
+            if len(self._plans) >= _PLAN_MEMO_SIZE:
+                self._plans.clear()
+                self._interned.clear()
+            self._plans[key] = known = (response, plan)  # keeps response alive: its id stays its
+        return known[1]
 
     def _plan_of(self, result: LookupResult, restricted: bool) -> _Plan:
         """:meth:`_plan`, memoised for results without fields (no match, failures: most of
@@ -425,7 +435,9 @@ class _WholeBatch(EnrichmentSourceHandler[Any, Any]):
     """Makes one Enrichment call of a whole batch of records: ``batch -> (batch, responses)``.
 
     The batches already exist (``transforms.batches``), so Enrichment must not batch again; the
-    wrapped handler sees its own request size (``batch_size`` records per HTTP request).
+    wrapped handler sees its own request size (``batch_size`` records per HTTP request). A
+    handler with a ``lookup_columns(ips, restricted)`` method (the snapshot) is given a table's
+    columns instead of a request record per row.
     """
 
     def __init__(self, handler: EnrichmentSourceHandler, max_records: int) -> None:
@@ -458,6 +470,11 @@ class _WholeBatch(EnrichmentSourceHandler[Any, Any]):
         return self.handler.get_cache_key(request)
 
     def __call__(self, batch: AnyBatch | list[dict[str, Any]], *args: Any, **kwargs: Any) -> Any:
+        if isinstance(batch, TableBatch) and hasattr(self.handler, "lookup_columns"):
+            ips = column_or_nulls(batch.table, IP_FIELD).to_pylist()
+            regions = column_or_nulls(batch.table, REGION_FIELD)
+            restricted = pc.not_equal(regions, UNRESTRICTED_REGION).fill_null(True).to_pylist()
+            return batch, self.handler.lookup_columns(ips, restricted)
         requests = _requests(batch.table) if isinstance(batch, TableBatch) else batch
         size = self._chunk()
         responses = []

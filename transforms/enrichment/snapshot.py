@@ -268,6 +268,17 @@ def _shared_snapshot(
 # Entries of the per-handler memo of lookups (address, restricted) -> result.
 MEMO_SIZE = 131072
 
+# The results that depend on nothing but whether the visitor is restricted, shared: a result is
+# immutable, and the join works out what a result means once per object.
+_INVALID_IP = {
+    restricted: LookupResult(NO_MATCH, contact_requested=not restricted, invalid_ip=True)
+    for restricted in (False, True)
+}
+_NO_MATCH = {
+    restricted: LookupResult(NO_MATCH, contact_requested=not restricted, source_calls=1)
+    for restricted in (False, True)
+}
+
 
 class SnapshotHandler(EnrichmentSourceHandler[Any, Any]):
     """Looks visit records up in an offline AroundDeal snapshot (see the module docstring).
@@ -303,22 +314,27 @@ class SnapshotHandler(EnrichmentSourceHandler[Any, Any]):
         self.batch_size = batch_size
         self._snapshot: _Snapshot | None = None
         self._memo: Any = None
+        self._matched: dict[tuple[int, bool], LookupResult] = {}
 
     def __enter__(self) -> SnapshotHandler:
         self._snapshot = _shared_snapshot(self.path, self.company_fields, self.contact_fields)
         # The snapshot does not change during the run, so the result for an address is a pure
         # function of (address, restricted): memoised, since visitors' addresses repeat.
         self._memo = functools.lru_cache(maxsize=MEMO_SIZE)(self._lookup_address)
+        # (id of an index entry, restricted) -> its result: one object per network, which the
+        # join interprets once. The entry lives in the index, so its id stays its own.
+        self._matched = {}
         return self
 
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> None:
         # The index is shared by the process; this instance only lets go of its reference.
         self._snapshot = None
         self._memo = None
+        self._matched = {}
 
     def __getstate__(self) -> dict[str, Any]:
         # Never ship the index inside the pickled handler: workers load it themselves.
-        return {**self.__dict__, "_snapshot": None, "_memo": None}
+        return {**self.__dict__, "_snapshot": None, "_memo": None, "_matched": {}}
 
     def __str__(self) -> str:
         # RequestResponseIO names its metrics namespace after str(caller).
@@ -344,12 +360,24 @@ class SnapshotHandler(EnrichmentSourceHandler[Any, Any]):
             return [(r, self._lookup(r)) for r in request]
         return request, self._lookup(request)
 
+    def lookup_columns(self, ips: Sequence[Any], restricted: Sequence[bool]) -> list[LookupResult]:
+        """The results for rows given as columns (a table's ``ip`` values and whether each
+        visitor is restricted): what calling with one request record per row gives, without
+        a record per row."""
+        if self._snapshot is None:
+            self.__enter__()
+        memo, invalid = self._memo, _INVALID_IP
+        return [
+            memo(ip, r) if ip.__class__ is str else invalid[r]
+            for ip, r in zip(ips, restricted, strict=True)
+        ]
+
     def _lookup(self, record: dict[str, Any]) -> LookupResult:
         assert self._snapshot is not None
         ip = record.get(IP_FIELD)
         restricted = is_restricted(record)
         if not isinstance(ip, str):
-            return LookupResult(NO_MATCH, contact_requested=not restricted, invalid_ip=True)
+            return _INVALID_IP[restricted]
         return self._memo(ip, restricted)
 
     def _lookup_address(self, ip: str, restricted: bool) -> LookupResult:
@@ -359,14 +387,19 @@ class SnapshotHandler(EnrichmentSourceHandler[Any, Any]):
         else:
             address = parse_ip(ip)
             if address is None:
-                return LookupResult(NO_MATCH, contact_requested=not restricted, invalid_ip=True)
+                return _INVALID_IP[restricted]
             hit = self._snapshot.index.lookup(address)
         if hit is None:
-            return LookupResult(NO_MATCH, contact_requested=not restricted, source_calls=1)
+            return _NO_MATCH[restricted]
+        known = self._matched.get((id(hit), restricted))
+        if known is not None:
+            return known
         (company, contact), _line = hit
         fields = {k: v for k, v in zip(self.company_fields, company, strict=True) if v is not None}
         if not restricted:
             fields.update(
                 (k, v) for k, v in zip(self.contact_fields, contact, strict=True) if v is not None
             )
-        return LookupResult(MATCHED, fields, contact_requested=not restricted, source_calls=1)
+        result = LookupResult(MATCHED, fields, contact_requested=not restricted, source_calls=1)
+        self._matched[(id(hit), restricted)] = result
+        return result
