@@ -54,7 +54,7 @@ def present(array: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     if pa.types.is_null(array.type):
         return pc.is_valid(array)
     if _is_str(array.type):
-        return pc.and_(pc.is_valid(array), pc.not_equal(array, "").fill_null(False))
+        return pc.not_equal(array, "").fill_null(False)  # null: not present
     return pc.is_valid(array)
 
 
@@ -112,16 +112,20 @@ def forbidding_rows(
     known = frozenset(known)
     every = frozenset().union(*forbidden.values()) if forbidden else frozenset()
     distinct = [r for r in pc.unique(regions).to_pylist() if r is not None]
+    by_regions: dict[tuple[tuple[str, ...], bool], pa.ChunkedArray] = {}  # fields share masks
     masks = {}
     for field in fields:
         unknown_forbids = field in every
-        forbidding = [
+        forbidding = tuple(
             r
             for r in distinct
             if (field in forbidden.get(r, frozenset()) if r in known else unknown_forbids)
-        ]
-        mask = pc.is_in(regions, value_set=pa.array(forbidding, pa.string()))
-        masks[field] = pc.or_(mask, pc.is_null(regions)) if unknown_forbids else mask
+        )
+        key = (forbidding, unknown_forbids)
+        if key not in by_regions:
+            mask = pc.is_in(regions, value_set=pa.array(forbidding, pa.string()))
+            by_regions[key] = pc.or_(mask, pc.is_null(regions)) if unknown_forbids else mask
+        masks[field] = by_regions[key]
     return masks
 
 

@@ -166,7 +166,13 @@ class ParseFn(RecordStage):
     def _decoded(self, batch: Batch) -> tuple[list[dict[str, Any]], list[bytes], list[Any]]:
         """``(objects, their lines, other elements)``: the JSON lines orjson decodes to an
         object that the columns may take; the rest (lines orjson refuses or may misread, Avro
-        records, records with undeclared keys or of a child) is for the reference."""
+        records, records with undeclared keys or of a child) is for the reference.
+
+        The common batch, where every line qualifies, is decided by C-level maps over the whole
+        batch; otherwise line by line."""
+        objs = self._all_decoded(batch)
+        if objs is not None:
+            return objs, batch, []
         objs, lines, others = [], [], []
         loads, declared = orjson.loads, self._declared
         blocks = self._minimum_age.blocks if self._minimum_age is not None else None
@@ -191,6 +197,22 @@ class ParseFn(RecordStage):
                 objs.append(obj)
                 lines.append(element)
         return objs, lines, others
+
+    def _all_decoded(self, batch: Batch) -> list[dict[str, Any]] | None:
+        """The objects of every line of ``batch`` if all qualify for the columns, else None."""
+        if set(map(type, batch)) != {bytes}:
+            return None
+        try:
+            objs = list(map(orjson.loads, batch))
+        except orjson.JSONDecodeError:
+            return None
+        if set(map(type, objs)) != {dict} or not all(map(self._declared.issuperset, objs)):
+            return None
+        if self._floats_accepted and any(map(_may_hold_a_long_integer, map(dict.values, objs))):
+            return None
+        if self._minimum_age is not None and any(map(self._minimum_age.blocks, objs)):
+            return None
+        return objs
 
     def _table_of(self, records: Batch) -> Batch | TableBatch:
         """Records as a table of the record schema, or as they are if a value does not fit."""
