@@ -127,6 +127,13 @@ class ParseFn(RecordStage):
         # where a float is declared: elsewhere it is undecided and goes to the reference, which
         # reads the line again with json. So only such a schema needs the check per object.
         self._floats_accepted = any({"double", "float"} & set(s.avro_types) for s in specs)
+        # The minimum-age rule reads a field of the raw record; where the schema does not declare
+        # it, a record that has it has an undeclared key and goes to the reference anyway.
+        self._age_rule = (
+            policy.minimum_age
+            if policy.minimum_age is not None and policy.minimum_age.age_field in self._declared
+            else None
+        )
         self._secret = policy.is_secret_name
         self._media = policy.is_media_name
         self._minimum_age = policy.minimum_age
@@ -175,7 +182,7 @@ class ParseFn(RecordStage):
             return objs, batch, []
         objs, lines, others = [], [], []
         loads, declared = orjson.loads, self._declared
-        blocks = self._minimum_age.blocks if self._minimum_age is not None else None
+        blocks = self._age_rule.blocks if self._age_rule is not None else None
         misread = _may_hold_a_long_integer if self._floats_accepted else _never
         for element in batch:
             if element.__class__ is not bytes:
@@ -210,7 +217,7 @@ class ParseFn(RecordStage):
             return None
         if self._floats_accepted and any(map(_may_hold_a_long_integer, map(dict.values, objs))):
             return None
-        if self._minimum_age is not None and any(map(self._minimum_age.blocks, objs)):
+        if self._age_rule is not None and any(map(self._age_rule.blocks, objs)):
             return None
         return objs
 
