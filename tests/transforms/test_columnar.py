@@ -7,6 +7,7 @@ same records once as a list and once as an Arrow table, and must give the same g
 
 from __future__ import annotations
 
+import pickle
 from collections import Counter
 from typing import Any
 
@@ -298,6 +299,12 @@ def test_the_batch_coder_round_trips_both_kinds():
     assert coder.decode(coder.encode(Batch([{"a": 1}]))) == [{"a": 1}]
     assert coder.estimate_size(table) > table.table.num_rows
     assert beam.coders.registry.get_coder(AnyBatch).__class__ is BatchCoder
+
+
+@given(RESULTS)
+def test_a_lookup_result_pickles_by_value(result):
+    """Beam sizes (batch, responses) elements by pickling them: a result must come back equal."""
+    assert pickle.loads(pickle.dumps(result)) == result
 
 
 def test_a_failed_table_batch_is_one_dead_letter_per_row(dl_context):

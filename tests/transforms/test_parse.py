@@ -297,8 +297,17 @@ def test_the_compiled_validator_is_the_reference(schema, data):
 def _valid_value(spec, event_time):
     """Values of the kind a field declares, its edge cases included."""
     if spec.name == event_time:
-        return st.integers(-(10**14), 10**14) | st.just(2**70) | st.sampled_from(
-            ["2026-11-29T10:00:00Z", "2026-11-29 10:00:00.5+05:30", " 2026-11-29T10:00Z", "x" * 16]
+        return (
+            st.integers(-(10**14), 10**14)
+            | st.just(2**70)
+            | st.sampled_from(
+                [
+                    "2026-11-29T10:00:00Z",
+                    "2026-11-29 10:00:00.5+05:30",
+                    " 2026-11-29T10:00Z",
+                    "x" * 16,
+                ]
+            )
         )
     if spec.format == "ip":
         return st.sampled_from(["8.8.8.8", "::1", "::ffff:8.8.4.4", "01.2.3.4", "", " 1.2.3.4"])

@@ -84,6 +84,11 @@ class LookupResult:
     contact_fields_discarded: int = 0
     invalid_ip: bool = False
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Pickled by value, in one C-level tuple: the slotted dataclass's own state functions
+        # look its fields up on every call, and Beam pickles batches of results to size them.
+        return LookupResult, tuple(getattr(self, f) for f in self.__slots__)
+
 
 def is_restricted(record: dict[str, Any]) -> bool:
     """Restricted = region is not ``OTHER`` (``EEA_UK`` or ``UNKNOWN``; missing fails closed)."""

@@ -474,14 +474,16 @@ class _WholeBatch(EnrichmentSourceHandler[Any, Any]):
             ips = column_or_nulls(batch.table, IP_FIELD).to_pylist()
             regions = column_or_nulls(batch.table, REGION_FIELD)
             restricted = pc.not_equal(regions, UNRESTRICTED_REGION).fill_null(True).to_pylist()
-            return batch, self.handler.lookup_columns(ips, restricted)
+            return batch, Batch(self.handler.lookup_columns(ips, restricted))
         requests = _requests(batch.table) if isinstance(batch, TableBatch) else batch
         size = self._chunk()
         responses = []
         for start in range(0, len(requests), size):
             chunk = requests[start : start + size]
             responses.extend(response for _, response in self.handler(chunk))
-        return batch, responses
+        # A Batch, not a list: Beam samples the size of this (batch, responses) element by
+        # pickling it, a list item by item, a Batch in one go (shared results once).
+        return batch, Batch(responses)
 
 
 def _requests(table: pa.Table) -> list[dict[str, Any]]:
