@@ -17,7 +17,6 @@ the matching row are never read for them.
 from __future__ import annotations
 
 import csv
-import functools
 import ipaddress
 import logging
 import threading
@@ -313,14 +312,15 @@ class SnapshotHandler(EnrichmentSourceHandler[Any, Any]):
         self.contact_fields = tuple(contact_fields)
         self.batch_size = batch_size
         self._snapshot: _Snapshot | None = None
-        self._memo: Any = None
+        # Results by address, one dict per restricted flag (the result for an address is a pure
+        # function of (address, restricted) while the snapshot does not change): visitors'
+        # addresses repeat. Emptied when full.
+        self._memo: tuple[dict[str, LookupResult], dict[str, LookupResult]] = ({}, {})
         self._matched: dict[tuple[int, bool], LookupResult] = {}
 
     def __enter__(self) -> SnapshotHandler:
         self._snapshot = _shared_snapshot(self.path, self.company_fields, self.contact_fields)
-        # The snapshot does not change during the run, so the result for an address is a pure
-        # function of (address, restricted): memoised, since visitors' addresses repeat.
-        self._memo = functools.lru_cache(maxsize=MEMO_SIZE)(self._lookup_address)
+        self._memo = ({}, {})
         # (id of an index entry, restricted) -> its result: one object per network, which the
         # join interprets once. The entry lives in the index, so its id stays its own.
         self._matched = {}
@@ -329,12 +329,12 @@ class SnapshotHandler(EnrichmentSourceHandler[Any, Any]):
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> None:
         # The index is shared by the process; this instance only lets go of its reference.
         self._snapshot = None
-        self._memo = None
+        self._memo = ({}, {})
         self._matched = {}
 
     def __getstate__(self) -> dict[str, Any]:
         # Never ship the index inside the pickled handler: workers load it themselves.
-        return {**self.__dict__, "_snapshot": None, "_memo": None, "_matched": {}}
+        return {**self.__dict__, "_snapshot": None, "_memo": ({}, {}), "_matched": {}}
 
     def __str__(self) -> str:
         # RequestResponseIO names its metrics namespace after str(caller).
@@ -366,19 +366,29 @@ class SnapshotHandler(EnrichmentSourceHandler[Any, Any]):
         a record per row."""
         if self._snapshot is None:
             self.__enter__()
-        memo, invalid = self._memo, _INVALID_IP
-        return [
-            memo(ip, r) if ip.__class__ is str else invalid[r]
-            for ip, r in zip(ips, restricted, strict=True)
-        ]
+        memo = self._memo
+        found = [memo[r].get(ip) for ip, r in zip(ips, restricted, strict=True)]
+        if None in found:
+            for i, result in enumerate(found):
+                if result is None:
+                    found[i] = self._lookup_ip(ips[i], restricted[i])
+        return found
 
     def _lookup(self, record: dict[str, Any]) -> LookupResult:
         assert self._snapshot is not None
-        ip = record.get(IP_FIELD)
-        restricted = is_restricted(record)
+        return self._lookup_ip(record.get(IP_FIELD), is_restricted(record))
+
+    def _lookup_ip(self, ip: Any, restricted: bool) -> LookupResult:
         if not isinstance(ip, str):
             return _INVALID_IP[restricted]
-        return self._memo(ip, restricted)
+        memo = self._memo[restricted]
+        result = memo.get(ip)
+        if result is None:
+            result = self._lookup_address(ip, restricted)
+            if len(memo) >= MEMO_SIZE:
+                memo.clear()
+            memo[ip] = result
+        return result
 
     def _lookup_address(self, ip: str, restricted: bool) -> LookupResult:
         n = ipv4_int(ip)
