@@ -73,7 +73,9 @@ def not_blank(array: pa.Array | pa.ChunkedArray) -> pa.Array:
         array = array.combine_chunks()
     if pa.types.is_null(array.type):
         return pc.is_valid(array)
-    sure = pc.match_substring_regex(array, "^[!-~]").fill_null(False)
+    # Starts with a byte in "!".."~": between those strings, lexicographically (a comparison
+    # kernel, several times cheaper than a regular expression).
+    sure = pc.and_(pc.greater_equal(array, "!"), pc.less(array, "\x7f")).fill_null(False)
     unsure = pc.and_not(pc.is_valid(array), sure)
     if not unsure.true_count:
         return sure

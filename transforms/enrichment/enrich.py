@@ -32,6 +32,7 @@ from the input), ``enrichment.company_country_restricted``, ``enrichment.cache_h
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -256,12 +257,15 @@ class JoinAroundDeal:
             for key in groups.dictionary.to_pylist()
         ]
         take = groups.indices
-        tally = CounterTally()
         counts = pc.value_counts(take)
+        rows_per_counters: Counter[tuple[tuple[str, int], ...]] = Counter()
         for i, n in zip(
             counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True
         ):
-            for name, each in plans[i].counters:
+            rows_per_counters[plans[i].counters] += n  # plans are many, their counters few
+        tally = CounterTally()
+        for counters, n in rows_per_counters.items():
+            for name, each in counters:
                 tally.add(name, each * n)
         restricted = pa.array([p.restricted for p in plans], pa.bool_()).take(take)
         for j, name in enumerate(self.company_fields):
