@@ -45,7 +45,7 @@ from transforms.sinks import (
     micros_to_iso,
     partition_path,
 )
-from transforms.sinks.files import _AvroFile
+from transforms.sinks.files import _AvroFile, _ParquetFile
 from transforms.sinks.runs import _destination, _destination_keys, _row_shards, _sort_run
 from transforms.sinks.tables import _BufferPartitions, _Compact, _remove_temp_files
 
@@ -268,6 +268,26 @@ def test_parquet_sink_bounds_row_groups_and_compresses(tmp_path):
     assert [meta.row_group(g).num_rows for g in range(meta.num_row_groups)] == [4, 4, 2]
     assert {meta.row_group(0).column(c).compression for c in range(meta.num_columns)} == {"ZSTD"}
     assert pq.read_table(path).column("event_id").to_pylist() == [f"v{i:04d}" for i in range(10)]
+
+
+def test_parquet_files_dictionary_encode_only_repetitive_columns(tmp_path):
+    """Columns with few distinct values are dictionary-encoded; mostly distinct ones plain."""
+    schema = pa.schema([("event_id", pa.string()), ("region", pa.string())])
+    table = pa.table(
+        {"event_id": [f"e{i}" for i in range(1000)], "region": ["EEA_UK", "OTHER"] * 500},
+        schema=schema,
+    )
+    path = tmp_path / "chosen.parquet"
+    with open(path, "wb") as fh:
+        writer = _ParquetFile(fh, schema, "snappy", 300)
+        writer.write(table)
+        writer.close()
+    meta = pq.ParquetFile(path).metadata
+    encodings = {meta.schema.column(c).name: meta.row_group(0).column(c).encodings for c in (0, 1)}
+    assert not any("DICTIONARY" in e for e in encodings["event_id"])
+    assert any("DICTIONARY" in e for e in encodings["region"])
+    assert [meta.row_group(g).num_rows for g in range(meta.num_row_groups)] == [300] * 3 + [100]
+    assert pq.read_table(path).equals(table)
 
 
 def test_parquet_sink_rejects_unknown_codec():
