@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute
+import pyarrow.compute as pc
 
 from schemas.avro import FieldSpec
 from transforms.deadletter import RecordError
@@ -36,6 +36,7 @@ __all__ = [
     "canonical_ip",
     "compile_columns",
     "compile_validator",
+    "event_time_column",
     "field_plan",
     "field_value",
     "record_schema",
@@ -211,6 +212,57 @@ def compile_validator(plan: Sequence[FieldPlan]) -> Callable[[Mapping[str, Any]]
 # What a column of compile_columns holds for a value its inline cases cannot decide.
 UNDECIDED = object()
 
+# ISO-8601 date-times that Arrow's cast and datetime.fromisoformat both read, to the same
+# instant (a property test holds them together): extended format, a "T" or space, minutes or
+# seconds with 1-6 fraction digits, "Z" or an offset of less than a day; or no zone (UTC).
+_ISO_WITH_ZONE = (
+    r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]([01]\d|2[0-3]):[0-5]\d)$"
+)
+_ISO_NAIVE = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?$"
+_MIN_MICROS = MIN_EPOCH_MS * 1000
+_MAX_MICROS = MAX_EPOCH_MS * 1000 + 999  # 9999-12-31T23:59:59.999999Z
+_NO_TEXT = pa.scalar(None, pa.string())
+
+
+def _iso_micros_column(text: pa.Array) -> pa.Array:
+    """Epoch microseconds of the ISO-8601 strings Arrow and Python read alike, null elsewhere
+    (and wherever the instant is outside years 1-9999, which Python refuses)."""
+    micros = pc.coalesce(
+        pc.if_else(pc.match_substring_regex(text, _ISO_WITH_ZONE), text, _NO_TEXT)
+        .cast(pa.timestamp("us", "UTC"))
+        .cast(pa.int64()),
+        pc.if_else(pc.match_substring_regex(text, _ISO_NAIVE), text, _NO_TEXT)
+        .cast(pa.timestamp("us"))
+        .cast(pa.int64()),
+    )
+    in_range = pc.and_(pc.greater_equal(micros, _MIN_MICROS), pc.less_equal(micros, _MAX_MICROS))
+    return pc.if_else(in_range, micros, pa.scalar(None, pa.int64()))
+
+
+def event_time_column(values: list[Any], required: bool) -> tuple[pa.Array, list[int]]:
+    """The event times of a batch as ``(int64 epoch microseconds, undecided positions)``: what
+    :func:`~transforms.timestamps.parse_event_time` gives for epoch milliseconds and for
+    well-formed ISO-8601 strings, computed by Arrow kernels; a value these do not decide (a
+    time zone spelled otherwise, a bad date, another type) is left to the reference."""
+    text = pa.array([v if v.__class__ is str else None for v in values], pa.string())
+    try:
+        millis = pa.array([v if v.__class__ is int else None for v in values], pa.int64())
+    except OverflowError:  # an integer beyond 64 bits: out of range anyway
+        millis = pa.nulls(len(values), pa.int64())
+    try:
+        from_text = _iso_micros_column(text)
+    except pa.ArrowInvalid:  # a date Arrow refuses (Feb 30...) fails the cast of them all
+        from_text = pa.nulls(len(values), pa.int64())
+    in_range = pc.and_(pc.greater_equal(millis, MIN_EPOCH_MS), pc.less_equal(millis, MAX_EPOCH_MS))
+    micros = pc.coalesce(
+        pc.if_else(in_range, pc.multiply(millis, 1000), pa.scalar(None, pa.int64())), from_text
+    )
+    undecided = pc.is_null(micros)
+    if not required:  # an absent optional time is a null, decided
+        present = pa.array([v is not None for v in values], pa.bool_())
+        undecided = pc.and_(undecided, present)
+    return micros, pc.indices_nonzero(undecided).to_pylist()
+
 
 def _known_or_undecided(value: Any) -> Any:
     """An IP address's canonical text (cached), or UNDECIDED: the reference will say why not."""
@@ -235,7 +287,15 @@ def compile_columns(
     property test holds it to it.
     """
     namespace = _namespace(plan)
-    namespace.update({"UNDECIDED": UNDECIDED, "ip_or_undecided": _known_or_undecided, "pa": pa})
+    namespace.update(
+        {
+            "UNDECIDED": UNDECIDED,
+            "ip_or_undecided": _known_or_undecided,
+            "event_times": event_time_column,
+            "pa": pa,
+            "pc": pc,
+        }
+    )
     plain = [(i, f) for i, f in enumerate(plan) if f[2] == _STRING]
     others = [(i, f) for i, f in enumerate(plan) if f[2] != _STRING]
     namespace["plain"] = pa.struct([schema.field(f[0]) for _, f in plain])
@@ -245,12 +305,16 @@ def compile_columns(
         lines.append("    plain_arrays = pa.array(objs, type=plain).flatten()")
         for k, (_i, field) in enumerate(plain):
             if field[1]:  # required: "" is missing
-                lines.append(f"    empty = pa.compute.equal(plain_arrays[{k}], '').fill_null(True)")
+                lines.append(f"    empty = pc.equal(plain_arrays[{k}], '').fill_null(True)")
                 lines.append("    if empty.true_count:")
-                lines.append("        bad.update(pa.compute.indices_nonzero(empty).to_pylist())")
+                lines.append("        bad.update(pc.indices_nonzero(empty).to_pylist())")
     for i, field in others:
-        fallback = "ip_or_undecided(v)" if field[3].format == "ip" else "UNDECIDED"
         values = f"[o.get({field[0]!r}) for o in objs]"
+        if field[2] == _TIME:
+            lines.append(f"    c{i}, undecided = event_times({values}, {field[1]!r})")
+            lines.append("    bad.update(undecided)")
+            continue
+        fallback = "ip_or_undecided(v)" if field[3].format == "ip" else "UNDECIDED"
         lines.append(f"    c{i} = [{_inline(i, field, fallback)} for v in {values}]")
         lines.append(f"    if UNDECIDED in c{i}:")
         lines.append(f"        bad.update(j for j, v in enumerate(c{i}) if v is UNDECIDED)")
@@ -259,6 +323,8 @@ def compile_columns(
     for i, field in enumerate(plan):
         if field[2] == _STRING:
             arrays.append(f"plain_arrays[{[j for j, _ in plain].index(i)}]")
+        elif field[2] == _TIME:
+            arrays.append(f"c{i}")
         else:
             arrays.append(f"pa.array(c{i}, type=schema.field({i}).type)")
     lines.append("    table = pa.Table.from_arrays([" + ", ".join(arrays) + "], schema=schema)")

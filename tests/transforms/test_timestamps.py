@@ -6,7 +6,7 @@ import contextlib
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from transforms.timestamps import (
@@ -16,6 +16,7 @@ from transforms.timestamps import (
     parse_event_time,
     utc_date,
 )
+from transforms.validation import event_time_column
 
 US = 1_000_000
 T0 = int(datetime(2026, 10, 5, 15, 30, tzinfo=UTC).timestamp()) * US
@@ -139,3 +140,53 @@ def test_the_fast_iso_path_is_the_reference(text):
     fast = iso_micros(text)
     if fast is not None:
         assert fast == _reference(text)
+
+
+_EVENT_TIMES = (
+    _DATE_TIMES
+    | st.sampled_from(
+        [
+            "0000-01-01T00:00:00Z",
+            "0001-01-01T00:00:00+01:00",
+            "0001-01-01T00:00:00-01:00",
+            "9999-12-31T23:59:59-01:00",
+            "9999-12-31T23:59:59.999999",
+            "2026-10-09T18:33:41+24:00",
+            "2026-10-09T18:33:41-23:59",
+            "2026-02-29T00:00:00Z",
+            "2024-02-29 00:00Z",
+            "2026-10-09t18:33:41Z",
+        ]
+    )
+    | st.builds(
+        "{:04d}-{:02d}-{:02d}T{:02d}:{:02d}:{:02d}{}".format,
+        st.integers(0, 9999),
+        st.integers(0, 13),
+        st.integers(0, 32),
+        st.integers(0, 25),
+        st.integers(0, 61),
+        st.integers(0, 61),
+        st.sampled_from(["", "Z", "z", ".5", ".1234567Z", "+23:59", "-24:00", "+05:30", "+0530"]),
+    )
+    | st.integers(-(2**64), 2**64)
+    | st.integers(-62_135_596_800_001, -62_135_596_799_999)
+    | st.none()
+    | st.booleans()
+    | st.floats()
+    | st.text(max_size=30)
+)
+
+
+@settings(max_examples=300)
+@given(st.lists(_EVENT_TIMES, max_size=12), st.booleans())
+def test_the_event_time_column_is_the_reference(values, required):
+    """Batched parsing reads event times with Arrow kernels: every value it decides is what
+    parse_event_time says, and it never decides one that parse_event_time refuses."""
+    micros, undecided = event_time_column(values, required)
+    for i, (value, got) in enumerate(zip(values, micros.to_pylist(), strict=True)):
+        if i in undecided:
+            continue
+        if value is None and not required:
+            assert got is None
+        else:
+            assert got == _reference(value) != "rejected"
