@@ -514,7 +514,10 @@ class EnrichAroundDeal(beam.PTransform):
 
     Input and output: ``PCollection[dict]``, one output record per input record; with
     ``batched``, batches of records (``transforms.batches``): each batch is one Enrichment
-    request, which the handler serves in requests of its own ``batch_size``.
+    request, which the handler serves in requests of its own ``batch_size``. The rows of a
+    table (``TableBatch``) reach the handler as request records holding only ``ip`` and
+    ``region``, the two fields a handler reads, or as those two columns for a handler with
+    ``lookup_columns`` (the snapshot); the join then works on columns.
     """
 
     def __init__(
