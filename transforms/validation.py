@@ -8,7 +8,8 @@ schema, are held to it by property tests:
 
 - :func:`compile_validator`: one record to one dict, common values decided inline;
 - :func:`compile_columns`: a batch of decoded objects to Arrow columns of :func:`record_schema`,
-  with the same inline decisions; a row any of them cannot decide is left to the reference.
+  with the same inline decisions (event times by Arrow kernels, :func:`event_time_column`); a
+  row any of them cannot decide is left to the reference.
 """
 
 from __future__ import annotations
