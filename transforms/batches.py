@@ -22,8 +22,8 @@ the records are batched with ``BatchElements`` and unbatched after the stage).
 Columnar batches: a batch is either a :class:`Batch` (a list of record dicts) or a
 :class:`TableBatch` (the same records as the columns of a ``pyarrow.Table``: a missing value is
 null). The parser emits tables where the schema maps to Arrow, and the visit stages (geolocate,
-suppress, enrich, guard, tag) then work on whole columns with ``pyarrow.compute``, so a record
-never becomes a dict on the way to the sinks. A stage without a columnar version (or a table its
+suppress, enrich, guard, tag) then work on whole columns with ``pyarrow.compute``: past the
+JSON decoder, a record is never a dict again on its way to the sinks. A stage without a columnar version (or a table its
 columnar version cannot decide exactly) goes record by record over ``table.to_pylist()``: the
 default :meth:`RecordStage.process_table`, the same per-record code and dead letters as a list.
 """
