@@ -4,9 +4,9 @@
          -> Store (Guard -> Tag -> Write), with every rejected record collected into the dead
          letters.
 
-Records travel in batches (``transforms.batches``) from the reader to the tagger, which builds
-Arrow tables for the sinks: the per-record work is plain Python loops, Beam's per-element cost is
-paid once per batch, and no stage holds more than a batch.
+Records travel in batches (``transforms.batches``): Beam's per-element cost is paid once per
+batch, the parser hands on Arrow tables, and the stages after it work on whole columns (the
+record-by-record code decides what the columns cannot); no stage holds more than a batch.
 
 Writes two categories: ``website_visit`` (one row per good visit) and ``corporate_visitor_info``
 (company and contact fields, keyed by ``event_id``, for visits that have any), then a run report

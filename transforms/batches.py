@@ -23,9 +23,10 @@ Columnar batches: a batch is either a :class:`Batch` (a list of record dicts) or
 :class:`TableBatch` (the same records as the columns of a ``pyarrow.Table``: a missing value is
 null). The parser emits tables where the schema maps to Arrow, and the visit stages (geolocate,
 suppress, enrich, guard, tag) then work on whole columns with ``pyarrow.compute``: past the
-JSON decoder, a record is never a dict again on its way to the sinks. A stage without a columnar version (or a table its
-columnar version cannot decide exactly) goes record by record over ``table.to_pylist()``: the
-default :meth:`RecordStage.process_table`, the same per-record code and dead letters as a list.
+JSON decoder, a record is never a dict again on its way to the sinks. A stage without a
+columnar version (or a table its columnar version cannot decide exactly) goes record by record
+over ``table.to_pylist()``: the default :meth:`RecordStage.process_table`, the same per-record
+code and dead letters as a list.
 """
 
 from __future__ import annotations
@@ -226,15 +227,11 @@ class RecordStage(beam.DoFn):
         )
 
 
-def _items(batch: AnyBatch) -> list[Any]:
-    return records_of(batch)
-
-
 class Unbatch(beam.PTransform):
     """Batches back to single elements."""
 
     def expand(self, batches):
-        return batches | "Flatten" >> beam.FlatMap(_items)
+        return batches | "Flatten" >> beam.FlatMap(records_of)
 
 
 class Rebatch(beam.PTransform):

@@ -25,6 +25,7 @@ __all__ = [
     "forbidding_rows",
     "not_blank",
     "present",
+    "text_column",
     "with_column",
 ]
 
@@ -91,6 +92,15 @@ def column_or_nulls(table: pa.Table, name: str) -> pa.ChunkedArray:
     if name in table.column_names:
         return table.column(name)
     return pa.chunked_array([pa.nulls(table.num_rows, pa.string())])
+
+
+def text_column(table: pa.Table, name: str) -> pa.ChunkedArray | None:
+    """:func:`column_or_nulls` as a string column (a column of nulls only becomes one), or
+    None when it holds values of another type: then Python must read the rows."""
+    column = column_or_nulls(table, name)
+    if pa.types.is_null(column.type):
+        return column.cast(pa.string())
+    return column if pa.types.is_string(column.type) else None
 
 
 def with_column(table: pa.Table, name: str, array: Any) -> pa.Table:

@@ -45,6 +45,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.batches import ApplyStage, RecordStage, TableBatch
 from transforms.columns import column_or_nulls, with_column
+from transforms.memo import BoundedMemo
 
 __all__ = [
     "DEFAULT_CACHE_SIZE",
@@ -221,7 +222,8 @@ class CountryLookup:
         self.database_type: str = self._reader.metadata().database_type
         self._check_type(self.database_type)
         self.cache_size = cache_size
-        self._answers: dict[Any, str | None] = {}  # countries()'s own cache
+        # countries()'s own answers, read once per row of a batch.
+        self._answers = BoundedMemo(self._lookup_any, max(cache_size, 1))
         self._cached: Callable[[str], str | None]
         if cache_size:
             self._cached = functools.lru_cache(maxsize=cache_size)(self._lookup)
@@ -262,20 +264,16 @@ class CountryLookup:
     def countries(self, ips: list[Any]) -> list[str | None]:
         """:meth:`country` of each of ``ips``, for a batch.
 
-        Its own cache of answers (a dict, ``cache_size`` entries, emptied when full) is read in
-        one comprehension: per row that costs a fraction of a call through the LRU cache."""
+        Its own cache of answers (a :class:`~transforms.memo.BoundedMemo` of ``cache_size``
+        entries) is read in one comprehension: per row that costs a fraction of a call through
+        the LRU cache. ``ips`` must be hashable (a table column's values are)."""
         if not self.cache_size:
             return [self.country(ip) for ip in ips]
         answers = self._answers
-        found = [answers.get(ip, _UNSEEN) for ip in ips]
-        if _UNSEEN in found:
-            for i, ip in enumerate(ips):
-                if found[i] is _UNSEEN:
-                    found[i] = answer = self._lookup(ip) if isinstance(ip, str) else None
-                    if len(answers) >= self.cache_size:
-                        answers.clear()
-                    answers[ip] = answer
-        return found
+        return [answers[ip] for ip in ips]
+
+    def _lookup_any(self, ip: object) -> str | None:
+        return self._lookup(ip) if isinstance(ip, str) else None
 
     def cache_info(self) -> Any:
         """``functools`` cache statistics (None when the cache is disabled)."""
@@ -301,8 +299,6 @@ class CountryLookup:
 _LOCK = threading.Lock()
 _SHARED: dict[tuple[str, int], CountryLookup] = {}
 _LOCAL_COPIES: dict[str, str] = {}
-
-_UNSEEN = object()
 
 
 def _remove_local_copies() -> None:

@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 
 from schemas.policy import Category, Policy, filled_any
 from transforms.batches import ApplyStage, Batch, RecordStage, TableBatch
-from transforms.columns import column_or_nulls, forbidding_rows, present
+from transforms.columns import column_or_nulls, forbidding_rows, present, text_column
 from transforms.deadletter import DeadLetterContext, RecordError
 from transforms.suppress import forbidden_by_region
 
@@ -141,10 +141,8 @@ class GuardFn(RecordStage):
 
     def _breaking(self, table: pa.Table) -> pa.ChunkedArray | None:
         """Per row: does it break an invariant of :func:`violations` (None: Python must say)."""
-        region = column_or_nulls(table, "region")
-        if pa.types.is_null(region.type):
-            region = region.cast(pa.string())
-        if not pa.types.is_string(region.type):
+        region = text_column(table, "region")
+        if region is None:
             return None
         known = pa.array(sorted(self._policy.regions), pa.string())
         parts = []
@@ -157,10 +155,9 @@ class GuardFn(RecordStage):
         forbids = forbidding_rows(region, self._forbidden, self._policy.regions, fields)
         parts.extend(pc.and_(forbids[f], filled[f]) for f in fields)
         for country_field in self._country_fields:
-            countries = column_or_nulls(table, country_field)
-            if not (pa.types.is_string(countries.type) or pa.types.is_null(countries.type)):
+            countries = text_column(table, country_field)
+            if countries is None:
                 return None
-            countries = countries.cast(pa.string())
             by_region: dict[str, list[str]] = {}
             for code in pc.unique(countries).to_pylist():
                 if code:  # a falsy country (None, "") breaks nothing
@@ -169,13 +166,7 @@ class GuardFn(RecordStage):
                 names = self._forbidden.get(company_region, frozenset())
                 if names:
                     rows = pc.is_in(countries, value_set=pa.array(codes, pa.string()))
-                    anything = reduce(
-                        pc.or_,
-                        (
-                            filled[n] if n in filled else present(column_or_nulls(table, n))
-                            for n in sorted(names)
-                        ),
-                    )
+                    anything = reduce(pc.or_, (filled[n] for n in sorted(names)))
                     parts.append(pc.and_(rows, anything))
         return reduce(pc.or_, parts)
 

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from schemas.policy import Category
 from transforms.batches import ApplyStage, RecordStage, TableBatch
-from transforms.columns import column_or_nulls, count, forbidding_rows, present, with_column
+from transforms.columns import count, forbidding_rows, present, text_column, with_column
 
 __all__ = ["SuppressRestrictedContacts", "SuppressRestrictedFn", "forbidden_by_region"]
 
@@ -60,12 +60,10 @@ class SuppressRestrictedFn(RecordStage):
         return {k: v for k, v in record.items() if k not in forbidden}
 
     def process_table(self, table: pa.Table):
-        regions = column_or_nulls(table, "region")
-        fields = [f for f in sorted(self._all) if f in table.column_names]
-        if not (pa.types.is_string(regions.type) or pa.types.is_null(regions.type)):
+        regions = text_column(table, "region")
+        if regions is None:
             return super().process_table(table)  # regions Python must judge one by one
-        if pa.types.is_null(regions.type):
-            regions = regions.cast(pa.string())
+        fields = [f for f in sorted(self._all) if f in table.column_names]
         forbids = forbidding_rows(regions, self._forbidden, self._known, fields)
         found = {f: pc.and_(forbids[f], present(table.column(f))) for f in fields}
         rows = reduce(pc.or_, found.values()) if found else None

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 
 from schemas.avro import FieldSpec
 from transforms.deadletter import RecordError
+from transforms.memo import BoundedMemo
 from transforms.timestamps import (
     MAX_EPOCH_MS,
     MIN_EPOCH_MS,
@@ -46,10 +47,18 @@ __all__ = [
 ]
 
 
-# Canonical text of addresses seen, keyed by themselves (the compiled validator reads it
-# inline). Bounded: cleared when full, cheaper than an LRU's bookkeeping on every hit.
-_CANONICAL_IPS: dict[str, str] = {}
-_CANONICAL_IPS_MAX = 131072
+def _canonical_ip(value: str) -> str:
+    try:
+        if socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, value)) == value:
+            return value
+    except OSError:
+        pass
+    return str(ipaddress.ip_address(value.strip()))
+
+
+# Canonical text of the addresses seen, keyed by what was read (the compiled validator reads
+# it inline with ``get``).
+_CANONICAL_IPS = BoundedMemo(_canonical_ip, 131072)
 
 
 def canonical_ip(value: str) -> str:
@@ -60,23 +69,7 @@ def canonical_ip(value: str) -> str:
     record's validation. An IPv4 address already in canonical form (what socket's C conversion
     gives back unchanged) is returned as it is, without ``ipaddress``: that is the answer
     ``ipaddress`` would give."""
-    known = _CANONICAL_IPS.get(value)
-    if known is not None:
-        return known
-    canonical = _canonical_ip(value)
-    if len(_CANONICAL_IPS) >= _CANONICAL_IPS_MAX:
-        _CANONICAL_IPS.clear()
-    _CANONICAL_IPS[value] = canonical
-    return canonical
-
-
-def _canonical_ip(value: str) -> str:
-    try:
-        if socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, value)) == value:
-            return value
-    except OSError:
-        pass
-    return str(ipaddress.ip_address(value.strip()))
+    return _CANONICAL_IPS[value]
 
 
 # How validate_record treats a field (see FieldPlan).

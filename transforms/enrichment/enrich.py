@@ -56,7 +56,7 @@ from transforms.batches import (
     TableBatch,
     Unbatch,
 )
-from transforms.columns import column_or_nulls, count, not_blank, with_column
+from transforms.columns import column_or_nulls, count, not_blank, text_column, with_column
 from transforms.enrichment import (
     FAILED,
     IP_FIELD,
@@ -139,7 +139,6 @@ _PLAN_MEMO_SIZE = 262144
 class _Plan:
     """What one lookup result means for the table rows that have it (``JoinAroundDeal``)."""
 
-    restricted: bool
     counters: tuple[tuple[str, int], ...]
     company: tuple[str | None, ...]
     contacts: tuple[str | None, ...] | None  # offered contact values, None if none may be kept
@@ -238,20 +237,19 @@ class JoinAroundDeal:
         record.
         """
         names = table.column_names
-        regions = column_or_nulls(table, REGION_FIELD)
+        restricted = _restricted_rows(table)
         if (
             COMPANY_COUNTRY_FIELD in names
             or not self._company_set.isdisjoint(names)
-            or not (pa.types.is_string(regions.type) or pa.types.is_null(regions.type))
+            or restricted is None
         ):
             return Batch(self.batch(table.to_pylist(), list(responses)))
         if len(responses) != table.num_rows:
             raise ValueError(f"{len(responses)} responses for {table.num_rows} rows")
-        restricted = pc.not_equal(regions.cast(pa.string()), UNRESTRICTED_REGION).fill_null(True)
-        ids = pa.array(list(map(id, responses)), pa.int64())  # alive: in responses
-        keys = pc.add(pc.multiply(ids, 2), restricted.cast(pa.int64()))
+        ids = list(map(id, responses))  # unique while alive: responses holds them
+        objects = dict(zip(ids, responses, strict=True))
+        keys = pc.add(pc.multiply(pa.array(ids, pa.int64()), 2), restricted.cast(pa.int64()))
         groups = pc.dictionary_encode(keys).combine_chunks()
-        objects = dict(zip(map(id, responses), responses, strict=True))
         plans = [
             self._plan_for(objects[key >> 1], bool(key & 1))
             for key in groups.dictionary.to_pylist()
@@ -267,7 +265,6 @@ class JoinAroundDeal:
         for counters, n in rows_per_counters.items():
             for name, each in counters:
                 tally.add(name, each * n)
-        restricted = pa.array([p.restricted for p in plans], pa.bool_()).take(take)
         for j, name in enumerate(self.company_fields):
             values = pa.array([p.company[j] for p in plans], pa.string())
             table = with_column(table, name, values.take(take))
@@ -275,10 +272,9 @@ class JoinAroundDeal:
         for j, name in enumerate(self.contact_fields):
             if name not in table.column_names and not offers:
                 continue
-            own = column_or_nulls(table, name)
-            if not (pa.types.is_string(own.type) or pa.types.is_null(own.type)):
+            own = text_column(table, name)
+            if own is None:
                 return Batch(self.batch(table.to_pylist(), list(responses)))
-            own = own.cast(pa.string())
             filled = not_blank(own)
             tally.add("enrichment.contact_fields_discarded", count(pc.and_(restricted, filled)))
             value = own
@@ -356,7 +352,7 @@ class JoinAroundDeal:
                 discarded += sum(v is not None for v in offered)
         if discarded:
             counters.append(("enrichment.contact_fields_discarded", discarded))
-        return _Plan(restricted, tuple(counters), company, contacts)
+        return _Plan(tuple(counters), company, contacts)
 
     def _add_contacts(
         self, record: dict[str, Any], fields: Mapping[str, Any], restricted: bool
@@ -403,20 +399,19 @@ class RestrictContactsByCompanyCountry:
 
     def _table(self, table: pa.Table) -> pa.Table | None:
         """The rule on columns (None: a column Python must read record by record)."""
-        countries = column_or_nulls(table, COMPANY_COUNTRY_FIELD)
-        contacts = [n for n in table.column_names if n in self.contact_fields]
-        columns = [countries] + [table.column(n) for n in contacts]
-        if not all(pa.types.is_string(c.type) or pa.types.is_null(c.type) for c in columns):
+        countries = text_column(table, COMPANY_COUNTRY_FIELD)
+        contacts = {
+            n: text_column(table, n) for n in table.column_names if n in self.contact_fields
+        }
+        if countries is None or any(column is None for column in contacts.values()):
             return None
-        countries = countries.cast(pa.string())
         codes = [c for c in pc.unique(countries).to_pylist() if self.rule.restricted(c)]
         if not codes:
             return table
         rows = pc.is_in(countries, value_set=pa.array(codes, pa.string()))
         tally = CounterTally()
         tally.add("enrichment.company_country_restricted", count(rows))
-        for name in contacts:
-            column = table.column(name).cast(pa.string())
+        for name, column in contacts.items():
             tally.add(
                 "enrichment.contact_fields_discarded",
                 count(pc.and_(rows, not_blank(column))),
@@ -474,11 +469,11 @@ class _WholeBatch(EnrichmentSourceHandler[Any, Any]):
         return self.handler.get_cache_key(request)
 
     def __call__(self, batch: AnyBatch | list[dict[str, Any]], *args: Any, **kwargs: Any) -> Any:
-        if isinstance(batch, TableBatch) and hasattr(self.handler, "lookup_columns"):
+        restricted = _restricted_rows(batch.table) if isinstance(batch, TableBatch) else None
+        if restricted is not None and hasattr(self.handler, "lookup_columns"):
             ips = column_or_nulls(batch.table, IP_FIELD).to_pylist()
-            regions = column_or_nulls(batch.table, REGION_FIELD)
-            restricted = pc.not_equal(regions, UNRESTRICTED_REGION).fill_null(True).to_pylist()
-            return batch, Batch(self.handler.lookup_columns(ips, restricted))
+            results = self.handler.lookup_columns(ips, restricted.to_pylist())
+            return batch, Batch(results)
         requests = _requests(batch.table) if isinstance(batch, TableBatch) else batch
         size = self._chunk()
         responses = []
@@ -488,6 +483,15 @@ class _WholeBatch(EnrichmentSourceHandler[Any, Any]):
         # A Batch, not a list: Beam samples the size of this (batch, responses) element by
         # pickling it, a list item by item, a Batch in one go (shared results once).
         return batch, Batch(responses)
+
+
+def _restricted_rows(table: pa.Table) -> pa.ChunkedArray | None:
+    """Per row of a table: is the visitor restricted (:func:`is_restricted`: a region other
+    than ``OTHER``, none included); None if the regions are not text."""
+    regions = text_column(table, REGION_FIELD)
+    if regions is None:
+        return None
+    return pc.not_equal(regions, UNRESTRICTED_REGION).fill_null(True)
 
 
 def _requests(table: pa.Table) -> list[dict[str, Any]]:

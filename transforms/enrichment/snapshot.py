@@ -17,6 +17,7 @@ the matching row are never read for them.
 from __future__ import annotations
 
 import csv
+import functools
 import ipaddress
 import logging
 import threading
@@ -37,6 +38,7 @@ from transforms.enrichment import (
     is_restricted,
     parse_ip,
 )
+from transforms.memo import BoundedMemo
 
 __all__ = ["NETWORK_COLUMN", "PrefixIndex", "SnapshotError", "SnapshotHandler", "load_snapshot"]
 
@@ -312,15 +314,18 @@ class SnapshotHandler(EnrichmentSourceHandler[Any, Any]):
         self.contact_fields = tuple(contact_fields)
         self.batch_size = batch_size
         self._snapshot: _Snapshot | None = None
-        # Results by address, one dict per restricted flag (the result for an address is a pure
+        # Results by address, one memo per restricted flag (the result for an address is a pure
         # function of (address, restricted) while the snapshot does not change): visitors'
-        # addresses repeat. Emptied when full.
-        self._memo: tuple[dict[str, LookupResult], dict[str, LookupResult]] = ({}, {})
+        # addresses repeat. Made on entry (they call this instance), never pickled.
+        self._memo: tuple[BoundedMemo, BoundedMemo] | None = None
         self._matched: dict[tuple[int, bool], LookupResult] = {}
 
     def __enter__(self) -> SnapshotHandler:
         self._snapshot = _shared_snapshot(self.path, self.company_fields, self.contact_fields)
-        self._memo = ({}, {})
+        self._memo = tuple(
+            BoundedMemo(functools.partial(self._lookup_ip, restricted=r), MEMO_SIZE)
+            for r in (False, True)
+        )
         # (id of an index entry, restricted) -> its result: one object per network, which the
         # join interprets once. The entry lives in the index, so its id stays its own.
         self._matched = {}
@@ -329,12 +334,12 @@ class SnapshotHandler(EnrichmentSourceHandler[Any, Any]):
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> None:
         # The index is shared by the process; this instance only lets go of its reference.
         self._snapshot = None
-        self._memo = ({}, {})
+        self._memo = None
         self._matched = {}
 
     def __getstate__(self) -> dict[str, Any]:
         # Never ship the index inside the pickled handler: workers load it themselves.
-        return {**self.__dict__, "_snapshot": None, "_memo": ({}, {}), "_matched": {}}
+        return {**self.__dict__, "_snapshot": None, "_memo": None, "_matched": {}}
 
     def __str__(self) -> str:
         # RequestResponseIO names its metrics namespace after str(caller).
@@ -367,28 +372,17 @@ class SnapshotHandler(EnrichmentSourceHandler[Any, Any]):
         if self._snapshot is None:
             self.__enter__()
         memo = self._memo
-        found = [memo[r].get(ip) for ip, r in zip(ips, restricted, strict=True)]
-        if None in found:
-            for i, result in enumerate(found):
-                if result is None:
-                    found[i] = self._lookup_ip(ips[i], restricted[i])
-        return found
+        return [memo[r][ip] for ip, r in zip(ips, restricted, strict=True)]
 
     def _lookup(self, record: dict[str, Any]) -> LookupResult:
-        assert self._snapshot is not None
-        return self._lookup_ip(record.get(IP_FIELD), is_restricted(record))
+        assert self._memo is not None
+        ip, restricted = record.get(IP_FIELD), is_restricted(record)
+        return self._memo[restricted][ip] if isinstance(ip, str) else _INVALID_IP[restricted]
 
     def _lookup_ip(self, ip: Any, restricted: bool) -> LookupResult:
-        if not isinstance(ip, str):
-            return _INVALID_IP[restricted]
-        memo = self._memo[restricted]
-        result = memo.get(ip)
-        if result is None:
-            result = self._lookup_address(ip, restricted)
-            if len(memo) >= MEMO_SIZE:
-                memo.clear()
-            memo[ip] = result
-        return result
+        return (
+            self._lookup_address(ip, restricted) if isinstance(ip, str) else _INVALID_IP[restricted]
+        )
 
     def _lookup_address(self, ip: str, restricted: bool) -> LookupResult:
         n = ipv4_int(ip)
