@@ -139,8 +139,12 @@ class EraseSubjects(beam.PTransform):
     def expand(self, pbegin):
         c = self._config
         txn = c.txn
-        context = dead_letter_context(c.run, mask_names=MASKED)
-        raw = pbegin | "ReadRequests" >> ReadRecords(c.run.input, "jsonl")
+        context = dead_letter_context(
+            c.run, ["request_id", "received_at", *MASKED], masked=MASKED, id_field="request_id"
+        )
+        raw = pbegin | "ReadRequests" >> ReadRecords(
+            c.run.input, "jsonl", max_line_bytes=c.run.max_line_bytes
+        )
         requests, dead = raw | "ParseRequests" >> ParDoWithDeadLetters(
             ParseRequestFn(context), "parse", context
         )

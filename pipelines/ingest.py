@@ -152,9 +152,11 @@ class IngestRecords(beam.PTransform):
     def expand(self, pbegin):
         c = self._config
         run, spec = c.run, c.spec
-        dead_letters = dead_letter_context(run, mask_names=tuple(spec.fingerprints.values()))
+        dead_letters = dead_letter_context(run, [s.name for s in spec.input_specs])
 
-        raw = pbegin | "Read" >> ReadRecords(run.input, run.input_format, batched=True)
+        raw = pbegin | "Read" >> ReadRecords(
+            run.input, run.input_format, batched=True, max_line_bytes=run.max_line_bytes
+        )
         records, parse_dead = raw | "ParseValidate" >> Parse(
             spec.input_specs, spec.event_time, run.policy, dead_letters, batched=True
         )

@@ -10,7 +10,7 @@ import dataclasses
 import logging
 import sys
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,8 @@ from pipelines.options import IngestOptions, output_formats, run_time_micros
 from pipelines.report import build_report, counters_of, summary_lines, write_report
 from schemas.policy import Policy, PolicyError, load_policy
 from transforms.deadletter import DeadLetterContext
+from transforms.masking import Exposure
+from transforms.rawinput import DEFAULT_MAX_LINE_BYTES
 from transforms.retention.layout import check_output_root, normalise_root, require_matches
 from transforms.timestamps import format_utc
 
@@ -53,6 +55,7 @@ class RunContext:
     policy: Policy
     run_time: int  # epoch micros
     run_id: str = ""
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
 
     def header(self) -> dict[str, Any]:
         """The identity every report and audit record of the run starts with."""
@@ -87,17 +90,32 @@ def run_context(
         formats=output_formats(common.output_format),
         policy=policy,
         run_time=run_time_micros(common.run_time),
+        max_line_bytes=max_line_bytes(common),
     )
 
 
-def dead_letter_context(run: RunContext, mask_names: tuple[str, ...]) -> DeadLetterContext:
-    """Dead letters of this run: masked with ``mask_names`` plus every secret and media name,
-    expiring the policy's dead-letter period after the run time."""
+def max_line_bytes(common: IngestOptions) -> int:
+    """``--max_line_bytes``, checked."""
+    if common.max_line_bytes < 1:
+        raise ValueError(f"--max_line_bytes must be at least 1, got {common.max_line_bytes}")
+    return common.max_line_bytes
+
+
+def dead_letter_context(
+    run: RunContext,
+    declared: Iterable[str],
+    *,
+    masked: Iterable[str] = (),
+    id_field: str = "event_id",
+) -> DeadLetterContext:
+    """Dead letters of this run: readable only in the ``declared`` fields of its input that are
+    neither contact, secret nor media data, nor ``masked`` (closed world:
+    :class:`~transforms.masking.Exposure`), expiring the policy's dead-letter period after the
+    run time."""
     policy = run.policy
-    names = tuple(sorted(set(mask_names) | policy.secret_names | policy.media_names))
     return DeadLetterContext(
         source=run.pipeline,
-        mask_names=names,
+        exposure=Exposure.of_source(policy, declared, masked=masked, id_field=id_field),
         expires_at=policy.dead_letter_retention.expires_at(run.run_time),
     )
 
@@ -159,6 +177,7 @@ def retention_context(
         formats=(),
         policy=policy,
         run_time=run_time_micros(common.run_time),
+        max_line_bytes=max_line_bytes(common),
     ).with_id()
 
 

@@ -134,10 +134,13 @@ class ApplyLifecycleEvents(beam.PTransform):
     def expand(self, pbegin):
         c = self._config
         policy, txn = c.run.policy, c.txn
-        context = dead_letter_context(c.run, mask_names=())
+        keys = {event.key for event in policy.lifecycle_events.values()}
+        context = dead_letter_context(c.run, ["event", "at", *sorted(keys)])
         token = f"lc{c.run.run_id[:6]}"
 
-        raw = pbegin | "ReadEvents" >> ReadRecords(c.run.input, "jsonl")
+        raw = pbegin | "ReadEvents" >> ReadRecords(
+            c.run.input, "jsonl", max_line_bytes=c.run.max_line_bytes
+        )
         events, dead = raw | "ParseEvents" >> ParDoWithDeadLetters(
             ParseEventFn(policy, context), "parse", context
         )

@@ -13,6 +13,7 @@ from importlib import resources
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from transforms.rawinput import DEFAULT_MAX_LINE_BYTES
 from transforms.read import INPUT_FORMATS
 from transforms.timestamps import TimestampError, parse_event_time
 
@@ -78,6 +79,13 @@ class IngestOptions(PipelineOptions):
             "--policy",
             default=None,
             help="Policy file (YAML, see schemas/policy.yaml, the default). Validated at startup.",
+        )
+        parser.add_argument(
+            "--max_line_bytes",
+            type=int,
+            default=DEFAULT_MAX_LINE_BYTES,
+            help="Longest input line read, in bytes (default 1 MiB). A longer line is never held "
+            "whole: it becomes a line_too_large dead letter with its length and SHA-256.",
         )
         parser.add_argument(
             "--run_time",

@@ -81,6 +81,7 @@ def build_report(
         "suppressed": counters_with_prefix(counters, "suppressed."),
         "enrichment": counters_with_prefix(counters, "enrichment."),
         "parse": counters_with_prefix(counters, "parse."),
+        "redacted": counters_with_prefix(counters, "redacted."),
         "guard": counters_with_prefix(counters, "guard."),
         "fingerprinted": counters.get("fingerprinted", 0),
     }
@@ -107,6 +108,9 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
         lines.append(f"[{name}] regions: {report['regions']} suppressed: {report['suppressed']}")
     if report["enrichment"]:
         lines.append(f"[{name}] enrichment: {report['enrichment']}")
+    if report["redacted"]:
+        found = ", ".join(f"{k}={v}" for k, v in report["redacted"].items())
+        lines.append(f"[{name}] redacted in free text: {found}")
     lines.append(
         f"[{name}] reconciled={rec['reconciled']} ({rec['read']} read = "
         f"{rec['primary_written']} {'+'.join(rec['primary_categories'])} "

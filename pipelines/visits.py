@@ -130,15 +130,20 @@ class IngestVisits(beam.PTransform):
         visit, corporate = policy.category(VISIT), policy.category(CORPORATE)
         contact = corporate.field_groups["contact"]
         company = corporate.field_groups["company"]
-        dead_letters = dead_letter_context(run, mask_names=contact)
+        input_specs = input_fields(INPUT_SCHEMA)
+        dead_letters = dead_letter_context(
+            run, [spec.name for spec in input_specs] + ["country", "region"]
+        )
         outputs = (
             CategoryOutput(VISIT, category_columns(VISIT)),
             CategoryOutput(CORPORATE, category_columns(CORPORATE), when_any=company + contact),
         )
 
-        raw = pbegin | "Read" >> ReadRecords(run.input, run.input_format, batched=True)
+        raw = pbegin | "Read" >> ReadRecords(
+            run.input, run.input_format, batched=True, max_line_bytes=run.max_line_bytes
+        )
         records, parse_dead = raw | "ParseValidate" >> Parse(
-            input_fields(INPUT_SCHEMA), visit.event_time, policy, dead_letters, batched=True
+            input_specs, visit.event_time, policy, dead_letters, batched=True
         )
         located = records | "Geolocate" >> Geolocate(
             c.geoip_db, policy.restricted_countries, cache_size=c.geo_cache_size, batched=True

@@ -1,11 +1,19 @@
 """Dead letters: every rejected record, with where and why, and nothing sensitive in clear.
 
-A dead letter is a dict ``{source, stage, error, detail?, event_id?, raw, expires_at}``:
+A dead letter is a dict ``{source, stage, error, raw, event_id?, expires_at}``:
 - ``error`` is a reason code (``missing_field``, ``malformed_timestamp``, ``guard``...) optionally
-  followed by ``:<field or invariant>``; the run report counts dead letters by the code;
+  followed by ``:<declared field or invariant>``; the run report counts dead letters by the code;
 - ``raw`` is the input line as received (or, for a record rejected after parsing, the record as it
-  stood at that stage), masked by a :class:`~transforms.masking.Masker`;
+  stood at that stage), masked closed-world by a :class:`~transforms.masking.Masker`: only the
+  fields of the source's :class:`~transforms.masking.Exposure` stay readable, text scanned;
+- a line that may not be kept as text (not a JSON object, too deep, too large) has ``raw`` null
+  and ``raw_bytes`` (its length) and ``raw_sha256`` instead, so that it can be found again in the
+  source without the dead letter holding any of it;
 - ``expires_at`` (epoch micros): dead letters are personal data too and are purged like the rest.
+
+The builder never raises: if masking fails for any reason, a last-resort letter keeps the
+reason, the event id (if a bounded scan finds it), the length and SHA-256 of the raw input, and
+no raw text. A dead letter is the one output that must exist for every rejected record.
 
 Expected rejections are emitted by DoFns on a ``dead_letter`` tagged output; unexpected exceptions
 are caught by Beam's ``with_exception_handling`` and converted by :class:`FromExceptions`, so no
@@ -15,6 +23,7 @@ copied (they may quote a value); only the exception type is.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,7 +31,9 @@ from typing import Any
 
 import apache_beam as beam
 
-from transforms.masking import Masker
+from transforms.masking import Exposure, Masker, masked_json
+from transforms.rawinput import MAX_ID_CHARS, ReadFailure, RecordError, Withheld, has_surrogate
+from transforms.scanning import ALL_KINDS, scan_text
 
 __all__ = [
     "DEAD_LETTER_TAG",
@@ -36,22 +47,6 @@ __all__ = [
 DEAD_LETTER_TAG = "dead_letter"
 
 
-class RecordError(Exception):
-    """Raised inside a stage to reject a record with a reason code and optional detail.
-
-    ``raw``: what the dead letter shows instead of the element (e.g. a withheld placeholder);
-    ``event_id``: the record's id when the element itself does not carry it (a raw line).
-    """
-
-    def __init__(
-        self, error: str, detail: str | None = None, *, raw: Any = None, event_id: Any = None
-    ) -> None:
-        super().__init__(f"{error}:{detail}" if detail else error)
-        self.error = f"{error}:{detail}" if detail else error
-        self.raw = raw
-        self.event_id = event_id
-
-
 def make_dead_letter(
     *,
     source: str,
@@ -62,39 +57,64 @@ def make_dead_letter(
     expires_at: int,
     event_id: Any = None,
 ) -> dict[str, Any]:
-    """Build a dead letter; ``raw`` is masked here so that no caller can forget to.
+    """Build a dead letter; ``raw`` is masked here so that no caller can forget to. Never raises.
 
-    ``event_id`` is kept only when it is a string (a rejected record's may be anything)."""
-    if isinstance(raw, bytes):
-        raw = raw.decode("utf-8", errors="replace")
-    elif not isinstance(raw, (str, Mapping)):
-        raw = repr(raw)
-    if isinstance(raw, str):
-        raw_text = masker.mask_text(raw)
-    else:
-        raw_text = json.dumps(masker.mask_value(dict(raw)), ensure_ascii=False, default=str)
+    ``event_id`` is kept only when it is a string of at most ``MAX_ID_CHARS`` (scanned like any
+    text: an id can hold an email too)."""
     letter: dict[str, Any] = {
         "source": source,
         "stage": stage,
         "error": error,
-        "raw": raw_text,
         "expires_at": expires_at,
     }
-    if isinstance(event_id, str):
-        letter["event_id"] = event_id
+    try:
+        shown = _masked(raw, masker)
+    except Exception:  # the last resort: whatever failed, the letter exists without raw text
+        shown = _summary(raw, masker.id_field)
+    if isinstance(shown, str):
+        letter["raw"] = shown
+    else:
+        letter["raw"] = None
+        event_id = event_id if event_id is not None else shown.event_id
+        if shown.length is not None:
+            letter.update(raw_bytes=shown.length, raw_sha256=shown.sha256)
+    if isinstance(event_id, str) and len(event_id) <= MAX_ID_CHARS and not has_surrogate(event_id):
+        with contextlib.suppress(Exception):  # an id the scanner cannot read is not kept
+            letter["event_id"] = scan_text(event_id, ALL_KINDS)[0]
     return letter
+
+
+def _masked(raw: Any, masker: Masker) -> str | Withheld:
+    if isinstance(raw, Withheld):
+        return raw
+    if isinstance(raw, ReadFailure):
+        return json.dumps({"file": raw.path, "records_read": raw.records, "error": raw.error})
+    if isinstance(raw, bytes | str):
+        return masker.mask_text(raw)
+    if isinstance(raw, Mapping):
+        return masked_json(masker.mask_record(raw))
+    return Withheld.of(repr(raw), masker.id_field)
+
+
+def _summary(raw: Any, id_field: str) -> Withheld:
+    """The last resort's view of ``raw``: its summary where it is text, else nothing."""
+    with contextlib.suppress(Exception):  # even the summary failed: the reason alone
+        if isinstance(raw, bytes | str):
+            return Withheld.of(raw, id_field)
+    return Withheld.nothing()
 
 
 @dataclass(frozen=True)
 class DeadLetterContext:
-    """What every stage needs to write its dead letters: the source, the names to mask, expiry."""
+    """What every stage needs to write its dead letters: the source, what may be shown in
+    clear (:class:`~transforms.masking.Exposure`), and when the letters expire."""
 
     source: str
-    mask_names: tuple[str, ...]
+    exposure: Exposure
     expires_at: int
 
     def masker(self) -> Masker:
-        return Masker(self.mask_names)
+        return Masker(self.exposure)
 
     def letter(
         self, *, stage: str, error: str, raw: Any, masker: Masker, event_id: Any = None

@@ -6,8 +6,11 @@ and each value must have one of the declared types. The category's event-time fi
 from any of the accepted forms (``transforms.timestamps``) to UTC epoch microseconds, and fields
 declared with ``"format": "ip"`` must hold an IP address (kept in canonical form).
 
-Dead-letter reasons: ``invalid_encoding``, ``empty_line``, ``invalid_json``, ``not_an_object``,
-``missing_field:<f>``, ``malformed_field:<f>``, ``malformed_timestamp:<f>``, and
+Dead-letter reasons: ``line_too_large`` (the reader's summary of a line over
+``--max_line_bytes``), ``unreadable_file:<error>`` (an Avro file that stopped decoding),
+``too_deep``, ``invalid_encoding``, ``empty_line``, ``invalid_json``, ``not_an_object``,
+``missing_field:<f>``, ``malformed_field:<f>``, ``malformed_timestamp:<f>``,
+``malformed_text:<f>`` (a lone surrogate in a declared string), and
 ``under_minimum_age`` (the DPSA's minimum-age condition, ``policy.minimum_age``): such a record is
 not stored at all, so its dead letter keeps only the event id and the reason.
 
@@ -34,12 +37,13 @@ import pyarrow as pa
 from schemas.avro import FieldSpec
 from schemas.policy import Policy
 from transforms.batches import ApplyStage, Batch, RecordStage, TableBatch
-from transforms.deadletter import DeadLetterContext, RecordError
+from transforms.deadletter import DeadLetterContext
+from transforms.masking import stored_text_kinds
+from transforms.rawinput import ReadFailure, RecordError, Withheld, check_text, nesting_exceeds
+from transforms.scanning import scan_array, scan_text
 from transforms.validation import compile_columns, compile_validator, field_plan, record_schema
 
 __all__ = ["Parse", "ParseFn", "decode_json_line"]
-
-UNDER_AGE_WITHHELD = "<withheld: the record declares an end user below the minimum age>"
 
 
 # orjson reads an integer beyond 64 bits as a float (json keeps the exact integer): a float of at
@@ -47,12 +51,23 @@ UNDER_AGE_WITHHELD = "<withheld: the record declares an end user below the minim
 _BEYOND_INT64 = 2.0**63
 
 
-def decode_json_line(line: bytes | str) -> dict[str, Any]:
+def decode_json_line(line: bytes | str | Withheld | ReadFailure) -> dict[str, Any]:
     """One JSON Lines line to a JSON object, or :class:`RecordError`.
 
-    orjson decodes the common case in one C call; json (the contract's reference) decides
-    everything orjson refuses, and re-reads a line where orjson may have read an integer as a
-    float, so that the result is always json's."""
+    What the reader hands on instead of a line is rejected with its reason: a line over the
+    size limit (``line_too_large``) and an Avro file that stopped decoding
+    (``unreadable_file:<error>``).
+
+    A line nesting deeper than :data:`~transforms.rawinput.MAX_DEPTH` is ``too_deep`` before any
+    decoder sees it (both recurse). orjson decodes the common case in one C call; json (the
+    contract's reference) decides everything orjson refuses, and re-reads a line where orjson may
+    have read an integer as a float, so that the result is always json's."""
+    if line.__class__ is Withheld:
+        raise RecordError("line_too_large", event_id=line.event_id)
+    if line.__class__ is ReadFailure:
+        raise RecordError("unreadable_file", line.error)
+    if nesting_exceeds(line):
+        raise RecordError("too_deep")
     try:
         obj = orjson.loads(line)
     except orjson.JSONDecodeError:
@@ -137,6 +152,7 @@ class ParseFn(RecordStage):
         self._secret = policy.is_secret_name
         self._media = policy.is_media_name
         self._minimum_age = policy.minimum_age
+        self._text_kinds = stored_text_kinds(specs, event_time_field, policy)
 
     def setup(self) -> None:
         super().setup()
@@ -164,7 +180,7 @@ class ParseFn(RecordStage):
                 table, undecided = None, range(len(objs))
             others.extend(lines[i] for i in undecided)
             if table is not None and table.num_rows:
-                yield TableBatch(table)
+                yield TableBatch(self._redacted_table(table))
         if others:
             for out in super().process_records(Batch(others)):
                 yield self._table_of(out) if out.__class__ is Batch else out
@@ -229,17 +245,22 @@ class ParseFn(RecordStage):
             return records
         return TableBatch(pa.Table.from_arrays(arrays, schema=self._schema))
 
-    def one(self, element: bytes | str | Mapping[str, Any]) -> dict[str, Any]:
+    def one(self, element: bytes | str | Mapping[str, Any] | Withheld | ReadFailure) -> dict:
         # A JSON line is bytes; the ABC check of Mapping is for Avro records (and text lines).
         if element.__class__ is bytes or not isinstance(element, Mapping):
             obj = decode_json_line(element)
         else:
             obj = element
+        try:
+            check_text(obj, self._declared.intersection(obj))
+        except RecordError as rejected:
+            rejected.event_id = obj.get("event_id")
+            raise
         if self._minimum_age is not None and self._minimum_age.blocks(obj):
             # A child's record is not stored, not even as a dead letter: id and reason only.
             self.tally.add("parse.under_minimum_age")
             raise RecordError(
-                "under_minimum_age", raw=UNDER_AGE_WITHHELD, event_id=obj.get("event_id")
+                "under_minimum_age", raw=Withheld.nothing(), event_id=obj.get("event_id")
             )
         try:
             record = self._validate(obj)
@@ -248,7 +269,35 @@ class ParseFn(RecordStage):
             raise
         if not self._declared.issuperset(obj):
             self._count_dropped(obj.keys() - self._declared)
+        return self._redacted(record)
+
+    def _redacted(self, record: dict[str, Any]) -> dict[str, Any]:
+        """``record`` with its free text scanned (``masking.stored_text_kinds``): secrets and
+        contact data redacted in place, counted ``redacted.<kind>``."""
+        for name, kinds in self._text_kinds.items():
+            value = record.get(name)
+            if value.__class__ is str:
+                text, found = scan_text(value, kinds)
+                if found:
+                    record[name] = text
+                    self._count_redacted(found)
         return record
+
+    def _redacted_table(self, table: pa.Table) -> pa.Table:
+        """:meth:`_redacted` of every row of ``table``, column by column."""
+        for name, kinds in self._text_kinds.items():
+            index = table.schema.get_field_index(name)
+            if index < 0:
+                continue
+            column, found = scan_array(table.column(index), kinds)
+            if found:
+                table = table.set_column(index, table.field(index), column)
+                self._count_redacted(found)
+        return table
+
+    def _count_redacted(self, found: Mapping[str, int]) -> None:
+        for kind, n in found.items():
+            self.tally.add(f"redacted.{kind}", n)
 
     def _count_dropped(self, undeclared: set[str]) -> None:
         tally = self.tally

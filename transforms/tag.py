@@ -35,6 +35,8 @@ from schemas.policy import UNKNOWN_REGION, Category, Policy, Retention, Route, f
 from transforms.batches import AnyBatch, ApplyStage, Batch, RecordStage, TableBatch
 from transforms.columns import BatchColumns
 from transforms.deadletter import DeadLetterContext
+from transforms.rawinput import RecordError
+from transforms.timestamps import MAX_MICROS
 
 __all__ = ["CategoryOutput", "Tag", "TagFn", "tag_row"]
 
@@ -83,6 +85,7 @@ class ColumnTags:
 
     rows: pa.Array  # batch indices of the records that get a row
     dead: list[int]  # batch indices of the records whose expiry cannot be computed
+    out_of_range: list[int]  # batch indices of the records whose expiry is past MAX_MICROS
     policies: list[tuple[list[str], str, Retention]]  # per distinct combination of tags
     combination: pa.Array  # per row: its index in ``policies``
     expires_at: pa.Array  # per row: int64 epoch microseconds, null when open-ended
@@ -130,7 +133,10 @@ class Tagger:
         purposes, label, retention = self._policy(self.key(record), record)
         event_field = self.category.event_time
         event_time = record.get(event_field) if event_field else None
-        return purposes, label, retention.expires_at(event_time)
+        expires_at = retention.expires_at(event_time)
+        if expires_at is not None and expires_at > MAX_MICROS:
+            raise RecordError("expiry_out_of_range")
+        return purposes, label, expires_at
 
     def row(self, record: Mapping[str, Any], tags: Tags | None = None) -> dict[str, Any]:
         """The output row of ``record``: its columns plus the policy tags (``tags`` if already
@@ -228,13 +234,16 @@ class Tagger:
         offset = pa.array(offsets, type=pa.int64()).take(combination)
         expires_at = pc.add_checked(event_time, offset)
         dead = pc.and_(offset.is_valid(), event_time.is_null())
+        out_of_range = pc.fill_null(pc.greater(expires_at, MAX_MICROS), False)
         dead_rows: list[int] = []
-        if dead.true_count:
+        late_rows: list[int] = []
+        if dead.true_count or out_of_range.true_count:
             dead_rows = rows.filter(dead).to_pylist()
-            kept = pc.invert(dead)
+            late_rows = rows.filter(out_of_range).to_pylist()
+            kept = pc.invert(pc.or_(dead, out_of_range))
             rows, combination = rows.filter(kept), combination.filter(kept)
             expires_at = expires_at.filter(kept)
-        return ColumnTags(rows, dead_rows, policies, combination, expires_at)
+        return ColumnTags(rows, dead_rows, late_rows, policies, combination, expires_at)
 
     def column_table(self, columns: BatchColumns, tags: ColumnTags, schema: pa.Schema) -> pa.Table:
         """What :meth:`table` gives for the records of ``tags.rows`` with their tags, from the
@@ -394,6 +403,9 @@ class TagFn(RecordStage):
             for record in records:
                 try:
                     results.append(fn(record))
+                except RecordError as rejected:
+                    results.append(_FAILED)
+                    yield self._reject(rejected.error, record, rejected)
                 except Exception as err:  # its own dead letter
                     results.append(_FAILED)
                     yield self._reject(f"unexpected_error:{type(err).__name__}", record, None)
@@ -413,6 +425,8 @@ class TagFn(RecordStage):
             return
         for i in tags.dead:
             yield self._reject("unexpected_error:ValueError", columns.records[i], None)
+        for i in tags.out_of_range:
+            yield self._reject("expiry_out_of_range", columns.records[i], None)
         if not len(tags.rows):
             return
         try:

@@ -19,6 +19,7 @@ from datetime import UTC, date, datetime, timedelta
 
 __all__ = [
     "MAX_EPOCH_MS",
+    "MAX_MICROS",
     "MIN_EPOCH_MS",
     "TimestampError",
     "format_utc",
@@ -38,6 +39,9 @@ MIN_EPOCH_MS = (datetime(1, 1, 1, tzinfo=UTC) - _EPOCH) // timedelta(millisecond
 MAX_EPOCH_MS = (datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC) - _EPOCH) // timedelta(
     milliseconds=1
 )
+# The last instant any reader (and Python's datetime) can represent: no stored time, expiries
+# included, may lie beyond it (``expiry_out_of_range``).
+MAX_MICROS = (datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC) - _EPOCH) // _ONE_US
 
 
 class TimestampError(ValueError):

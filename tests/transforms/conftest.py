@@ -5,8 +5,10 @@ from collections import Counter
 import pytest
 
 import transforms.batches
+from schemas.avro import input_fields
 from schemas.policy import load_policy
 from transforms.deadletter import DeadLetterContext
+from transforms.masking import Exposure
 
 
 @pytest.fixture(scope="session")
@@ -20,9 +22,11 @@ def contact_fields(policy):
 
 
 @pytest.fixture(scope="session")
-def dl_context(policy, contact_fields):
-    names = tuple(sorted(set(contact_fields) | policy.secret_names | policy.media_names))
-    return DeadLetterContext(source="visits", mask_names=names, expires_at=1_000)
+def dl_context(policy):
+    declared = [spec.name for spec in input_fields("visit_input")] + ["country", "region"]
+    return DeadLetterContext(
+        source="visits", exposure=Exposure.of_source(policy, declared), expires_at=1_000
+    )
 
 
 class _Recorded:

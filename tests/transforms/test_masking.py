@@ -1,70 +1,154 @@
-"""Secrets never reach a dead letter in clear, whatever the spelling or the shape of the line."""
+"""Dead letters are closed-world: only declared, non-sensitive fields stay readable, whatever the
+names, spellings, depth or shape of what was sent."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transforms.masking import MASK, WITHHELD, Masker
+from schemas.avro import input_fields
+from schemas.policy import load_policy
+from transforms.deadletter import make_dead_letter
+from transforms.masking import MASK, Exposure, Masker
+from transforms.rawinput import Withheld
 
-MASKER = Masker(["password", "user_sig", "private_key", "business_email"])
+POLICY = load_policy()
+VISIT_FIELDS = [s.name for s in input_fields("visit_input")]
+MASKER = Masker(Exposure.of_source(POLICY, VISIT_FIELDS))
+SDK_MASKER = Masker(Exposure.of_source(POLICY, [s.name for s in input_fields("sdk_log_input")]))
 
 
-def test_masks_any_spelling_and_nested_values():
+def _letter(raw, masker=MASKER, **kw):
+    return make_dead_letter(
+        source="t", stage="parse", error="e", raw=raw, masker=masker, expires_at=1, **kw
+    )
+
+
+def test_declared_plain_fields_stay_readable_and_the_rest_is_masked():
     line = json.dumps(
         {
             "event_id": "e1",
-            "Password": "hunter2",
-            "UserSig": "eJyrVkrx",
-            "nested": {"private-key": "-----BEGIN", "list": [{"user_sig": "abc"}]},
+            "ip": "1.2.3.4",
+            "visited_at": "not a time",
+            "business_email": "hans@firma.de",  # declared, but contact data
+            "login_credential": "hunter2",
+            "x_api_key": "k-123",
+            "db_password": "pw",
+            "Authorization": "Bearer abc",
+            "cookie": "sid=1",
+            "p\u0430ssword": "cyrillic",  # a Cyrillic a
+            "work_email": "w@x.io",
+            "headers": [["Authorization", "Bearer zzz"]],
+            "nested": {"deep": {"password": "p"}},
         }
     )
     masked = json.loads(MASKER.mask_text(line))
-    assert masked["event_id"] == "e1"
-    assert masked["Password"] == masked["UserSig"] == MASK
-    assert masked["nested"]["private-key"] == MASK
-    assert masked["nested"]["list"][0]["user_sig"] == MASK
+    assert masked["event_id"] == "e1" and masked["ip"] == "1.2.3.4"
+    assert masked["visited_at"] == "not a time"
+    for key, value in masked.items():
+        if key not in ("event_id", "ip", "visited_at"):
+            assert value == MASK, key
 
 
-def test_null_secret_stays_null_and_order_is_kept():
-    masked = MASKER.mask_text('{"b": 1, "password": null, "a": 2}')
-    assert masked == '{"b": 1, "password": null, "a": 2}'
+def test_visit_records_fed_to_sdk_logs_keep_no_contact_data():
+    line = json.dumps(
+        {
+            "event_id": "v1",
+            "ip": "81.2.69.160",
+            "business_email": "anna@example.co.uk",
+            "linkedin_url": "https://www.linkedin.com/in/anna",
+            "url": "https://x/?email=anna@example.co.uk",
+        }
+    )
+    masked = _letter(line, SDK_MASKER)["raw"]
+    assert "anna" not in masked and "linkedin" not in masked.replace('"linkedin_url"', "")
 
 
-def test_invalid_json_is_masked_textually():
-    line = '{"event_id": "e2", "password": "hunter2", "visited_at": '
-    masked = MASKER.mask_text(line)
-    assert "hunter2" not in masked
-    assert '"event_id": "e2"' in masked
-    unterminated = '{"user_sig": "eJyrVkrx'
-    assert "eJyrVkrx" not in MASKER.mask_text(unterminated)
+def test_nulls_and_numbers_of_declared_fields_are_kept_values_of_wrong_shape_are_not():
+    masked = MASKER.mask_record({"event_id": None, "ip": 7, "url": {"password": "x"}, "u": None})
+    assert masked == {"event_id": None, "ip": 7, "url": MASK, "u": None}
 
 
-def test_undelimitable_secret_withholds_the_whole_line():
-    assert MASKER.mask_text("password=hunter2&x=1") == WITHHELD
-    assert MASKER.mask_text('{"private_key": {"pem": "-----BEGIN"') == WITHHELD
+def test_text_that_is_not_an_object_keeps_only_its_id():
+    for text in (
+        '{"event_id": "e2", "password": "hunter2", "visited_at": ',  # truncated
+        '{"event_id": "e2", "pass\\u0077ord": "hunter2',  # truncated, escaped key name
+        "password=hunter2&event_id=e2",
+        '["event_id", "e2"]',
+        "[" * 5000 + "]" * 5000,
+    ):
+        letter = _letter(text)
+        assert letter["raw"] is None, text
+        assert letter["raw_bytes"] == len(text.encode())
+        assert letter["raw_sha256"] == hashlib.sha256(text.encode()).hexdigest()
+        assert "hunter2" not in json.dumps(letter)
+    assert _letter('{"event_id": "e2", "password": "hunter2", ')["event_id"] == "e2"
 
 
-def test_mask_value_copies():
-    record = {"password": "x", "inner": {"user_sig": "y"}}
-    masked = MASKER.mask_value(record)
-    assert record == {"password": "x", "inner": {"user_sig": "y"}}
-    assert masked == {"password": MASK, "inner": {"user_sig": MASK}}
+def test_the_id_of_a_letter_is_bounded_and_scanned():
+    assert "event_id" not in _letter("{}", event_id="x" * 10_000)
+    assert "event_id" not in _letter("{}", event_id="a\ud800")
+    assert _letter("{}", event_id=7).get("event_id") is None
 
 
-SECRET = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789+/=", min_size=8, max_size=30)
-KEY = st.sampled_from(["password", "PASSWORD", "user_sig", "UserSig", "private_key", "privateKey"])
+def test_a_withheld_record_keeps_nothing_and_a_summary_keeps_its_hash():
+    letter = _letter(Withheld.nothing(), event_id="kid-1")
+    assert letter["raw"] is None and letter["event_id"] == "kid-1"
+    assert "raw_bytes" not in letter and "raw_sha256" not in letter
+    summary = Withheld.of(b'{"event_id": "big", "url": "xx"}')
+    letter = _letter(summary)
+    assert (letter["event_id"], letter["raw_bytes"]) == ("big", summary.length)
 
 
-@given(
-    secret=SECRET,
-    key=KEY,
-    others=st.dictionaries(st.sampled_from(["a", "url", "ip"]), st.integers(), max_size=3),
-    cut=st.integers(min_value=0, max_value=200),
+def test_the_builder_never_raises_and_falls_back_to_the_last_resort():
+    class Exploding(dict):
+        def items(self):
+            raise RuntimeError("boom")
+
+    letter = _letter(Exploding(event_id="x"), event_id="x")
+    assert letter["raw"] is None and letter["error"] == "e" and letter["event_id"] == "x"
+    for hostile in (b"\xff\xfe\x00", "\ud800", b"{" * 1_000_000, object(), [[[]]] * 3):
+        letter = _letter(hostile)
+        assert letter["error"] == "e"
+        json.dumps(letter)  # always serialisable
+
+
+def test_surrogates_leave_as_ascii_escapes():
+    raw = MASKER.mask_text('{"event_id": "e", "url": "a\\ud800b"}')
+    raw.encode("utf-8")  # no lone surrogate in the text: coders and sinks can carry it
+    assert json.loads(raw)["url"] == "a\ud800b"
+
+
+def test_keys_are_cut_and_scanned():
+    masked = MASKER.mask_record({"k" * 500: 1, "hans.mueller@firma.de": 2})
+    assert all(len(k) <= 65 for k in masked)
+    assert not any("hans" in k for k in masked)
+
+
+_SECRET = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=8, max_size=30)
+_NAME = st.text(min_size=1, max_size=12).filter(lambda n: n not in VISIT_FIELDS)
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=10,
 )
-def test_secret_value_never_survives(secret, key, others, cut):
-    line = json.dumps({**others, key: "S3" + secret, "z": 1})
-    for text in (line, line[: cut if cut < len(line) else len(line) - 1]):
-        assert "S3" + secret not in MASKER.mask_text(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    secret=_SECRET,
+    key=_NAME,
+    others=st.dictionaries(st.sampled_from(VISIT_FIELDS), _JSON, max_size=4),
+    depth=st.integers(min_value=0, max_value=4),
+    cut=st.integers(min_value=0, max_value=400),
+)
+def test_an_undeclared_value_never_survives_at_any_depth(secret, key, others, depth, cut):
+    value = "S3" + secret
+    for _ in range(depth):
+        value = {"x": [value]}
+    line = json.dumps({**others, key: value, "z": 1})
+    for text in (line, line[: min(cut, len(line) - 1)]):
+        assert "S3" + secret not in json.dumps(_letter(text))

@@ -17,6 +17,7 @@ from schemas.avro import input_fields
 from transforms.batches import AnyBatch, Batch, records_of
 from transforms.deadletter import DEAD_LETTER_TAG, RecordError
 from transforms.parse import Parse, ParseFn, decode_json_line
+from transforms.rawinput import ReadFailure, Withheld
 from transforms.validation import (
     canonical_ip,
     compile_columns,
@@ -100,14 +101,14 @@ def test_line_level_reasons(line, expected):
     assert err.value.error == expected
 
 
-def _run_fn(fn, element):
+def _run_fn(fn, *elements):
     fn.setup()
     good, dead = [], []
-    for out in fn.process([element]):  # a stage takes a batch and yields a batch
+    for out in fn.process(Batch(elements)):  # a stage takes a batch and yields a batch
         if isinstance(out, beam.pvalue.TaggedOutput):
             dead.append(out)
         else:
-            good.extend(out)
+            good.extend(records_of(out))
     return good, [d.value for d in dead if d.tag == DEAD_LETTER_TAG]
 
 
@@ -122,6 +123,47 @@ def test_parse_fn_dead_letter_is_masked(policy, dl_context):
     assert "hunter2" not in letter["raw"] and "x@y.example" not in letter["raw"]
     assert json.loads(letter["raw"])["event_id"] == "e9"
     assert letter["expires_at"] == 1_000
+
+
+@pytest.mark.parametrize("columnar", [False, True])
+def test_hostile_lines_end_as_dead_letters_with_their_reason(policy, dl_context, columnar):
+    deep_array = b"[" * 100_000 + b"]" * 100_000
+    deep_object = b'{"event_id": "d2", "x": ' + b'{"a":' * 1_000 + b"1" + b"}" * 1_000 + b"}"
+    deep_field = b'{"event_id": "d3", "ip": ' + b"[" * 600 + b"]" * 600 + b', "visited_at": 1}'
+    big = Withheld.of(b'{"event_id": "big", "url": "' + b"x" * 100 + b'"}')
+    lines = [
+        deep_array,
+        deep_object,
+        deep_field,
+        big,
+        ReadFailure("gs://b/v.avro", 12, "UnicodeDecodeError"),
+        json.dumps({**GOOD, "event_id": "s1", "url": "a\ud800"}).encode(),
+        b'{"event_id": "s2\\ud800", "ip": "8.8.8.8", "visited_at": 1}',
+        b'{"event_id": "s3", "ip": "8.8.8.8", "visited_at": "\\udc00"}',
+        json.dumps(GOOD).encode(),
+    ]
+    fn = ParseFn(SPECS, "visited_at", policy, dl_context, columnar=columnar)
+    good, dead = _run_fn(fn, *lines)
+    assert [r["event_id"] for r in good] == ["e1"]
+    dead.sort(key=lambda d: (d["error"], d.get("event_id") or ""))
+    assert [(d["error"], d.get("event_id")) for d in dead] == [
+        ("line_too_large", "big"),
+        ("malformed_text:event_id", None),
+        ("malformed_text:url", "s1"),
+        ("malformed_text:visited_at", "s3"),
+        ("too_deep", None),
+        ("too_deep", "d2"),
+        ("too_deep", "d3"),
+        ("unreadable_file:UnicodeDecodeError", None),
+    ]
+    assert dead[0]["raw"] is None and dead[0]["raw_sha256"] == big.sha256
+    assert json.loads(dead[-1]["raw"]) == {
+        "file": "gs://b/v.avro",
+        "records_read": 12,
+        "error": "UnicodeDecodeError",
+    }
+    for letter in dead:
+        json.dumps(letter).encode("utf-8")  # every letter can be written
 
 
 def test_parse_fn_accepts_avro_records(policy, dl_context):

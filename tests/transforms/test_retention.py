@@ -337,6 +337,10 @@ def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
         ),
         ({"event": "service_terminated", "sdk_app_id": 5}, "missing_field:at"),
         ({"event": "service_terminated", "sdk_app_id": 5, "at": "soon"}, "malformed_timestamp:at"),
+        # +30 days after 9999-12-31 is not a date any reader can hold
+        ({"event": "account_deleted", "uin": 1, "at": "9999-12-31T00:00:00Z"}, "expiry_out_of_range"),
+        ({"event": "account_deleted", "uin": "\ud800", "at": 1}, "malformed_text:uin"),
+        ({"event": "marketing_opt_out\udfff", "at": 1}, "malformed_text:event"),
     ],
 )
 def test_malformed_events_have_reasons(obj, error):
@@ -407,6 +411,8 @@ def test_category_rules_come_from_the_policy():
             "malformed_field:business_email",
         ),
         ({"request_id": "r", "received_at": 1, "user_id": 1.5}, "malformed_field:user_id"),
+        ({"request_id": "r\ud800", "received_at": 1, "uin": 1}, "malformed_text:request_id"),
+        ({"request_id": "r", "received_at": 1, "user_id": "\udc00"}, "malformed_text:user_id"),
     ],
 )
 def test_malformed_requests_have_reasons(obj, error):

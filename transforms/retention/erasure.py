@@ -32,8 +32,9 @@ from typing import Any
 import apache_beam as beam
 
 from transforms.counters import counter
-from transforms.deadletter import DeadLetterContext, RecordError
+from transforms.deadletter import DeadLetterContext
 from transforms.parse import decode_json_line
+from transforms.rawinput import RecordError, check_text
 from transforms.retention.files import TableFile, read_lines, read_parquet, write_lines
 from transforms.retention.layout import full_path
 from transforms.retention.matching import (
@@ -113,6 +114,7 @@ def parse_request(obj: Mapping[str, Any]) -> dict[str, Any]:
     ``missing_field:received_at``, ``malformed_timestamp:received_at``, ``missing_subject``,
     ``ambiguous_subject``, ``malformed_field:<subject field>``, ``malformed_field:sdk_app_id``.
     """
+    check_text(obj, ("request_id", "received_at", *SUBJECT_FIELDS, NARROWING_FIELD))
     request_id = _identifier(obj, "request_id", required=True)
     received = obj.get("received_at")
     if received is None or received == "":

@@ -32,13 +32,14 @@ import apache_beam as beam
 
 from schemas.policy import Category, LifecycleEvent, Policy, Retention
 from transforms.counters import counter
-from transforms.deadletter import DeadLetterContext, RecordError
+from transforms.deadletter import DeadLetterContext
 from transforms.parse import decode_json_line
+from transforms.rawinput import RecordError, check_text
 from transforms.retention.files import TableFile, read_parquet
 from transforms.retention.layout import full_path
 from transforms.retention.matching import ColumnIndex, column_kind, normalise
 from transforms.sinks import partition_path
-from transforms.timestamps import TimestampError, parse_event_time
+from transforms.timestamps import MAX_MICROS, TimestampError, parse_event_time
 
 __all__ = [
     "AccountApps",
@@ -59,8 +60,10 @@ def parse_event(obj: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
     """A validated event ``{event, key, value, at}``, or :class:`RecordError` with the reason.
 
     Reasons: ``missing_field:event``, ``unknown_event``, ``missing_field:<key>``,
-    ``malformed_field:<key>``, ``missing_field:at``, ``malformed_timestamp:at``.
+    ``malformed_field:<key>``, ``missing_field:at``, ``malformed_timestamp:at``,
+    ``expiry_out_of_range`` (an event so late that an expiry it sets is past year 9999).
     """
+    check_text(obj, ("event", "at", *(e.key for e in policy.lifecycle_events.values())))
     name = obj.get("event")
     if name is None or name == "":
         raise RecordError("missing_field", "event")
@@ -80,7 +83,23 @@ def parse_event(obj: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
         at_us = parse_event_time(at)
     except TimestampError:
         raise RecordError("malformed_timestamp", "at") from None
+    if at_us + _longest_grace(policy, event) > MAX_MICROS:
+        raise RecordError("expiry_out_of_range")
     return {"event": name, "key": event.key, "value": value, "at": at_us}
+
+
+def _longest_grace(policy: Policy, event: LifecycleEvent) -> int:
+    """The longest time (micros) after ``event`` that an expiry it sets can lie: the expiries
+    of every row it reaches are bounded by the event time plus this."""
+    return max(
+        (
+            event.expires_at(retention, 0) or 0
+            for category in policy.categories.values()
+            for retention in (category.retention, *(p.retention for p in category.purposes))
+            if retention is not None and retention.rule in event.ends
+        ),
+        default=0,
+    )
 
 
 @beam.typehints.with_output_types(Any, dead_letter=Any)

@@ -1,0 +1,185 @@
+"""What an input line may be before it is a record, and the bounds that keep any line harmless.
+
+No input stops a job: a line of any size, depth or encoding ends as a row or as a dead letter
+with a reason. This module holds the bounds and the pieces that enforce them without Beam, so
+that the reader, the parser, the dead-letter builder and the retention jobs share one definition:
+
+- :data:`DEFAULT_MAX_LINE_BYTES` (1 MiB, ``--max_line_bytes``): a longer line is never held whole
+  or decoded. The reader hashes it as it streams past and hands on a :class:`Withheld` summary;
+  Parse makes it a ``line_too_large`` dead letter. 1 MiB is ~3,000 times a typical record.
+- :data:`MAX_DEPTH` (64): nesting deeper than this is ``too_deep``. Every record of the contract
+  is flat; 64 leaves room for any plausible undeclared payload while keeping every walk over a
+  decoded value far from Python's recursion limit (json's decoder and a recursive walk both
+  fail near 1,000 levels, and orjson refuses past 1,024).
+- :class:`Withheld`: what a dead letter keeps of a line whose text may not be kept: its length,
+  its SHA-256 (to find the line again in the source) and the event id when a bounded scan finds
+  it. No raw text.
+- :class:`RecordError`: a stage's rejection of one record with a reason code; it lives here,
+  without Beam, because pure modules (validation, the retention parsers) raise it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from itertools import accumulate
+from typing import Any
+
+__all__ = [
+    "DEFAULT_MAX_LINE_BYTES",
+    "EVENT_ID_SCAN_BYTES",
+    "MAX_DEPTH",
+    "ReadFailure",
+    "RecordError",
+    "Withheld",
+    "WithheldBuilder",
+    "check_text",
+    "find_id",
+    "has_surrogate",
+    "nesting_exceeds",
+]
+
+DEFAULT_MAX_LINE_BYTES = 1024 * 1024
+MAX_DEPTH = 64
+# How much of a withheld line is searched for its id: ids come first in every producer we know;
+# a bounded prefix keeps the scan O(1) whatever the line's size.
+EVENT_ID_SCAN_BYTES = 64 * 1024
+# An id longer than this is not an id worth keeping in a dead letter.
+MAX_ID_CHARS = 256
+
+
+class RecordError(Exception):
+    """Raised inside a stage to reject a record with a reason code and optional detail.
+
+    ``raw``: what the dead letter shows instead of the element (e.g. a :class:`Withheld`);
+    ``event_id``: the record's id when the element itself does not carry it (a raw line).
+    """
+
+    def __init__(
+        self, error: str, detail: str | None = None, *, raw: Any = None, event_id: Any = None
+    ) -> None:
+        super().__init__(f"{error}:{detail}" if detail else error)
+        self.error = f"{error}:{detail}" if detail else error
+        self.raw = raw
+        self.event_id = event_id
+
+
+def _id_pattern(id_field: str) -> re.Pattern[bytes]:
+    key = re.escape(id_field.encode())
+    # "<id_field>" : "<value>" with a bounded value; escapes are kept as written.
+    value = rb'"((?:[^"\\\r\n]|\\.){1,%d})"' % MAX_ID_CHARS
+    return re.compile(rb'"' + key + rb'"\s{0,16}:\s{0,16}' + value)
+
+
+_ID_PATTERNS: dict[str, re.Pattern[bytes]] = {}
+
+
+def find_id(head: bytes | str, id_field: str = "event_id") -> str | None:
+    """The value of ``"<id_field>": "..."`` in the first :data:`EVENT_ID_SCAN_BYTES` of a line,
+    if a bounded scan finds one that is valid UTF-8 without escapes; else None."""
+    if isinstance(head, str):
+        head = head.encode("utf-8", "surrogatepass")
+    pattern = _ID_PATTERNS.get(id_field)
+    if pattern is None:
+        pattern = _ID_PATTERNS[id_field] = _id_pattern(id_field)
+    found = pattern.search(head, 0, EVENT_ID_SCAN_BYTES)
+    if found is None or b"\\" in found[1]:
+        return None
+    try:
+        return found[1].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+@dataclass(frozen=True)
+class Withheld:
+    """A line that may not travel or be kept as text: its length in bytes, its SHA-256 and the
+    id a bounded scan found (None if none). :meth:`nothing` keeps not even the length and hash
+    (a record that may not be stored at all, such as a child's)."""
+
+    length: int | None
+    sha256: str | None
+    event_id: str | None = None
+
+    @classmethod
+    def nothing(cls, event_id: str | None = None) -> Withheld:
+        return cls(None, None, event_id)
+
+    @classmethod
+    def of(cls, data: bytes | str, id_field: str = "event_id") -> Withheld:
+        raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
+        return cls(len(raw), hashlib.sha256(raw).hexdigest(), find_id(raw, id_field))
+
+
+class WithheldBuilder:
+    """Builds a :class:`Withheld` from a line that arrives in pieces (the reader streams an
+    oversized line instead of holding it): hashes every piece, keeps only the scanned head."""
+
+    def __init__(self, id_field: str = "event_id") -> None:
+        self._hash = hashlib.sha256()
+        self._head = bytearray()
+        self._length = 0
+        self._id_field = id_field
+
+    def add(self, piece: bytes) -> None:
+        self._hash.update(piece)
+        self._length += len(piece)
+        if len(self._head) < EVENT_ID_SCAN_BYTES:
+            self._head += piece[: EVENT_ID_SCAN_BYTES - len(self._head)]
+
+    def build(self) -> Withheld:
+        return Withheld(
+            self._length, self._hash.hexdigest(), find_id(bytes(self._head), self._id_field)
+        )
+
+
+# Strings first (a bracket inside a string is not nesting), then only the brackets remain.
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+
+
+def nesting_exceeds(line: bytes | str, limit: int = MAX_DEPTH) -> bool:
+    """True when the JSON text ``line`` nests deeper than ``limit`` (textually, without decoding:
+    decoding is what a deep line breaks).
+
+    Decided by two C-level counts for every ordinary line (fewer opening brackets than the
+    limit); only a line with many brackets is scanned. An unterminated string makes the scan
+    count the brackets after it: such a line is invalid JSON anyway, and calling it too deep
+    is still a dead letter."""
+    if isinstance(line, str):
+        line = line.encode("utf-8", "surrogatepass")
+    if line.count(b"[") + line.count(b"{") <= limit:
+        return False
+    brackets = _STRING.sub(b"", line).translate(None, _NOT_BRACKETS)
+    return max(accumulate(map(_STEP.__getitem__, brackets)), default=0) > limit
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def has_surrogate(text: str) -> bool:
+    """True when ``text`` holds a lone surrogate (JSON's ``\\ud800`` escape decodes to one):
+    such text cannot be written as UTF-8 by any sink."""
+    return not text.isascii() and _SURROGATE.search(text) is not None
+
+
+def check_text(obj: Mapping[str, Any], fields: Iterable[str]) -> None:
+    """``malformed_text:<field>`` (:class:`RecordError`) for the first of ``fields`` whose value
+    in ``obj`` is a string holding a lone surrogate: no sink, coder or reader can carry it."""
+    for name in fields:
+        value = obj.get(name)
+        if value.__class__ is str and has_surrogate(value):
+            raise RecordError("malformed_text", name)
+
+
+@dataclass(frozen=True)
+class ReadFailure:
+    """An Avro file that stopped decoding after ``records`` records (``error``: the exception
+    type): the reader's last element for that file, a dead letter at Parse."""
+
+    path: str
+    records: int
+    error: str
