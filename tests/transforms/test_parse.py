@@ -447,3 +447,53 @@ def test_batched_parsing_is_record_parsing(policy, dl_context, counted, schema, 
                 dead.append((out.value["error"], out.value.get("event_id"), out.value["raw"]))
         outcomes.append((sorted(good), sorted(dead, key=repr), dict(counted)))
     assert outcomes[1] == outcomes[0]
+
+
+@pytest.mark.parametrize("columnar", [False, True])
+def test_free_text_is_scanned_before_it_is_stored(policy, dl_context, counted, columnar):
+    visits = [
+        {
+            **GOOD,
+            "event_id": "f1",
+            "url": "https://x.example/contact?email=hans.mueller@firma.de&utm_source=mail",
+            "user_agent": "Mozilla/5.0 (contact: ops@bot.example)",
+            "session_id": "hans.mueller@firma.de",
+            "business_email": "kept@whole.example",  # contact field: the region gate's
+        },
+        {**GOOD, "event_id": "f2", "url": "https://x.example/pricing?plan=team&ref=42"},
+    ]
+    fn = ParseFn(SPECS, "visited_at", policy, dl_context, columnar=columnar)
+    good, dead = _run_fn(fn, *(json.dumps(v).encode() for v in visits))
+    assert dead == []
+    first, second = sorted(good, key=lambda r: r["event_id"])
+    assert "hans" not in first["url"] and "[redacted:email]" in first["url"]
+    assert first["url"].endswith("&utm_source=mail")
+    assert first["user_agent"] == "Mozilla/5.0 (contact: [redacted:email])"
+    assert first["session_id"] == "[redacted:email]"
+    assert first["business_email"] == "kept@whole.example"
+    assert second["url"] == visits[1]["url"]  # clean text is left as it is
+    assert counted["redacted.email"] == 3
+
+
+@pytest.mark.parametrize("columnar", [False, True])
+def test_secrets_in_log_messages_are_redacted(policy, dl_context, counted, columnar):
+    specs = input_fields("sdk_log_input")
+    base = {"logged_at": "2026-10-05T23:30:00Z", "sdk_app_id": 1, "uin": 2, "user_id": "u"}
+    messages = [
+        "login failed password=S3cr3t!",
+        "Authorization: Bearer abc.def-ghi",
+        '{"password": "S3cr3t!"}',
+        "userSig=eJyrVkrxS3cr3t",
+        "enter room 1234 ok",
+    ]
+    lines = [
+        json.dumps({**base, "event_id": f"m{i}", "message": m, "sdk_version": "token=S3cr3t!"})
+        for i, m in enumerate(messages)
+    ]
+    fn = ParseFn(specs, "logged_at", policy, dl_context, columnar=columnar)
+    good, dead = _run_fn(fn, *(line.encode() for line in lines))
+    assert dead == []
+    stored = json.dumps(good)
+    assert "S3cr3t" not in stored and "abc.def-ghi" not in stored
+    assert {r["message"] for r in good} >= {"enter room 1234 ok"}
+    assert sum(v for k, v in counted.items() if k.startswith("redacted.")) >= 9
