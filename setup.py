@@ -38,6 +38,7 @@ setup(
         "maxminddb>=2.5",
         # JSON Lines decoding is the parser's largest cost: orjson is ~4x faster than json.
         "orjson>=3.9",
+        "phonenumbers>=8.13",
         "pyarrow>=14",
         "pyyaml>=6",
         "requests>=2.31",

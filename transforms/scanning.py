@@ -1,0 +1,589 @@
+"""Secrets and contact data found inside allowed free text, redacted in place.
+
+The policy allows fields such as a visit's ``url``, ``user_agent`` and ``session_id`` or an SDK
+log's ``message`` and ``sdk_version``, but people put a password in a log line, a Bearer token in a
+header dump, an email and a phone number in a contact form's query string. Those values must not
+reach the output in clear. :func:`scan_text` replaces each finding with ``[redacted:<kind>]`` and
+counts the findings by kind, so that a run report tells *what* was removed, not only that something
+was; :func:`scan_array` does the same for a whole Arrow string column.
+
+Kinds (:data:`ALL_KINDS`):
+
+* ``credential``: the value of a ``key=value``, ``key: value``, ``"key": "value"`` or ``key =>
+  value`` pair whose key names a secret, and the password of ``scheme://user:password@host``. A
+  key names a secret when it ends with a secret word (password, passwd, pwd, pass, passphrase,
+  secret, token, key, sig, signature, cookie, otp, credential) where a word starts (after a
+  non-letter or at a camel-case hump: ``userSig``, ``user_sig``, ``USER-SIG``), or with a compound
+  (``accesstoken``, ``apikey``, ``usersig``, ``privatekey`` ...), any case. A ``code`` is a secret
+  after a qualifier (verification, verify, SMS, OTP, auth, confirmation, login, reset, MFA ...);
+  a bare ``code`` is an error code far more often, so only a value that looks random (12
+  characters or more with a digit and a lower-case letter: an OAuth authorization code) counts.
+  The key stays, so a log line remains readable. Placeholders (``***``, ``null``, ``true``,
+  ``false``, ``none``, ``undefined``) are not secrets.
+* ``bearer``: the credential of an ``Authorization`` / ``Proxy-Authorization`` / ``auth`` header
+  or field (after the scheme word Bearer, Basic or Token; the whole rest of the field for Digest,
+  NTLM, Negotiate and the HMAC signature schemes such as ``TC3-HMAC-SHA256``), and a token-like
+  word (a digit, or mixed case) after ``Bearer`` or ``Basic`` anywhere.
+* ``pem``: a ``-----BEGIN ... PRIVATE KEY-----`` block up to its END line or, when the block is
+  truncated, to the end of the base64 text after the header.
+* ``jwt``: three base64url segments, the first starting ``eyJ`` (``{"``).
+* ``api_key``: well-known formats: AWS access key ids (AKIA/ASIA), an AWS secret key after a key
+  naming it, Google ``AIza``, GitHub ``ghp_ gho_ ghu_ ghs_ ghr_ github_pat_``, Slack ``xox?-``,
+  Stripe ``sk_live_ rk_live_ sk_test_ rk_test_`` and OpenAI ``sk-`` keys (mixed case and a digit,
+  so that a URL slug such as ``desk-setup-guide`` is not one).
+* ``email``: ``local@domain.tld``, Unicode letters allowed; ``logo@2x.png``-style asset names,
+  whose "top-level domain" is a file extension, are not emails.
+* ``phone``: see below.
+* ``linkedin``: ``linkedin.com/in/<profile>`` and ``/pub/`` URLs, any subdomain, with or without
+  the scheme.
+
+Phone rule. A candidate is a run of digits with the usual separators (space, ``-``, ``.``, ``/``,
+parentheses, ``+`` as a form-encoded space) that neither a letter nor a digit touches at its end.
+It is redacted when
+
+* it starts with ``+`` or the ``00`` international prefix (not glued to a word, a dot, a slash or
+  a colon) and Google's libphonenumber (``phonenumbers``) parses it without a region as a *valid*
+  number: its country's numbering plan has it; or
+* a phone key precedes it (phone, tel, telephone, mobile, cell, fax, WhatsApp, MSISDN, SMS, Handy,
+  ``phone_number``, ``tel:`` links, 手机号, 电话 ...): then a ``+``/``00`` number need only be
+  *possible* (a plausible length for its country), and a national number, which has no country
+  and so no plan to check, 6 to 15 digits that do not start like a date or an IPv4 address.
+
+Bare national numbers with no such key are never redacted: nothing tells them from identifiers,
+and identifiers are what these fields hold. Version strings (``Chrome/126.0.6478.126``,
+``14_5``), IP addresses, timestamps, epoch milliseconds, numeric ids in paths, resolutions and hex
+ids therefore stay: none starts with ``+``/``00`` at a word boundary or follows a phone key. When
+a candidate runs on past its number, the longest prefix ending a digit group (7 to 15 digits)
+that passes is the number.
+
+Percent-encoding. Query strings carry ``email=hans%40firma.de`` or ``phone=%2B4930...``: text
+with ``%XX`` escapes of ASCII characters is also scanned decoded (once), and a finding there
+redacts the original, encoded span.
+
+Pre-filter. Most values hold none of this, so :data:`PREFILTER`, one regular expression in the
+subset common to Python's ``re`` and RE2 (no look-around, no ``\\s \\w \\d \\b``, explicit ASCII
+classes), tells cheaply whether a text might hold a finding, and only such text is scanned. Its
+alternatives are built from the detectors' own fragments, each a part that a finding cannot do
+without: ``@``; a secret key ending, or a qualified or bare ``code``, or ``auth(orization)``,
+then a separator; a phone key then a phone number; ``+`` or ``00`` (after a non-word character)
+then a phone number; ``Bearer``/``Basic`` then a space; ``BEGIN ... PRIVATE KEY``; ``eyJ``; an
+API key prefix; ``linkedin.com``. For the decoded text it also admits the escaped forms of
+``@ + : = " '``, spaces and number separators. :func:`scan_array` runs it in Arrow (RE2),
+:func:`scan_text` in Python, compiled ASCII-only so that it admits nothing that RE2 would not: the
+two agree value by value.
+
+Overlaps. Findings that overlap (``password=eyJ...``, an email inside a credential) merge into one
+redaction of the most specific kind, in the order of :data:`KIND_ORDER`.
+
+Idempotence and safety. A redaction changes what its neighbours see, so the scan repeats on its
+own output until a pass finds nothing. A finding that overlaps a ``[redacted:...]`` marker is
+dropped, so markers are never redacted, and each further pass shrinks the text left in clear,
+which bounds the passes. Every repetition in every pattern is bounded, and no two adjacent
+repetitions can share characters, so no input backtracks catastrophically; any ``str`` (lone
+surrogates, NUL, megabytes) is scanned without raising.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_left
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+
+import phonenumbers
+import pyarrow as pa
+import pyarrow.compute as pc
+
+__all__ = [
+    "ALL_KINDS",
+    "IDENTIFIER_KINDS",
+    "KIND_ORDER",
+    "PREFILTER",
+    "SECRET_KINDS",
+    "marker",
+    "scan_array",
+    "scan_text",
+]
+
+# Most specific first: overlapping findings merge into the first of their kinds here.
+KIND_ORDER = ("pem", "jwt", "api_key", "bearer", "credential", "linkedin", "email", "phone")
+ALL_KINDS = frozenset(KIND_ORDER)
+SECRET_KINDS = frozenset({"credential", "bearer", "pem", "jwt", "api_key"})
+# Identifiers (a numeric uin, a user id) look like phone numbers; an email or a secret used as
+# an identifier is still caught.
+IDENTIFIER_KINDS = ALL_KINDS - {"phone"}
+
+_RANK = {kind: rank for rank, kind in enumerate(KIND_ORDER)}
+_MARKER = re.compile(r"\[redacted:(?:" + "|".join(KIND_ORDER) + r")\]")
+
+Span = tuple[int, int]
+Finding = tuple[int, int, str]
+
+
+def marker(kind: str) -> str:
+    """The text that replaces a finding of ``kind``."""
+    return f"[redacted:{kind}]"
+
+
+# --- keys -----------------------------------------------------------------------------------------
+
+_SP = r"[ \t]{0,3}"
+# The closing quote of a quoted key, plain or JSON-escaped; the opening quote of a value.
+_QUOTE = r"\\?[\"']?"
+_SEP = r"(?:=>|[:=])"
+# A key: a word of letters, digits and _ . - that ends in a letter or digit, optionally after one
+# more word and a space ("verification code").
+_KEY = (
+    r"(?<![A-Za-z0-9_.-])"
+    r"(?P<key>(?:[A-Za-z][A-Za-z0-9_-]{0,31} )?[A-Za-z](?:[A-Za-z0-9_.-]{0,62}[A-Za-z0-9])?)"
+)
+# Where a word starts inside a key: at its start, after a non-letter, or at a camel-case hump.
+_WORD_START = r"(?:^|(?<![A-Za-z])|(?<=[a-z])(?=[A-Z]))"
+
+_SECRET_WORDS = (
+    r"pass|passwords?|passwd|pwd|passphrase|passcode|secrets?|tokens?|key|sig|signature|cookies?"
+    r"|otp|totp|credentials?"
+)
+_SECRET_COMPOUNDS = (
+    r"password|passwd|pwd|passphrase|passcode|secret|token|apikey|credentials?|signature|usersig"
+    r"|cookie|privatekey|secretkey|sessionkey|accesskey"
+)
+_CODE_QUALIFIERS = (
+    r"verif(?:ication|y)?|sms|otp|auth(?:orization)?|confirm(?:ation)?|security|login|access"
+    r"|activat(?:ion|e)|reset|mfa|twofactor|pin"
+)
+_QUALIFIED_CODE = rf"(?i:{_CODE_QUALIFIERS})[ _.-]{{0,3}}(?i:code)"
+_SECRET_KEY = re.compile(
+    rf"(?:{_WORD_START}(?i:{_SECRET_WORDS})|(?i:{_SECRET_COMPOUNDS})|{_QUALIFIED_CODE})\Z"
+)
+_COOKIE_KEY = re.compile(r"(?i:cookies?)\Z")
+# Authorization headers and fields belong to the bearer detector.
+_AUTH_KEY = r"(?:proxy-)?auth(?:orization)?"
+
+_PHONE_WORDS = (
+    r"phones?|telephone|tel|telefono?|mobile?|cell|cellphone|fax|whatsapp|msisdn|handy|sms"
+)
+_PHONE_NUMBER_WORDS = r"number|no|num|nr"
+_PHONE_KEY = re.compile(
+    rf"{_WORD_START}(?i:{_PHONE_WORDS})(?:[ _.-]{{0,3}}(?i:{_PHONE_NUMBER_WORDS}))?\Z"
+)
+_PHONE_KEY_ZH = r"(?:手机|电话)(?:号码?)?(?:是|为)?"
+_FULLWIDTH_COLON = "\uff1a"
+# Between a phone key and its number: a separator or spaces.
+_PHONE_GAP = rf"(?:[ \t]{{0,3}}(?:[:=#{_FULLWIDTH_COLON}]|\.:?)[ \t]{{0,3}}|[ \t]{{1,3}})"
+_PHONE_ZH_GAP = rf"[ \t]{{0,3}}(?:[:={_FULLWIDTH_COLON}][ \t]{{0,3}})?"
+# Digits and separators as one bounded character run: no backtracking between digit groups.
+_PHONE_BODY = r"\(?[0-9][0-9 \t().+/-]{4,28}[0-9]"
+
+
+def _is_secret_key(key: str, value: str) -> bool:
+    if re.fullmatch(_AUTH_KEY, key, re.IGNORECASE):
+        return False
+    if _SECRET_KEY.search(key):
+        return True
+    return key.rsplit(" ", 1)[-1].lower() == "code" and _looks_like_oauth_code(value)
+
+
+def _looks_like_oauth_code(value: str) -> bool:
+    return (
+        len(value) >= 12 and any(ch.isdigit() for ch in value) and any(ch.islower() for ch in value)
+    )
+
+
+# --- credential -----------------------------------------------------------------------------------
+
+_VALUE = (
+    r"(?:\\\"(?P<escaped>(?:[^\"\\\r\n]|\\[^\"\r\n]){1,4096})"
+    r"|\"(?P<double>(?:[^\"\\\r\n]|\\[^\r\n]){1,4096})"
+    r"|'(?P<single>[^'\r\n]{1,4096})"
+    r"|(?P<bare>[^\s\"'\\&,;<>{}\[\]](?:[^\s\"'\\&,;<>{}]|\\(?![\"'])){0,4095}))"
+)
+_PAIR = re.compile(_KEY + _QUOTE + _SP + r"(?P<sep>" + _SEP + r")" + _SP + _VALUE)
+_VALUE_GROUPS = ("escaped", "double", "single", "bare")
+_PLACEHOLDER = re.compile(r"\*+|null|none|nil|undefined|true|false", re.IGNORECASE)
+_REST_OF_FIELD = re.compile(r"[^\"'\r\n]{0,4096}")
+_URL_PASSWORD = re.compile(r"://[^\s/?#@:]{1,128}:(?P<password>[^\s/?#@]{1,128})@")
+
+
+def _value_span(match: re.Match[str]) -> Span:
+    group = next(name for name in _VALUE_GROUPS if match[name] is not None)
+    return match.span(group)
+
+
+def _credential_spans(text: str) -> Iterator[Span]:
+    pos = 0
+    while match := _PAIR.search(text, pos):
+        start, end = _value_span(match)
+        value = text[start:end]
+        if _PLACEHOLDER.fullmatch(value) or not _is_secret_key(match["key"], value):
+            pos = match.end("sep")  # the value may hold pairs of its own (a nested URL)
+            continue
+        if match["bare"] is not None and _COOKIE_KEY.search(match["key"]):
+            end = _REST_OF_FIELD.match(text, end).end()  # a Cookie header: name=value; ...
+        yield start, end
+        pos = match.end()
+    for match in _URL_PASSWORD.finditer(text):
+        yield match.span("password")
+
+
+# --- bearer ---------------------------------------------------------------------------------------
+
+_TOKEN = r"[^\s\"'\\&,;<>{}\[\]]{1,4096}"
+_ONE_TOKEN_SCHEMES = r"bearer|basic|token"
+_FIELD_SCHEMES = r"digest|negotiate|ntlm|[a-z0-9]{1,12}-hmac-sha(?:1|256|512)|hmac-sha(?:1|256)"
+_AUTH_FIELD = re.compile(
+    rf"(?i)(?<![A-Za-z0-9_.-]){_AUTH_KEY}{_QUOTE}{_SP}{_SEP}{_SP}{_QUOTE}"
+    rf"(?:(?P<one>{_ONE_TOKEN_SCHEMES})[ \t]{{1,3}}|(?P<field>{_FIELD_SCHEMES})[ \t]{{1,3}})?"
+    rf"(?P<token>{_TOKEN})"
+)
+# The scheme word alone is no credential (nor is it once its credential has been redacted).
+_SCHEME_WORD = re.compile(rf"{_ONE_TOKEN_SCHEMES}|{_FIELD_SCHEMES}", re.IGNORECASE)
+_SCHEME_TOKEN = re.compile(
+    r"(?i)(?<![A-Za-z0-9_-])(?:bearer|basic)[ \t]{1,3}(?P<token>[A-Za-z0-9._~+/-]{8,4096}=*)"
+)
+
+
+def _looks_like_token(token: str) -> bool:
+    """A credential, not an English word ("Bearer authentication", "Basic information")."""
+    return any(ch.isdigit() for ch in token) or (
+        any(ch.isupper() for ch in token[1:]) and any(ch.islower() for ch in token)
+    )
+
+
+def _bearer_spans(text: str) -> Iterator[Span]:
+    for match in _AUTH_FIELD.finditer(text):
+        if _PLACEHOLDER.fullmatch(match["token"]) or _SCHEME_WORD.fullmatch(match["token"]):
+            continue
+        start, end = match.span("token")
+        if match["field"] is not None:
+            end = _REST_OF_FIELD.match(text, end).end()
+        yield start, end
+    for match in _SCHEME_TOKEN.finditer(text):
+        if _looks_like_token(match["token"]):
+            yield match.span("token")
+
+
+# --- pem, jwt, api_key ----------------------------------------------------------------------------
+
+_PEM_BEGIN = re.compile(r"-{0,5}BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY[A-Z ]{0,10}-{0,5}")
+_PEM_END = re.compile(r"-{0,5}END[A-Z0-9 ]{0,40}PRIVATE KEY[A-Z ]{0,10}-{0,5}")
+_PEM_TRUNCATED_BODY = re.compile(r"[A-Za-z0-9+/=\s\\:,-]{0,16384}")
+_PEM_MAX = 65536
+
+
+def _pem_spans(text: str) -> Iterator[Span]:
+    pos = 0
+    while begin := _PEM_BEGIN.search(text, pos):
+        end_line = _PEM_END.search(text, begin.end(), begin.end() + _PEM_MAX)
+        body = end_line or _PEM_TRUNCATED_BODY.match(text, begin.end())
+        yield begin.start(), body.end()
+        pos = body.end()
+
+
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{5,4096}\.[A-Za-z0-9_-]{2,8192}\.[A-Za-z0-9_-]{0,4096}")
+_API_KEY = re.compile(
+    r"(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Za-z0-9])"
+    r"|AIza[0-9A-Za-z_-]{35}"
+    r"|gh[pousr]_[A-Za-z0-9]{36,255}"
+    r"|github_pat_[A-Za-z0-9_]{22,255}"
+    r"|xox[abprs]-[A-Za-z0-9-]{10,250}"
+    r"|[rs]k_(?:live|test)_[A-Za-z0-9]{16,255}"
+)
+_OPENAI_KEY = re.compile(r"(?<![A-Za-z0-9_-])sk-[A-Za-z0-9_-]{20,255}")
+_AWS_SECRET = re.compile(
+    rf"(?i)aws[A-Za-z0-9_.-]{{0,30}}?secret(?:[_.-]?access)?(?:[_.-]?key)?{_QUOTE}{_SP}{_SEP}"
+    rf"{_SP}{_QUOTE}(?P<secret>[A-Za-z0-9/+]{{40}})(?![A-Za-z0-9/+])"
+)
+
+
+def _regex_spans(pattern: re.Pattern[str]) -> Callable[[str], Iterator[Span]]:
+    def spans(text: str) -> Iterator[Span]:
+        return (match.span() for match in pattern.finditer(text))
+
+    return spans
+
+
+def _api_key_spans(text: str) -> Iterator[Span]:
+    yield from _regex_spans(_API_KEY)(text)
+    for match in _OPENAI_KEY.finditer(text):
+        key = match[0]
+        if any(ch.isdigit() for ch in key) and any(ch.isupper() for ch in key):
+            yield match.span()
+    for match in _AWS_SECRET.finditer(text):
+        yield match.span("secret")
+
+
+# --- email, linkedin ------------------------------------------------------------------------------
+
+_EMAIL_DOMAIN = re.compile(
+    r"@(?:[^\W_](?:[\w-]{0,61}[^\W_])?\.){1,16}(?P<tld>[^\W\d_]{2,24})(?![\w-])"
+)
+_EMAIL_LOCAL = re.compile(r"[\w.%+-]{1,64}\Z")
+_FILE_EXTENSIONS = frozenset(
+    {"png", "jpg", "jpeg", "gif", "svg", "webp", "avif", "ico", "bmp", "css", "js", "mjs", "map"}
+    | {"json", "html", "htm", "xml", "txt", "pdf", "mp4", "webm", "mp3", "wav", "ttf", "otf"}
+)
+
+
+def _email_spans(text: str) -> Iterator[Span]:
+    for domain in _EMAIL_DOMAIN.finditer(text):
+        if domain["tld"].lower() in _FILE_EXTENSIONS:  # logo@2x.png
+            continue
+        at = domain.start()
+        local = _EMAIL_LOCAL.search(text, max(0, at - 64), at)
+        if local:
+            yield local.start(), domain.end()
+
+
+_LINKEDIN = re.compile(r"(?i)linkedin\.com/(?:in|pub)/[^\s?#&\"'<>()\[\]{},|\\]{1,200}")
+_LINKEDIN_HOST = re.compile(r"(?i)(?:https?://)?(?:[a-z0-9-]{1,20}\.)?\Z")
+
+
+def _linkedin_spans(text: str) -> Iterator[Span]:
+    for match in _LINKEDIN.finditer(text):
+        host = _LINKEDIN_HOST.search(text, max(0, match.start() - 30), match.start())
+        yield host.start(), match.end()
+
+
+# --- phone ----------------------------------------------------------------------------------------
+
+_INTERNATIONAL = re.compile(
+    rf"(?:(?<![\w.:/+-])\+|(?<![\w.:/+=%-])00)[ \t]{{0,2}}{_PHONE_BODY}(?!\w)"
+)
+_PHONE_CONTEXT = re.compile(
+    rf"(?:{_KEY}{_QUOTE}{_PHONE_GAP}|(?P<zh>{_PHONE_KEY_ZH}){_PHONE_ZH_GAP}){_QUOTE}{_SP}"
+    rf"(?P<number>(?:\+|00)?[ \t]{{0,2}}{_PHONE_BODY})(?!\w)"
+)
+_DIGIT_GROUP = re.compile(r"[0-9]+")
+_NOT_A_PHONE = re.compile(
+    r"[0-9]{4}[-/.][0-9]{1,2}[-/.][0-9]{1,2}"  # a date
+    r"|[0-9]{1,2}[-/.][0-9]{1,2}[-/.][0-9]{4}"
+    r"|[0-9]{1,3}(?:\.[0-9]{1,3}){3}(?![0-9])"  # an IPv4 address
+)
+_MIN_DIGITS, _MAX_DIGITS, _MIN_NATIONAL_DIGITS = 7, 15, 6
+
+
+def _parse_international(number: str) -> phonenumbers.PhoneNumber | None:
+    digits = number[1:] if number.startswith("+") else number[2:]
+    try:
+        return phonenumbers.parse("+" + digits.replace("+", " "), None)
+    except phonenumbers.NumberParseException:
+        return None
+
+
+def _valid_international(number: str) -> bool:
+    parsed = _parse_international(number)
+    return parsed is not None and phonenumbers.is_valid_number(parsed)
+
+
+def _possible_international(number: str) -> bool:
+    parsed = _parse_international(number)
+    return parsed is not None and phonenumbers.is_possible_number(parsed)
+
+
+def _plausible_national(number: str) -> bool:
+    return not _NOT_A_PHONE.match(number.lstrip("("))
+
+
+def _accepted_length(candidate: str, accept: Callable[[str], bool], min_digits: int) -> int:
+    """Length of the longest prefix of ``candidate`` that ends a digit group, holds
+    ``min_digits`` to 15 digits and is accepted; 0 if there is none."""
+    ends, digits = [], 0
+    for group in _DIGIT_GROUP.finditer(candidate):
+        digits += len(group[0])
+        if digits > _MAX_DIGITS:
+            break
+        if digits >= min_digits:
+            ends.append(group.end())
+    return next((end for end in reversed(ends) if accept(candidate[:end])), 0)
+
+
+def _context_number_length(number: str) -> int:
+    if number.startswith(("+", "00")):
+        return _accepted_length(number, _possible_international, _MIN_DIGITS)
+    return _accepted_length(number, _plausible_national, _MIN_NATIONAL_DIGITS)
+
+
+def _phone_spans(text: str) -> Iterator[Span]:
+    for match in _INTERNATIONAL.finditer(text):
+        length = _accepted_length(match[0], _valid_international, _MIN_DIGITS)
+        if length:
+            yield match.start(), match.start() + length
+    for match in _PHONE_CONTEXT.finditer(text):
+        if match["zh"] is None and not _PHONE_KEY.search(match["key"]):
+            continue
+        length = _context_number_length(match["number"])
+        if length:
+            yield match.start("number"), match.start("number") + length
+
+
+# --- the pre-filter -------------------------------------------------------------------------------
+
+
+def _prefilter_pattern() -> str:
+    """One alternative per part that some finding cannot do without (see the module docstring),
+    built from the detectors' fragments; escaped forms stand for findings of the decoded text."""
+    sp = r"(?:[ \t]|%20){0,3}"
+    key_end = r"(?:\\?[\"']|%2[27])?"
+    sep = r"(?:[:=]|%3[ADad])"
+    gap = rf"(?:{sp}(?:[:=#{_FULLWIDTH_COLON}]|\.:?|%3[ADad]|%23){sp}|(?:[ \t]|%20){{1,3}})"
+    body = r"\(?[0-9](?:[0-9 \t().+/-]|%[0-9A-Fa-f]{2}){4,28}[0-9]"
+    number = rf"(?:\+|%2[Bb]|00)?(?:[ \t]|%20){{0,2}}{body}"
+    secret_key = (
+        rf"(?:(?i:{_SECRET_WORDS}|{_SECRET_COMPOUNDS}|{_AUTH_KEY})|{_QUALIFIED_CODE}"
+        r"|(?:^|[^A-Za-z0-9_.-])(?i:code))"
+    )
+    phone_key = (
+        rf"(?:(?i:{_PHONE_WORDS})(?:[ _.-]{{0,3}}(?i:{_PHONE_NUMBER_WORDS}))?{key_end}{gap}"
+        rf"|{_PHONE_KEY_ZH}{sp}(?:[:={_FULLWIDTH_COLON}]|%3[ADad])?{sp})"
+    )
+    return "|".join(
+        (
+            r"@|%40",
+            rf"{secret_key}{key_end}{sp}{sep}",
+            rf"{phone_key}{key_end}{sp}{number}",
+            rf"(?:\+|%2[Bb])(?:[ \t]|%20){{0,2}}{body}",
+            rf"(?:^|[^A-Za-z0-9_.:/+=%-]|%[0-9A-Fa-f]{{2}})00(?:[ \t]|%20){{0,2}}{body}",
+            r"(?i:bearer|basic)(?:[ \t]|%20)",
+            r"BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY",
+            r"eyJ",
+            r"AKIA|ASIA|AIza|gh[pousr]_|github_pat_|xox[abprs]-|[rs]k_(?:live|test)_|sk-",
+            r"(?i:linkedin\.com)",
+        )
+    )
+
+
+# ASCII-only, so that Python folds case and matches classes no wider than RE2 does.
+PREFILTER: re.Pattern[str] = re.compile(_prefilter_pattern(), re.ASCII)
+
+
+# --- the scan -------------------------------------------------------------------------------------
+
+_DETECTORS: tuple[tuple[str, Callable[[str], Iterable[Span]]], ...] = (
+    ("pem", _pem_spans),
+    ("jwt", _regex_spans(_JWT)),
+    ("api_key", _api_key_spans),
+    ("bearer", _bearer_spans),
+    ("credential", _credential_spans),
+    ("linkedin", _linkedin_spans),
+    ("email", _email_spans),
+    ("phone", _phone_spans),
+)
+_PERCENT_ASCII = re.compile(r"%[0-7][0-9A-Fa-f]")
+
+
+def _detect(text: str, kinds: frozenset[str]) -> list[Finding]:
+    return [
+        (start, end, kind)
+        for kind, detector in _DETECTORS
+        if kind in kinds
+        for start, end in detector(text)
+        if start < end
+    ]
+
+
+def _percent_decoded(text: str) -> tuple[str, list[int]]:
+    """``text`` with its ASCII ``%XX`` escapes decoded, and for each decoded position (and the
+    end) the position in ``text`` it comes from."""
+    pieces, origin, pos = [], [], 0
+    for escape in _PERCENT_ASCII.finditer(text):
+        pieces.append(text[pos : escape.start()])
+        origin.extend(range(pos, escape.start()))
+        pieces.append(chr(int(escape[0][1:], 16)))
+        origin.append(escape.start())
+        pos = escape.end()
+    pieces.append(text[pos:])
+    origin.extend(range(pos, len(text) + 1))
+    return "".join(pieces), origin
+
+
+def _findings(text: str, kinds: frozenset[str]) -> list[Finding]:
+    """The merged findings of ``text`` and of its percent-decoded form, markers spared."""
+    found = _detect(text, kinds)
+    if _PERCENT_ASCII.search(text):
+        decoded, origin = _percent_decoded(text)
+        found += [(origin[s], origin[e], kind) for s, e, kind in _detect(decoded, kinds)]
+    return _merged(_sparing_markers(text, found))
+
+
+def _sparing_markers(text: str, found: list[Finding]) -> list[Finding]:
+    markers = [m.span() for m in _MARKER.finditer(text)]
+    if not markers:
+        return found
+    ends = [end for _, end in markers]
+
+    def overlaps_marker(start: int, end: int) -> bool:
+        i = bisect_left(ends, start + 1)  # the first marker that ends after start
+        return i < len(markers) and markers[i][0] < end
+
+    return [f for f in found if not overlaps_marker(f[0], f[1])]
+
+
+def _merged(found: list[Finding]) -> list[Finding]:
+    merged: list[Finding] = []
+    for start, end, kind in sorted(found):
+        if merged and start < merged[-1][1]:
+            last_start, last_end, last_kind = merged[-1]
+            merged[-1] = (last_start, max(last_end, end), min(last_kind, kind, key=_RANK.get))
+        else:
+            merged.append((start, end, kind))
+    return merged
+
+
+def _redacted(text: str, findings: list[Finding]) -> str:
+    pieces, pos = [], 0
+    for start, end, kind in findings:
+        pieces += (text[pos:start], marker(kind))
+        pos = end
+    pieces.append(text[pos:])
+    return "".join(pieces)
+
+
+def _check_kinds(kinds: frozenset[str]) -> None:
+    unknown = kinds - ALL_KINDS
+    if unknown:
+        raise ValueError(f"unknown finding kinds {sorted(unknown)}; known: {list(KIND_ORDER)}")
+
+
+def scan_text(text: str, kinds: frozenset[str] = ALL_KINDS) -> tuple[str, dict[str, int]]:
+    """``text`` with every finding of ``kinds`` replaced by ``[redacted:<kind>]``, and the number
+    of findings by kind (empty, and ``text`` itself returned, when there is none)."""
+    _check_kinds(kinds)
+    counts: Counter[str] = Counter()
+    while PREFILTER.search(text) and (findings := _findings(text, kinds)):
+        text = _redacted(text, findings)
+        counts.update(kind for _, _, kind in findings)
+    return text, dict(counts)
+
+
+def _scan_chunk(chunk: pa.Array, kinds: frozenset[str]) -> tuple[pa.Array, Counter[str]]:
+    flagged = pc.fill_null(pc.match_substring_regex(chunk, PREFILTER.pattern), False)
+    counts: Counter[str] = Counter()
+    if not pc.any(flagged).as_py():
+        return chunk, counts
+    scanned = [scan_text(value, kinds) for value in pc.filter(chunk, flagged).to_pylist()]
+    for _, found in scanned:
+        counts.update(found)
+    if not counts:
+        return chunk, counts
+    replacements = pa.array([text for text, _ in scanned], type=chunk.type)
+    return pc.replace_with_mask(chunk, flagged, replacements), counts
+
+
+def scan_array(
+    array: pa.Array | pa.ChunkedArray, kinds: frozenset[str] = ALL_KINDS
+) -> tuple[pa.Array | pa.ChunkedArray, dict[str, int]]:
+    """:func:`scan_text` over a string column: the pre-filter runs in Arrow and only the values
+    it flags are scanned in Python. Nulls and the type are kept; ``array`` itself is returned
+    when nothing was found."""
+    _check_kinds(kinds)
+    if isinstance(array, pa.Array):
+        scanned, counts = _scan_chunk(array, kinds)
+        return scanned, dict(counts)
+    results = [_scan_chunk(chunk, kinds) for chunk in array.chunks]
+    total: Counter[str] = Counter()
+    for _, counts in results:
+        total.update(counts)
+    if not total:
+        return array, {}
+    return pa.chunked_array([chunk for chunk, _ in results], type=array.type), dict(total)
