@@ -33,7 +33,11 @@ SOURCES = (
     ("sdk_logs", sdk_logs.run, {"--input": bundled("sample/sdk_logs.jsonl")}),
     ("telemetry", telemetry.run, {"--input": bundled("sample/telemetry.jsonl")}),
 )
-COMMON = {"--output": "output", "--runner": "FnApiRunner"}
+# The sample is a fixed snapshot (tools/make_sample.py): its run time is pinned to the day it
+# describes, so that its 14-day logs are not expired on arrival whenever it is run, and every run
+# of it writes the same rows. Pass --run_time to see what a later run would keep.
+SAMPLE_RUN_TIME = "2026-11-29T00:00:00Z"
+COMMON = {"--output": "output", "--runner": "FnApiRunner", "--run_time": SAMPLE_RUN_TIME}
 
 
 def sample_args(defaults: dict[str, str], extra: Sequence[str]) -> list[str]:

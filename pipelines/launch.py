@@ -18,14 +18,19 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, TestOptions
 
-from pipelines.options import IngestOptions, output_formats, run_time_micros
+from pipelines.options import (
+    IngestOptions,
+    event_time_bounds,
+    output_formats,
+    run_time_micros,
+)
 from pipelines.report import build_report, counters_of, summary_lines, write_report
 from schemas.policy import Policy, PolicyError, load_policy
 from transforms.deadletter import DeadLetterContext
 from transforms.masking import Exposure
 from transforms.rawinput import DEFAULT_MAX_LINE_BYTES
 from transforms.retention.layout import check_output_root, normalise_root, require_matches
-from transforms.timestamps import format_utc
+from transforms.timestamps import TimeBounds, format_utc
 
 __all__ = [
     "RunContext",
@@ -56,6 +61,7 @@ class RunContext:
     run_time: int  # epoch micros
     run_id: str = ""
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    bounds: TimeBounds | None = None  # the event times the run accepts
 
     def header(self) -> dict[str, Any]:
         """The identity every report and audit record of the run starts with."""
@@ -81,6 +87,7 @@ def run_context(
     common = options.view_as(IngestOptions)
     if not common.input:
         raise ValueError("--input is required (a file pattern of JSON Lines or Avro records)")
+    run_time = run_time_micros(common.run_time)
     return RunContext(
         pipeline=pipeline,
         primary_categories=primary_categories,
@@ -89,8 +96,9 @@ def run_context(
         output=common.output,
         formats=output_formats(common.output_format),
         policy=policy,
-        run_time=run_time_micros(common.run_time),
+        run_time=run_time,
         max_line_bytes=max_line_bytes(common),
+        bounds=event_time_bounds(common, run_time),
     )
 
 
@@ -168,6 +176,7 @@ def retention_context(
     policy = load_policy(common.policy)
     root = normalise_root(common.output)
     check_output_root(root)
+    run_time = run_time_micros(common.run_time)
     return RunContext(
         pipeline=pipeline,
         primary_categories=(),
@@ -176,8 +185,9 @@ def retention_context(
         output=root,
         formats=(),
         policy=policy,
-        run_time=run_time_micros(common.run_time),
+        run_time=run_time,
         max_line_bytes=max_line_bytes(common),
+        bounds=event_time_bounds(common, run_time),
     ).with_id()
 
 

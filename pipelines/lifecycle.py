@@ -142,7 +142,7 @@ class ApplyLifecycleEvents(beam.PTransform):
             c.run.input, "jsonl", max_line_bytes=c.run.max_line_bytes
         )
         events, dead = raw | "ParseEvents" >> ParDoWithDeadLetters(
-            ParseEventFn(policy, context), "parse", context
+            ParseEventFn(policy, context, c.run.bounds), "parse", context
         )
         index = events | "IndexEvents" >> beam.CombineGlobally(IndexEvents())
         if c.link is not None and c.link_files:

@@ -8,6 +8,7 @@ would make argparse fail as soon as both pipelines are imported (``python -m pip
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from importlib import resources
 
@@ -15,11 +16,23 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.rawinput import DEFAULT_MAX_LINE_BYTES
 from transforms.read import INPUT_FORMATS
-from transforms.timestamps import TimestampError, parse_event_time
+from transforms.timestamps import TimeBounds, TimestampError, parse_event_time
 
-__all__ = ["OUTPUT_FORMATS", "IngestOptions", "bundled", "output_formats", "run_time_micros"]
+__all__ = [
+    "OUTPUT_FORMATS",
+    "IngestOptions",
+    "bundled",
+    "duration_micros",
+    "event_time_bounds",
+    "output_formats",
+    "run_time_micros",
+]
 
 OUTPUT_FORMATS = ("parquet", "avro", "both")
+DEFAULT_MIN_EVENT_TIME = "2000-01-01T00:00:00Z"
+DEFAULT_MAX_CLOCK_SKEW = "1d"
+_DURATION = re.compile(r"(?P<n>\d{1,9})(?P<unit>[smhd])")
+_UNIT_MICROS = {"s": 1_000_000, "m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000}
 
 
 def output_formats(output_format: str) -> tuple[str, ...]:
@@ -32,6 +45,23 @@ def output_formats(output_format: str) -> tuple[str, ...]:
 def bundled(relative: str) -> str:
     """Path of a file shipped in ``pipelines/data/`` (sample inputs, country DB, snapshot)."""
     return str(resources.files("pipelines").joinpath("data", relative))
+
+
+def duration_micros(value: str, flag: str) -> int:
+    """A duration flag (``90s``, ``30m``, ``6h``, ``1d``) in microseconds."""
+    match = _DURATION.fullmatch(value.strip())
+    if match is None:
+        raise ValueError(f"{flag}: expected a number with a unit s, m, h or d, got {value!r}")
+    return int(match["n"]) * _UNIT_MICROS[match["unit"]]
+
+
+def event_time_bounds(common: IngestOptions, run_time: int) -> TimeBounds:
+    """The event times a run accepts: ``--min_event_time`` .. run time + ``--max_clock_skew``."""
+    earliest = run_time_micros(common.min_event_time, "--min_event_time")
+    latest = run_time + duration_micros(common.max_clock_skew, "--max_clock_skew")
+    if earliest > run_time:
+        raise ValueError("--min_event_time is after the run time: no event could be accepted")
+    return TimeBounds(earliest, latest)
 
 
 def run_time_micros(value: str | None, flag: str = "--run_time") -> int:
@@ -86,6 +116,20 @@ class IngestOptions(PipelineOptions):
             default=DEFAULT_MAX_LINE_BYTES,
             help="Longest input line read, in bytes (default 1 MiB). A longer line is never held "
             "whole: it becomes a line_too_large dead letter with its length and SHA-256.",
+        )
+        parser.add_argument(
+            "--min_event_time",
+            default=DEFAULT_MIN_EVENT_TIME,
+            help="Earliest event time accepted, ISO-8601 (default 2000-01-01T00:00:00Z). An "
+            "earlier one (or epoch seconds sent as milliseconds) is an event_time_out_of_range "
+            "dead letter.",
+        )
+        parser.add_argument(
+            "--max_clock_skew",
+            default=DEFAULT_MAX_CLOCK_SKEW,
+            help="How far past the run time an event time may lie (producers' clocks drift), as "
+            "a number with a unit: 90s, 30m, 6h, 1d (default 1d). A later one is an "
+            "event_time_out_of_range dead letter.",
         )
         parser.add_argument(
             "--run_time",

@@ -2,7 +2,8 @@
 
 Counters are the runner's own accounting (committed values, aggregated across workers and
 retries), so the report says what the job did, not what the launcher believes it did. The report
-reconciles: every record read is either a row of the source's primary category or a dead letter.
+reconciles: every record read is a row of the source's primary category, a dead letter, or a row
+that was already expired at the run time and so not written (``expired_on_arrival``).
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ def build_report(
     dead = counters_with_prefix(counters, "dead_letter.")
     dead_total = sum(dead.values())
     primary = sum(written.get(c, 0) for c in primary_categories)
+    expired = counters_with_prefix(counters, "expired_on_arrival.")
+    primary_expired = sum(expired.get(c, 0) for c in primary_categories)
     return {
         "pipeline": pipeline,
         **run,
@@ -69,13 +72,15 @@ def build_report(
             "written": written,
             "dead_lettered": dead,
             "dead_lettered_total": dead_total,
+            "expired_on_arrival": expired,
         },
         "reconciliation": {
             "primary_categories": list(primary_categories),
             "read": read,
             "primary_written": primary,
             "dead_lettered": dead_total,
-            "reconciled": read == primary + dead_total,
+            "expired_on_arrival": primary_expired,
+            "reconciled": read == primary + dead_total + primary_expired,
         },
         "regions": counters_with_prefix(counters, "region."),
         "suppressed": counters_with_prefix(counters, "suppressed."),
@@ -111,9 +116,12 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
     if report["redacted"]:
         found = ", ".join(f"{k}={v}" for k, v in report["redacted"].items())
         lines.append(f"[{name}] redacted in free text: {found}")
+    if counts["expired_on_arrival"]:
+        expired = ", ".join(f"{k}={v}" for k, v in counts["expired_on_arrival"].items())
+        lines.append(f"[{name}] expired on arrival (not written): {expired}")
     lines.append(
         f"[{name}] reconciled={rec['reconciled']} ({rec['read']} read = "
         f"{rec['primary_written']} {'+'.join(rec['primary_categories'])} "
-        f"+ {rec['dead_lettered']} dead letters)"
+        f"+ {rec['dead_lettered']} dead letters + {rec['expired_on_arrival']} expired on arrival)"
     )
     return lines

@@ -44,8 +44,9 @@ class FieldSpec:
     """What the parser checks for one input field: is it required, which Avro types it accepts.
 
     ``format`` is the ``.avsc`` field attribute of the same name: ``"ip"`` (the value must be an
-    IP address) or ``"identifier"`` (sdk_app_id, uin...: accepted as a string or an integer and
-    always written as a string). ``symbols`` are an enum's allowed values.
+    IP address), ``"identifier"`` (sdk_app_id, uin...: accepted as a string or an integer and
+    always written as a string) or ``"email"`` (a plain string the category holds as an e-mail
+    address by contract: not scanned as free text, see ``transforms.masking``). ``symbols`` are an enum's allowed values.
     """
 
     name: str
@@ -61,7 +62,7 @@ class FieldSpec:
         object.__setattr__(self, "_bool_ok", "boolean" in self.avro_types)
         object.__setattr__(self, "_enum", "enum" in self.avro_types)
         object.__setattr__(
-            self, "plain_string", self.format is None and "string" in self.avro_types
+            self, "plain_string", self.format in (None, "email") and "string" in self.avro_types
         )
         object.__setattr__(self, "identifier", self.format == "identifier")
 

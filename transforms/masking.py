@@ -85,8 +85,9 @@ def stored_text_kinds(
     """The declared text fields a stored row keeps, and what the scanner looks for in each.
 
     Closed-world: every string field is free text and scanned for every kind, unless its schema
-    says what it holds: an IP address (validated), an enum (its symbols), the event time
-    (parsed). An identifier (``"format": "identifier"``) is scanned for everything but phone
+    says what it holds: an IP address (validated), an e-mail address the category holds by
+    contract (``"format": "email"``, e.g. an account's login), an enum (its symbols), the event
+    time (parsed). An identifier (``"format": "identifier"``) is scanned for everything but phone
     numbers (a numeric uin looks like one). The contact fields are not scanned: they are the
     contact data, stored or dropped whole by the region gate; a secret input is fingerprinted.
     """
@@ -96,7 +97,7 @@ def stored_text_kinds(
         if (
             spec.name == event_time_field
             or spec.name in hidden
-            or spec.format == "ip"
+            or spec.format in ("ip", "email")
             or "string" not in spec.avro_types
         ):
             continue

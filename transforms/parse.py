@@ -33,6 +33,7 @@ from typing import Any
 import apache_beam as beam
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from schemas.avro import FieldSpec
 from schemas.policy import Policy
@@ -41,6 +42,7 @@ from transforms.deadletter import DeadLetterContext
 from transforms.masking import stored_text_kinds
 from transforms.rawinput import ReadFailure, RecordError, Withheld, check_text, nesting_exceeds
 from transforms.scanning import scan_array, scan_text
+from transforms.timestamps import TimeBounds
 from transforms.validation import compile_columns, compile_validator, field_plan, record_schema
 
 __all__ = ["Parse", "ParseFn", "decode_json_line"]
@@ -131,9 +133,12 @@ class ParseFn(RecordStage):
         context: DeadLetterContext,
         *,
         columnar: bool = False,
+        bounds: TimeBounds | None = None,
     ) -> None:
         super().__init__(context)
         self._schema = record_schema(specs, event_time_field) if columnar else None
+        self._event_time = event_time_field
+        self._bounds = bounds if event_time_field is not None else None
         self._plan = field_plan(specs, event_time_field)
         self._validate: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
         self._columns: Callable[[list[dict[str, Any]]], tuple[pa.Table, list[int]]] | None = None
@@ -178,6 +183,8 @@ class ParseFn(RecordStage):
                 table, undecided = self._columns(objs)
             except Exception:  # a value Arrow refuses: the reference says which and why
                 table, undecided = None, range(len(objs))
+            if table is not None and self._bounds is not None:
+                table = self._within_bounds(table, undecided, lines, others)
             others.extend(lines[i] for i in undecided)
             if table is not None and table.num_rows:
                 yield TableBatch(self._redacted_table(table))
@@ -185,6 +192,24 @@ class ParseFn(RecordStage):
             for out in super().process_records(Batch(others)):
                 yield self._table_of(out) if out.__class__ is Batch else out
         self.tally.flush()
+
+    def _within_bounds(
+        self, table: pa.Table, undecided: Sequence[int], lines: list[Any], others: list[Any]
+    ) -> pa.Table:
+        """The rows of ``table`` whose event time is within the run's bounds; the lines of the
+        others go to ``others`` (the reference gives their dead letters). ``table`` holds the
+        objects that are not ``undecided``, in order."""
+        times = table.column(self._event_time)
+        outside = pc.fill_null(
+            pc.or_(pc.less(times, self._bounds.earliest), pc.greater(times, self._bounds.latest)),
+            False,
+        )
+        if not pc.any(outside).as_py():
+            return table
+        skipped = set(undecided)
+        decided = [i for i in range(len(lines)) if i not in skipped]
+        others.extend(lines[decided[j]] for j in pc.indices_nonzero(outside).to_pylist())
+        return table.filter(pc.invert(outside))
 
     def _decoded(self, batch: Batch) -> tuple[list[dict[str, Any]], list[bytes], list[Any]]:
         """``(objects, their lines, other elements)``: the JSON lines orjson decodes to an
@@ -267,6 +292,10 @@ class ParseFn(RecordStage):
         except RecordError as rejected:
             rejected.event_id = obj.get("event_id")
             raise
+        if self._bounds is not None:
+            event_time = record[self._event_time]
+            if event_time is not None and event_time not in self._bounds:
+                raise RecordError("event_time_out_of_range", event_id=obj.get("event_id"))
         if not self._declared.issuperset(obj):
             self._count_dropped(obj.keys() - self._declared)
         return self._redacted(record)
@@ -325,9 +354,12 @@ class Parse(beam.PTransform):
         context: DeadLetterContext,
         *,
         batched: bool = False,
+        bounds: TimeBounds | None = None,
     ) -> None:
         super().__init__()
-        self._fn = ParseFn(specs, event_time_field, policy, context, columnar=batched)
+        self._fn = ParseFn(
+            specs, event_time_field, policy, context, columnar=batched, bounds=bounds
+        )
         self._batched = batched
 
     def expand(self, raw):

@@ -26,6 +26,8 @@ __all__ = ["Store"]
 class Store(beam.PTransform):
     """Guard, tag and write records; yields the PCollection of dead letters.
 
+    ``run_time``: rows already expired at it are not written (``expired_on_arrival``).
+
     ``batched``: the input is batches of records (``transforms.batches``); the tagger then
     builds Arrow tables and ``WriteTables`` writes them, with no Python dict per output row.
     """
@@ -42,16 +44,25 @@ class Store(beam.PTransform):
         context: DeadLetterContext,
         exclusive: bool = False,
         batched: bool = False,
+        run_time: int | None = None,
     ) -> None:
         super().__init__()
         categories: tuple[Category, ...] = tuple(policy.category(o.category) for o in outputs)
         self._guard = Guard(policy, categories, tuple(extra_keys), context, batched=batched)
         if batched:
             arrow = {name: arrow_schema(schema) for name, schema in schemas.items()}
-            self._tag = Tag(policy, outputs, context, exclusive, batched=True, schemas=arrow)
+            self._tag = Tag(
+                policy,
+                outputs,
+                context,
+                exclusive,
+                batched=True,
+                schemas=arrow,
+                run_time=run_time,
+            )
             self._write = WriteTables(output_dir, dict(schemas), tuple(formats))
         else:
-            self._tag = Tag(policy, outputs, context, exclusive=exclusive)
+            self._tag = Tag(policy, outputs, context, exclusive=exclusive, run_time=run_time)
             self._write = WritePartitioned(output_dir, dict(schemas), tuple(formats))
 
     def expand(self, records):

@@ -7,6 +7,11 @@ when a contact field is present) and a purpose's own retention (until opt-out) r
 category's while it applies. ``expires_at`` is the event time plus the fixed period, or None for
 open-ended retention (the Hive null partition, until a lifecycle event sets it).
 
+Expiry is bounded: a row whose expiry lies past year 9999 is an ``expiry_out_of_range`` dead
+letter (no reader can hold the date), and a row that is already expired at the run time (a
+backfill older than its retention) is not written at all but counted as
+``expired_on_arrival.<category>``: storing it would keep it past its retention.
+
 A row is projected onto exactly its category's columns, so nothing outside the schema reaches a
 sink even if an earlier stage let it through.
 
@@ -20,6 +25,7 @@ that batch goes record by record, so a bad record still becomes its own dead let
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import reduce
@@ -89,6 +95,20 @@ class ColumnTags:
     policies: list[tuple[list[str], str, Retention]]  # per distinct combination of tags
     combination: pa.Array  # per row: its index in ``policies``
     expires_at: pa.Array  # per row: int64 epoch microseconds, null when open-ended
+
+    def expired(self, run_time: int) -> pa.BooleanArray:
+        """Per row: expires at or before ``run_time`` (open-ended rows never do)."""
+        return pc.fill_null(pc.less_equal(self.expires_at, run_time), False)
+
+    def without(self, dropped: pa.BooleanArray) -> ColumnTags:
+        """These tags less the ``dropped`` rows."""
+        kept = pc.invert(dropped)
+        return dataclasses.replace(
+            self,
+            rows=self.rows.filter(kept),
+            combination=self.combination.filter(kept),
+            expires_at=self.expires_at.filter(kept),
+        )
 
 
 class Tagger:
@@ -315,8 +335,10 @@ class TagFn(RecordStage):
         context: DeadLetterContext,
         exclusive: bool = False,
         schemas: Mapping[str, pa.Schema] | None = None,
+        run_time: int | None = None,
     ) -> None:
         super().__init__(context)
+        self._run_time = run_time
         self._outputs = tuple(
             (o, Tagger(policy.category(o.category), o.columns, policy.version)) for o in outputs
         )
@@ -331,10 +353,22 @@ class TagFn(RecordStage):
             if not chosen:
                 raise ValueError("no route of the source matches the record")
             chosen = chosen[:1]
-        rows = [tagger.row(record) for tagger in chosen]
+        rows = []
         for tagger in chosen:
+            tags = tagger.tags(record)
+            if self._expired(tags[2]):
+                self.tally.add(f"expired_on_arrival.{tagger.category.name}")
+                continue
+            rows.append(tagger.row(record, tags))
             self.tally.add(f"tagged.{tagger.category.name}")
         return rows
+
+    def _expired(self, expires_at: int | None) -> bool:
+        """True when a row expiring at ``expires_at`` is already expired at the run time: it is
+        not written (storing it would keep it past its retention), only counted."""
+        return (
+            self._run_time is not None and expires_at is not None and expires_at <= self._run_time
+        )
 
     def process(self, batch: AnyBatch) -> Iterator[Any]:
         if self._schemas is None:
@@ -427,6 +461,11 @@ class TagFn(RecordStage):
             yield self._reject("unexpected_error:ValueError", columns.records[i], None)
         for i in tags.out_of_range:
             yield self._reject("expiry_out_of_range", columns.records[i], None)
+        if self._run_time is not None:
+            expired = tags.expired(self._run_time)
+            if expired.true_count:
+                self.tally.add(f"expired_on_arrival.{category}", expired.true_count)
+                tags = tags.without(expired)
         if not len(tags.rows):
             return
         try:
@@ -444,6 +483,10 @@ class TagFn(RecordStage):
         """The table of ``records`` built record-wise; records whose tags fail are dead."""
         tags = yield from self._each(tagger.tags, records)
         kept = [(r, t) for r, t in zip(records, tags, strict=True) if t is not _FAILED]
+        expired = sum(1 for _, t in kept if self._expired(t[2]))
+        if expired:
+            self.tally.add(f"expired_on_arrival.{category}", expired)
+            kept = [(r, t) for r, t in kept if not self._expired(t[2])]
         if kept:
             yield from self._table(category, tagger, [r for r, _ in kept], [t for _, t in kept])
 
@@ -537,11 +580,14 @@ class Tag(beam.PTransform):
         *,
         batched: bool = False,
         schemas: Mapping[str, pa.Schema] | None = None,
+        run_time: int | None = None,
     ) -> None:
         super().__init__()
         if batched and schemas is None:
             raise ValueError("a batched Tag writes tables: give the categories' Arrow schemas")
-        self._fn = TagFn(policy, outputs, context, exclusive, schemas if batched else None)
+        self._fn = TagFn(
+            policy, outputs, context, exclusive, schemas if batched else None, run_time
+        )
         self._batched = batched
 
     def expand(self, records):

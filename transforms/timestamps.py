@@ -15,12 +15,14 @@ Avro ``timestamp-micros`` and Parquet ``timestamp[us]`` store.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 __all__ = [
     "MAX_EPOCH_MS",
     "MAX_MICROS",
     "MIN_EPOCH_MS",
+    "TimeBounds",
     "TimestampError",
     "format_utc",
     "iso_micros",
@@ -116,3 +118,21 @@ def utc_date(micros: int) -> str:
         return date.fromordinal(_EPOCH_ORDINAL + micros // _MICROS_PER_DAY).isoformat()
     except (ValueError, OverflowError) as err:
         raise ValueError(f"timestamp {micros} is outside the representable dates") from err
+
+
+@dataclass(frozen=True)
+class TimeBounds:
+    """The event times a run accepts, ``[earliest, latest]`` in epoch microseconds.
+
+    A producer controls its event times, and retention counts from them: a visit dated 9000 would
+    be kept for millennia, one dated 1970 (epoch seconds read as milliseconds) would be expired
+    before it is stored. So a time is accepted only between a floor (``--min_event_time``) and
+    the run time plus the clock skew a producer may have (``--max_clock_skew``); anything else is
+    ``event_time_out_of_range``, never guessed at. No stored expiry can then lie later than the
+    run time plus the skew plus the retention."""
+
+    earliest: int
+    latest: int
+
+    def __contains__(self, micros: object) -> bool:
+        return isinstance(micros, int) and self.earliest <= micros <= self.latest

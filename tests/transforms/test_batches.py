@@ -27,6 +27,7 @@ from transforms.deadletter import DEAD_LETTER_TAG, RecordError
 from transforms.rawinput import Withheld
 from transforms.read import ReadRecords, byte_ranges, read_line_batches
 from transforms.tag import CategoryOutput, TagFn, Tagger
+from transforms.timestamps import parse_event_time
 
 T = 1_790_000_000 * 1_000_000
 DAY = 86_400 * 1_000_000
@@ -326,6 +327,10 @@ _SHAPES = {
 }
 
 
+# No run time, one that expires part of the drawn event times (0..T), one that expires all.
+_RUN_TIMES = st.sampled_from([None, T // 2, T + 200 * DAY])
+
+
 def _shape(policy, shape):
     """(outputs, exclusive) of a shape, as the pipelines build them."""
     if shape == "visits":
@@ -356,11 +361,11 @@ def _batches(shape):
     return st.builds(batch, st.lists(_SHAPES[shape], max_size=16), proxy)
 
 
-def _tag(policy, dl_context, shape, batch, *, tables=True):
+def _tag(policy, dl_context, shape, batch, *, tables=True, run_time=None):
     """Outputs, dead letters and counter increments of a TagFn over ``batch``."""
     outputs, exclusive = _shape(policy, shape)
     schemas = {o.category: arrow_schema(output_schema(o.category)) for o in outputs}
-    fn = TagFn(policy, outputs, dl_context, exclusive, schemas if tables else None)
+    fn = TagFn(policy, outputs, dl_context, exclusive, schemas if tables else None, run_time)
     fn.setup()
     counts = Counter()
     add = fn.tally.add
@@ -381,8 +386,13 @@ def _tag(policy, dl_context, shape, batch, *, tables=True):
 @given(data=st.data())
 def test_the_table_mode_writes_what_the_row_mode_would(policy, dl_context, shape, data):
     batch = data.draw(_batches(shape))
-    rows, row_dead, _, schemas = _tag(policy, dl_context, shape, batch, tables=False)
-    tables, dead, counts, _ = _tag(policy, dl_context, shape, batch)
+    run_time = data.draw(_RUN_TIMES)
+    rows, row_dead, row_counts, schemas = _tag(
+        policy, dl_context, shape, batch, tables=False, run_time=run_time
+    )
+    tables, dead, counts, _ = _tag(policy, dl_context, shape, batch, run_time=run_time)
+    expired = {k: v for k, v in counts.items() if k.startswith("expired_on_arrival.")}
+    assert expired == {k: v for k, v in row_counts.items() if k.startswith("expired_on_arrival.")}
 
     # The row mode writes no table: a row whose values its schema cannot hold is the table
     # mode's dead letter. Beyond that, a record is dead in both modes or in none.
@@ -410,11 +420,14 @@ def test_the_table_mode_writes_what_the_row_mode_would(policy, dl_context, shape
 @given(data=st.data())
 def test_column_wise_tagging_is_record_by_record_tagging(policy, dl_context, shape, data):
     batch = data.draw(_batches(shape))
+    run_time = data.draw(_RUN_TIMES)
     with pytest.MonkeyPatch.context() as mp:  # the columns decide nothing: record by record
         mp.setattr(CategoryOutput, "mask", lambda self, columns: None)
         mp.setattr(Tagger, "column_tags", lambda self, columns, picked: None)
-        expected, expected_dead, expected_counts, _ = _tag(policy, dl_context, shape, batch)
-    tables, dead, counts, _ = _tag(policy, dl_context, shape, batch)
+        expected, expected_dead, expected_counts, _ = _tag(
+            policy, dl_context, shape, batch, run_time=run_time
+        )
+    tables, dead, counts, _ = _tag(policy, dl_context, shape, batch, run_time=run_time)
     assert [c for c, _ in tables] == [c for c, _ in expected]
     for (_, table), (_, want) in zip(tables, expected, strict=True):
         assert table.schema == want.schema and table.equals(want)
@@ -460,3 +473,30 @@ def test_batch_columns_look_again_at_empty_values():
     assert BatchColumns(records).filled("x") is None  # not all str: the records decide
     assert BatchColumns([{"x": 1}, {}]).filled("x").to_pylist() == [True, False]
     assert BatchColumns([{"x": "a"}, {"x": b"a"}]).equals("x", "a") is None
+
+
+@pytest.mark.parametrize("tables", [True, False])
+def test_rows_expired_at_the_run_time_are_counted_not_written(policy, dl_context, tables):
+    batch = [
+        {"event_id": "old", "logged_at": T, "sdk_app_id": "1"},  # expires T + 14 days
+        {"event_id": "new", "logged_at": T + 10 * DAY, "sdk_app_id": "1"},
+    ]
+    out, dead, counts, _ = _tag(
+        policy, dl_context, "sdk_logs", batch, tables=tables, run_time=T + 14 * DAY
+    )
+    ids = (
+        [e for _, t in out for e in t["event_id"].to_pylist()]
+        if tables
+        else [r["event_id"] for rows in out for r in rows]
+    )
+    assert ids == ["new"] and dead == []
+    assert counts["expired_on_arrival.sdk_log"] == 1
+
+
+@pytest.mark.parametrize("tables", [True, False])
+def test_an_expiry_past_year_9999_is_a_dead_letter(policy, dl_context, tables):
+    late = parse_event_time("9999-12-25T00:00:00Z")  # + 14 days: year 10000
+    batch = [{"event_id": "late", "logged_at": late, "sdk_app_id": "1"}]
+    out, dead, _, _ = _tag(policy, dl_context, "sdk_logs", batch, tables=tables)
+    assert out == [] or all(not rows for rows in out)
+    assert [(d["error"], d["event_id"]) for d in dead] == [("expiry_out_of_range", "late")]

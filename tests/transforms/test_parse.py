@@ -18,6 +18,7 @@ from transforms.batches import AnyBatch, Batch, records_of
 from transforms.deadletter import DEAD_LETTER_TAG, RecordError
 from transforms.parse import Parse, ParseFn, decode_json_line
 from transforms.rawinput import ReadFailure, Withheld
+from transforms.timestamps import TimeBounds, parse_event_time
 from transforms.validation import (
     canonical_ip,
     compile_columns,
@@ -497,3 +498,26 @@ def test_secrets_in_log_messages_are_redacted(policy, dl_context, counted, colum
     assert "S3cr3t" not in stored and "abc.def-ghi" not in stored
     assert {r["message"] for r in good} >= {"enter room 1234 ok"}
     assert sum(v for k, v in counted.items() if k.startswith("redacted.")) >= 9
+
+
+@pytest.mark.parametrize("columnar", [False, True])
+def test_event_times_outside_the_run_bounds_are_dead_letters(policy, dl_context, columnar):
+    run_time = T + 10 * 86_400_000_000
+    bounds = TimeBounds(parse_event_time("2000-01-01T00:00:00Z"), run_time + 86_400_000_000)
+    times = {
+        "ok": "2026-10-05T23:30:00+08:00",
+        "future": "9000-01-01T00:00:00Z",  # would expire in 9000
+        "seconds": 1793049276,  # epoch seconds sent as milliseconds: January 1970
+        "year1": "0001-01-01T00:00:00Z",
+        "skewed": run_time // 1000 + 3_600_000,  # an hour ahead: within the skew
+        "too_far": run_time // 1000 + 2 * 86_400_000,
+    }
+    lines = [
+        json.dumps({**GOOD, "event_id": k, "visited_at": v}).encode() for k, v in times.items()
+    ]
+    fn = ParseFn(SPECS, "visited_at", policy, dl_context, columnar=columnar, bounds=bounds)
+    good, dead = _run_fn(fn, *lines)
+    assert sorted(r["event_id"] for r in good) == ["ok", "skewed"]
+    assert sorted((d["error"], d["event_id"]) for d in dead) == [
+        ("event_time_out_of_range", k) for k in sorted(["future", "seconds", "year1", "too_far"])
+    ]

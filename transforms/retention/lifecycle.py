@@ -39,7 +39,7 @@ from transforms.retention.files import TableFile, read_parquet
 from transforms.retention.layout import full_path
 from transforms.retention.matching import ColumnIndex, column_kind, normalise
 from transforms.sinks import partition_path
-from transforms.timestamps import MAX_MICROS, TimestampError, parse_event_time
+from transforms.timestamps import MAX_MICROS, TimeBounds, TimestampError, parse_event_time
 
 __all__ = [
     "AccountApps",
@@ -56,12 +56,16 @@ __all__ = [
 EventIndex = dict[str, dict[str, dict[str, int]]]
 
 
-def parse_event(obj: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
+def parse_event(
+    obj: Mapping[str, Any], policy: Policy, bounds: TimeBounds | None = None
+) -> dict[str, Any]:
     """A validated event ``{event, key, value, at}``, or :class:`RecordError` with the reason.
 
     Reasons: ``missing_field:event``, ``unknown_event``, ``missing_field:<key>``,
     ``malformed_field:<key>``, ``missing_field:at``, ``malformed_timestamp:at``,
-    ``expiry_out_of_range`` (an event so late that an expiry it sets is past year 9999).
+    ``event_time_out_of_range:at`` (outside the run's ``bounds``: an event in the future
+    must not end retention now), ``expiry_out_of_range`` (an event so late that an expiry it
+    sets is past year 9999).
     """
     check_text(obj, ("event", "at", *(e.key for e in policy.lifecycle_events.values())))
     name = obj.get("event")
@@ -83,6 +87,8 @@ def parse_event(obj: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
         at_us = parse_event_time(at)
     except TimestampError:
         raise RecordError("malformed_timestamp", "at") from None
+    if bounds is not None and at_us not in bounds:
+        raise RecordError("event_time_out_of_range", "at")
     if at_us + _longest_grace(policy, event) > MAX_MICROS:
         raise RecordError("expiry_out_of_range")
     return {"event": name, "key": event.key, "value": value, "at": at_us}
@@ -106,9 +112,12 @@ def _longest_grace(policy: Policy, event: LifecycleEvent) -> int:
 class ParseEventFn(beam.DoFn):
     """JSON Lines bytes -> validated events; malformed ones -> dead letters with the reason."""
 
-    def __init__(self, policy: Policy, context: DeadLetterContext) -> None:
+    def __init__(
+        self, policy: Policy, context: DeadLetterContext, bounds: TimeBounds | None = None
+    ) -> None:
         self._policy = policy
         self._context = context
+        self._bounds = bounds
 
     def setup(self) -> None:
         self._masker = self._context.masker()
@@ -118,7 +127,7 @@ class ParseEventFn(beam.DoFn):
     def process(self, line: bytes) -> Iterator[Any]:
         self._read.inc()
         try:
-            event = parse_event(decode_json_line(line), self._policy)
+            event = parse_event(decode_json_line(line), self._policy, self._bounds)
         except RecordError as rejected:
             yield self._context.rejected(
                 stage="parse", error=rejected.error, raw=line, masker=self._masker
