@@ -7,6 +7,7 @@ columnar writer (``WriteTables``) are also driven directly, to see its spills.
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import importlib.util
 import io
@@ -45,9 +46,16 @@ from transforms.sinks import (
     micros_to_iso,
     partition_path,
 )
+from transforms.sinks.deadletters import LETTER_SCHEMA, DeadLetterLines, _LettersToTables
 from transforms.sinks.files import _AvroFile, _ParquetFile
 from transforms.sinks.runs import _destination, _destination_keys, _row_shards, _sort_run
-from transforms.sinks.tables import _BufferPartitions, _Compact, _remove_temp_files
+from transforms.sinks.tables import (
+    METRICS_NAMESPACE,
+    DataTables,
+    _BufferPartitions,
+    _Compact,
+    _remove_temp_files,
+)
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 TS = {"type": "long", "logicalType": "timestamp-micros"}
@@ -353,7 +361,7 @@ def test_avro_snappy_needs_cramjam(tmp_path):
     def make():
         return WritePartitioned(
             str(tmp_path), SCHEMAS, formats=("avro",), avro_codec="snappy"
-        ).avro_codec
+        ).output.avro_codec
 
     if importlib.util.find_spec("cramjam") is None:
         with pytest.raises(ValueError, match="cramjam"):
@@ -720,6 +728,224 @@ def test_dead_letters_layout_content_and_counters(tmp_path):
     }
 
 
+def _many_letters(count: int, surrogates: bool = False) -> list[dict]:
+    """Letters of three sources (one unnamed: the null partition) over four expiry days and
+    the open end, four reasons (one empty: ``unknown``); some with bytes that are not UTF-8,
+    bytes that are and, with ``surrogates``, a lone surrogate in their raw line (which Beam's
+    coders cannot encode: such letters cannot cross a runner boundary)."""
+    day = micros("2025-03-01T06:00:00+00:00")
+    sources = ("visits", "sdk_logs", None)
+    errors = ("malformed_timestamp:visited_at", "json_decode", "guard:contact_on_restricted", "")
+    letters = []
+    for i in range(count):
+        letter = {
+            "source": sources[i % 3],
+            "stage": "parse",
+            "error": errors[i % 4],
+            "event_id": f"e{i:05d}",
+            "raw": f'{{"event_id": "e{i:05d}", "visited_at": "Mon, 05 Oct 2026", "n": {i}}}',
+            "expires_at": None if i % 5 == 4 else day + (i % 4) * DAY_US,
+        }
+        if surrogates and i % 11 == 0:
+            letter["raw"] = f"Zoë \udcff {i}"
+        if i % 13 == 0:
+            letter["blob"] = b"\xff\x00" + bytes([i % 256])
+        if i % 17 == 0:
+            letter["note"] = "Zoë".encode()
+        letters.append(letter)
+    return letters
+
+
+def _letters_in(indices, letters: list[dict], label: object = ""):
+    """The letters at ``indices``, made in the stage that writes them, as a producer makes
+    its dead letters: Beam's coders cannot encode a lone surrogate, pickling can."""
+    return indices | f"Letters{label}" >> beam.Map(lambda i, letters=letters: letters[i])
+
+
+def _spilled_runs(result, step: str | None = None) -> int:
+    """Temp files written (by ``step`` only, if given)."""
+    wanted = MetricsFilter().with_namespace(METRICS_NAMESPACE).with_name("spilled_runs")
+    if step is not None:
+        wanted = wanted.with_step(step)
+    return sum(item.committed for item in result.metrics().query(wanted)["counters"])
+
+
+def _letters_on_disk(root: Path) -> dict[str, list[dict]]:
+    """Every partition's letters, read back line by line (strict UTF-8)."""
+    found = {}
+    for rel_dir, (path,) in partitions(root, ".jsonl").items():
+        lines = path.read_bytes().decode("utf-8").split("\n")
+        assert lines.pop() == ""  # every line ends with a newline
+        found[rel_dir] = [json.loads(line) for line in lines]
+    return found
+
+
+def test_dead_letters_spill_through_a_small_buffer(tmp_path):
+    """Many spills of a few letters each still make one file per partition, with every
+    letter exactly once, as ``dead_letter_json`` wrote it; nothing temporary is left."""
+    letters = _many_letters(600)
+    buffer_bytes = 4096
+
+    def build(p):
+        _ = _letters_in(create_in_bundles(p, list(range(len(letters))), 3), letters) | (
+            WriteDeadLetters(str(tmp_path), run_token="small", buffer_bytes=buffer_bytes)
+        )
+
+    result = run(build, workers=2)
+    by_id = _check_letters(tmp_path, letters, "small")
+    assert by_id["e00000"]["blob"] == {"base64": "/wAA"}
+    assert by_id["e00017"]["note"] == "Zoë"
+    assert counters(result) == _letter_counters(letters)
+    # The spill path was taken: far more runs than bundles; a run holds at most about
+    # half the buffer.
+    total = sum(len(dead_letter_json(letter)) for letter in letters)
+    assert _spilled_runs(result) >= total // buffer_bytes > 10
+
+
+def _check_letters(root: Path, letters: list[dict], token: str) -> dict[str, dict]:
+    """One file per partition holding exactly its letters, each as ``dead_letter_json``
+    wrote it, and nothing else under ``root``; returns the letters read, by event id."""
+    expected: dict[str, list[dict]] = {}
+    for letter in letters:
+        rel_dir = dead_letter_path(letter["source"], letter["expires_at"])
+        expected.setdefault(rel_dir, []).append(json.loads(dead_letter_json(letter)))
+    assert len(expected) == 15  # 3 sources x (4 days + the open end)
+    assert {d.split("/")[1] for d in expected} == {
+        "source=visits",
+        "source=sdk_logs",
+        f"source={HIVE_NULL_PARTITION}",
+    }
+    found = _letters_on_disk(root)
+    assert set(found) == set(expected)
+    for rel_dir, got in found.items():
+        assert sorted(got, key=lambda d: d["event_id"]) == expected[rel_dir]
+    assert {p.name for p in files_under(root, ".jsonl")} == {f"part-00000-of-00001-{token}.jsonl"}
+    by_id = {d["event_id"]: d for got in found.values() for d in got}
+    assert len(by_id) == len(letters)  # every letter exactly once
+    # Neither the runs nor the temp directory are left behind.
+    assert [p.name for p in root.iterdir() if p.name.startswith(".")] == []
+    assert files_under(root, "") == files_under(root, ".jsonl")
+    return by_id
+
+
+def _letter_counters(letters: list[dict]) -> dict[str, int]:
+    reasons = collections.Counter(map(dead_letter_reason, letters))
+    return {f"dead_letter.{reason}": count for reason, count in reasons.items()}
+
+
+def test_dead_letters_with_lone_surrogates_spill_and_compact(tmp_path):
+    """The steps of WriteDeadLetters driven by hand (no runner, no coder): letters with a
+    lone surrogate or bytes are gathered, spilled in many runs and compacted, none lost."""
+    letters = _many_letters(120, surrogates=True)
+    out = tmp_path / "out"
+    temp_dir = str(out / ".temp-sur-dead-letters")
+    output = DeadLetterLines(1)
+    gather = _LettersToTables(rows_per_table=8, bytes_per_table=1 << 20)
+    buffer = _BufferPartitions(output, temp_dir, 2000)
+    for dofn in (gather, buffer):
+        dofn.setup()
+        dofn.start_bundle()
+    tables = [t.value for letter in letters for t in gather.process(letter)]
+    tables += [t.value for t in gather.finish_bundle()]
+    slices = [r.value for table in tables for r in buffer.process(table)]
+    slices += [r.value for r in buffer.finish_bundle()]
+    by_destination: dict[tuple, list] = {}
+    for destination, run_slice in slices:
+        by_destination.setdefault(destination, []).append(run_slice)
+    assert max(map(len, by_destination.values())) > 3  # a partition spread over many runs
+    compact = _Compact(output, str(out), temp_dir, "sur")
+    for element in by_destination.items():
+        (result,) = compact.process(element)
+        assert Path(result.file_name).parent == out / element[0][1]
+    _remove_temp_files(len(by_destination), temp_dir)
+    by_id = _check_letters(out, letters, "sur")
+    assert by_id["e00000"]["raw"] == "Zoë \udcff 0"  # escaped in the line, read back whole
+    assert by_id["e00000"]["blob"] == {"base64": "/wAA"}
+    assert by_id["e00017"]["note"] == "Zoë"
+
+
+def test_dead_letters_of_several_pcollections_are_spilled_apart(tmp_path):
+    """Branches given as a tuple (not flattened first) are each spilled in their own stage,
+    and still make one file per partition."""
+    letters = _many_letters(300)
+
+    def build(p):
+        branches = tuple(
+            _letters_in(p | f"Branch{k}" >> beam.Create(range(k * 100, k * 100 + 100)), letters, k)
+            for k in range(3)
+        )
+        _ = branches | WriteDeadLetters(str(tmp_path), run_token="br")
+
+    result = run(build)
+    _check_letters(tmp_path, letters, "br")
+    assert counters(result) == _letter_counters(letters)
+    # Each branch was spilled by its own step (one run per source): no letter was flattened.
+    for k in range(3):
+        assert _spilled_runs(result, f"WriteDeadLetters/BufferPartitions{k}") == 3
+    with pytest.raises(ValueError, match="at least one PCollection"):
+        WriteDeadLetters(str(tmp_path)).expand(())
+
+
+def test_dead_letters_default_buffer_spills_once_per_bundle(tmp_path):
+    """With the default buffer, a few letters are spilled at the end of their bundle only."""
+    letters = _many_letters(30)
+
+    def build(p):
+        _ = p | beam.Create(letters) | WriteDeadLetters(str(tmp_path), run_token="one")
+
+    result = run(build)
+    assert _spilled_runs(result) == 3  # one run per source
+    assert sum(len(got) for got in _letters_on_disk(tmp_path).values()) == len(letters)
+
+
+def test_dead_letters_shard_by_their_line(tmp_path):
+    day = micros("2025-06-01T08:00:00+00:00")
+    letters = [
+        {"source": "visits", "error": "json_decode", "raw": f"{{{i}", "expires_at": day}
+        for i in range(90)
+    ]
+
+    def build(p):
+        _ = create_in_bundles(p, letters, bundles=3) | WriteDeadLetters(
+            str(tmp_path), shards_per_partition=3, run_token="sh", buffer_bytes=512
+        )
+
+    run(build, workers=2)
+    files = files_under(tmp_path, ".jsonl")
+    assert [f.name for f in files] == [f"part-0000{s}-of-00003-sh.jsonl" for s in range(3)]
+    seen = []
+    for shard, path in enumerate(files):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            assert zlib.crc32(line.encode("utf-8")) % 3 == shard
+            seen.append(json.loads(line)["raw"])
+    assert sorted(seen) == sorted(letter["raw"] for letter in letters)
+
+
+def test_letters_to_tables_cut_by_bytes_and_rows():
+    """A table of lines holds at most ``bytes_per_table`` bytes (plus its last line) and
+    ``rows_per_table`` letters; every letter is in one table, its line as written."""
+    letters = [{**letter, "source": "visits"} for letter in _many_letters(200)]
+    gather = _LettersToTables(rows_per_table=16, bytes_per_table=1000)
+    gather.setup()
+    gather.start_bundle()
+    emitted = [v.value for letter in letters for v in gather.process(letter)]
+    emitted += [v.value for v in gather.finish_bundle()]
+    lines = []
+    for kind, table in emitted:
+        assert kind == "visits"
+        assert table.schema.equals(LETTER_SCHEMA)
+        assert table.num_rows <= 16
+        cut = table.column("line").to_pylist()
+        assert sum(map(len, cut[:-1])) < 1000
+        lines += cut
+    assert len(emitted) > len(letters) // 16  # some tables were cut by their bytes
+    assert lines == [dead_letter_json(letter) for letter in letters]
+    with pytest.raises(TypeError, match="must be a dict"):
+        list(gather.process(["not", "a", "letter"]))
+    with pytest.raises(TypeError, match="epoch microseconds"):
+        list(gather.process({"source": "visits", "expires_at": "2025-01-01"}))
+
+
 # ------------------------------------------- object-store semantics (no directories)
 
 
@@ -920,7 +1146,7 @@ def _drain(results) -> list:
 
 
 def _buffer_dofn(temp_dir: str, buffer_bytes: int, shards: int = 1) -> _BufferPartitions:
-    dofn = _BufferPartitions(SCHEMAS, shards, temp_dir, buffer_bytes)
+    dofn = _BufferPartitions(DataTables(SCHEMAS, shards=shards), temp_dir, buffer_bytes)
     dofn.setup()
     dofn.start_bundle()
     return dofn
@@ -981,10 +1207,8 @@ def test_buffer_partitions_spills_sorted_runs_within_budget(tmp_path):
     big = next(dest for dest, _run in emitted if dest[1] == big_dir)
     slices = [run for dest, run in emitted if dest == big]
     out = tmp_path / "out"
-    compact = _Compact(
-        str(out), temp_dir, "cmp", SCHEMAS, ("parquet", "avro"), "zstd", "deflate", 256
-    )
-    compact.setup()
+    output = DataTables(SCHEMAS, ("parquet", "avro"), parquet_codec="zstd", row_group_size=256)
+    compact = _Compact(output, str(out), temp_dir, "cmp")
     parquet_result, avro_result = compact.process((big, list(reversed(slices))))
     assert parquet_result.file_name == str(out / big_dir / "part-00000-of-00001-cmp.parquet")
     assert avro_result.file_name == str(out / big_dir / "part-00000-of-00001-cmp.avro")
@@ -1018,8 +1242,8 @@ def test_destination_keys_match_partition_path():
     instants = [micros(iso) for iso, _day in BOUNDARIES] + [None, 0, -1, 1, DAY_US, -DAY_US]
     instants += [micros("0001-01-01T00:00:00+00:00"), micros("9999-12-31T23:59:59.999999+00:00")]
     table = visit_table([visit(i, at) for i, at in enumerate(instants)])
-    keys = _destination_keys(table, 1).to_pylist()
-    assert [_destination("visit", k, 1)[1] for k in keys] == [
+    keys = _destination_keys(table, 1, "event_id").to_pylist()
+    assert [_destination("visit", k, 1, partition_path)[1] for k in keys] == [
         partition_path("visit", at) for at in instants
     ]
 
@@ -1035,13 +1259,13 @@ def test_destination_keys_match_partition_path():
 def test_sorted_runs_agree_with_expiry_date(instants, cut):
     rows = [visit(i, at) for i, at in enumerate(instants)]
     tables = [visit_table(rows[k : k + cut]) for k in range(0, len(rows), cut)]
-    keys = [_destination_keys(t, 1) for t in tables]
+    keys = [_destination_keys(t, 1, "event_id") for t in tables]
     table, spans = _sort_run(tables, keys)
     assert [key for key, _offset, _size in spans] == sorted(
         {k for ks in keys for k in ks.to_pylist()}
     )
     for key, offset, size in spans:
-        day = _destination("visit", key, 1)[1].rsplit("=", 1)[1]
+        day = _destination("visit", key, 1, partition_path)[1].rsplit("=", 1)[1]
         piece = table.slice(offset, size)
         instants_here = piece.column("expires_at").cast(pa.int64()).to_pylist()
         assert {expiry_date(at) for at in instants_here} == {day}
@@ -1075,7 +1299,7 @@ def test_write_tables_shards_by_event_id_crc32(tmp_path):
     day_files = partitions(out, ".parquet")[partition_path("visit", day)]
     assert len(day_files) == 4  # 200 rows: every shard got some
     # The shard of a row does not depend on how the rows were cut into tables.
-    assert _row_shards(visit_table(rows), 4).to_pylist() == [
+    assert _row_shards(visit_table(rows), 4, "event_id").to_pylist() == [
         zlib.crc32(r["event_id"].encode()) % 4 for r in rows
     ]
 

@@ -42,16 +42,13 @@ there is one temp file per category and run, not one per destination, which matt
 object stores. The price is disk (or bucket) space: the runs, uncompressed Arrow, stay until
 the end of the write.
 
-Dead letters are few and keep the simpler row path (Beam's ``fileio.WriteToFiles`` with every
-record grouped by destination); two things ``WriteToFiles`` does not do on its own are
-handled there:
-
-- Its final rename does not create sub-directories and, on a hierarchical file system,
-  *swallows* the failed rename (the file silently stays in the temp directory). The file
-  naming therefore creates the partition directory through ``FileSystems.mkdirs`` (only
-  where ``has_dirs()``; object stores need none), and every moved file is checked with
-  ``FileSystems.exists`` afterwards, so a lost file fails the pipeline loudly.
-- Its temp directory is left behind; it is removed once it is empty.
+Dead letters (:class:`WriteDeadLetters`) take the same two steps, the same code
+(``tables.SpillAndCompact``; a ``tables.TableOutput`` says what differs): each letter is one
+JSON line in an Arrow table of ``{expires_at, line}`` per source, the runs go to
+``<output_dir>/.temp-<token>-dead-letters/``, and each partition is compacted into one
+``.jsonl`` file. They are usually few, but not always: a producer that breaks its time format
+makes every line one, and grouping them all in memory (Beam's ``fileio.WriteToFiles``, the
+previous design) peaked at 4.1 GB for 1M such visits.
 
 File names carry a short run token so that a later run writing into the same partition
 (late events expire on the same day) adds files instead of overwriting earlier ones.
@@ -59,11 +56,12 @@ File names carry a short run token so that a later run writing into the same par
 Modules, each importing only those listed before it:
 
 - ``layout``: partition and dead-letter directories, file names, run tokens;
-- ``files``: the Parquet and Avro file writers and their codec checks;
+- ``files``: the Parquet, Avro and JSON Lines file writers and their codec checks;
 - ``runs``: destination keys of Arrow rows and the sorted runs (temp Arrow IPC files);
-- ``tables``: :class:`WriteTables` (buffer and spill, compact, clean up);
-- ``rows``: :class:`WritePartitioned` (row dicts to tables);
-- ``deadletters``: :class:`WriteDeadLetters` (JSON Lines through ``fileio.WriteToFiles``).
+- ``tables``: the spill and compaction (buffer and spill, compact, clean up) and
+  :class:`WriteTables`;
+- ``rows``: Python rows gathered into tables, :class:`WritePartitioned` (row dicts);
+- ``deadletters``: :class:`WriteDeadLetters` (dead letters as JSON lines in tables).
 """
 
 from transforms.sinks.deadletters import (

@@ -1,9 +1,17 @@
 """``WriteDeadLetters``: dead letters as JSON Lines under ``_dead_letter/source=/expiry_date=``.
 
-Dead letters are few, so they keep the row path: Beam's ``fileio.WriteToFiles`` with every
-record grouped by destination. The package docstring says what ``WriteToFiles`` leaves
-undone and how it is made up for here: the partition directory is created by the file
-naming, every moved file is checked to exist, and the temp directory is removed once empty.
+Dead letters take the data's bounded-memory path (``tables.SpillAndCompact``): each letter
+becomes one JSON line (:func:`dead_letter_json`) in an Arrow table of ``{expires_at, line}``
+per source and bundle, the tables are spilled as sorted runs, and each partition is compacted
+into one ``.jsonl`` file, the lines written as they are.
+
+Why: dead letters are not always few. A producer that breaks its time format turns every
+line into one, and the previous row path (Beam's ``fileio.WriteToFiles``, every letter
+grouped by destination) held them all in memory: 1M visits with an unparseable time peaked
+at 6.0 GiB (all processes). Through the spill the sink holds about its buffer, whatever their
+number; the letters must reach it unflattened for the whole job to stay bounded on the
+FnApiRunner (:class:`WriteDeadLetters`; ``bench/RESULTS.md``, ``python -m bench.run
+--pipeline visits_bad_times``).
 """
 
 from __future__ import annotations
@@ -11,33 +19,26 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-import logging
-import operator
-import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam.io import fileio
 from apache_beam.io.fileio import FileMetadata
 from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.value_provider import StaticValueProvider
-from apache_beam.transforms.window import GlobalWindow
 
 from transforms.counters import counter
-from transforms.sinks.layout import (
-    EXTENSIONS,
-    Destination,
-    _check_shards,
-    _ensure_dir,
-    _new_token,
-    _part_name,
-    dead_letter_path,
-    micros_to_iso,
-)
+from transforms.sinks.files import MIME_TYPES, _JsonLinesFile
+from transforms.sinks.layout import _check_micros, _check_shards, dead_letter_path, micros_to_iso
+from transforms.sinks.rows import DEFAULT_TABLE_ROWS, _GatherTables
+from transforms.sinks.tables import DEFAULT_BUFFER_BYTES, SpillAndCompact, TableOutput
 
-_LOG = logging.getLogger(__name__)
+# What a dead letter travels as from its letter to its file: the expiry that partitions it
+# and its JSON line.
+LETTER_SCHEMA = pa.schema(
+    [pa.field("expires_at", pa.int64()), pa.field("line", pa.string(), nullable=False)]
+)
 
 
 def _json_default(value: object) -> object:
@@ -85,7 +86,7 @@ class JsonLinesSink(fileio.FileSink):
 
     def create_metadata(self, destination: str, full_file_name: str) -> FileMetadata:
         return FileMetadata(
-            mime_type="application/x-ndjson", compression_type=CompressionTypes.UNCOMPRESSED
+            mime_type=MIME_TYPES["jsonl"], compression_type=CompressionTypes.UNCOMPRESSED
         )
 
     def open(self, fh) -> None:
@@ -99,133 +100,72 @@ class JsonLinesSink(fileio.FileSink):
         self._fh.flush()
 
 
-class _KeyedJsonLinesSink(JsonLinesSink):
-    """Writes the dead letter of a ``(destination, dead letter)`` element: WriteToFiles hands
-    its sink the keyed element whole."""
+class DeadLetterLines(TableOutput):
+    """Dead letters: ``_dead_letter/source=/expiry_date=`` partitions of JSON Lines files,
+    tables of :data:`LETTER_SCHEMA` of any source, a letter's shard the CRC32 of its line."""
 
-    def write(self, record: tuple[Destination, Mapping[str, Any]]) -> None:
-        super().write(record[1])
+    name = "dead-letters"
+    formats = ("jsonl",)
+    shard_key = "line"
+    row_counter = None  # counted by reason, in _LettersToTables
+    directory = staticmethod(dead_letter_path)
 
-
-class _PartitionFileNaming:
-    """``file_naming=`` for WriteToFiles: ``<dir>/part-<shard>-of-<n>-<token>.jsonl``.
-
-    WriteToFiles renames its temp files to ``path/<name>`` without creating the
-    sub-directories of ``name``, so the directory is created here, right before the move.
-    """
-
-    def __init__(self, output_dir: str, token: str) -> None:
-        self.output_dir = output_dir
-        self.token = token
-
-    def __call__(self, window, pane, shard_index, total_shards, compression, destination):
-        _kind, rel_dir, shard, shards = destination
-        name = _part_name(shard, shards, self.token)
-        if window is not None and window != GlobalWindow():
-            start = window.start.to_utc_datetime().strftime("%Y%m%dT%H%M%S")
-            end = window.end.to_utc_datetime().strftime("%Y%m%dT%H%M%S")
-            name += f"-{start}-{end}"
-        if total_shards and total_shards > 1:  # only if a destination got several temp files
-            name += f"-{shard_index}"
-        _ensure_dir(FileSystems.join(self.output_dir, rel_dir))
-        return f"{rel_dir}/{name}{EXTENSIONS['jsonl']}"
-
-
-class _VerifyMoved(beam.DoFn):
-    """WriteToFiles logs and ignores a failed rename; make a missing file fail loudly."""
-
-    def __init__(self, output_dir: str) -> None:
-        self.output_dir = output_dir
-
-    def process(self, result: fileio.FileResult):
-        full = FileSystems.join(self.output_dir, result.file_name)
-        if not FileSystems.exists(full):
-            raise OSError(
-                f"written file {full} is missing: WriteToFiles could not move it out of "
-                "its temp directory (see DEBUG logs of apache_beam.io.fileio)"
-            )
-        _kind, _rel_dir, shard, shards = result.destination
-        yield result._replace(file_name=full, shard_index=shard, total_shards=shards)
-
-
-def _remove_temp_dir(_count: int, temp_dir: str) -> None:
-    """Remove WriteToFiles' temp directory once it holds no file any more."""
-    try:
-        if not FileSystems.exists(temp_dir):
-            return
-        leftovers = FileSystems.match([FileSystems.join(temp_dir, "*")])[0].metadata_list
-        if leftovers:
-            _LOG.warning("leaving %s: %d temp files remain", temp_dir, len(leftovers))
-            return
-        FileSystems.delete([temp_dir])
-    except OSError as err:  # BeamIOError is an OSError; cleanup is best effort
-        _LOG.warning("could not remove temp directory %s: %s", temp_dir, err)
-
-
-class _WriteJsonLines(beam.PTransform):
-    """``(Destination, dead letter)`` -> one file per destination, moved into the layout."""
-
-    def __init__(self, output_dir: str, token: str) -> None:
-        super().__init__()
-        self.output_dir = output_dir
-        self.token = token
-
-    def expand(self, keyed):
-        temp_dir = FileSystems.join(self.output_dir, f".temp-{self.token}-jsonl")
-        files = (
-            keyed
-            | "WriteToFiles"
-            >> fileio.WriteToFiles(
-                path=self.output_dir,
-                file_naming=_PartitionFileNaming(self.output_dir, self.token),
-                destination=operator.itemgetter(0),
-                sink=_KeyedJsonLinesSink,  # a FileSink class: one instance per destination
-                temp_directory=StaticValueProvider(str, temp_dir),
-                # The shard is part of the destination; WriteToFiles must not add its own.
-                shards=1,
-                # 0 writers per bundle: every record takes the grouped (spilled) path, so
-                # the number of files per destination does not depend on bundling.
-                max_writers_per_bundle=0,
-            )
-            | "VerifyMoved" >> beam.ParDo(_VerifyMoved(self.output_dir))
-        )
-        _ = (
-            files
-            | "CountFiles" >> beam.combiners.Count.Globally().without_defaults()
-            | "RemoveTempDir" >> beam.Map(_remove_temp_dir, temp_dir)
-        )
-        return files
-
-
-class _AssignDeadLetter(beam.DoFn):
     def __init__(self, shards: int) -> None:
         self.shards = shards
+
+    def accept(self, kind: object, table: object) -> pa.Table:
+        if not (isinstance(table, pa.Table) and table.schema.equals(LETTER_SCHEMA)):
+            raise TypeError(f"dead letters travel as tables of LETTER_SCHEMA, got {table!r}")
+        return table
+
+    def writer(self, fmt: str, kind: str, handle) -> _JsonLinesFile:
+        return _JsonLinesFile(handle, "line")
+
+
+class _LettersToTables(_GatherTables):
+    """Dead-letter dicts -> ``(source, table of LETTER_SCHEMA)``; counts
+    ``dead_letter.<reason>`` per letter. A letter is kept as its JSON line only, and a table
+    is cut at ``bytes_per_table`` bytes of lines as well as at ``rows_per_table`` letters: a
+    dead letter holds a whole input line, and input lines can be long."""
+
+    def setup(self) -> None:
         self._counters: dict[str, Any] = {}
 
-    def process(self, dead_letter: Mapping[str, Any]):
-        if not isinstance(dead_letter, Mapping):
-            raise TypeError(f"a dead letter must be a dict, got {type(dead_letter).__name__}")
-        reason = dead_letter_reason(dead_letter)
+    def gather(self, row: Any) -> tuple[str, tuple[int | None, str], int]:
+        if not isinstance(row, Mapping):
+            raise TypeError(f"a dead letter must be a dict, got {type(row).__name__}")
+        reason = dead_letter_reason(row)
         letters = self._counters.get(reason)
         if letters is None:
             letters = self._counters[reason] = counter(f"dead_letter.{reason}")
         letters.inc()
-        source = dead_letter.get("source")
-        source = None if source is None else str(source)
-        shard = 0
-        if self.shards > 1:
-            shard = zlib.crc32(dead_letter_json(dead_letter).encode("utf-8", "surrogatepass"))
-            shard %= self.shards
-        rel_dir = dead_letter_path(source, dead_letter.get("expires_at"))
-        yield (source or "", rel_dir, shard, self.shards), dead_letter
+        source = row.get("source")
+        expires_at = row.get("expires_at")
+        if expires_at is not None:
+            _check_micros(expires_at, "expires_at")
+        line = dead_letter_json(row)
+        # "" and None alike: Hive's null partition
+        return ("" if source is None else str(source)), (expires_at, line), len(line)
+
+    def table(self, kind: str, items: Sequence[tuple[int | None, str]]) -> pa.Table:
+        expiries, lines = zip(*items, strict=True)
+        return pa.Table.from_arrays(
+            [pa.array(expiries, pa.int64()), pa.array(lines, pa.string())], schema=LETTER_SCHEMA
+        )
 
 
-class WriteDeadLetters(beam.PTransform):
+class WriteDeadLetters(SpillAndCompact):
     """Write dead letters as JSON Lines under ``_dead_letter/source=/expiry_date=``.
 
     Dead letters hold personal data too (the raw input, already masked by the producer),
     so they are partitioned by expiry date like the data and purged the same way. Counts
-    ``dead_letter.<reason>`` per letter. Returns the ``FileResult`` of every file written.
+    ``dead_letter.<reason>`` per letter. One file per partition (and shard) per run, whatever
+    the number of letters: the sink holds about ``buffer_bytes`` per worker, like the data's.
+    Returns the ``fileio.FileResult`` of every file written.
+
+    Takes a PCollection of dead-letter dicts, or several: ``(parse_dead, store_dead) |
+    WriteDeadLetters(out)`` spills each where it is produced, where flattening them first
+    makes the FnApiRunner hold every letter in memory (see :class:`SpillAndCompact`).
     """
 
     def __init__(
@@ -234,15 +174,12 @@ class WriteDeadLetters(beam.PTransform):
         shards_per_partition: int | None = None,
         *,
         run_token: str | None = None,
+        buffer_bytes: int = DEFAULT_BUFFER_BYTES,
     ) -> None:
-        super().__init__()
-        self.output_dir = output_dir
-        self.shards = _check_shards(shards_per_partition)
-        self.run_token = run_token or _new_token()
+        output = DeadLetterLines(_check_shards(shards_per_partition))
+        super().__init__(output, output_dir, run_token=run_token, buffer_bytes=buffer_bytes)
 
-    def expand(self, dead_letters):
-        return (
-            dead_letters
-            | "AssignPartition" >> beam.ParDo(_AssignDeadLetter(self.shards))
-            | "WriteJsonLines" >> _WriteJsonLines(self.output_dir, self.run_token)
-        )
+    def to_tables(self, pcoll: beam.PCollection, suffix: str) -> beam.PCollection:
+        # A table of lines is a small part of the buffer it goes to (which spills at half).
+        gather = _LettersToTables(DEFAULT_TABLE_ROWS, max(1, self.buffer_bytes // 8))
+        return pcoll | f"ToTables{suffix}" >> beam.ParDo(gather)

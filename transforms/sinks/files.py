@@ -1,9 +1,10 @@
-"""The file writers: Parquet and Avro files from Arrow data, and their codec checks.
+"""The file writers: Parquet, Avro and JSON Lines files from Arrow data, and codec checks.
 
-Both writers take a handle they do not own (a Beam ``FileSystems`` handle or a local file)
-and finish the file without closing it, so the caller decides where the bytes go. Parquet
+Every writer takes a handle it does not own (a Beam ``FileSystems`` handle or a local file)
+and finishes the file without closing it, so the caller decides where the bytes go. Parquet
 is written in row groups of exactly ``row_group_size`` rows; Avro gets the values the row
-path gave fastavro, so both formats hold the same instants.
+path gave fastavro, so both formats hold the same instants; JSON Lines (dead letters) are
+lines already encoded, written as they are.
 """
 
 from __future__ import annotations
@@ -25,7 +26,11 @@ from schemas.arrow import to_arrow_table
 
 _LOG = logging.getLogger(__name__)
 
-MIME_TYPES = {"parquet": "application/vnd.apache.parquet", "avro": "application/avro"}
+MIME_TYPES = {
+    "parquet": "application/vnd.apache.parquet",
+    "avro": "application/avro",
+    "jsonl": "application/x-ndjson",
+}
 
 DEFAULT_ROW_GROUP_SIZE = 64 * 1024
 DEFAULT_PARQUET_CODEC = "snappy"
@@ -34,6 +39,8 @@ DEFAULT_AVRO_CODEC = "deflate"
 DEFAULT_AVRO_SYNC_INTERVAL = 256 * 1024  # bytes per Avro block before it is compressed
 # Rows converted to Python at a time for fastavro (bounds the Python objects alive).
 _AVRO_CHUNK_ROWS = 4096
+# Lines converted to Python at a time for a JSON Lines file.
+_TEXT_CHUNK_ROWS = 4096
 
 
 def _check_parquet_codec(codec: str) -> str:
@@ -288,3 +295,25 @@ class _AvroFile:
 
     def abort(self) -> None:
         """Nothing to release: fastavro holds no resource besides the handle."""
+
+
+class _JsonLinesFile:
+    """A JSON Lines file of the ``column`` of Arrow data: each value is one line, written
+    UTF-8 as it is (the producer made it a JSON object), followed by a newline. Converted to
+    Python ``_TEXT_CHUNK_ROWS`` values at a time (bounds the Python objects alive)."""
+
+    def __init__(self, handle, column: str) -> None:
+        self._handle = handle
+        self._column = column
+
+    def write(self, data: pa.Table | pa.RecordBatch) -> None:
+        column = data.column(self._column)
+        for start in range(0, data.num_rows, _TEXT_CHUNK_ROWS):
+            lines = column.slice(start, _TEXT_CHUNK_ROWS).to_pylist()
+            self._handle.write("\n".join(lines).encode("utf-8") + b"\n")
+
+    def close(self) -> None:
+        self._handle.flush()
+
+    def abort(self) -> None:
+        """Nothing to release: the lines go straight to the handle."""

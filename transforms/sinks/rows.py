@@ -1,59 +1,89 @@
-"""``WritePartitioned``: tagged row dicts written through :class:`WriteTables`.
+"""Python rows gathered into Arrow tables for the spill: ``WritePartitioned`` (tagged row dicts
+through :class:`WriteTables`) and, in ``deadletters``, the dead letters.
 
-Rows are gathered per category and bundle into Arrow tables of the category's schema, so the
-data takes the same columnar, bounded-memory path as tables built upstream.
+Rows are gathered per kind (category, source) and bundle into tables of up to
+``DEFAULT_TABLE_ROWS`` rows, so that they take the same columnar, bounded-memory path as
+tables built upstream.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam.transforms.window import GlobalWindows
 
-from schemas.arrow import arrow_schema, to_arrow_table
+from schemas.arrow import to_arrow_table
 from transforms.sinks.tables import WriteTables, _no_schema
 
-# Rows per table WritePartitioned builds from row dicts, per category and bundle.
+# Rows per table built from Python rows, per kind and bundle.
 DEFAULT_TABLE_ROWS = 8192
 
 
-class _RowsToTables(beam.DoFn):
-    """Row dicts -> ``(category, table)`` of up to ``rows_per_table`` rows, per bundle."""
+class _GatherTables(beam.DoFn):
+    """Python rows -> ``(kind, table)`` per kind and bundle, of up to ``rows_per_table`` rows
+    and, where :meth:`gather` knows the size of what it keeps, ``bytes_per_table`` bytes.
 
-    def __init__(self, schemas: Mapping[str, Mapping[str, Any]], rows_per_table: int) -> None:
-        self.schemas = {category: dict(schema) for category, schema in schemas.items()}
+    What a row's kind is, what is kept of it until its table is built and how the kept items
+    become a table is the subclass's."""
+
+    def __init__(self, rows_per_table: int, bytes_per_table: int | None = None) -> None:
         self.rows_per_table = rows_per_table
+        self.bytes_per_table = bytes_per_table
 
-    def setup(self) -> None:
-        self._arrow = {c: arrow_schema(s) for c, s in self.schemas.items()}
+    def gather(self, row: Any) -> tuple[str, Any, int]:
+        """``(kind, item, bytes)`` of ``row`` (bytes 0 if unknown); raise on a row that cannot
+        be written."""
+        raise NotImplementedError
+
+    def table(self, kind: str, items: Sequence[Any]) -> pa.Table:
+        raise NotImplementedError
 
     def start_bundle(self) -> None:
-        self._rows: dict[str, list[Mapping[str, Any]]] = {}
+        self._items: dict[str, list[Any]] = {}
+        self._bytes: dict[str, int] = {}
 
-    def process(self, row: Mapping[str, Any]):
-        category = row.get("data_category") if isinstance(row, Mapping) else None
-        if not isinstance(category, str) or category not in self._arrow:
-            raise _no_schema(
-                "WritePartitioned", category, self._arrow, f"event_id={_event_id(row)!r}"
-            )
-        rows = self._rows.get(category)
-        if rows is None:
-            rows = self._rows[category] = []
-        rows.append(row)
-        if len(rows) >= self.rows_per_table:
-            del self._rows[category]
-            yield self._table(category, rows)
+    def process(self, row: Any):
+        kind, item, size = self.gather(row)
+        items = self._items.get(kind)
+        if items is None:
+            items = self._items[kind] = []
+            self._bytes[kind] = 0
+        items.append(item)
+        held = self._bytes[kind] = self._bytes[kind] + size
+        full = self.bytes_per_table is not None and held >= self.bytes_per_table
+        if full or len(items) >= self.rows_per_table:
+            del self._items[kind], self._bytes[kind]
+            yield self._emit(kind, items)
 
-    def _table(self, category: str, rows: list[Mapping[str, Any]]):
-        table = to_arrow_table(rows, self._arrow[category])
-        return GlobalWindows.windowed_value_at_end_of_window((category, table))
+    def _emit(self, kind: str, items: Sequence[Any]):
+        return GlobalWindows.windowed_value_at_end_of_window((kind, self.table(kind, items)))
 
     def finish_bundle(self):
-        rows, self._rows = self._rows, {}
-        for category, batch in rows.items():
-            yield self._table(category, batch)
+        items, self._items, self._bytes = self._items, {}, {}
+        for kind, batch in items.items():
+            yield self._emit(kind, batch)
+
+
+class _RowsToTables(_GatherTables):
+    """Row dicts -> ``(category, table)`` of the category's Arrow schema."""
+
+    def __init__(self, arrow: Mapping[str, pa.Schema], rows_per_table: int) -> None:
+        super().__init__(rows_per_table)
+        self.arrow = dict(arrow)
+
+    def gather(self, row: Any) -> tuple[str, Mapping[str, Any], int]:
+        category = row.get("data_category") if isinstance(row, Mapping) else None
+        if not isinstance(category, str) or category not in self.arrow:
+            raise _no_schema(
+                "WritePartitioned", category, self.arrow, f"event_id={_event_id(row)!r}"
+            )
+        return category, row, 0
+
+    def table(self, kind: str, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
+        return to_arrow_table(rows, self.arrow[kind])
 
 
 def _event_id(row: object) -> object:
@@ -75,6 +105,6 @@ class WritePartitioned(WriteTables):
     row here is a programming error, and failing closed beats writing it silently.
     """
 
-    def expand(self, rows):
-        tables = rows | "ToTables" >> beam.ParDo(_RowsToTables(self.schemas, DEFAULT_TABLE_ROWS))
-        return super().expand(tables)
+    def to_tables(self, pcoll: beam.PCollection, suffix: str) -> beam.PCollection:
+        gather = _RowsToTables(self.output.arrow, DEFAULT_TABLE_ROWS)
+        return pcoll | f"ToTables{suffix}" >> beam.ParDo(gather)

@@ -1,9 +1,11 @@
-"""Destination keys of Arrow rows, and the sorted runs ``WriteTables`` spills them into.
+"""Destination keys of Arrow rows, and the sorted runs the spill writes them into.
 
 A destination key is one int64 per row, ``expiry day * shards + shard``, computed with Arrow
 kernels, so that a bundle is sorted by destination with one sort and one ``take`` instead of
 Python per row. A sorted run is an Arrow IPC *file*: random access, so ``Compact`` reads the
-record batches of its destination (a :data:`RunSlice`) without the others'.
+record batches of its destination (a :data:`RunSlice`) without the others'. Data rows and
+dead letters alike: only the directory of a destination and the column a row is sharded by
+differ (``tables.TableOutput``).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -20,7 +22,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.sinks.files import _floor_div, _micros_column
-from transforms.sinks.layout import Destination, partition_path
+from transforms.sinks.layout import Destination
 
 _MICROS_PER_DAY = 86_400_000_000
 # Day key of the null partition: beyond any day an int64 of microseconds can reach (~1e8).
@@ -46,10 +48,11 @@ def _key_row(table: pa.Table, index: int) -> dict[str, Any]:
     }
 
 
-def _row_shards(table: pa.Table, shards: int) -> pa.Array:
-    """Shard of every row: CRC32 of its event_id (of its canonical JSON if it has none)."""
-    if "event_id" in table.column_names:
-        ids = table.column("event_id").to_pylist()
+def _row_shards(table: pa.Table, shards: int, shard_key: str) -> pa.Array:
+    """Shard of every row: CRC32 of its ``shard_key`` column (of its canonical JSON where that
+    is not a string)."""
+    if shard_key in table.column_names:
+        ids = table.column(shard_key).to_pylist()
     else:
         ids = [None] * table.num_rows
     crc32 = zlib.crc32
@@ -61,7 +64,7 @@ def _row_shards(table: pa.Table, shards: int) -> pa.Array:
     return pa.array(out, pa.int64())
 
 
-def _destination_keys(table: pa.Table, shards: int) -> pa.ChunkedArray:
+def _destination_keys(table: pa.Table, shards: int, shard_key: str) -> pa.ChunkedArray:
     """One int64 per row: ``expiry day * shards + shard`` (the null partition's day is
     ``_NULL_DAY``), computed with Arrow kernels; Python per row only when ``shards`` > 1."""
     if "expires_at" in table.column_names:
@@ -70,14 +73,18 @@ def _destination_keys(table: pa.Table, shards: int) -> pa.ChunkedArray:
     else:
         days = pc.fill_null(pa.nulls(table.num_rows, pa.int64()), _NULL_DAY)
     if shards > 1:
-        days = pc.add(pc.multiply(days, shards), _row_shards(table, shards))
+        days = pc.add(pc.multiply(days, shards), _row_shards(table, shards, shard_key))
     return days if isinstance(days, pa.ChunkedArray) else pa.chunked_array([days])
 
 
-def _destination(category: str, key: int, shards: int) -> Destination:
+def _destination(
+    kind: str, key: int, shards: int, directory: Callable[[str, int | None], str]
+) -> Destination:
+    """The destination of a key; ``directory`` is ``layout.partition_path`` or
+    ``layout.dead_letter_path``."""
     day, shard = divmod(key, shards)
     expires_at = None if day == _NULL_DAY else day * _MICROS_PER_DAY
-    return category, partition_path(category, expires_at), shard, shards
+    return kind, directory(kind, expires_at), shard, shards
 
 
 def _sort_run(

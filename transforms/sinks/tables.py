@@ -1,17 +1,22 @@
-"""``WriteTables``: ``(category, pyarrow.Table)`` elements to one file per partition and format.
+"""Spill and compaction: ``(kind, pyarrow.Table)`` elements to one file per partition and
+format, in bounded memory; :class:`WriteTables` writes the data with it, ``WriteDeadLetters``
+the dead letters.
 
 The two steps of the package docstring: ``BufferPartitions`` buffers a bundle's tables and
 spills them as sorted runs (``transforms.sinks.runs``); only references to the runs cross the
 ``GroupByKey``; ``Compact`` streams each destination's slices into its final files
 (``transforms.sinks.files``) and renames them into the layout; the temp files go once every
-destination is written.
+destination is written. What differs between data rows and dead letters (the directory of a
+partition, the checks, the file formats and writers, the column a row is sharded by) is a
+:class:`TableOutput`; the steps are the same code for both.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -21,6 +26,7 @@ import pyarrow.compute as pc
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindow, GlobalWindows
 
 from schemas.arrow import arrow_schema, check_required
@@ -44,6 +50,7 @@ from transforms.sinks.layout import (
     _ensure_dir,
     _new_token,
     _part_name,
+    partition_path,
 )
 from transforms.sinks.runs import (
     _IPC_EXTENSION,
@@ -59,6 +66,38 @@ _LOG = logging.getLogger(__name__)
 
 # Bytes of Arrow data one BufferPartitions instance (one bundle) keeps before it spills.
 DEFAULT_BUFFER_BYTES = 64 * 1024 * 1024
+# Namespace of the sinks' own metrics (``spilled_runs``: temp files written), kept out of the
+# project's namespace, whose counters are the run report's and do not depend on bundling.
+METRICS_NAMESPACE = "transforms.sinks"
+
+
+class TableOutput(ABC):
+    """What the spill and the compaction need to know about one kind of output.
+
+    A *kind* is what the first level of the layout names (a data category, a dead letter's
+    source); a destination is ``(kind, directory(kind, expires_at), shard, shards)``.
+    """
+
+    #: Suffix of the temp directory, ``.temp-<run token>-<name>``.
+    name: str
+    #: File formats (keys of ``layout.EXTENSIONS``): one file of each per destination.
+    formats: tuple[str, ...]
+    #: Files per partition; a row's shard is the CRC32 of its ``shard_key`` column.
+    shards: int
+    shard_key: str
+    #: Counter of the rows of each kind, ``<row_counter><kind>``; None counts nothing.
+    row_counter: str | None
+    #: Relative directory of a partition: ``layout.partition_path`` or ``dead_letter_path``.
+    directory: Callable[[str, int | None], str]
+
+    @abstractmethod
+    def accept(self, kind: object, table: object) -> pa.Table:
+        """The table of an element, checked: raise (fail the pipeline) on anything else."""
+
+    @abstractmethod
+    def writer(self, fmt: str, kind: str, handle) -> Any:
+        """A file writer of ``transforms.sinks.files`` (``write``, ``close``, ``abort``) for
+        the tables of ``kind`` in format ``fmt``, writing to ``handle``."""
 
 
 def _check_expires_at(schema: pa.Schema, category: str) -> None:
@@ -80,33 +119,111 @@ def _no_schema(what: str, category: object, known: Iterable[str], detail: str) -
     )
 
 
-class _BufferPartitions(beam.DoFn):
-    """``(category, table)`` -> ``(destination, RunSlice)``; counts ``written.<category>``.
+class DataTables(TableOutput):
+    """Data rows: ``data_category=/expiry_date=`` partitions of Parquet and/or Avro files, one
+    Arrow schema per category (``schemas.arrow.arrow_schema``), sharded by ``event_id``,
+    counted as ``written.<category>``. Every schema and codec is checked here, at
+    construction, rather than on a worker."""
 
-    Buffers the tables of the bundle with their destination keys. Once they hold half of
-    ``buffer_bytes`` (sorting them makes a copy of the same size), and at the end of the
-    bundle, they are sorted by destination and spilled as one temp file per category (a
-    sorted run), which is emitted once per destination it holds.
-    """
+    shard_key = "event_id"
+    row_counter = "written."
+    directory = staticmethod(partition_path)
 
     def __init__(
         self,
         schemas: Mapping[str, Mapping[str, Any]],
-        shards: int,
-        temp_dir: str,
-        buffer_bytes: int,
+        formats: Sequence[str] = ("parquet",),
+        shards: int = 1,
+        *,
+        parquet_codec: str = DEFAULT_PARQUET_CODEC,
+        avro_codec: str = DEFAULT_AVRO_CODEC,
+        row_group_size: int = DEFAULT_ROW_GROUP_SIZE,
     ) -> None:
+        if not schemas:
+            raise ValueError("WriteTables needs at least one category schema")
+        formats = tuple(dict.fromkeys(formats))
+        unknown = [f for f in formats if f not in FORMATS]
+        if not formats or unknown:
+            raise ValueError(f"formats must be a non-empty subset of {FORMATS}, got {formats!r}")
         self.schemas = {category: dict(schema) for category, schema in schemas.items()}
+        self.formats = formats
         self.shards = shards
+        # Tables are Arrow whatever the formats, so every schema needs its Arrow mapping.
+        self.arrow = {category: arrow_schema(schema) for category, schema in self.schemas.items()}
+        for category, schema in self.arrow.items():
+            _check_expires_at(schema, category)
+        if "parquet" in formats:
+            _check_parquet_codec(parquet_codec)
+            _check_row_group_size(row_group_size)
+        if "avro" in formats:
+            for schema in self.schemas.values():
+                fastavro.parse_schema(dict(schema))
+            _check_avro_codec(avro_codec)
+        self.parquet_codec = parquet_codec
+        self.avro_codec = avro_codec
+        self.row_group_size = row_group_size
+        # Per format set, as two writers may share a run token.
+        self.name = "tables-" + "-".join(formats)
+        self._avro: dict[str, Any] = {}  # parsed Avro schemas, filled on the workers
+
+    def accept(self, kind: object, table: object) -> pa.Table:
+        schema = self.arrow.get(kind) if isinstance(kind, str) else None
+        if schema is None:
+            rows = getattr(table, "num_rows", "?")
+            raise _no_schema("WriteTables", kind, self.arrow, f"{rows} rows")
+        if isinstance(table, pa.RecordBatch):
+            table = pa.Table.from_batches([table])
+        if not isinstance(table, pa.Table):
+            raise TypeError(
+                f"WriteTables takes (category, pyarrow.Table) elements, got a "
+                f"{type(table).__name__} for {kind!r}"
+            )
+        if not table.schema.equals(schema, check_metadata=False):
+            raise ValueError(
+                f"WriteTables: the table of {kind!r} does not have the category's Arrow "
+                f"schema (schemas.arrow.arrow_schema):\n{table.schema}\nexpected:\n{schema}"
+            )
+        for field in schema:
+            check_required(field, table.column(field.name))
+        if "data_category" in schema.names and table.num_rows:
+            same = pc.all(
+                pc.equal(table.column("data_category"), pa.scalar(kind)), skip_nulls=False
+            ).as_py()
+            if not same:
+                raise ValueError(
+                    f"WriteTables: the table of {kind!r} has rows of another data_category"
+                )
+        return table
+
+    def writer(self, fmt: str, kind: str, handle) -> _ParquetFile | _AvroFile:
+        if fmt == "parquet":
+            return _ParquetFile(handle, self.arrow[kind], self.parquet_codec, self.row_group_size)
+        parsed = self._avro.get(kind)
+        if parsed is None:
+            parsed = self._avro[kind] = fastavro.parse_schema(dict(self.schemas[kind]))
+        return _AvroFile(handle, self.schemas[kind], self.avro_codec, parsed=parsed)
+
+
+class _BufferPartitions(beam.DoFn):
+    """``(kind, table)`` -> ``(destination, RunSlice)``; counts the output's row counter.
+
+    Buffers the tables of the bundle with their destination keys. Once they hold half of
+    ``buffer_bytes`` (sorting them makes a copy of the same size), and at the end of the
+    bundle, they are sorted by destination and spilled as one temp file per kind (a sorted
+    run), which is emitted once per destination it holds.
+    """
+
+    def __init__(self, output: TableOutput, temp_dir: str, buffer_bytes: int) -> None:
+        self.output = output
         self.temp_dir = temp_dir
         self.buffer_bytes = buffer_bytes
 
     def setup(self) -> None:
-        self._arrow = {c: arrow_schema(s) for c, s in self.schemas.items()}
         self._counters: dict[str, Any] = {}
+        self._spilled = Metrics.counter(METRICS_NAMESPACE, "spilled_runs")
 
     def start_bundle(self) -> None:
-        # category -> ([tables], [keys]); the bytes of Arrow data they hold
+        # kind -> ([tables], [keys]); the bytes of Arrow data they hold
         self._buffer: dict[str, tuple[list[pa.Table], list[pa.ChunkedArray]]] = {}
         self.held = 0
         # Runs named <bundle>-<sequence>: Compact reads them in name order, so the rows of a
@@ -115,62 +232,35 @@ class _BufferPartitions(beam.DoFn):
         self._runs = 0
 
     def process(self, element: tuple[str, pa.Table]):
-        category, table = element
-        schema = self._arrow.get(category) if isinstance(category, str) else None
-        if schema is None:
-            rows = getattr(table, "num_rows", "?")
-            raise _no_schema("WriteTables", category, self._arrow, f"{rows} rows")
-        table = self._check(category, table, schema)
-        written = self._counters.get(category)
-        if written is None:
-            written = self._counters[category] = counter(f"written.{category}")
-        written.inc(table.num_rows)
+        kind, table = element
+        table = self.output.accept(kind, table)
+        if self.output.row_counter is not None:
+            rows = self._counters.get(kind)
+            if rows is None:
+                rows = self._counters[kind] = counter(f"{self.output.row_counter}{kind}")
+            rows.inc(table.num_rows)
         if table.num_rows == 0:
             return
-        tables, keys = self._buffer.setdefault(category, ([], []))
+        tables, keys = self._buffer.setdefault(kind, ([], []))
         tables.append(table)
-        keys.append(_destination_keys(table, self.shards))
+        keys.append(_destination_keys(table, self.output.shards, self.output.shard_key))
         self.held += table.nbytes
         if self.held * 2 > self.buffer_bytes:
             yield from self._spill()
-
-    def _check(self, category: str, table: Any, schema: pa.Schema) -> pa.Table:
-        if isinstance(table, pa.RecordBatch):
-            table = pa.Table.from_batches([table])
-        if not isinstance(table, pa.Table):
-            raise TypeError(
-                f"WriteTables takes (category, pyarrow.Table) elements, got a "
-                f"{type(table).__name__} for {category!r}"
-            )
-        if not table.schema.equals(schema, check_metadata=False):
-            raise ValueError(
-                f"WriteTables: the table of {category!r} does not have the category's Arrow "
-                f"schema (schemas.arrow.arrow_schema):\n{table.schema}\nexpected:\n{schema}"
-            )
-        for field in schema:
-            check_required(field, table.column(field.name))
-        if "data_category" in schema.names and table.num_rows:
-            same = pc.all(
-                pc.equal(table.column("data_category"), pa.scalar(category)), skip_nulls=False
-            ).as_py()
-            if not same:
-                raise ValueError(
-                    f"WriteTables: the table of {category!r} has rows of another data_category"
-                )
-        return table
 
     def _spill(self):
         buffered, self._buffer = self._buffer, {}
         self.held = 0
         while buffered:
-            category, (tables, keys) = buffered.popitem()
+            kind, (tables, keys) = buffered.popitem()
             table, spans = _sort_run(tables, keys)
             del tables[:], keys[:]  # the sorted copy is all that is needed now
             name = f"{self._bundle}-{self._runs:06d}{_IPC_EXTENSION}"
             self._runs += 1
+            self._spilled.inc()
             path = FileSystems.join(self.temp_dir, name)
             for key, first, count in _write_run(path, table, spans):
-                destination = _destination(category, key, self.shards)
+                destination = _destination(kind, key, self.output.shards, self.output.directory)
                 yield GlobalWindows.windowed_value_at_end_of_window(
                     (destination, (path, first, count))
                 )
@@ -188,58 +278,28 @@ class _Compact(beam.DoFn):
     once every destination is written, so a retried bundle simply writes its files again.
     """
 
-    def __init__(
-        self,
-        output_dir: str,
-        temp_dir: str,
-        token: str,
-        schemas: Mapping[str, Mapping[str, Any]],
-        formats: Sequence[str],
-        parquet_codec: str,
-        avro_codec: str,
-        row_group_size: int,
-    ) -> None:
+    def __init__(self, output: TableOutput, output_dir: str, temp_dir: str, token: str) -> None:
+        self.output = output
         self.output_dir = output_dir
         self.temp_dir = temp_dir
         self.token = token
-        self.schemas = {category: dict(schema) for category, schema in schemas.items()}
-        self.formats = tuple(formats)
-        self.parquet_codec = parquet_codec
-        self.avro_codec = avro_codec
-        self.row_group_size = row_group_size
-
-    def setup(self) -> None:
-        self._arrow: dict[str, pa.Schema] = {}
-        self._avro: dict[str, Any] = {}
-
-    def _writer(self, fmt: str, category: str, handle):
-        if fmt == "parquet":
-            if category not in self._arrow:
-                self._arrow[category] = arrow_schema(self.schemas[category])
-            return _ParquetFile(
-                handle, self._arrow[category], self.parquet_codec, self.row_group_size
-            )
-        if category not in self._avro:
-            self._avro[category] = fastavro.parse_schema(dict(self.schemas[category]))
-        return _AvroFile(
-            handle, self.schemas[category], self.avro_codec, parsed=self._avro[category]
-        )
 
     def process(self, element: tuple[Destination, Iterable[RunSlice]]):
         destination, runs = element
-        category, rel_dir, shard, shards = destination
+        kind, rel_dir, shard, shards = destination
         runs = sorted(set(runs))  # the same row order whatever order the slices came in
         name = _part_name(shard, shards, self.token)
+        formats = self.output.formats
         finals = {
             fmt: FileSystems.join(self.output_dir, rel_dir, name + EXTENSIONS[fmt])
-            for fmt in self.formats
+            for fmt in formats
         }
         staged = {
             fmt: FileSystems.join(self.temp_dir, f"{uuid.uuid4().hex}{EXTENSIONS[fmt]}")
-            for fmt in self.formats
+            for fmt in formats
         }
         try:
-            self._write(category, runs, staged)
+            self._write(kind, runs, staged)
             _ensure_dir(FileSystems.join(self.output_dir, rel_dir))
             FileSystems.rename(list(staged.values()), [finals[fmt] for fmt in staged])
         except BaseException:
@@ -260,7 +320,7 @@ class _Compact(beam.DoFn):
                 destination=destination,
             )
 
-    def _write(self, category: str, runs: Sequence[RunSlice], staged: Mapping[str, str]):
+    def _write(self, kind: str, runs: Sequence[RunSlice], staged: Mapping[str, str]):
         handles = []
         writers = []
         try:
@@ -269,7 +329,7 @@ class _Compact(beam.DoFn):
                     path, mime_type=MIME_TYPES[fmt], compression_type=CompressionTypes.UNCOMPRESSED
                 )
                 handles.append(handle)
-                writers.append(self._writer(fmt, category, handle))
+                writers.append(self.output.writer(fmt, kind, handle))
             for path, first, count in runs:
                 for batch in _read_run(path, first, count):
                     for writer in writers:
@@ -301,7 +361,82 @@ def _check_buffer_bytes(buffer_bytes: int) -> int:
     return buffer_bytes
 
 
-class WriteTables(beam.PTransform):
+class SpillAndCompact(beam.PTransform):
+    """Write ``(kind, pyarrow.Table)`` elements as one file per format and destination of
+    ``output``, in bounded memory (see the package docstring): buffer and spill sorted runs,
+    group references to them, compact each destination, remove the temp files.
+
+    The input is one PCollection, or several (a tuple or list, as for ``beam.Flatten``):
+    each is then spilled in the stage that produces it, and only the references to its runs
+    are flattened. Why: the FnApiRunner (the DirectRunner, in process or multi_processing)
+    materializes the output of a ``Flatten`` of several PCollections in the runner process and
+    hands it on to the workers, every element of every input. Flattening 1M dead letters
+    before their sink held them all in memory: 4.0 GiB for 1M visits with an unparseable time,
+    against 0.9 GiB when each branch was spilled where it was produced
+    (``bench/RESULTS.md``).
+
+    Files are named ``part-<shard>-of-<shards>-<run_token>.<ext>``. Returns the
+    ``fileio.FileResult`` of every file written, all formats, with ``file_name`` the full path.
+    """
+
+    def __init__(
+        self,
+        output: TableOutput,
+        output_dir: str,
+        *,
+        run_token: str | None = None,
+        buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+    ) -> None:
+        super().__init__()
+        self.output = output
+        self.output_dir = output_dir
+        self.run_token = run_token or _new_token()
+        self.buffer_bytes = _check_buffer_bytes(buffer_bytes)
+
+    @property
+    def temp_dir(self) -> str:
+        """Where the spilled runs and the files being compacted go."""
+        return FileSystems.join(self.output_dir, f".temp-{self.run_token}-{self.output.name}")
+
+    def to_tables(self, pcoll: beam.PCollection, suffix: str) -> beam.PCollection:
+        """The ``(kind, table)`` elements of one input; subclasses turn their elements into
+        tables here, labelling their steps with ``suffix`` (an input's index, or "")."""
+        return pcoll
+
+    def expand(self, inputs):
+        temp_dir = self.temp_dir
+        if isinstance(inputs, beam.PCollection):
+            branches = [("", inputs)]  # the labels of a single input carry no index
+        else:
+            branches = [(str(index), pcoll) for index, pcoll in enumerate(inputs)]
+            if not branches:
+                raise ValueError(f"{type(self).__name__} needs at least one PCollection")
+        runs = tuple(
+            self.to_tables(pcoll, suffix)
+            | f"GlobalWindow{suffix}" >> beam.WindowInto(GlobalWindows())
+            | f"BufferPartitions{suffix}"
+            >> beam.ParDo(
+                _BufferPartitions(self.output, temp_dir, self.buffer_bytes)
+            ).with_output_types(tuple[Destination, RunSlice])
+            for suffix, pcoll in branches
+        )
+        if len(runs) > 1:
+            runs = (runs | "FlattenRuns" >> beam.Flatten(),)
+        files = (
+            runs[0]
+            | "GroupTempFiles" >> beam.GroupByKey()
+            | "Compact"
+            >> beam.ParDo(_Compact(self.output, self.output_dir, temp_dir, self.run_token))
+        )
+        _ = (
+            files
+            | "CountFiles" >> beam.combiners.Count.Globally().without_defaults()
+            | "RemoveTempFiles" >> beam.Map(_remove_temp_files, temp_dir)
+        )
+        return files
+
+
+class WriteTables(SpillAndCompact):
     """Write ``(category, pyarrow.Table)`` elements as ``data_category=/expiry_date=`` Hive
     partitions, columnar and in bounded memory (see the package docstring).
 
@@ -330,67 +465,12 @@ class WriteTables(beam.PTransform):
         run_token: str | None = None,
         buffer_bytes: int = DEFAULT_BUFFER_BYTES,
     ) -> None:
-        super().__init__()
-        if not schemas:
-            raise ValueError(f"{type(self).__name__} needs at least one category schema")
-        formats = tuple(dict.fromkeys(formats))
-        unknown = [f for f in formats if f not in FORMATS]
-        if not formats or unknown:
-            raise ValueError(f"formats must be a non-empty subset of {FORMATS}, got {formats!r}")
-        self.output_dir = output_dir
-        self.schemas = {category: dict(schema) for category, schema in schemas.items()}
-        self.formats = formats
-        self.shards = _check_shards(shards_per_partition)
-        self.run_token = run_token or _new_token()
-        self.buffer_bytes = _check_buffer_bytes(buffer_bytes)
-        # Fail at construction, not on a worker: every schema must map and every codec exist.
-        # Tables are Arrow whatever the formats, so every schema needs its Arrow mapping.
-        for category, schema in self.schemas.items():
-            _check_expires_at(arrow_schema(schema), category)
-        if "parquet" in formats:
-            _check_parquet_codec(parquet_codec)
-            _check_row_group_size(row_group_size)
-        if "avro" in formats:
-            for schema in self.schemas.values():
-                fastavro.parse_schema(dict(schema))
-            _check_avro_codec(avro_codec)
-        self.parquet_codec = parquet_codec
-        self.avro_codec = avro_codec
-        self.row_group_size = row_group_size
-
-    @property
-    def temp_dir(self) -> str:
-        """Where the temp files go; per format set, as two writers may share a run token."""
-        suffix = "-".join(self.formats)
-        return FileSystems.join(self.output_dir, f".temp-{self.run_token}-tables-{suffix}")
-
-    def expand(self, tables):
-        temp_dir = self.temp_dir
-        files = (
-            tables
-            | "GlobalWindow" >> beam.WindowInto(GlobalWindows())
-            | "BufferPartitions"
-            >> beam.ParDo(
-                _BufferPartitions(self.schemas, self.shards, temp_dir, self.buffer_bytes)
-            ).with_output_types(tuple[Destination, RunSlice])
-            | "GroupTempFiles" >> beam.GroupByKey()
-            | "Compact"
-            >> beam.ParDo(
-                _Compact(
-                    self.output_dir,
-                    temp_dir,
-                    self.run_token,
-                    self.schemas,
-                    self.formats,
-                    self.parquet_codec,
-                    self.avro_codec,
-                    self.row_group_size,
-                )
-            )
+        output = DataTables(
+            schemas,
+            formats,
+            _check_shards(shards_per_partition),
+            parquet_codec=parquet_codec,
+            avro_codec=avro_codec,
+            row_group_size=row_group_size,
         )
-        _ = (
-            files
-            | "CountFiles" >> beam.combiners.Count.Globally().without_defaults()
-            | "RemoveTempFiles" >> beam.Map(_remove_temp_files, temp_dir)
-        )
-        return files
+        super().__init__(output, output_dir, run_token=run_token, buffer_bytes=buffer_bytes)
