@@ -11,7 +11,11 @@ several categories; ``python -m pipelines.sdk_logs`` and ``.telemetry`` are exac
 
     Read -> ParseValidate -> [Fingerprint] -> Store (Guard -> Tag -> Write) + DeadLetters
 
-Nothing here knows a category: adding one is a policy entry and an ``.avsc``.
+Nothing here knows a category: adding one is a policy entry and an ``.avsc``. A category whose
+rows carry the visitor's region, or to which regional restrictions apply (``website_visit``,
+``corporate_visitor_info``), is refused at startup: this pipeline neither geolocates nor gates
+contact fields, so every record would be rejected, its contact data in its dead letter.
+``python -m pipelines.visits`` ingests them.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ __all__ = [
 ]
 
 DEFAULT_KEY_ENV = "TRTC_FINGERPRINT_KEY"
+VISITS_PIPELINE = "pipelines.visits"
 
 
 class CategoryOptions(PipelineOptions):
@@ -105,6 +110,13 @@ def spec_for(
     """The :class:`IngestSpec` of ``--category`` or ``--source`` (exactly one of them)."""
     if bool(category) == bool(source):
         raise ValueError("give exactly one of --category and --source")
+    names = [category] if category else [r.category for r in policy.source_named(source).routes]
+    for name in names:
+        if _needs_geolocation(policy, name):
+            raise ValueError(
+                f"category {name} needs geolocation and the contact gate: ingest it with "
+                f"python -m {VISITS_PIPELINE}"
+            )
     if category:
         cat = policy.category(category)
         if not cat.stored:
@@ -133,6 +145,14 @@ def spec_for(
     )
 
 
+def _needs_geolocation(policy: Policy, name: str) -> bool:
+    """Rows of ``name`` carry the visitor's region, or regional rules apply to them."""
+    category = policy.category(name)
+    if category.forbidden_fields_in_regions or category.restricted_country_field:
+        return True
+    return category.stored and "region" in category_columns(name, policy.schema_dirs)
+
+
 @dataclass(frozen=True)
 class IngestConfig:
     """Everything :class:`IngestRecords` needs (no flags below here)."""
@@ -158,7 +178,12 @@ class IngestRecords(beam.PTransform):
             run.input, run.input_format, batched=True, max_line_bytes=run.max_line_bytes
         )
         records, parse_dead = raw | "ParseValidate" >> Parse(
-            spec.input_specs, spec.event_time, run.policy, dead_letters, batched=True
+            spec.input_specs,
+            spec.event_time,
+            run.policy,
+            dead_letters,
+            batched=True,
+            bounds=run.bounds,
         )
         if spec.fingerprints:
             records = records | "Fingerprint" >> Fingerprint(
@@ -172,6 +197,7 @@ class IngestRecords(beam.PTransform):
             output_dir=run.output,
             formats=run.formats,
             context=dead_letters,
+            run_time=run.run_time,
             exclusive=spec.exclusive,
             batched=True,
         )

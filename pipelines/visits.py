@@ -83,7 +83,8 @@ class VisitsOptions(PipelineOptions):
             "--enrichment_timeout",
             type=float,
             default=5.0,
-            help="Seconds to wait for one HTTP enrichment request before retrying.",
+            help="Seconds one HTTP enrichment request may take in all (connect, headers and "
+            "body) before it is cut and retried.",
         )
         parser.add_argument(
             "--enrichment_max_retries",
@@ -143,19 +144,20 @@ class IngestVisits(beam.PTransform):
             run.input, run.input_format, batched=True, max_line_bytes=run.max_line_bytes
         )
         records, parse_dead = raw | "ParseValidate" >> Parse(
-            input_specs, visit.event_time, policy, dead_letters, batched=True
+            input_specs, visit.event_time, policy, dead_letters, batched=True, bounds=run.bounds
         )
         located = records | "Geolocate" >> Geolocate(
-            c.geoip_db, policy.restricted_countries, cache_size=c.geo_cache_size, batched=True
+            c.geoip_db, policy, cache_size=c.geo_cache_size, batched=True
         )
         minimised = located | "SuppressRestrictedContacts" >> SuppressRestrictedContacts(
             (corporate,), policy.regions, batched=True
         )
-        if c.enrichment is not None:
-            minimised = minimised | "EnrichAroundDeal" >> EnrichAroundDeal(
-                c.enrichment, company, contact, policy.restricted_countries, batched=True
-            )
-        store_dead = minimised | "Store" >> Store(
+        # Applied with or without a handler: its contact gate is what keeps a producer's
+        # contact fields out unless the company's country is known and unrestricted.
+        enriched = minimised | "EnrichAroundDeal" >> EnrichAroundDeal(
+            c.enrichment, company, contact, policy, batched=True
+        )
+        store_dead = enriched | "Store" >> Store(
             policy=policy,
             outputs=outputs,
             schemas={o.category: output_schema(o.category) for o in outputs},
@@ -163,6 +165,7 @@ class IngestVisits(beam.PTransform):
             output_dir=run.output,
             formats=run.formats,
             context=dead_letters,
+            run_time=run.run_time,
             batched=True,
         )
         return (
@@ -184,6 +187,7 @@ def config_from(options: PipelineOptions) -> VisitsConfig:
             "batch_size": visits.enrichment_batch_size,
             "api_key_env": visits.enrichment_api_key_env,
             "read_timeout": visits.enrichment_timeout,
+            "request_timeout": visits.enrichment_timeout,
             "max_attempts": visits.enrichment_max_retries + 1,
             "requests_per_second": visits.enrichment_rate_limit,
         }
@@ -195,6 +199,7 @@ def config_from(options: PipelineOptions) -> VisitsConfig:
         url=visits.enrichment_url,
         company_fields=corporate.field_groups["company"],
         contact_fields=corporate.field_groups["contact"],
+        policy=policy,
         **http,
     )
     return VisitsConfig(

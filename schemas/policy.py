@@ -7,6 +7,13 @@ Every problem in the file is collected and reported at once, at startup, before 
 
 The policy version stamped on every output row is a content hash of the *parsed* document, so a
 comment or whitespace edit does not change it, while any change of meaning does.
+
+Regions: :meth:`Policy.region_for` is the one decision of what region a country value is in, for
+visitors (geolocation), companies (enrichment), the guard and every columnar path alike. A value
+is read with ``schemas.countries`` (NFKC, trimmed, upper-cased, reserved aliases such as ``UK``
+resolved); a code a region lists is that region, any other ISO 3166-1 alpha-2 code is ``OTHER``,
+and anything else (``ZZ``, ``AP``, empty, None) is ``UNKNOWN``, which is restricted. ``OTHER`` is
+the only unrestricted region, so "unrestricted" and "``OTHER``" mean the same everywhere.
 """
 
 from __future__ import annotations
@@ -18,14 +25,18 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from schemas.countries import ALIASES, ISO_3166_1_ALPHA2, normalise_country
+
 __all__ = [
+    "OTHER_REGION",
+    "UNKNOWN_REGION",
     "Category",
     "LifecycleEvent",
     "MinimumAge",
@@ -274,19 +285,32 @@ class Policy:
         """Country codes of every restricted region (the EEA/UK list)."""
         return frozenset(c for r in self.regions.values() if r.restricted for c in r.countries)
 
-    def region_for(self, country: str | None) -> str:
-        """Region of an ISO country code; None or an unlisted code of no region -> see below.
+    @cached_property
+    def _listed(self) -> dict[str, str]:
+        """Country code -> the name of the region that lists it."""
+        return {code: r.name for r in self.regions.values() for code in r.countries}
 
-        A missing country is ``UNKNOWN`` (restricted: fail closed); a country no region lists is
-        ``OTHER``.
+    def region_for(self, country: object) -> str:
+        """The region of a country value, in any spelling (see the module docstring).
+
+        A code a region lists is that region; any other ISO 3166-1 alpha-2 code is ``OTHER``;
+        a value that names no country (None, empty, ``ZZ``, ``AP``, ``Germany``...) is
+        ``UNKNOWN``, restricted: fail closed.
         """
-        if not country:
+        code = normalise_country(country)
+        if code is None:
             return UNKNOWN_REGION
-        code = country.upper()
-        for region in self.regions.values():
-            if code in region.countries:
-                return region.name
-        return OTHER_REGION
+        listed = self._listed.get(code)
+        if listed is not None:
+            return listed
+        return OTHER_REGION if code in ISO_3166_1_ALPHA2 else UNKNOWN_REGION
+
+    def country_code(self, country: object) -> str | None:
+        """The code :meth:`region_for` places ``country`` by (``" uk "`` -> ``GB``), or None
+        when it names no country the policy can place (its region is ``UNKNOWN``)."""
+        if self.region_for(country) == UNKNOWN_REGION:
+            return None
+        return normalise_country(country)
 
     def is_restricted(self, region: str) -> bool:
         """Unknown region names are restricted: fail closed."""
@@ -491,6 +515,11 @@ class _Validator:
                     self.error(
                         f"{path}.countries[{i}]", f"must be a 2-letter code, got {code!r}{hint}"
                     )
+                elif code in ALIASES:  # never looked up: region_for reads it as its country
+                    self.error(
+                        f"{path}.countries[{i}]",
+                        f"{code} is read as {ALIASES[code]}: list {ALIASES[code]} instead",
+                    )
                 else:
                     codes.add(code)
             regions[str(name)] = Region(str(name), restricted, frozenset(codes))
@@ -499,6 +528,18 @@ class _Validator:
                 self.error("regions", f"region {required} must be declared")
         if UNKNOWN_REGION in regions and not regions[UNKNOWN_REGION].restricted:
             self.error(f"regions.{UNKNOWN_REGION}.restricted", "must be true (fail closed)")
+        if OTHER_REGION in regions and regions[OTHER_REGION].restricted:
+            self.error(
+                f"regions.{OTHER_REGION}.restricted",
+                "must be false (OTHER is every country no restricted region lists)",
+            )
+        for region in regions.values():
+            if region.name not in (OTHER_REGION, UNKNOWN_REGION) and not region.restricted:
+                self.error(
+                    f"regions.{region.name}.restricted",
+                    "only OTHER is unrestricted: make the region restricted, or leave its "
+                    "countries unlisted (they are OTHER)",
+                )
         seen: dict[str, str] = {}
         for region in regions.values():
             for code in region.countries:
@@ -704,6 +745,10 @@ class _Validator:
             if region not in regions:
                 self.error(fpath, f"unknown region {region!r}")
             forbidden[str(region)] = frozenset(self.names(rfields, f"{fpath}.{region}"))
+        if forbidden:  # a restricted region left out would forbid nothing: say it explicitly
+            for region in sorted(r.name for r in regions.values() if r.restricted):
+                if region not in forbidden:
+                    self.error(fpath, f"restricted region {region!r} must say what it forbids")
         country_field = restrictions.get("restricted_country_field")
         if country_field is not None and country_field not in fields:
             self.error(

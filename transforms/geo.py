@@ -1,13 +1,18 @@
-"""Geolocation: visitor IP -> ISO country -> region (``EEA_UK`` | ``OTHER`` | ``UNKNOWN``).
+"""Geolocation: visitor IP -> the database's country -> the policy's region of it.
 
 Why this module exists: whether a visitor's contact data may be enriched or kept depends on
 where the visitor is. The region decides that downstream (restricted = not ``OTHER``), so the
 lookup fails closed: anything that cannot be placed with confidence (not in the database,
 private/reserved/loopback/multicast/link-local addresses, garbage strings, records without a
-country) becomes ``UNKNOWN`` and is treated like EEA/UK.
+country, answers that name no country such as ``ZZ`` or ``AP``) becomes ``UNKNOWN`` and is
+treated like EEA/UK.
 
-- The EEA/UK country set is *not* defined here: it belongs to the policy
-  (``schemas/policy.yaml``) and is passed in, so changing it needs no code change.
+- Which region a country is in is *not* decided here: the database's answer goes to the
+  policy's one decision (:meth:`schemas.policy.Policy.region_for`), the same that places
+  companies and that the guard re-checks, so spellings (``UK``), unknown answers (``ZZ``) and
+  region names (a policy may declare more restricted regions) mean the same everywhere. The
+  ``country`` column holds the code the policy placed the visitor by (``UK`` is written ``GB``),
+  or None when the answer names no country.
 - Only the database's ``country`` is used; ``registered_country`` and ``is_in_european_union``
   are ignored on purpose (the latter is pre-Brexit and says GB is in the EU).
 - Country, City and Enterprise databases all work (their records share the ``country`` map that
@@ -43,50 +48,31 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
 
+from schemas.policy import Policy
 from transforms.batches import ApplyStage, RecordStage, TableBatch
 from transforms.columns import column_or_nulls, with_column
 from transforms.memo import BoundedMemo
 
 __all__ = [
     "DEFAULT_CACHE_SIZE",
-    "REGION_EEA_UK",
-    "REGION_OTHER",
-    "REGION_UNKNOWN",
     "CountryLookup",
     "Geolocate",
     "GeolocateFn",
     "c_extension_available",
     "clear_shared_lookups",
-    "region_for",
+    "region_counter",
     "shared_lookup",
 ]
 
 _LOG = logging.getLogger(__name__)
 
-REGION_EEA_UK = "EEA_UK"
-REGION_OTHER = "OTHER"
-REGION_UNKNOWN = "UNKNOWN"
-
 #: About 128k entries: measured to pay off on ~100k distinct IPs, where 16k gained nothing.
 DEFAULT_CACHE_SIZE = 131072
-_COUNTER_NAMES = {
-    REGION_EEA_UK: "region.eea_uk",
-    REGION_OTHER: "region.other",
-    REGION_UNKNOWN: "region.unknown",
-}
 
 
-def region_for(country: str | None, eea_uk: frozenset[str]) -> str:
-    """Map an ISO country code to the compliance region.
-
-    ``EEA_UK`` if the (upper-cased) code is in ``eea_uk``, ``UNKNOWN`` for ``None`` or an empty
-    code (fail closed: an unplaceable visitor is restricted), else ``OTHER``. ``eea_uk`` comes
-    from the policy file; it holds the project's list (EU-27 with their outermost regions that
-    have ISO codes, IS/LI/NO, GB and the non-ISO ``EU``).
-    """
-    if not isinstance(country, str) or not country.strip():
-        return REGION_UNKNOWN
-    return REGION_EEA_UK if country.strip().upper() in eea_uk else REGION_OTHER
+def region_counter(region: str) -> str:
+    """The counter of visitors of ``region`` (a policy region name): ``region.eea_uk``."""
+    return f"region.{region.lower()}"
 
 
 def c_extension_available() -> bool:
@@ -359,12 +345,13 @@ def clear_shared_lookups() -> None:
 
 
 class GeolocateFn(RecordStage):
-    """Adds ``country`` (ISO code or None) and ``region`` to each visit record of a batch.
+    """Adds ``country`` (the code the policy placed the visitor by, or None) and ``region`` (a
+    region name of the policy) to each visit record of a batch.
 
     Emits new dicts (inputs are never mutated) and counts regions in the ``compliance``
-    namespace (``region.eea_uk``, ``region.other``, ``region.unknown``) for the run report.
-    The IP is read from the record's ``ip`` field; a missing or malformed one gives
-    ``UNKNOWN``, which downstream treats as restricted.
+    namespace (:func:`region_counter`: ``region.eea_uk``, ``region.other``, ``region.unknown``)
+    for the run report. The IP is read from the record's ``ip`` field; a missing or malformed
+    one gives ``UNKNOWN``, which downstream treats as restricted.
     """
 
     stage = "geolocate"
@@ -372,73 +359,71 @@ class GeolocateFn(RecordStage):
     def __init__(
         self,
         geoip_db: str,
-        eea_uk: frozenset[str],
+        policy: Policy,
         cache_size: int = DEFAULT_CACHE_SIZE,
     ) -> None:
         super().__init__()
         self._geoip_db = str(geoip_db)
-        self._eea_uk = frozenset(eea_uk)
+        self._policy = policy
         self._cache_size = cache_size
         self._lookup: CountryLookup | None = None
-        self._regions: dict[str | None, str] = {}
+        self._placed: dict[str | None, tuple[str | None, str]] = {}
 
     def setup(self) -> None:
         super().setup()
         self._lookup = shared_lookup(self._geoip_db, self._cache_size)
 
     def one(self, record: dict[str, Any]) -> dict[str, Any]:
-        country = self._lookup.country(record.get("ip"))
-        region = self._region(country)
-        self.tally.add(_COUNTER_NAMES[region])
+        country, region = self._place(self._lookup.country(record.get("ip")))
+        self.tally.add(region_counter(region))
         return {**record, "country": country, "region": region}
 
     def process_table(self, table: pa.Table) -> Iterator[TableBatch]:
-        """The columnar version: a lookup per row through the per-process cache, a region per
-        distinct country (spread with ``take``)."""
+        """The columnar version: a lookup per row through the per-process cache, a placement
+        per distinct answer of the database (spread with ``take``)."""
         ips = column_or_nulls(table, "ip").to_pylist()
-        countries = pa.array(self._lookup.countries(ips), pa.string())
-        distinct = pc.dictionary_encode(countries)
-        regions = pa.array(
-            [self._region(code) for code in distinct.dictionary.to_pylist()], pa.string()
-        )
-        # A null country is a dictionary_encode null: its region is UNKNOWN's.
-        codes = distinct.indices.fill_null(len(regions))
-        regions = pa.concat_arrays([regions, pa.array([self._region(None)], pa.string())])
-        regions = regions.take(codes)
+        answers = pc.dictionary_encode(pa.array(self._lookup.countries(ips), pa.string()))
+        # A null answer is a dictionary_encode null: it is placed last, as None.
+        placed = [self._place(a) for a in [*answers.dictionary.to_pylist(), None]]
+        rows = answers.indices.fill_null(len(placed) - 1)
+        countries = pa.array([c for c, _ in placed], pa.string()).take(rows)
+        regions = pa.array([r for _, r in placed], pa.string()).take(rows)
         counts = pc.value_counts(regions)
         for region, n in zip(
             counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True
         ):
-            self.tally.add(_COUNTER_NAMES[region], n)
+            self.tally.add(region_counter(region), n)
         self.tally.flush()
         table = with_column(table, "country", countries)
         yield TableBatch(with_column(table, "region", regions))
 
-    def _region(self, country: str | None) -> str:
-        region = self._regions.get(country)
-        if region is None:
-            region = self._regions[country] = region_for(country, self._eea_uk)
-        return region
+    def _place(self, answer: str | None) -> tuple[str | None, str]:
+        """(country, region) of a database answer, by the policy, memoised per answer."""
+        placed = self._placed.get(answer)
+        if placed is None:
+            policy = self._policy
+            placed = self._placed[answer] = (policy.country_code(answer), policy.region_for(answer))
+        return placed
 
 
 class Geolocate(beam.PTransform):
     """Composite: visit records -> the same records with ``country`` and ``region``.
 
     ``geoip_db`` is a MaxMind DB (Country, City or Enterprise) on any Beam filesystem;
-    ``eea_uk`` is the policy's set of restricted country codes. ``batched``: batches of records
-    in and out (``transforms.batches``) instead of single records.
+    ``policy`` places its answers in regions. ``batched``: batches of records in and out
+    (``transforms.batches``) instead of single records.
     """
 
     def __init__(
         self,
         geoip_db: str,
-        eea_uk: frozenset[str],
+        policy: Policy,
         cache_size: int = DEFAULT_CACHE_SIZE,
         *,
         batched: bool = False,
     ) -> None:
         super().__init__()
-        self._fn = GeolocateFn(geoip_db, eea_uk, cache_size)
+        self._fn = GeolocateFn(geoip_db, policy, cache_size)
         self._batched = batched
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:

@@ -8,8 +8,10 @@ record independently of how that stage was written, and routes a violation to th
   of its categories has regional restrictions;
 - ``forbidden_field``: a field its region forbids (corporate contact data of an EEA/UK or
   unknown-region visitor) is present;
-- ``restricted_company_contact``: the company's own country is in a restricted region and a field
-  that region forbids is present;
+- ``restricted_company_contact``: a field is present that the region of the company's own
+  country forbids, by the policy's one country decision (``Policy.region_for``): a restricted
+  region in any spelling (``UK``, ``el``), or ``UNKNOWN`` when the country is absent, empty or
+  names no country, so contact data without a known, unrestricted company country never passes;
 - ``secret_field``: a key that is a credential or media payload name;
 - ``undeclared_field``: a key outside the allow-list of the categories being written.
 
@@ -63,9 +65,7 @@ def violations(
         found.append("forbidden_field")
     for country_field in country_fields:
         company_region = policy.region_for(record.get(country_field))
-        if record.get(country_field) and filled_any(
-            record, forbidden.get(company_region, frozenset())
-        ):
+        if filled_any(record, forbidden.get(company_region, frozenset())):
             found.append("restricted_company_contact")
     # The allowed keys are checked once (GuardFn) never to be secret or media names, so only
     # undeclared keys need the name check: the common, clean record costs one subset test.
@@ -158,13 +158,13 @@ class GuardFn(RecordStage):
             countries = text_column(table, country_field)
             if countries is None:
                 return None
-            by_region: dict[str, list[str]] = {}
-            for code in pc.unique(countries).to_pylist():
-                if code:  # a falsy country (None, "") breaks nothing
-                    by_region.setdefault(self._policy.region_for(code), []).append(code)
+            by_region: dict[str, list[str | None]] = {}
+            for code in pc.unique(countries).to_pylist():  # None included: UNKNOWN's
+                by_region.setdefault(self._policy.region_for(code), []).append(code)
             for company_region, codes in by_region.items():
                 names = self._forbidden.get(company_region, frozenset())
                 if names:
+                    # is_in matches a null row to a None of the value set
                     rows = pc.is_in(countries, value_set=pa.array(codes, pa.string()))
                     anything = reduce(pc.or_, (filled[n] for n in sorted(names)))
                     parts.append(pc.and_(rows, anything))

@@ -280,6 +280,35 @@ def test_never_stored_category_is_refused(tmp_path):
     assert done.returncode != 0 and "never stored" in done.stderr
 
 
+@pytest.mark.parametrize("category", ["corporate_visitor_info", "website_visit"])
+def test_visit_categories_are_refused_naming_the_visits_pipeline(tmp_path, category):
+    """These categories need geolocation and the contact gate: through the generic pipeline
+    every record would be rejected and its contact data kept in clear in the dead letters."""
+    data = write_jsonl(
+        tmp_path / "in.jsonl",
+        [
+            {
+                "event_id": "v",
+                "ip": "8.8.8.8",
+                "visited_at": "2026-10-05T10:00:00Z",
+                "company_country": "DE",
+                "business_email": "never-stored@firma.example",
+            }
+        ],
+    )
+    done = run_cli(
+        "pipelines.ingest",
+        f"--category={category}",
+        f"--input={data}",
+        f"--output={tmp_path / 'out'}",
+        expect_ok=False,
+    )
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pipelines.visits" in lines[0], done.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_new_category_is_a_yaml_and_schema_change_only(tmp_path):
     """Define a category in a temporary policy (+ its .avsc next to it) and ingest it."""
     policy = yaml.safe_load(Path(default_policy_path()).read_text())

@@ -3,15 +3,18 @@
 A small country database (mmdb-writer) and AroundDeal snapshot are built for the test so every
 region case is pinned: EEA (DE, FR), EEA-not-EU (IS), an outermost region (GF), the UK, Switzerland
 and other non-EEA countries (CH, RS, US, JP), a network without a country, a private and an
-unlisted address, and IPv4-mapped IPv6 spellings.
+unlisted address, and IPv4-mapped IPv6 spellings; and companies whose country is spelt the way
+data sources spell it (UK, EL, FX) outside the EEA visitors' networks.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import fastavro
@@ -41,11 +44,18 @@ VISITORS = {
     "jp6": ("2400:cb00:2::5", "OTHER"),
     "us-mapped": ("::ffff:2.22.0.6", "OTHER"),
     "us-de-company": ("2.22.5.5", "OTHER"),
+    "us-uk-company": ("2.22.6.5", "OTHER"),
+    "us-el-company": ("2.22.7.5", "OTHER"),
+    "us-fx-company": ("2.22.8.5", "OTHER"),
     "no-country": ("2.23.0.5", "UNKNOWN"),
     "private": ("10.0.0.5", "UNKNOWN"),
     "unlisted": ("198.51.100.7", "UNKNOWN"),
     "private6": ("fd00::5", "UNKNOWN"),
 }
+
+# Companies of the EEA/UK as sources spell them, in US networks (appended to the shared snapshot).
+SPELT_COMPANIES = {"2.22.6.0/24": "UK", "2.22.7.0/24": "EL", "2.22.8.0/24": "FX"}
+RESTRICTED_COMPANIES = {"us-de-company", "us-uk-company", "us-el-company", "us-fx-company"}
 
 SNAPSHOT_MATCHES = {
     "ch",
@@ -53,6 +63,9 @@ SNAPSHOT_MATCHES = {
     "jp6",
     "us-mapped",
     "us-de-company",
+    "us-uk-company",
+    "us-el-company",
+    "us-fx-company",
     "de",
     "de-mapped",
     "no-country",
@@ -67,9 +80,23 @@ def contact_of(event_id: str) -> dict[str, str]:
     }
 
 
+def contacts_kept(event_id: str) -> bool:
+    """The rule: contacts only for an OTHER visitor of a company whose country is known and
+    not restricted (the snapshot knows the company; nothing else says where it is)."""
+    region = VISITORS[event_id][1]
+    return (
+        region == "OTHER" and event_id in SNAPSHOT_MATCHES and event_id not in RESTRICTED_COMPANIES
+    )
+
+
 def write_inputs(tmp: Path) -> dict[str, Path]:
     mmdb = write_country_db(tmp / "country.mmdb")
-    write_snapshot(tmp / "snapshot.csv")
+    snapshot = write_snapshot(tmp / "snapshot.csv")
+    with snapshot.open("a", newline="") as fh:
+        writer = csv.writer(fh)
+        for i, (network, country) in enumerate(SPELT_COMPANIES.items(), start=100):
+            contact = [f"snap-{c}-{i}" for c in CONTACT]
+            writer.writerow([network, f"Company {i}", f"c{i}.example", "x", country, "1", *contact])
     visits = []
     for event_id, (ip, _region) in VISITORS.items():
         visits.append(
@@ -154,33 +181,54 @@ def test_regions_and_contact_suppression(visits_run, fmt):
     for event_id, (_ip, region) in VISITORS.items():
         assert visits[event_id]["region"] == region, event_id
         row = corporate.get(event_id)
-        restricted = region != "OTHER" or (row and row["company_country"] == "DE")
-        if restricted:
-            assert row is None or all(row[c] is None for c in CONTACT), event_id
+        if contacts_kept(event_id):
+            assert row["business_email"] == f"{event_id}@input-contact.example"
+            # input wins; the other contact fields are enriched
+            assert row["business_phone"].startswith("snap-") and row["company_name"]
         else:
-            assert row is not None and row["business_email"] == f"{event_id}@input-contact.example"
-            if event_id in SNAPSHOT_MATCHES:  # input wins; the other contact fields are enriched
-                assert row["business_phone"].startswith("snap-") and row["company_name"]
-            else:
-                assert row["business_phone"] is None and row["company_name"] is None
+            assert row is None or all(row[c] is None for c in CONTACT), event_id
     assert visits["de-mapped"]["country"] == "DE" and visits["us-mapped"]["country"] == "US"
     assert visits["no-country"]["country"] is None
     # restricted visitor: company data only
     assert corporate["de"]["company_name"] == "Company 0"
     # unrestricted visitor of an EEA company: company data, no contact at all (input's included)
     assert corporate["us-de-company"]["company_country"] == "DE"
+    # companies spelt UK, EL, FX are the EEA/UK: no contact, no direct marketing, 180 days
+    for event_id in ("us-uk-company", "us-el-company", "us-fx-company"):
+        row = corporate[event_id]
+        assert row["company_name"].startswith("Company 10"), event_id
+        assert "direct_marketing" not in row["purposes"], event_id
+        assert row["retention_rule"] == "fixed_180d" and row["expires_at"] is not None
+    # an OTHER visitor whose company nobody knows keeps no contact of its own either
+    assert "rs" not in corporate
     # a visit without any company or contact data has no corporate row
     assert "private" not in corporate and "unlisted" not in corporate
+
+
+def test_contacts_without_a_known_company_country_are_counted(visits_run):
+    out, _, _ = visits_run
+    (report_path,) = out.glob("_reports/visits-*.json")
+    report = json.loads(report_path.read_text())
+    unknown = [
+        e for e, (_ip, region) in VISITORS.items() if region == "OTHER" and not contacts_kept(e)
+    ]
+    unknown = [e for e in unknown if e not in RESTRICTED_COMPANIES]
+    assert unknown == ["rs"]
+    assert report["suppressed"]["company_country_unknown"] == len(unknown)
+    # the snapshot's rows of companies in the EEA/UK (DE twice, UK, EL, FX) were never loaded
+    assert report["enrichment"]["snapshot_contact_rows_dropped"] == 5
 
 
 def test_restricted_contacts_never_anywhere(visits_run):
     out, _, _ = visits_run
     text = decoded_text(out)
-    for event_id, (_ip, region) in VISITORS.items():
-        if region != "OTHER" or event_id == "us-de-company":
+    for event_id in VISITORS:
+        if not contacts_kept(event_id):
             assert f"{event_id}@input-contact.example" not in text, event_id
     assert "snap-business_email-0" not in text  # DE company's contacts, for a DE visitor
     assert "snap-business_email-3" not in text  # DE company's contacts, for a US visitor
+    for i in (100, 101, 102):  # the UK, EL and FX companies' contacts
+        assert f"snap-business_email-{i}" not in text
 
 
 def test_secrets_never_anywhere(visits_run):
@@ -332,10 +380,11 @@ def test_http_enrichment_end_to_end(tmp_path):
     restricted IPs are never asked for contact data, a leaked contact is not kept, the API key
     comes from the environment and never appears in any output."""
     inputs = write_inputs(tmp_path)
+    spelt = {"us-uk-company": "UK", "us-el-company": " el ", "us-fx-company": "fx"}
     companies = {
         ip: {
             "company_name": f"Web {event_id}",
-            "company_country": "US",
+            "company_country": spelt.get(event_id, "US"),
             "business_phone": f"+1-{event_id}",
             "business_email": f"web-{event_id}@api.example",
         }
@@ -383,8 +432,76 @@ def test_http_enrichment_end_to_end(tmp_path):
     text = decoded_text(tmp_path / "out") + done.stdout + done.stderr
     assert api_key not in text
     for event_id, (_ip, region) in VISITORS.items():
-        if region != "OTHER":
+        if region != "OTHER" or event_id in spelt:
             assert f"web-{event_id}@api.example" not in text
+    for event_id in spelt:
+        assert corporate[event_id]["company_name"] == f"Web {event_id}"
+        assert corporate[event_id]["business_phone"] is None
+        assert "direct_marketing" not in corporate[event_id]["purposes"]
     (report,) = (tmp_path / "out").glob("_reports/visits-*.json")
     enrichment = json.loads(report.read_text())["enrichment"]
     assert enrichment["retries"] >= 2 and enrichment.get("failed", 0) == 0
+
+
+def test_a_slow_drip_endpoint_cannot_hang_the_run(tmp_path):
+    """A server that announces a large body and sends a byte a second: with a 1 s timeout and
+    no retry the run ends in bounded time, every visit written unenriched and counted."""
+    inputs = write_inputs(tmp_path)
+    with AroundDealServer({}, default_action=Action(drip=1.0)) as server:
+        started = time.monotonic()
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pipelines.visits",
+                f"--input={inputs['visits']}",
+                f"--output={tmp_path / 'out'}",
+                f"--geoip_db={inputs['mmdb']}",
+                f"--enrichment_url={server.url}",
+                "--enrichment_timeout=1",
+                "--enrichment_max_retries=0",
+                "--runner=FnApiRunner",
+                "--run_time=2026-11-29T00:00:00Z",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=170,
+            env={**os.environ, "AROUNDDEAL_API_KEY": "k"},
+        )
+        elapsed = time.monotonic() - started
+        requests = server.requests
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert requests, "the endpoint was asked"
+    assert elapsed < 90, elapsed
+    (report_path,) = (tmp_path / "out").glob("_reports/visits-*.json")
+    report = json.loads(report_path.read_text())
+    good = len(VISITORS) + 4
+    assert report["counts"]["written"]["website_visit"] == good
+    assert report["reconciliation"]["reconciled"] is True
+    looked_up = report["enrichment"]["failed"]
+    assert looked_up == good - report["enrichment"].get("invalid_ip", 0)
+    rows = read_rows(tmp_path / "out")["parquet"]
+    assert all(r["company_name"] is None for r in by_id(rows, "corporate_visitor_info").values())
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("--enrichment_url=http://arounddeal.example/v1/lookup", "https"),
+        ("--enrichment_url=http://10.1.2.3/v1/lookup", "https"),
+    ],
+)
+def test_plain_http_endpoints_are_refused_at_startup(tmp_path, flag, message):
+    inputs = write_inputs(tmp_path)
+    done = run_cli(
+        "pipelines.visits",
+        f"--input={inputs['visits']}",
+        f"--output={tmp_path / 'out'}",
+        flag,
+        expect_ok=False,
+        env={**os.environ, "AROUNDDEAL_API_KEY": "k"},
+    )
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], done.stderr
+    assert not (tmp_path / "out").exists()

@@ -84,6 +84,10 @@ def test_eea_uk_list_is_the_projects_own():
         assert policy.region_for(code) == "OTHER"
     assert len(eea) == 27 + 7 + 3 + 1 + 1
     assert policy.region_for(None) == "UNKNOWN"
+    for alias in ("UK", " uk ", "EL", "FX"):  # the aliases in real use: one decision, closed
+        assert policy.region_for(alias) == "EEA_UK", alias
+    for not_a_country in ("ZZ", "AP", "", "  ", "XX"):
+        assert policy.region_for(not_a_country) == "UNKNOWN", not_a_country
     assert policy.is_restricted("UNKNOWN") and policy.is_restricted("EEA_UK")
     assert policy.is_restricted("NO_SUCH_REGION")  # fail closed
     assert not policy.is_restricted("OTHER")
@@ -166,6 +170,10 @@ def _break(doc, path, value):
         (("regions", "UNKNOWN", "restricted"), False, "fail closed"),
         (("regions", "EEA_UK", "countries"), ["DE", False], "quote it"),
         (("regions", "OTHER"), KeyError, "region OTHER must be declared"),
+        (("regions", "EEA_UK", "countries"), ["DE", "UK"], "UK is read as GB"),
+        (("regions", "EEA_UK", "countries"), ["DE", "de"], "must be a 2-letter code"),
+        (("regions", "OTHER", "restricted"), True, "regions.OTHER.restricted"),
+        (("regions", "EEA_UK", "restricted"), False, "only OTHER is unrestricted"),
         (("never_in_clear", "secrets"), [], "must not be empty"),
         (("dead_letters", "retention"), {"rule": "until_opt_out"}, "fixed retention"),
         (("categories", "audio_video_content", "fields"), ["audio"], "never_store"),
@@ -176,6 +184,14 @@ def test_malformed_policy_fails_with_the_path(doc, path, value, message):
         parse_policy(_break(doc, path, value), source="broken.yaml")
     assert message in str(err.value)
     assert "broken.yaml" in str(err.value)
+
+
+def test_every_restricted_region_must_say_what_it_forbids(doc):
+    """A restricted region that a category with regional restrictions does not mention would
+    forbid nothing there: refused, so that declaring a region can never open a gap."""
+    broken = _break(doc, ("regions", "CH_FADP"), {"restricted": True, "countries": ["CH"]})
+    with pytest.raises(PolicyError, match="CH_FADP"):
+        parse_policy(broken)
 
 
 def test_every_problem_is_reported_at_once(doc):

@@ -7,7 +7,10 @@ there, how far apart the requests were.
 
 Scripting: :meth:`AroundDealServer.script` queues one :class:`Action` per coming request (in
 arrival order); once the queue is empty every request gets the normal answer. ``delay`` is
-applied before answering (a delay longer than the client's read timeout is a timeout for it).
+applied before answering (a delay longer than the client's read timeout is a timeout for it);
+``drip`` announces a large body and sends it one byte per ``drip`` seconds (no single read ever
+waits long, so only a deadline over the whole response stops the client); ``redirect_to`` answers
+``307`` with that ``Location`` (a client that follows it re-posts the batch there).
 
 Usage::
 
@@ -56,6 +59,10 @@ class Action:
     retry_after: value of a ``Retry-After`` header, if any.
     body: raw bytes to send instead of the normal answer (malformed responses).
     drop: close the connection without answering (a connection error for the client).
+    drip: seconds between the bytes of a slow-drip answer (0: answer at once): the headers
+      announce a megabyte, then one byte comes every ``drip`` seconds until the client gives up
+      or the server stops.
+    redirect_to: answer ``307 Temporary Redirect`` to this URL.
     """
 
     status: int = 200
@@ -63,6 +70,8 @@ class Action:
     retry_after: str | None = None
     body: bytes | None = None
     drop: bool = False
+    drip: float = 0.0
+    redirect_to: str | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +94,7 @@ class _State:
     omit_ids: frozenset[str] = frozenset()
     extra_keys: dict[str, Any] = field(default_factory=dict)
     default_delay: float = 0.0
+    default_action: Action | None = None
     actions: deque[Action] = field(default_factory=deque)
     requests: list[RecordedRequest] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -107,7 +117,8 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             body = raw
         with state.lock:
-            action = state.actions.popleft() if state.actions else Action()
+            action = state.actions.popleft() if state.actions else state.default_action
+            action = action or Action()
             state.requests.append(
                 RecordedRequest(
                     self.path, dict(self.headers.items()), body, time.monotonic(), action
@@ -119,6 +130,15 @@ class _Handler(BaseHTTPRequestHandler):
         if action.drop:
             self.close_connection = True
             self.connection.shutdown(2)
+            return
+        if action.redirect_to is not None:
+            self.send_response(307)
+            self.send_header("Location", action.redirect_to)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if action.drip:
+            self._drip(action.drip)
             return
         if action.status != 200 or action.body is not None:
             payload = action.body if action.body is not None else b'{"error":"scripted"}'
@@ -143,6 +163,25 @@ class _Handler(BaseHTTPRequestHandler):
                     result[key] = value
             results.append(result)
         return {"results": results}
+
+    def _drip(self, interval: float) -> None:
+        """A 200 that announces 1 MiB and sends one byte per ``interval`` until the client goes
+        away or the server stops."""
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(1 << 20))
+        self.end_headers()
+        self.wfile.flush()
+        stopping = self.server.state.stopping
+        try:
+            self.wfile.write(b"{")
+            self.wfile.flush()
+            while not stopping.wait(interval):
+                self.wfile.write(b" ")
+                self.wfile.flush()
+        except OSError:
+            pass  # the client gave up
 
     def _send(self, status: int, payload: bytes, retry_after: str | None) -> None:
         self.send_response(status)
@@ -174,9 +213,15 @@ class AroundDealServer:
         *,
         leak_contact: bool = False,
         default_delay: float = 0.0,
+        default_action: Action | None = None,
     ) -> None:
+        """``default_action`` answers every request that no scripted action is queued for
+        (e.g. ``Action(drip=1.0)``: a server that only ever drips)."""
         self._state = _State(
-            dict(companies or {}), leak_contact=leak_contact, default_delay=default_delay
+            dict(companies or {}),
+            leak_contact=leak_contact,
+            default_delay=default_delay,
+            default_action=default_action,
         )
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None

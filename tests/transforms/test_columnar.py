@@ -36,7 +36,11 @@ from transforms.validation import record_schema
 
 T = 1_790_000_000 * 1_000_000
 TEXTS = st.sampled_from([None, "", " ", "\u3000", "\t x", "x", " Jane ", "jane@corp.example"])
-COUNTRIES = st.sampled_from([None, "", "DE", "de", "US", "GB", "XX1", " us "])
+# Company countries in every form the one country decision must read alike: codes, aliases,
+# other spellings and values that are not countries.
+COUNTRIES = st.sampled_from(
+    [None, "", " ", "DE", "de", "US", "GB", "XX1", " us ", "UK", "el", "FX", "ZZ", "\uff27\uff22"]
+)
 REGIONS = st.sampled_from([None, "EEA_UK", "OTHER", "UNKNOWN", "MARS"])
 
 
@@ -156,7 +160,7 @@ def test_geolocate_table_is_geolocate_records(policy, counted, ips):
     records = [{"event_id": f"e-{i}", "ip": ip} for i, ip in enumerate(ips)]
     schema = pa.schema([("event_id", pa.string()), ("ip", pa.string())])
     listed, tabled = _both(
-        lambda: GeolocateFn(bundled("country.mmdb"), policy.restricted_countries),
+        lambda: GeolocateFn(bundled("country.mmdb"), policy),
         records,
         schema,
         counted,
@@ -197,21 +201,34 @@ def test_enrichment_join_and_restrict_on_a_table_are_the_record_path(
     records, schema = _visits(data.draw(_rows(contact_fields)))
     pool = data.draw(st.lists(RESULTS, min_size=1, max_size=4))  # shared, as a memo gives
     responses = [data.draw(st.sampled_from(pool)) for _ in records]
-    eea_uk = policy.restricted_countries
     outcomes = []
     for batch in (records, TableBatch(pa.Table.from_pylist(records, schema=schema))):
         counted.clear()
-        join = JoinAroundDeal(COMPANY, contact_fields, eea_uk)
+        join = JoinAroundDeal(COMPANY, contact_fields, policy)
         joined = join.batch(batch, responses)
-        restricted = RestrictContactsByCompanyCountry(contact_fields, eea_uk).batch(joined)
+        restricted = RestrictContactsByCompanyCountry(contact_fields, policy).batch(joined)
         outcomes.append((sorted(map(_normal, records_of(restricted))), dict(counted)))
+    assert outcomes[1] == outcomes[0]
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_company_country_rule_on_a_table_is_the_record_path(policy, contact_fields, counted, data):
+    """Rows that already carry a company country (in any spelling, or none): the contact gate
+    on columns keeps and drops exactly what it does record by record, with the same counts."""
+    records, schema = _visits(data.draw(_rows(contact_fields, company=True)))
+    outcomes = []
+    for batch in (Batch(records), TableBatch(pa.Table.from_pylist(records, schema=schema))):
+        counted.clear()
+        out = RestrictContactsByCompanyCountry(contact_fields, policy).batch(batch)
+        outcomes.append((sorted(map(_normal, records_of(out))), dict(counted)))
     assert outcomes[1] == outcomes[0]
 
 
 def test_the_join_plans_outlive_a_batch_only_while_their_result_does(policy, contact_fields):
     """A plan is kept per result object; a new result at a recycled address is never taken
     for the old one."""
-    join = JoinAroundDeal(COMPANY, contact_fields, policy.restricted_countries)
+    join = JoinAroundDeal(COMPANY, contact_fields, policy)
     table = TableBatch(pa.table({"event_id": ["a"], "region": ["OTHER"]}))
     for company in ("ACME", "Initech", "Globex"):
         result = LookupResult(MATCHED, {"company_name": company}, contact_requested=True)

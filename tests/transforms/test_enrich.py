@@ -13,10 +13,10 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from schemas.policy import load_policy
 from tests.support.arounddeal_server import (
     COMPANY_FIELDS,
     CONTACT_FIELDS,
-    EEA_UK,
     Action,
     AroundDealServer,
 )
@@ -31,6 +31,7 @@ from transforms.enrichment.http_client import MODE_COMPANY, MODE_COMPANY_CONTACT
 from transforms.enrichment.snapshot import SnapshotHandler
 
 KEY_ENV = "AROUNDDEAL_PIPELINE_TEST_KEY"
+POLICY = load_policy()
 
 US_CO = {
     "company_name": "Acme",
@@ -49,7 +50,7 @@ def visit(event_id: str, ip: str | None, region: str, **extra) -> dict:
 
 
 def join() -> JoinAroundDeal:
-    return JoinAroundDeal(COMPANY_FIELDS, CONTACT_FIELDS, EEA_UK)
+    return JoinAroundDeal(COMPANY_FIELDS, CONTACT_FIELDS, POLICY)
 
 
 def matched(fields: dict, contact_requested: bool = True) -> LookupResult:
@@ -100,7 +101,18 @@ def test_join_refuses_contacts_of_an_eea_company() -> None:
     assert out == {**visit("e1", "203.0.113.7", "OTHER"), **DE_CO}
 
 
-@pytest.mark.parametrize("country", [None, "", "Germany", "USA", "d"])
+@pytest.mark.parametrize("country", ["UK", " uk ", "EL", "FX", "\uff27\uff22", "XI", "EU", "EZ"])
+def test_join_refuses_contacts_of_a_company_under_any_restricted_spelling(country) -> None:
+    """UK, EL (Greece in EU usage) and FX (metropolitan France) are the EEA/UK too."""
+    company = {**US_CO, "company_country": country}
+    out = join()(visit("e1", "203.0.113.7", "OTHER"), matched({**company, **CONTACT}))
+    assert not set(out) & set(CONTACT_FIELDS)
+    assert RestrictContactsByCompanyCountry(CONTACT_FIELDS, POLICY)(
+        {**visit("e1", "203.0.113.7", "OTHER"), **company, **CONTACT}
+    ) == {**visit("e1", "203.0.113.7", "OTHER"), **company}
+
+
+@pytest.mark.parametrize("country", [None, "", "Germany", "USA", "d", "ZZ", "XX", "AP"])
 def test_join_refuses_contacts_without_a_known_company_country(country) -> None:
     company = {**US_CO, "company_country": country}
     out = join()(visit("e1", "203.0.113.7", "OTHER"), matched({**company, **CONTACT}))
@@ -130,28 +142,45 @@ def test_join_accepts_a_plain_mapping_from_a_foreign_handler() -> None:
     assert out["job_title"] == "CTO"
 
 
-def test_join_requires_an_eea_uk_set() -> None:
-    with pytest.raises(ValueError, match="EEA/UK"):
-        JoinAroundDeal(COMPANY_FIELDS, CONTACT_FIELDS, frozenset())
-
-
-def test_restrict_by_company_country_removes_every_contact_field() -> None:
-    rule = RestrictContactsByCompanyCountry(CONTACT_FIELDS, EEA_UK)
+def test_restrict_by_company_country_removes_every_contact_field(counted) -> None:
+    rule = RestrictContactsByCompanyCountry(CONTACT_FIELDS, POLICY)
     record = {**visit("e1", "203.0.113.7", "OTHER"), **DE_CO, **CONTACT}
     out = rule(record)
     assert out == {**visit("e1", "203.0.113.7", "OTHER"), **DE_CO}
     assert record["contact_name"] == "Ada Example"  # not mutated
     us_record = {**visit("e2", "203.0.113.8", "OTHER"), **US_CO, **CONTACT}
     assert rule(us_record) == us_record
-    no_company = {**visit("e3", "203.0.113.9", "OTHER"), **CONTACT}
-    assert rule(no_company) == no_company
+    assert counted == {
+        "enrichment.company_country_restricted": 1,
+        "enrichment.contact_fields_discarded": len(CONTACT),
+    }
+
+
+@pytest.mark.parametrize("country", [None, "", "  ", "ZZ", "Narnia"])
+def test_contacts_from_the_record_without_a_known_company_country_are_dropped_and_counted(
+    counted, country
+) -> None:
+    """The producer's own contact fields pass the same gate as AroundDeal's: no company
+    country that is known and unrestricted, no contact data; the drop is counted for the
+    report's ``suppressed`` section."""
+    rule = RestrictContactsByCompanyCountry(CONTACT_FIELDS, POLICY)
+    record = {**visit("e3", "203.0.113.9", "OTHER"), "company_country": country, **CONTACT}
+    assert rule(record) == {**visit("e3", "203.0.113.9", "OTHER"), "company_country": country}
+    assert counted == {
+        "suppressed.company_country_unknown": 1,
+        "enrichment.contact_fields_discarded": len(CONTACT),
+    }
+    counted.clear()
+    bare = {**visit("e4", "203.0.113.9", "OTHER"), "company_country": country}
+    assert rule(bare) == bare
+    assert counted == {}  # nothing to drop, nothing counted
 
 
 # -- build_handler ---------------------------------------------------------------------------
 
 
 def test_build_handler_picks_the_source() -> None:
-    kwargs = {"company_fields": COMPANY_FIELDS, "contact_fields": CONTACT_FIELDS}
+    kwargs = {"company_fields": COMPANY_FIELDS, "contact_fields": CONTACT_FIELDS, "policy": POLICY}
     assert build_handler(None, None, **kwargs) is None
     assert build_handler("", "", **kwargs) is None
     snapshot = build_handler("gs://bucket/arounddeal.csv", None, batch_size=50, **kwargs)
@@ -184,7 +213,7 @@ def records() -> list[dict]:
         visit("us-eea-visitor", "203.0.113.7", "EEA_UK"),
         visit("us-unknown-region", "::ffff:203.0.113.7", "UNKNOWN"),
         visit("de-company", "192.0.2.10", "OTHER", contact_name="Input Contact"),
-        visit("no-match", "198.51.100.1", "OTHER", contact_name="Kept Contact"),
+        visit("no-match", "198.51.100.1", "OTHER", contact_name="Dropped Contact"),
         visit("bad-ip", "not-an-ip", "OTHER"),
         visit("input-wins", "203.0.113.7", "OTHER", company_name="Acme Corp"),
     ]
@@ -197,7 +226,7 @@ def expected() -> list[dict]:
         {**r["us-eea-visitor"], **US_CO},
         {**r["us-unknown-region"], **US_CO},
         {**visit("de-company", "192.0.2.10", "OTHER"), **DE_CO},
-        {**r["no-match"], **NO_COMPANY},
+        {**visit("no-match", "198.51.100.1", "OTHER"), **NO_COMPANY},  # no company country
         {**r["bad-ip"], **NO_COMPANY},
         {**r["input-wins"], **US_CO, "company_name": "Acme Corp", **CONTACT},
     ]
@@ -208,7 +237,7 @@ def run_enrich(handler) -> dict[str, int]:
     out = (
         pipeline
         | beam.Create(records())
-        | "EnrichAroundDeal" >> EnrichAroundDeal(handler, COMPANY_FIELDS, CONTACT_FIELDS, EEA_UK)
+        | "EnrichAroundDeal" >> EnrichAroundDeal(handler, COMPANY_FIELDS, CONTACT_FIELDS, POLICY)
     )
     assert_that(out, equal_to(expected()))
     result = pipeline.run()
@@ -228,7 +257,7 @@ def write_snapshot(path: Path) -> str:
 
 def test_enrich_with_the_snapshot_in_a_pipeline(tmp_path: Path) -> None:
     handler = SnapshotHandler(
-        write_snapshot(tmp_path / "ad.csv"), COMPANY_FIELDS, CONTACT_FIELDS, batch_size=3
+        write_snapshot(tmp_path / "ad.csv"), COMPANY_FIELDS, CONTACT_FIELDS, POLICY, batch_size=3
     )
     found = run_enrich(handler)
     assert found["enrichment.calls"] == 6  # every record with a usable IP
@@ -238,8 +267,11 @@ def test_enrich_with_the_snapshot_in_a_pipeline(tmp_path: Path) -> None:
     assert found["enrichment.invalid_ip"] == 1
     assert found["enrichment.contact_blocked"] == 2
     assert found["enrichment.company_country_restricted"] == 1
-    # The DE company's 3 response contacts refused in the join + the input contact removed.
-    assert found["enrichment.contact_fields_discarded"] == 4
+    # The DE company's contacts never left the snapshot loader (its row is counted once);
+    # the input contacts of the DE company's visitor and of the unmatched one were removed.
+    assert found["enrichment.snapshot_contact_rows_dropped"] == 1
+    assert found["enrichment.contact_fields_discarded"] == 2
+    assert found["suppressed.company_country_unknown"] == 1
 
 
 COMPANIES = {
@@ -278,6 +310,7 @@ def test_enrich_over_http_in_a_pipeline(monkeypatch: pytest.MonkeyPatch) -> None
     assert found["enrichment.calls"] == len(server.requests)
     # The server leaked contacts for the company-only items; they were discarded and counted.
     assert found["enrichment.contact_fields_discarded"] >= len(CONTACT)
+    assert found["suppressed.company_country_unknown"] == 1  # the unmatched visitor's contact
 
 
 def test_failed_lookups_still_flow_through_the_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -299,10 +332,14 @@ def test_failed_lookups_still_flow_through_the_pipeline(monkeypatch: pytest.Monk
         out = (
             pipeline
             | beam.Create(inputs)
-            | EnrichAroundDeal(handler, COMPANY_FIELDS, CONTACT_FIELDS, EEA_UK)
+            | EnrichAroundDeal(handler, COMPANY_FIELDS, CONTACT_FIELDS, POLICY)
         )
-        # Every record comes out, unenriched: company fields empty (the input's own value wins).
-        unenriched = [{**NO_COMPANY, **record} for record in inputs]
+        # Every record comes out, unenriched: company fields empty (the input's own value wins),
+        # and without the input's contact fields, since no company country is known.
+        unenriched = [
+            {**NO_COMPANY, **{k: v for k, v in record.items() if k not in CONTACT_FIELDS}}
+            for record in inputs
+        ]
         assert_that(out, equal_to(unenriched))
         result = pipeline.run()
         result.wait_until_finish()
@@ -321,6 +358,14 @@ def test_without_a_handler_only_the_company_country_rule_applies() -> None:
         out = (
             pipeline
             | beam.Create(inputs)
-            | EnrichAroundDeal(None, COMPANY_FIELDS, CONTACT_FIELDS, EEA_UK)
+            | EnrichAroundDeal(None, COMPANY_FIELDS, CONTACT_FIELDS, POLICY)
         )
-        assert_that(out, equal_to([{**visit("e1", "203.0.113.7", "OTHER"), **DE_CO}, inputs[1]]))
+        assert_that(
+            out,
+            equal_to(
+                [
+                    {**visit("e1", "203.0.113.7", "OTHER"), **DE_CO},
+                    visit("e2", "203.0.113.8", "OTHER"),  # no company country: no contacts
+                ]
+            ),
+        )

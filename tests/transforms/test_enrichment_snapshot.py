@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from schemas.policy import load_policy
 from tests.support.arounddeal_server import COMPANY_FIELDS, CONTACT_FIELDS
 from transforms.enrichment import MATCHED, NO_MATCH, LookupResult, ipv4_int, parse_ip
 from transforms.enrichment.snapshot import (
@@ -24,6 +25,7 @@ from transforms.enrichment.snapshot import (
 )
 
 HEADER = ("network", *COMPANY_FIELDS, *CONTACT_FIELDS)
+POLICY = load_policy()
 
 
 def company(name: str, country: str = "US", **contact: str) -> dict[str, str]:
@@ -68,7 +70,7 @@ def snapshot_path(tmp_path: Path) -> str:
 
 
 def handler_for(path: str, **kwargs) -> SnapshotHandler:
-    return SnapshotHandler(path, COMPANY_FIELDS, CONTACT_FIELDS, **kwargs)
+    return SnapshotHandler(path, COMPANY_FIELDS, CONTACT_FIELDS, POLICY, **kwargs)
 
 
 def visit(ip: str | None, region: str | None = "OTHER", **extra) -> dict:
@@ -141,6 +143,35 @@ def test_restricted_visitor_gets_company_fields_only(snapshot_path: str, region)
     assert not set(result.fields) & set(CONTACT_FIELDS)
 
 
+RESTRICTED_ROWS = [
+    {"network": "192.0.2.0/26", **company("Berlin", "DE", **CONTACT)},
+    {"network": "192.0.2.64/26", **company("London", " uk ", **CONTACT)},
+    {"network": "192.0.2.128/26", **company("Athens", "EL", **CONTACT)},
+    {"network": "192.0.2.192/27", **company("Nowhere", "", **CONTACT)},
+    {"network": "192.0.2.224/27", **company("Unplaced", "ZZ", **CONTACT)},
+    {"network": "198.18.0.0/24", **company("Austin", "US", **CONTACT)},
+    {"network": "198.18.1.0/24", **company("Quiet", "DE")},  # nothing to drop
+]
+
+
+def test_contacts_of_restricted_or_unknown_companies_are_never_loaded(tmp_path: Path) -> None:
+    """ "We do not receive ... EEA and UK based companies corporate contact information": the
+    loader drops those contact columns as it reads the file (and those of companies of no known
+    country), so not even an unrestricted visitor's lookup can find them; it counts the rows."""
+    path = write_csv(tmp_path / "mixed.csv", RESTRICTED_ROWS)
+    with handler_for(path) as handler:
+        results = {ip: lookup(handler, ip) for ip in ("192.0.2.1", "192.0.2.65", "192.0.2.129")}
+        results.update({ip: lookup(handler, ip) for ip in ("192.0.2.193", "192.0.2.225")})
+        for ip, result in results.items():
+            assert result.status == MATCHED, ip
+            assert not set(result.fields) & set(CONTACT_FIELDS), ip
+        assert lookup(handler, "198.18.0.1").fields == company("Austin", "US", **CONTACT)
+        assert handler.contact_rows_dropped() == 5
+        stored = repr(handler._snapshot.index._tables)
+    assert "ada@example.test" in stored  # the US company's contact is there
+    assert stored.count("ada@example.test") == 1
+
+
 def test_empty_cells_are_absent(snapshot_path: str) -> None:
     with handler_for(snapshot_path) as handler:
         result = lookup(handler, "198.51.100.9")
@@ -180,7 +211,7 @@ def test_undeclared_columns_are_ignored(tmp_path: Path) -> None:
 
 
 def test_policy_with_fewer_fields_reads_only_those(snapshot_path: str) -> None:
-    with SnapshotHandler(snapshot_path, ("company_name",), ("job_title",)) as handler:
+    with SnapshotHandler(snapshot_path, ("company_name",), ("job_title",), POLICY) as handler:
         result = lookup(handler, "10.1.2.3")
     assert result.fields == {"company_name": "TwentyFour", "job_title": "CTO"}
 
@@ -287,9 +318,9 @@ def test_pickled_handler_does_not_carry_the_index(snapshot_path: str) -> None:
 
 def test_constructor_validates() -> None:
     with pytest.raises(ValueError, match="path"):
-        SnapshotHandler("", COMPANY_FIELDS, CONTACT_FIELDS)
+        SnapshotHandler("", COMPANY_FIELDS, CONTACT_FIELDS, POLICY)
     with pytest.raises(ValueError, match="batch_size"):
-        SnapshotHandler("x.csv", COMPANY_FIELDS, CONTACT_FIELDS, batch_size=-1)
+        SnapshotHandler("x.csv", COMPANY_FIELDS, CONTACT_FIELDS, POLICY, batch_size=-1)
 
 
 # -- the prefix index against a brute-force scan ---------------------------------------------

@@ -16,6 +16,7 @@ import geoip2.database
 import geoip2.errors
 import maxminddb
 import pytest
+import yaml
 from apache_beam.io.localfilesystem import LocalFileSystem
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
@@ -26,6 +27,13 @@ from mmdb_writer import MMDBWriter
 from netaddr import IPSet
 
 import pipelines
+from schemas.policy import (
+    OTHER_REGION,
+    UNKNOWN_REGION,
+    default_policy_path,
+    load_policy,
+    parse_policy,
+)
 from tests.support.mmdb import (
     build_city_mmdb,
     build_country_mmdb,
@@ -34,54 +42,17 @@ from tests.support.mmdb import (
 )
 from transforms import geo
 from transforms.geo import (
-    REGION_EEA_UK,
-    REGION_OTHER,
-    REGION_UNKNOWN,
     CountryLookup,
     Geolocate,
     GeolocateFn,
     _public_address,
     clear_shared_lookups,
-    region_for,
     shared_lookup,
 )
 
-# The project's EEA/UK list as the policy file holds it (the module takes it as a parameter and
-# must not own it): EU-27, the outermost regions with their own ISO codes, Åland, the EEA-EFTA
-# states, the United Kingdom and the non-ISO "EU" code some databases use.
-EU27 = frozenset(
-    [
-        "AT",
-        "BE",
-        "BG",
-        "HR",
-        "CY",
-        "CZ",
-        "DK",
-        "EE",
-        "FI",
-        "FR",
-        "DE",
-        "GR",
-        "HU",
-        "IE",
-        "IT",
-        "LV",
-        "LT",
-        "LU",
-        "MT",
-        "NL",
-        "PL",
-        "PT",
-        "RO",
-        "SK",
-        "SI",
-        "ES",
-        "SE",
-    ]
-)
-OUTERMOST_WITH_ISO = frozenset(["GF", "GP", "MQ", "RE", "YT", "MF", "AX"])
-DEFAULT_EEA_UK: frozenset[str] = EU27 | OUTERMOST_WITH_ISO | {"IS", "LI", "NO", "GB", "EU"}
+# The regions are the policy's: geo holds no country list of its own.
+POLICY = load_policy()
+REGION_EEA_UK, REGION_OTHER, REGION_UNKNOWN = "EEA_UK", OTHER_REGION, UNKNOWN_REGION
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "mmdb"
 MAXMIND_COUNTRY = FIXTURES / "GeoIP2-Country-Test.mmdb"
@@ -138,66 +109,74 @@ def written_db(request, tmp_path_factory) -> Path:
     return BUILDERS[request.param](path, NETWORKS)
 
 
-# --- region_for --------------------------------------------------------------------------------
+# --- regions come from the policy ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("code", ["DE", "FR", "IT", "PL", "SE", "IE", "CY", "MT", "HR", "BG"])
-def test_eu_member_states_are_eea_uk(code):
-    assert region_for(code, DEFAULT_EEA_UK) == REGION_EEA_UK
-
-
-@pytest.mark.parametrize("code", ["IS", "LI", "NO"])
-def test_eea_efta_states_are_eea_uk(code):
-    assert region_for(code, DEFAULT_EEA_UK) == REGION_EEA_UK
-
-
-@pytest.mark.parametrize("code", ["GF", "GP", "MQ", "RE", "YT", "MF", "AX"])
-def test_outermost_regions_with_own_iso_codes_are_eea_uk(code):
-    assert region_for(code, DEFAULT_EEA_UK) == REGION_EEA_UK
-
-
-def test_united_kingdom_and_the_non_iso_eu_code_are_eea_uk():
-    assert region_for("GB", DEFAULT_EEA_UK) == REGION_EEA_UK
-    assert region_for("EU", DEFAULT_EEA_UK) == REGION_EEA_UK
-
-
-@pytest.mark.parametrize(
-    "code",
-    ["CH", "RS", "UA", "TR", "AD", "MC", "SM", "VA", "GI", "JE", "IM", "FO", "GL", "BY", "GG"],
-)
-def test_near_europe_outside_the_eea_is_other(code):
-    assert region_for(code, DEFAULT_EEA_UK) == REGION_OTHER
-
-
-@pytest.mark.parametrize("code", ["US", "CN", "JP", "BR", "AP", "ZZ"])
-def test_rest_of_the_world_is_other(code):
-    assert region_for(code, DEFAULT_EEA_UK) == REGION_OTHER
-
-
-@pytest.mark.parametrize("code", [None, "", "   "])
-def test_no_country_is_unknown(code):
-    assert region_for(code, DEFAULT_EEA_UK) == REGION_UNKNOWN
-
-
-def test_region_for_normalises_case():
-    assert region_for("de", DEFAULT_EEA_UK) == REGION_EEA_UK
-    assert region_for(" gb ", DEFAULT_EEA_UK) == REGION_EEA_UK
-
-
-def test_the_country_set_comes_from_the_caller():
-    only_ch = frozenset({"CH"})
-    assert region_for("CH", only_ch) == REGION_EEA_UK
-    assert region_for("DE", only_ch) == REGION_OTHER
-    assert region_for(None, frozenset()) == REGION_UNKNOWN
-    # The module must not carry its own copy of the list: the policy file owns it.
+def test_geo_has_no_country_list_and_no_region_rule_of_its_own():
+    assert not hasattr(geo, "region_for")
     assert not any(
         isinstance(value, frozenset | set) and {"DE", "FR"} <= value for value in vars(geo).values()
     )
 
 
-def test_the_test_list_has_the_project_membership():
-    assert len(EU27) == 27
-    assert len(DEFAULT_EEA_UK) == 27 + 7 + 3 + 1 + 1
+@pytest.mark.parametrize(
+    ("answer", "country", "region"),
+    [
+        ("DE", "DE", "EEA_UK"),
+        ("UK", "GB", "EEA_UK"),  # the database's alias: one decision, the policy's
+        ("EU", "EU", "EEA_UK"),
+        ("CH", "CH", REGION_OTHER),
+        ("ZZ", None, REGION_UNKNOWN),  # the bundled database's "unknown"
+        ("AP", None, REGION_UNKNOWN),
+        ("A1", None, REGION_UNKNOWN),
+        ("XK", None, REGION_UNKNOWN),
+    ],
+)
+def test_database_answers_are_placed_by_the_policy(registry, tmp_path, answer, country, region):
+    db = build_mmdb(
+        tmp_path / "answers.mmdb",
+        {"11.0.0.0/8": {"country": {"iso_code": answer}}},
+        "GeoLite2-Country",
+    )
+    fn = GeolocateFn(str(db), POLICY, cache_size=4)
+    fn.setup()
+    ((out,),) = fn.process([_visit("v", ip="11.1.2.3")])
+    assert (out["country"], out["region"]) == (country, region)
+
+
+def test_the_bundled_database_answers_zz_somewhere_and_it_is_unknown(bundled):
+    """The IPFire data labels a few ranges ZZ; such a visitor cannot be placed."""
+    reader = maxminddb.open_database(str(BUNDLED))
+    zz = next(net for net, rec in reader if (rec or {}).get("country", {}).get("iso_code") == "ZZ")
+    ip = str(zz.network_address)
+    assert bundled.country(ip) == "ZZ"
+    assert POLICY.region_for(bundled.country(ip)) == REGION_UNKNOWN
+
+
+def test_geo_labels_by_the_policys_region_names(registry, written_db):
+    """A policy that declares another restricted region: geo names it, counts it under its own
+    name, and no longer calls its countries EEA_UK or OTHER."""
+    doc = yaml.safe_load(Path(default_policy_path()).read_text())
+    doc["regions"] = {"CH_FADP": {"restricted": True, "countries": ["CH"]}, **doc["regions"]}
+    forbidden = doc["categories"]["corporate_visitor_info"]["restrictions"][
+        "forbidden_fields_in_regions"
+    ]
+    forbidden["CH_FADP"] = list(forbidden["EEA_UK"])
+    policy = parse_policy(doc)
+    with TestPipeline(runner="FnApiRunner") as pipeline:
+        located = (
+            pipeline
+            | beam.Create([_visit("ch", ip="2a02:d000::1"), _visit("gb", ip="81.2.69.1")])
+            | "Geolocate" >> Geolocate(str(written_db), policy, cache_size=8)
+            | beam.Map(lambda r: (r["event_id"], r["region"]))
+        )
+        assert_that(located, equal_to([("ch", "CH_FADP"), ("gb", REGION_EEA_UK)]))
+    result = pipeline.result
+    counters = {
+        c.key.metric.name: c.committed
+        for c in result.metrics().query(MetricsFilter().with_namespace("compliance"))["counters"]
+    }
+    assert counters == {"region.ch_fadp": 1, "region.eea_uk": 1}
 
 
 # --- CountryLookup on MaxMind's test databases -------------------------------------------------
@@ -446,7 +425,7 @@ def test_bundled_database_is_readable_by_plain_geoip2():
 
 def test_bundled_database_regions(bundled):
     def region(ip: str) -> str:
-        return region_for(bundled.country(ip), DEFAULT_EEA_UK)
+        return POLICY.region_for(bundled.country(ip))
 
     assert region("193.99.144.80") == REGION_EEA_UK
     assert region("212.58.244.20") == REGION_EEA_UK
@@ -541,7 +520,7 @@ def test_geolocate_composite(registry, written_db):
     ]
     pipeline = TestPipeline(runner="FnApiRunner")
     visits = pipeline | "Create" >> beam.Create(VISITS)
-    located = visits | "Geolocate" >> Geolocate(str(written_db), DEFAULT_EEA_UK)
+    located = visits | "Geolocate" >> Geolocate(str(written_db), POLICY)
     assert_that(located, equal_to(expected))
     # The same elements feed both branches in a fused stage: a mutation would show here.
     assert_that(visits, equal_to(originals), label="InputsUnchanged")
@@ -557,7 +536,7 @@ def test_geolocate_composite(registry, written_db):
 
 
 def test_geolocate_fn_yields_a_new_dict(registry, written_db):
-    fn = GeolocateFn(str(written_db), DEFAULT_EEA_UK, cache_size=4)
+    fn = GeolocateFn(str(written_db), POLICY, cache_size=4)
     fn.setup()
     record = _visit("gb", ip="81.2.69.142")
     before = copy.deepcopy(record)
@@ -568,7 +547,7 @@ def test_geolocate_fn_yields_a_new_dict(registry, written_db):
 
 
 def test_geolocate_label_and_parameters(registry, written_db):
-    transform = Geolocate(str(written_db), frozenset({"CH"}), cache_size=8)
+    transform = Geolocate(str(written_db), POLICY, cache_size=8)
     with TestPipeline(runner="FnApiRunner") as pipeline:
         located = (
             pipeline
@@ -576,7 +555,7 @@ def test_geolocate_label_and_parameters(registry, written_db):
             | "Geolocate" >> transform
             | beam.Map(lambda r: (r["event_id"], r["region"]))
         )
-        assert_that(located, equal_to([("ch", REGION_EEA_UK), ("gb", REGION_OTHER)]))
+        assert_that(located, equal_to([("ch", REGION_OTHER), ("gb", REGION_EEA_UK)]))
     assert _has_label(pipeline, "Geolocate/LookupCountry")
 
 

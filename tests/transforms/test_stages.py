@@ -71,9 +71,10 @@ def _violations(policy, corporate, record):
 
 
 def test_guard_invariants(policy, corporate):
-    assert _violations(policy, corporate, visit("OTHER", **CONTACT)) == []
-    assert _violations(policy, corporate, visit("EEA_UK", **CONTACT)) == ["forbidden_field"]
-    assert _violations(policy, corporate, visit("UNKNOWN", business_phone="+1")) == [
+    assert _violations(policy, corporate, visit("OTHER", company_country="US", **CONTACT)) == []
+    us = {"company_country": "US"}
+    assert _violations(policy, corporate, visit("EEA_UK", **us, **CONTACT)) == ["forbidden_field"]
+    assert _violations(policy, corporate, visit("UNKNOWN", **us, business_phone="+1")) == [
         "forbidden_field"
     ]
     assert "unknown_region" in _violations(policy, corporate, visit(None))
@@ -81,6 +82,17 @@ def test_guard_invariants(policy, corporate):
         "restricted_company_contact"
     ]
     assert _violations(policy, corporate, visit("OTHER", company_country="DE")) == []
+
+
+@pytest.mark.parametrize("company_country", [None, "", " ", "ZZ", "XX", "Germany", " uk ", "EL"])
+def test_guard_refuses_contacts_without_a_known_unrestricted_company(
+    policy, corporate, company_country
+):
+    """Contact fields need a company country that is known and not restricted, whatever its
+    spelling: an absent one is UNKNOWN (restricted), not "nothing to check"."""
+    record = visit("OTHER", company_country=company_country, **CONTACT)
+    assert _violations(policy, corporate, record) == ["restricted_company_contact"]
+    assert _violations(policy, corporate, visit("OTHER", company_country=company_country)) == []
     assert "secret_field" in _violations(policy, corporate, visit("OTHER", UserSig="x"))
     assert _violations(policy, corporate, visit("OTHER", favourite_colour="red")) == [
         "undeclared_field"
@@ -89,7 +101,7 @@ def test_guard_invariants(policy, corporate):
 
 def test_guard_composite_routes_violations_to_masked_dead_letters(policy, corporate, dl_context):
     visit_cat = policy.category("website_visit")
-    records = [visit("OTHER", **CONTACT), visit("EEA_UK", **CONTACT)]
+    records = [visit("OTHER", company_country="US", **CONTACT), visit("EEA_UK", **CONTACT)]
     with TestPipeline(runner="FnApiRunner") as p:
         good, dead = (
             p
@@ -189,7 +201,9 @@ CONTACT_NAMES = ("contact_name", "business_email", "business_phone", "linkedin_u
 @given(
     region=REGIONS,
     contact=st.fixed_dictionaries(dict.fromkeys(CONTACT_NAMES, VALUES)),
-    company_country=st.sampled_from([None, "", "DE", "GB", "US", "CH", "EU"]),
+    company_country=st.sampled_from(
+        [None, "", " ", "DE", "GB", "US", " us ", "CH", "EU", "UK", "el", "\uff27\uff22", "ZZ"]
+    ),
 )
 def test_property_suppressed_records_never_violate_the_region_rule(
     region, contact, company_country
@@ -205,7 +219,7 @@ def test_property_suppressed_records_never_violate_the_region_rule(
     found = _violations(policy, corporate, out)
     assert "forbidden_field" not in found
     has_contact = any(out.get(f) not in (None, "") for f in CONTACT_NAMES)
-    company_restricted = bool(company_country) and policy.region_for(company_country) != "OTHER"
+    company_restricted = policy.region_for(company_country) != "OTHER"
     assert ("restricted_company_contact" in found) == (company_restricted and has_contact)
     if region != "OTHER":
         assert not has_contact

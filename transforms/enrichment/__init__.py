@@ -1,8 +1,9 @@
 """AroundDeal enrichment: "Corporate Website Visitor Information" looked up by IP address.
 
 The policy lets us receive company data for every visitor but corporate *contact* data only for
-visitors outside the EEA/UK, and never for a company based in the EEA/UK. This package turns that
-into Beam's own :class:`apache_beam.transforms.enrichment.Enrichment` with two source handlers:
+visitors outside the EEA/UK, and only for a company whose country is known and outside the
+EEA/UK (``Policy.region_for`` of its country is ``OTHER``). This package turns that into Beam's
+own :class:`apache_beam.transforms.enrichment.Enrichment` with two source handlers:
 
 - :mod:`transforms.enrichment.snapshot`: ``SnapshotHandler``, an offline CSV of networks
   (longest-prefix match, built once per worker process);
@@ -28,7 +29,10 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
+from schemas.policy import OTHER_REGION
+
 __all__ = [
+    "COMPANY_COUNTRY_FIELD",
     "FAILED",
     "MATCHED",
     "NO_MATCH",
@@ -49,7 +53,8 @@ FAILED = "failed"
 # The record fields the handlers read. The values come from Parse (ip) and Geolocate (region).
 IP_FIELD = "ip"
 REGION_FIELD = "region"
-UNRESTRICTED_REGION = "OTHER"
+# The company's own country: the snapshot loader, the join and the contact gate read it.
+COMPANY_COUNTRY_FIELD = "company_country"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +96,9 @@ class LookupResult:
 
 
 def is_restricted(record: dict[str, Any]) -> bool:
-    """Restricted = region is not ``OTHER`` (``EEA_UK`` or ``UNKNOWN``; missing fails closed)."""
-    return record.get(REGION_FIELD) != UNRESTRICTED_REGION
+    """Restricted = region is not ``OTHER``, the policy's only unrestricted region (``EEA_UK``,
+    ``UNKNOWN``, any other restricted region; a missing region fails closed)."""
+    return record.get(REGION_FIELD) != OTHER_REGION
 
 
 def parse_ip(value: object) -> IpAddress | None:

@@ -10,13 +10,16 @@ How the policy is enforced here (fail closed at every step):
    discards any contact value the source returns for a restricted one.
 2. The join (:class:`JoinAroundDeal`) builds a new record: the input record, the company fields
    (the input wins where it already has a non-empty value), and contact fields from the response
-   only if the visitor is unrestricted *and* the response names the company's country with a
-   known ISO code outside the EEA/UK. Restricted visitors keep no contact field at all, not even
-   one that came with the input. Keys the handler returns that are not company/contact fields
-   are dropped.
-3. ``RestrictByCompanyCountry`` removes every contact field from a record whose
-   ``company_country`` is in the EEA/UK set (or is not a recognisable two-letter code), whatever
-   the source of those fields.
+   only if the visitor is unrestricted *and* the company's country (the response's, and the
+   record's after the join) is ``OTHER`` by the policy's one country decision
+   (``Policy.region_for``: ``UK``, ``el`` or ``FX`` are the EEA/UK, ``ZZ`` or nothing is
+   ``UNKNOWN``). Restricted visitors keep no contact field at all, not even one that came with
+   the input. Keys the handler returns that are not company/contact fields are dropped.
+3. The contact gate (:class:`RestrictContactsByCompanyCountry`, step ``RestrictByCompanyCountry``)
+   removes every contact field from a record whose ``company_country`` is not ``OTHER`` by the
+   same decision (a restricted region, or ``UNKNOWN``: absent, empty, not a country), whatever
+   the source of those fields: AroundDeal or the producer's record. It runs with or without a
+   handler, so producer contact fields never bypass it.
 
 The handlers are never allowed to raise for a remote failure (RequestResponseIO would fail the
 pipeline): a failed lookup leaves the record unenriched, counted as ``enrichment.failed``.
@@ -26,8 +29,12 @@ including retries), ``enrichment.matched``, ``enrichment.no_match`` (including r
 usable IP, also counted as ``enrichment.invalid_ip``), ``enrichment.failed``,
 ``enrichment.contact_blocked`` (restricted records looked up, contact data not requested),
 ``enrichment.contact_fields_discarded`` (contact values dropped by this stage, from responses or
-from the input), ``enrichment.company_country_restricted``, ``enrichment.cache_hits``,
-``enrichment.retries``. Each record counts once in exactly one of matched/no_match/failed.
+from the input), ``enrichment.company_country_restricted`` (records of a company in a restricted
+region), ``suppressed.company_country_unknown`` (records whose contact fields were dropped for
+want of a known company country: the report's ``suppressed`` section),
+``enrichment.snapshot_contact_rows_dropped`` (snapshot rows loaded without their contact
+columns, once per run), ``enrichment.cache_hits``, ``enrichment.retries``. Each record counts
+once in exactly one of matched/no_match/failed.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import reduce
 from typing import Any
 
 import apache_beam as beam
@@ -47,6 +55,7 @@ from apache_beam.io.requestresponse import (
 )
 from apache_beam.transforms.enrichment import Enrichment, EnrichmentSourceHandler
 
+from schemas.policy import OTHER_REGION, UNKNOWN_REGION, Policy
 from transforms.batches import (
     BATCH_SIZE,
     AnyBatch,
@@ -57,13 +66,14 @@ from transforms.batches import (
     Unbatch,
 )
 from transforms.columns import column_or_nulls, count, not_blank, text_column, with_column
+from transforms.counters import counter
 from transforms.enrichment import (
+    COMPANY_COUNTRY_FIELD,
     FAILED,
     IP_FIELD,
     MATCHED,
     NO_MATCH,
     REGION_FIELD,
-    UNRESTRICTED_REGION,
     LookupResult,
     clean_value,
     is_restricted,
@@ -78,8 +88,6 @@ __all__ = [
     "RestrictContactsByCompanyCountry",
     "build_handler",
 ]
-
-COMPANY_COUNTRY_FIELD = "company_country"
 
 _STATUS_COUNTERS = {
     MATCHED: "enrichment.matched",
@@ -98,26 +106,24 @@ def _is_empty(value: object) -> bool:
 
 
 class _CountryRule:
-    """The EEA/UK test on a company country, shared by the join and the record-level step."""
+    """The policy's region of a company country (``Policy.region_for``), memoised per value for
+    the join and the contact gate: a handful of distinct values per run, read on every row."""
 
-    def __init__(self, eea_uk: Iterable[str]) -> None:
-        self.eea_uk = frozenset(c.strip().upper() for c in eea_uk)
-        if not self.eea_uk:
-            raise ValueError("the EEA/UK country set is empty; refusing to enrich without it")
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self._regions: dict[str | None, str] = {}
 
-    def restricted(self, value: object) -> bool:
-        """True if ``value`` names an EEA/UK country or is not a two-letter code at all.
-
-        An empty value is not restricted here: without a company country the visitor's region
-        decides (and an unknown company never passes :meth:`allowed`)."""
-        if _is_empty(value):
-            return False
-        code = str(value).strip().upper()
-        return not (len(code) == 2 and code.isascii() and code.isalpha()) or code in self.eea_uk
+    def region(self, value: object) -> str:
+        if value is not None and not isinstance(value, str):
+            return self.policy.region_for(value)  # UNKNOWN; not memoised (may be unhashable)
+        region = self._regions.get(value)
+        if region is None:
+            region = self._regions[value] = self.policy.region_for(value)
+        return region
 
     def allowed(self, value: object) -> bool:
-        """True only for a known two-letter code outside the EEA/UK."""
-        return not _is_empty(value) and not self.restricted(value)
+        """True only for a known country of no restricted region: contact data may be kept."""
+        return self.region(value) == OTHER_REGION
 
 
 def _as_result(response: Any, restricted: bool) -> LookupResult:
@@ -154,14 +160,14 @@ class JoinAroundDeal:
         self,
         company_fields: Iterable[str],
         contact_fields: Iterable[str],
-        eea_uk: Iterable[str],
+        policy: Policy,
     ) -> None:
         self.company_fields = tuple(company_fields)
         self.contact_fields = tuple(contact_fields)
         self._contact_set = frozenset(self.contact_fields)
         self._company_set = frozenset(self.company_fields)
         self._no_company = dict.fromkeys(self.company_fields)
-        self.rule = _CountryRule(eea_uk)
+        self.rule = _CountryRule(policy)
         self._plans: dict[tuple[int, bool], tuple[Any, _Plan]] = {}
         self._interned: dict[_Plan, _Plan] = {}
         self._fieldless: dict[tuple[Any, ...], _Plan] = {}
@@ -345,7 +351,7 @@ class JoinAroundDeal:
             if (
                 not restricted
                 and self.rule.allowed(fields.get(COMPANY_COUNTRY_FIELD))
-                and not self.rule.restricted(own_country)
+                and self.rule.allowed(own_country)
             ):
                 contacts = offered
             else:
@@ -361,7 +367,7 @@ class JoinAroundDeal:
         contact_allowed = (
             not restricted
             and self.rule.allowed(fields.get(COMPANY_COUNTRY_FIELD))
-            and not self.rule.restricted(record.get(COMPANY_COUNTRY_FIELD))
+            and self.rule.allowed(record.get(COMPANY_COUNTRY_FIELD))
         )
         discarded = 0
         for name in self.contact_fields:
@@ -376,11 +382,12 @@ class JoinAroundDeal:
 
 
 class RestrictContactsByCompanyCountry:
-    """Record-level rule: no contact field on a record whose company is EEA/UK-based."""
+    """The contact gate: no contact field on a record unless its company's country is known and
+    of no restricted region (``OTHER``), whether the fields came from AroundDeal or the record."""
 
-    def __init__(self, contact_fields: Iterable[str], eea_uk: Iterable[str]) -> None:
+    def __init__(self, contact_fields: Iterable[str], policy: Policy) -> None:
         self.contact_fields = frozenset(contact_fields)
-        self.rule = _CountryRule(eea_uk)
+        self.rule = _CountryRule(policy)
 
     def __call__(self, record: dict[str, Any]) -> dict[str, Any]:
         return self.batch([record])[0]
@@ -405,28 +412,41 @@ class RestrictContactsByCompanyCountry:
         }
         if countries is None or any(column is None for column in contacts.values()):
             return None
-        codes = [c for c in pc.unique(countries).to_pylist() if self.rule.restricted(c)]
-        if not codes:
+        by_region: dict[str, list[str | None]] = {}
+        for value in pc.unique(countries).to_pylist():  # None included: UNKNOWN's
+            by_region.setdefault(self.rule.region(value), []).append(value)
+        if set(by_region) <= {OTHER_REGION}:
             return table
-        rows = pc.is_in(countries, value_set=pa.array(codes, pa.string()))
+
+        def rows_of(region: str) -> pa.ChunkedArray:
+            values = pa.array(by_region.get(region, []), pa.string())
+            return pc.is_in(countries, value_set=values)  # a null row matches a None value
+
+        rows = pc.invert(rows_of(OTHER_REGION))  # contacts must go (null company included)
+        unknown = rows_of(UNKNOWN_REGION)
+        filled = {name: not_blank(column) for name, column in contacts.items()}
         tally = CounterTally()
-        tally.add("enrichment.company_country_restricted", count(rows))
+        tally.add("enrichment.company_country_restricted", count(pc.and_not(rows, unknown)))
+        if filled:
+            any_filled = reduce(pc.or_, filled.values())
+            tally.add("suppressed.company_country_unknown", count(pc.and_(unknown, any_filled)))
         for name, column in contacts.items():
-            tally.add(
-                "enrichment.contact_fields_discarded",
-                count(pc.and_(rows, not_blank(column))),
-            )
+            tally.add("enrichment.contact_fields_discarded", count(pc.and_(rows, filled[name])))
             table = with_column(table, name, pc.if_else(rows, pa.scalar(None, pa.string()), column))
         tally.flush()
         return table
 
     def _one(self, record: dict[str, Any], tally: CounterTally) -> dict[str, Any]:
-        if not self.rule.restricted(record.get(COMPANY_COUNTRY_FIELD)):
+        region = self.rule.region(record.get(COMPANY_COUNTRY_FIELD))
+        if region == OTHER_REGION:
             return record
-        tally.add("enrichment.company_country_restricted")
+        if region != UNKNOWN_REGION:
+            tally.add("enrichment.company_country_restricted")
         removed = sum(1 for k, v in record.items() if k in self.contact_fields and not _is_empty(v))
         if removed:
             tally.add("enrichment.contact_fields_discarded", removed)
+            if region == UNKNOWN_REGION:
+                tally.add("suppressed.company_country_unknown")
         return {k: v for k, v in record.items() if k not in self.contact_fields}
 
 
@@ -491,7 +511,7 @@ def _restricted_rows(table: pa.Table) -> pa.ChunkedArray | None:
     regions = text_column(table, REGION_FIELD)
     if regions is None:
         return None
-    return pc.not_equal(regions, UNRESTRICTED_REGION).fill_null(True)
+    return pc.not_equal(regions, OTHER_REGION).fill_null(True)
 
 
 def _requests(table: pa.Table) -> list[dict[str, Any]]:
@@ -512,9 +532,9 @@ class EnrichAroundDeal(beam.PTransform):
 
     Args:
       handler: a :class:`SnapshotHandler`, an :class:`HttpHandler` (see :func:`build_handler`),
-        or None to skip the lookup (the company-country rule still applies).
+        or None to skip the lookup (the contact gate still applies).
       company_fields, contact_fields: from the policy.
-      eea_uk: ISO codes of the EEA/UK set (the project's own list, from the policy).
+      policy: places the companies' countries (``Policy.region_for``).
 
     Input and output: ``PCollection[dict]``, one output record per input record; with
     ``batched``, batches of records (``transforms.batches``): each batch is one Enrichment
@@ -529,7 +549,7 @@ class EnrichAroundDeal(beam.PTransform):
         handler: EnrichmentSourceHandler | None,
         company_fields: Iterable[str],
         contact_fields: Iterable[str],
-        eea_uk: frozenset[str],
+        policy: Policy,
         *,
         batched: bool = False,
     ) -> None:
@@ -538,13 +558,19 @@ class EnrichAroundDeal(beam.PTransform):
         self._handler = handler
         self._company_fields = tuple(company_fields)
         self._contact_fields = tuple(contact_fields)
-        self._eea_uk = frozenset(eea_uk)
-        # Validate eagerly (an empty EEA/UK set must fail at construction, not on a worker).
-        self._join = JoinAroundDeal(self._company_fields, self._contact_fields, self._eea_uk)
-        self._restrict = RestrictContactsByCompanyCountry(self._contact_fields, self._eea_uk)
+        self._join = JoinAroundDeal(self._company_fields, self._contact_fields, policy)
+        self._restrict = RestrictContactsByCompanyCountry(self._contact_fields, policy)
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
         batches = records if self._batched else records | "Batch" >> Rebatch()
+        if isinstance(self._handler, SnapshotHandler):
+            # What the loader kept out of the index is a fact of the file: counted once per run,
+            # in a step of its own (the handlers load in DoFn setup, where counters are lost).
+            _ = (
+                records.pipeline
+                | "SnapshotLoad" >> beam.Create([self._handler])
+                | "CountDroppedContacts" >> beam.Map(_count_dropped_contacts)
+            )
         if self._handler is not None:
             lookup = _WholeBatch(self._handler, BATCH_SIZE)
             batches = batches | "Lookup" >> Enrichment(
@@ -561,18 +587,25 @@ class EnrichAroundDeal(beam.PTransform):
         return restricted if self._batched else restricted | "Unbatch" >> Unbatch()
 
 
+def _count_dropped_contacts(handler: SnapshotHandler) -> None:
+    counter("enrichment.snapshot_contact_rows_dropped").inc(handler.contact_rows_dropped())
+
+
 def build_handler(
     snapshot: str | None,
     url: str | None,
     *,
     company_fields: Iterable[str],
     contact_fields: Iterable[str],
+    policy: Policy,
     batch_size: int | None = None,
     **http_options: Any,
 ) -> EnrichmentSourceHandler | None:
     """The handler for the chosen source: a snapshot path, an HTTP endpoint, or neither (None).
 
-    ``http_options`` go to :class:`HttpHandler` (``api_key_env``, timeouts, rate limit...).
+    ``policy`` places the snapshot's companies (their contact columns are loaded only for
+    companies of a known, unrestricted country); ``http_options`` go to :class:`HttpHandler`
+    (``api_key_env``, timeouts, rate limit...).
     Raises ValueError if both a snapshot and a URL are given: silently preferring one would
     hide a configuration mistake.
     """
@@ -588,7 +621,7 @@ def build_handler(
                 f"AroundDeal enrichment: HTTP options {sorted(http_options)} given for a snapshot"
             )
         kwargs = {} if batch_size is None else {"batch_size": batch_size}
-        return SnapshotHandler(snapshot, company_fields, contact_fields, **kwargs)
+        return SnapshotHandler(snapshot, company_fields, contact_fields, policy, **kwargs)
     if url:
         if batch_size is not None:
             http_options["batch_size"] = batch_size

@@ -37,6 +37,18 @@ or a malformed body is not retried. When the budget or the attempts run out the 
 are ``FAILED``: the handler never raises for a remote failure, because Beam's RequestResponseIO
 turns any exception into a failed pipeline, and an unenriched record is better than none.
 
+Deadlines: a socket timeout bounds one read, not a response: a server that announces a large
+body and sends a byte a second never trips it. So each request has one deadline over the whole
+exchange (connect, TLS, headers and body: ``request_timeout``, clamped to what is left of the
+batch's budget), enforced by a timer that shuts the request's socket down when it passes (the
+blocked read then ends at once); the batch has one deadline over every attempt and wait.
+
+Where the key and the batch go: only to the configured endpoint. Redirects are never followed
+(``requests`` would re-post the body and the ``X-API-Key`` header to whatever host a ``307``
+names); a ``3xx`` fails the batch, unretried. The endpoint must be ``https://``: plain
+``http://`` would put the key and visitor IPs on the wire in clear, and is accepted only on
+loopback (``127.0.0.0/8``, ``::1``, ``localhost``), for tests.
+
 Client-side limits: a token bucket (requests per second, burst), shared by every handler of the
 process for the same endpoint; a ``Retry-After`` pauses the whole bucket. An in-process LRU cache
 of answers (by IP and mode) lives as long as the handler and is dropped in ``__exit__``: visitor
@@ -46,12 +58,15 @@ Redis).
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
+import ipaddress
 import json
 import logging
 import math
 import os
 import random
+import socket
 import threading
 import time
 from collections import OrderedDict
@@ -64,6 +79,8 @@ from urllib.parse import urlsplit
 import requests
 from apache_beam.transforms.enrichment import EnrichmentSourceHandler
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from transforms.enrichment import (
     FAILED,
@@ -83,6 +100,7 @@ __all__ = [
     "MODE_COMPANY_CONTACT",
     "HttpHandler",
     "TokenBucket",
+    "check_endpoint",
     "parse_retry_after",
 ]
 
@@ -93,6 +111,118 @@ DEFAULT_API_KEY_HEADER = "X-API-Key"
 MODE_COMPANY = "company"
 MODE_COMPANY_CONTACT = "company+contact"
 _SAFETY_MARGIN_S = 5.0
+
+
+def check_endpoint(url: str) -> None:
+    """Raise ValueError unless ``url`` is an ``https://`` URL, or ``http://`` on loopback."""
+    parts = urlsplit(url or "")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"AroundDeal endpoint must be an https:// URL, got {url!r}")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise ValueError(
+            f"AroundDeal endpoint http://{parts.hostname}: plain http would send the API key "
+            "and visitor IPs in clear; use https (http is accepted on loopback only)"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Deadline:
+    """One request's deadline over the whole exchange: when it passes, every socket the request
+    opened or used is shut down, which ends a read blocked on it at once.
+
+    The sockets are registered by the connections of :class:`_DeadlineAdapter` (a new socket as
+    it is created, before connecting; a pooled one as a request starts on it), for the deadline
+    the current thread set with ``with``."""
+
+    _current = threading.local()
+
+    def __init__(self, seconds: float) -> None:
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(max(seconds, 0.0), self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        _Deadline._current.deadline = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+        _Deadline._current.deadline = None
+
+    @classmethod
+    def watch(cls, sock: socket.socket | None) -> None:
+        """Put ``sock`` under the current thread's deadline (if any)."""
+        deadline = getattr(cls._current, "deadline", None)
+        if deadline is None or sock is None:
+            return
+        with deadline._lock:
+            deadline._sockets.append(sock)
+            expired = deadline.expired
+        if expired:
+            _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # already closed
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Watched:
+    """Connection mixin: registers its sockets with the thread's :class:`_Deadline`."""
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _Deadline.watch(sock)
+        return sock
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _Deadline.watch(self.sock)  # a pooled connection's socket (None: connects in there)
+        return super().request(*args, **kwargs)
+
+
+class _WatchedHTTPConnection(_Watched, HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_Watched, HTTPSConnection):
+    pass
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+class _DeadlineAdapter(HTTPAdapter):
+    """``requests``' adapter with connections whose sockets a :class:`_Deadline` can cut."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _WatchedHTTPPool,
+            "https": _WatchedHTTPSPool,
+        }
 
 
 class TokenBucket:
@@ -192,7 +322,7 @@ class HttpHandler(EnrichmentSourceHandler[Any, Any]):
     """Looks visit records up at the AroundDeal HTTP endpoint (protocol: module docstring).
 
     Args:
-      url: the endpoint (``http://`` or ``https://``).
+      url: the endpoint: ``https://`` (``http://`` on loopback only, for tests).
       company_fields, contact_fields: the fields to keep (from the policy); contact fields are
         requested, and kept, for unrestricted visitors only.
       batch_size: records per HTTP request (Beam's BatchElements builds the batches).
@@ -200,12 +330,16 @@ class HttpHandler(EnrichmentSourceHandler[Any, Any]):
         ``__enter__``; a missing key fails the setup with a clear error rather than sending
         thousands of unauthenticated requests.
       api_key_header: the header carrying the key.
-      connect_timeout, read_timeout: per attempt, seconds (clamped to the remaining budget).
+      connect_timeout, read_timeout: per socket operation, seconds (clamped to the request's
+        deadline).
+      request_timeout: the deadline of one request over the whole exchange (connect, headers,
+        body), seconds; default ``connect_timeout + read_timeout``.
       max_attempts: attempts per batch, the first included.
       backoff_base, backoff_cap: exponential backoff ``min(cap, base * 2**n)`` with jitter (a
         random half of it), seconds.
       max_retry_after: a longer ``Retry-After`` fails the batch instead of stalling the worker.
-      deadline: total budget per batch, seconds, waits and attempts included.
+      deadline: total budget per batch, seconds, waits and attempts included; default every
+        attempt's ``request_timeout`` plus a ``backoff_cap`` between two of them.
       requests_per_second, burst: the client-side rate limit, per worker process.
       cache_size: LRU entries of the in-process answer cache (0 disables it).
       max_response_bytes: a larger response body fails the attempt.
@@ -227,22 +361,26 @@ class HttpHandler(EnrichmentSourceHandler[Any, Any]):
         api_key_header: str = DEFAULT_API_KEY_HEADER,
         connect_timeout: float = 3.05,
         read_timeout: float = 10.0,
+        request_timeout: float | None = None,
         max_attempts: int = 4,
         backoff_base: float = 0.5,
         backoff_cap: float = 8.0,
         max_retry_after: float = 30.0,
-        deadline: float = 60.0,
+        deadline: float | None = None,
         requests_per_second: float = 10.0,
         burst: int = 1,
         cache_size: int = 65536,
         max_response_bytes: int = 16 * 1024 * 1024,
     ) -> None:
-        parts = urlsplit(url or "")
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"HttpHandler: url must be an http(s) URL, got {url!r}")
+        check_endpoint(url)
+        if request_timeout is None:
+            request_timeout = connect_timeout + read_timeout
+        if deadline is None:
+            deadline = max_attempts * request_timeout + (max_attempts - 1) * backoff_cap
         for name, value in (
             ("connect_timeout", connect_timeout),
             ("read_timeout", read_timeout),
+            ("request_timeout", request_timeout),
             ("deadline", deadline),
             ("requests_per_second", requests_per_second),
         ):
@@ -269,6 +407,7 @@ class HttpHandler(EnrichmentSourceHandler[Any, Any]):
         self.api_key_header = api_key_header
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        self.request_timeout = request_timeout
         self.max_attempts = max_attempts
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
@@ -306,7 +445,7 @@ class HttpHandler(EnrichmentSourceHandler[Any, Any]):
                 "(the API key) is not set on this worker"
             )
         session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=4, max_retries=0)
+        adapter = _DeadlineAdapter(pool_connections=1, pool_maxsize=4, max_retries=0)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         session.headers.update(
@@ -340,8 +479,8 @@ class HttpHandler(EnrichmentSourceHandler[Any, Any]):
 
     def max_call_seconds(self) -> float:
         """Upper bound for one call (a batch): every wait and attempt is kept within
-        ``deadline``; the last attempt may overrun it by at most its own timeouts."""
-        return self.deadline + self.connect_timeout + self.read_timeout + _SAFETY_MARGIN_S
+        ``deadline`` (an attempt's own deadline is clamped to what is left of it)."""
+        return self.deadline + _SAFETY_MARGIN_S
 
     def get_cache_key(self, request: Any) -> str:
         # Enrichment's Redis cache must not be used: it would persist visitor IPs beyond the run.
@@ -480,7 +619,7 @@ class HttpHandler(EnrichmentSourceHandler[Any, Any]):
                 break
             requests_made += 1
             try:
-                results = self._attempt(body, deadline, remaining)
+                results = self._attempt(body, remaining)
             except _FatalError as e:
                 reason = str(e)
                 break
@@ -510,9 +649,21 @@ class HttpHandler(EnrichmentSourceHandler[Any, Any]):
         )
         return _Outcome(None, requests_made, max(0, requests_made - 1))
 
-    def _attempt(self, body: bytes, deadline: float, remaining: float) -> dict[str, dict]:
+    def _attempt(self, body: bytes, remaining: float) -> dict[str, dict]:
+        """One request, cut at its deadline: ``request_timeout`` or what is ``remaining`` of the
+        batch's budget, whichever is sooner."""
+        budget = min(self.request_timeout, remaining)
+        with _Deadline(budget) as deadline:
+            try:
+                return self._exchange(body, budget)
+            except _RetryableError:
+                if deadline.expired:
+                    raise _RetryableError(f"no complete response within {budget:.1f}s") from None
+                raise
+
+    def _exchange(self, body: bytes, budget: float) -> dict[str, dict]:
         assert self._session is not None and self._api_key is not None
-        timeout = (min(self.connect_timeout, remaining), min(self.read_timeout, remaining))
+        timeout = (min(self.connect_timeout, budget), min(self.read_timeout, budget))
         transient = (
             requests.exceptions.Timeout,
             requests.exceptions.ConnectionError,
@@ -525,6 +676,7 @@ class HttpHandler(EnrichmentSourceHandler[Any, Any]):
                 headers={self.api_key_header: self._api_key},
                 timeout=timeout,
                 stream=True,
+                allow_redirects=False,  # the key and the batch go to this endpoint only
             )
         except transient as e:
             raise _RetryableError(type(e).__name__) from None
@@ -537,6 +689,8 @@ class HttpHandler(EnrichmentSourceHandler[Any, Any]):
                 raise _RetryableError(f"HTTP {status}", retry_after)
             if status in (401, 403):
                 raise _FatalError(f"HTTP {status} (check the API key in ${self.api_key_env})")
+            if 300 <= status < 400:
+                raise _FatalError(f"HTTP {status}: redirect refused (not sent anywhere else)")
             if status != 200:
                 raise _FatalError(f"HTTP {status}")
             try:
@@ -546,8 +700,6 @@ class HttpHandler(EnrichmentSourceHandler[Any, Any]):
                     size += len(chunk)
                     if size > self.max_response_bytes:
                         raise _FatalError(f"response larger than {self.max_response_bytes} bytes")
-                    if time.monotonic() > deadline:
-                        raise _RetryableError("time budget exhausted while reading the response")
                     chunks.append(chunk)
             except transient as e:
                 raise _RetryableError(type(e).__name__) from None

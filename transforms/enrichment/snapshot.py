@@ -10,6 +10,13 @@ The index is built once per worker process and shared by every DoFn instance (a 
 registry keyed by the file's path, size and modification time), because a snapshot can hold
 millions of networks and Beam creates one handler copy per DoFn instance.
 
+"We do not receive or process EEA and UK based companies corporate contact information": the
+loader keeps the contact columns of a row only when its company's country is known and of no
+restricted region (``Policy.region_for`` of ``company_country`` is ``OTHER``). The contact cells
+of every other row (EEA/UK companies in any spelling, companies of no known country) are dropped
+as the file is read, never indexed, and counted (:meth:`SnapshotHandler.contact_rows_dropped`,
+which ``EnrichAroundDeal`` reports once per run as ``enrichment.snapshot_contact_rows_dropped``).
+
 Restricted visitors (region != ``OTHER``) get the company columns only: the contact columns of
 the matching row are never read for them.
 """
@@ -27,7 +34,9 @@ from typing import Any
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.enrichment import EnrichmentSourceHandler
 
+from schemas.policy import OTHER_REGION, Policy
 from transforms.enrichment import (
+    COMPANY_COUNTRY_FIELD,
     IP_FIELD,
     MATCHED,
     NO_MATCH,
@@ -138,18 +147,22 @@ class PrefixIndex:
 
 
 class _Snapshot:
-    """A loaded snapshot: the index (values are ``((company, contact), line)``) and the column
-    order of the row tuples."""
+    """A loaded snapshot: the index (values are ``((company, contact), line)``), the column
+    order of the row tuples, and the number of rows whose contact cells were dropped."""
 
-    def __init__(self, index: PrefixIndex, columns: tuple[str, ...]) -> None:
+    def __init__(
+        self, index: PrefixIndex, columns: tuple[str, ...], contact_rows_dropped: int
+    ) -> None:
         self.index = index
         self.columns = columns
+        self.contact_rows_dropped = contact_rows_dropped
 
 
 def load_snapshot(
-    path: str, company_fields: Sequence[str], contact_fields: Sequence[str]
+    path: str, company_fields: Sequence[str], contact_fields: Sequence[str], policy: Policy
 ) -> _Snapshot:
-    """Reads and indexes the CSV at ``path``; raises :class:`SnapshotError` naming the line."""
+    """Reads and indexes the CSV at ``path``, without the contact cells of companies that are
+    not ``OTHER`` by ``policy``; raises :class:`SnapshotError` naming the line."""
     columns = (*company_fields, *contact_fields)
     try:
         raw = FileSystems.open(path)
@@ -158,7 +171,7 @@ def load_snapshot(
     with raw:
         reader = csv.reader(_text_lines(raw), strict=True)
         try:
-            return _index_rows(path, reader, columns, len(company_fields))
+            return _index_rows(path, reader, columns, len(company_fields), policy)
         except csv.Error as e:
             raise SnapshotError(
                 f"enrichment snapshot {path}:{reader.line_num}: malformed CSV: {e}"
@@ -187,7 +200,9 @@ def _text_lines(raw: Any) -> Iterator[str]:
         yield line.decode("utf-8")
 
 
-def _index_rows(path: str, reader: Any, columns: tuple[str, ...], n_company: int) -> _Snapshot:
+def _index_rows(
+    path: str, reader: Any, columns: tuple[str, ...], n_company: int, policy: Policy
+) -> _Snapshot:
     header = next(reader, None)
     if header is None:
         raise SnapshotError(f"enrichment snapshot {path}: empty file (no header)")
@@ -195,15 +210,20 @@ def _index_rows(path: str, reader: Any, columns: tuple[str, ...], n_company: int
     duplicated = sorted({h for h in header if header.count(h) > 1})
     if duplicated:
         raise SnapshotError(f"enrichment snapshot {path}:1: duplicate columns {duplicated}")
-    missing = [c for c in (NETWORK_COLUMN, *columns) if c not in header]
+    required = dict.fromkeys((NETWORK_COLUMN, *columns, COMPANY_COUNTRY_FIELD))
+    missing = [c for c in required if c not in header]
     if missing:
         raise SnapshotError(f"enrichment snapshot {path}:1: missing columns {missing}")
     ignored = [h for h in header if h != NETWORK_COLUMN and h not in columns]
     if ignored:
         _LOGGER.info("enrichment snapshot %s: ignoring undeclared columns %s", path, ignored)
     net_pos = header.index(NETWORK_COLUMN)
+    country_pos = header.index(COMPANY_COUNTRY_FIELD)
     positions = [header.index(c) for c in columns]
     width = len(header)
+    no_contact = (None,) * (len(columns) - n_company)
+    contacts_allowed: dict[str, bool] = {}  # per distinct country cell
+    dropped = 0
 
     index = PrefixIndex()
     # Identical rows (one company, many networks) are stored once.
@@ -224,15 +244,29 @@ def _index_rows(path: str, reader: Any, columns: tuple[str, ...], n_company: int
                 f"enrichment snapshot {path}:{line}: invalid network {cell!r}: {e}"
             ) from e
         values = tuple(clean_value(row[p]) for p in positions)
-        row = (values[:n_company], values[n_company:])
+        contact = values[n_company:]
+        country = row[country_pos]
+        allowed = contacts_allowed.get(country)
+        if allowed is None:
+            allowed = contacts_allowed[country] = policy.region_for(country) == OTHER_REGION
+        if not allowed and contact != no_contact:
+            contact = no_contact  # never received: not indexed, not kept in memory
+            dropped += 1
+        row = (values[:n_company], contact)
         row = rows.setdefault(row, row)
         if not index.add(network, (row, line)):
             raise SnapshotError(
                 f"enrichment snapshot {path}:{line}: network {network} already on line "
                 f"{index.get(network)[1]}"
             )
-    _LOGGER.info("enrichment snapshot %s: %d networks indexed", path, len(index))
-    return _Snapshot(index, columns)
+    _LOGGER.info(
+        "enrichment snapshot %s: %d networks indexed; contact columns of %d rows dropped "
+        "(company country restricted or unknown)",
+        path,
+        len(index),
+        dropped,
+    )
+    return _Snapshot(index, columns, dropped)
 
 
 _REGISTRY: dict[tuple[Any, ...], _Snapshot] = {}
@@ -240,7 +274,7 @@ _REGISTRY_LOCK = threading.Lock()
 
 
 def _shared_snapshot(
-    path: str, company_fields: tuple[str, ...], contact_fields: tuple[str, ...]
+    path: str, company_fields: tuple[str, ...], contact_fields: tuple[str, ...], policy: Policy
 ) -> _Snapshot:
     """The process-wide snapshot for ``path``, loaded on first use.
 
@@ -254,13 +288,20 @@ def _shared_snapshot(
     if not matches:
         raise SnapshotError(f"enrichment snapshot {path}: no such file")
     meta = matches[0]
-    key = (path, company_fields, contact_fields, meta.size_in_bytes, meta.last_updated_in_seconds)
+    key = (
+        path,
+        company_fields,
+        contact_fields,
+        policy.version,
+        meta.size_in_bytes,
+        meta.last_updated_in_seconds,
+    )
     with _REGISTRY_LOCK:
         snapshot = _REGISTRY.get(key)
         if snapshot is None:
-            snapshot = load_snapshot(path, company_fields, contact_fields)
+            snapshot = load_snapshot(path, company_fields, contact_fields, policy)
             # Drop indexes of older versions of the same file; they can be large.
-            for old in [k for k in _REGISTRY if k[:3] == key[:3]]:
+            for old in [k for k in _REGISTRY if k[:4] == key[:4]]:
                 del _REGISTRY[old]
             _REGISTRY[key] = snapshot
         return snapshot
@@ -287,7 +328,9 @@ class SnapshotHandler(EnrichmentSourceHandler[Any, Any]):
     Args:
       path: the CSV, read through Beam's FileSystems (local path, ``gs://...``, ...).
       company_fields: the company columns to return (from the policy).
-      contact_fields: the contact columns, returned for unrestricted visitors only.
+      contact_fields: the contact columns, returned for unrestricted visitors only, and loaded
+        only for companies whose country ``policy`` places in ``OTHER``.
+      policy: places the companies' countries.
       batch_size: records per call. RequestResponseIO runs each call in a new thread, so
         batching is what keeps that overhead off the per-record path.
 
@@ -303,6 +346,7 @@ class SnapshotHandler(EnrichmentSourceHandler[Any, Any]):
         path: str,
         company_fields: Iterable[str],
         contact_fields: Iterable[str],
+        policy: Policy,
         batch_size: int = 500,
     ) -> None:
         if not path:
@@ -312,6 +356,7 @@ class SnapshotHandler(EnrichmentSourceHandler[Any, Any]):
         self.path = path
         self.company_fields = tuple(company_fields)
         self.contact_fields = tuple(contact_fields)
+        self.policy = policy
         self.batch_size = batch_size
         self._snapshot: _Snapshot | None = None
         # Results by address, one memo per restricted flag (the result for an address is a pure
@@ -321,7 +366,9 @@ class SnapshotHandler(EnrichmentSourceHandler[Any, Any]):
         self._matched: dict[tuple[int, bool], LookupResult] = {}
 
     def __enter__(self) -> SnapshotHandler:
-        self._snapshot = _shared_snapshot(self.path, self.company_fields, self.contact_fields)
+        self._snapshot = _shared_snapshot(
+            self.path, self.company_fields, self.contact_fields, self.policy
+        )
         self._memo = tuple(
             BoundedMemo(functools.partial(self._lookup_ip, restricted=r), MEMO_SIZE)
             for r in (False, True)
@@ -344,6 +391,13 @@ class SnapshotHandler(EnrichmentSourceHandler[Any, Any]):
     def __str__(self) -> str:
         # RequestResponseIO names its metrics namespace after str(caller).
         return "SnapshotHandler"
+
+    def contact_rows_dropped(self) -> int:
+        """Rows of the file whose contact cells the loader dropped (loads it if need be)."""
+        snapshot = self._snapshot or _shared_snapshot(
+            self.path, self.company_fields, self.contact_fields, self.policy
+        )
+        return snapshot.contact_rows_dropped
 
     def batch_elements_kwargs(self) -> Mapping[str, Any]:
         if not self.batch_size:
