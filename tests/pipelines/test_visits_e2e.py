@@ -444,10 +444,11 @@ def test_http_enrichment_end_to_end(tmp_path):
 
 
 def test_a_slow_drip_endpoint_cannot_hang_the_run(tmp_path):
-    """A server that announces a large body and sends a byte a second: with a 1 s timeout and
-    no retry the run ends in bounded time, every visit written unenriched and counted."""
+    """A server that announces a large body and sends a byte every half second (no single read
+    ever waits the 2 s timeout): the request is cut at its deadline, so with no retry the run
+    ends in bounded time, every visit written unenriched and counted."""
     inputs = write_inputs(tmp_path)
-    with AroundDealServer({}, default_action=Action(drip=1.0)) as server:
+    with AroundDealServer({}, default_action=Action(drip=0.5)) as server:
         started = time.monotonic()
         done = subprocess.run(
             [
@@ -458,7 +459,7 @@ def test_a_slow_drip_endpoint_cannot_hang_the_run(tmp_path):
                 f"--output={tmp_path / 'out'}",
                 f"--geoip_db={inputs['mmdb']}",
                 f"--enrichment_url={server.url}",
-                "--enrichment_timeout=1",
+                "--enrichment_timeout=2",
                 "--enrichment_max_retries=0",
                 "--runner=FnApiRunner",
                 "--run_time=2026-11-29T00:00:00Z",
@@ -484,24 +485,19 @@ def test_a_slow_drip_endpoint_cannot_hang_the_run(tmp_path):
     assert all(r["company_name"] is None for r in by_id(rows, "corporate_visitor_info").values())
 
 
-@pytest.mark.parametrize(
-    ("flag", "message"),
-    [
-        ("--enrichment_url=http://arounddeal.example/v1/lookup", "https"),
-        ("--enrichment_url=http://10.1.2.3/v1/lookup", "https"),
-    ],
-)
-def test_plain_http_endpoints_are_refused_at_startup(tmp_path, flag, message):
+def test_plain_http_endpoints_are_refused_at_startup(tmp_path):
+    """A name that can never resolve (RFC 6761 ``.invalid``): nothing is sent, whatever code
+    runs the test."""
     inputs = write_inputs(tmp_path)
     done = run_cli(
         "pipelines.visits",
         f"--input={inputs['visits']}",
         f"--output={tmp_path / 'out'}",
-        flag,
+        "--enrichment_url=http://arounddeal.invalid/v1/lookup",
         expect_ok=False,
         env={**os.environ, "AROUNDDEAL_API_KEY": "k"},
     )
     assert done.returncode != 0
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], done.stderr
+    assert len(lines) == 1 and "https" in lines[0], done.stderr
     assert not (tmp_path / "out").exists()

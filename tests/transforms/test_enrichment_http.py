@@ -373,10 +373,10 @@ def test_a_cross_origin_redirect_is_refused(server: AroundDealServer, where: str
 @pytest.mark.parametrize(
     "url",
     [
-        "http://arounddeal.example/v1/lookup",
-        "http://10.0.0.1/v1/lookup",
-        "http://127.0.0.1.nip.example/v1/lookup",
-        "http://localhost.example/v1/lookup",
+        "http://arounddeal.invalid/v1/lookup",
+        "http://192.0.2.1/v1/lookup",
+        "http://127.0.0.1.nip.invalid/v1/lookup",
+        "http://localhost.invalid/v1/lookup",
         "http://[2001:db8::1]/v1/lookup",
     ],
 )
@@ -388,7 +388,7 @@ def test_plain_http_is_refused_except_on_loopback(url: str) -> None:
 @pytest.mark.parametrize(
     "url",
     [
-        "https://arounddeal.example/v1/lookup",
+        "https://arounddeal.invalid/v1/lookup",
         "http://127.0.0.1:9/x",
         "http://127.4.5.6/x",
         "http://localhost:8080/x",
