@@ -280,11 +280,6 @@ class Policy:
     source: str = ""
     schema_dirs: tuple[str, ...] = ()  # searched for .avsc files before the package's own
 
-    @property
-    def restricted_countries(self) -> frozenset[str]:
-        """Country codes of every restricted region (the EEA/UK list)."""
-        return frozenset(c for r in self.regions.values() if r.restricted for c in r.countries)
-
     @cached_property
     def _listed(self) -> dict[str, str]:
         """Country code -> the name of the region that lists it."""

@@ -59,7 +59,7 @@ def test_legal_bases_and_modules():
 
 def test_eea_uk_list_is_the_projects_own():
     policy = load_policy()
-    eea = policy.restricted_countries
+    eea = policy.regions["EEA_UK"].countries
     for code in (
         "DE",
         "FR",

@@ -35,7 +35,6 @@ from schemas.policy import load_policy
 __all__ = [
     "COMPANY_FIELDS",
     "CONTACT_FIELDS",
-    "EEA_UK",
     "Action",
     "AroundDealServer",
     "RecordedRequest",
@@ -46,8 +45,6 @@ __all__ = [
 _CORPORATE = load_policy().category("corporate_visitor_info")
 COMPANY_FIELDS = _CORPORATE.field_groups["company"]
 CONTACT_FIELDS = _CORPORATE.field_groups["contact"]
-# A subset of the project's EEA/UK list is enough for the tests (and includes the odd ones).
-EEA_UK = frozenset({"DE", "FR", "IE", "NL", "GB", "NO", "IS", "LI", "RE", "GF", "AX", "EU"})
 
 
 @dataclass(frozen=True)
