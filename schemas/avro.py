@@ -46,7 +46,8 @@ class FieldSpec:
     ``format`` is the ``.avsc`` field attribute of the same name: ``"ip"`` (the value must be an
     IP address), ``"identifier"`` (sdk_app_id, uin...: accepted as a string or an integer and
     always written as a string) or ``"email"`` (a plain string the category holds as an e-mail
-    address by contract: not scanned as free text, see ``transforms.masking``). ``symbols`` are an enum's allowed values.
+    address by contract: not scanned as free text, see ``transforms.masking``). ``symbols`` are
+    an enum's allowed values.
     """
 
     name: str

@@ -10,7 +10,8 @@ through is a leak; a business field caught by mistake is a loud error at startup
 a policy that allows a field it also calls secret), so the stems err on the side of catching:
 ``auth`` also catches ``author``, ``secret`` also catches ``secretary``.
 
-Term syntax (the same for :data:`DEFAULT_TERMS` and for a policy's own terms):
+The terms are the policy's (``never_in_clear`` in ``schemas/policy.yaml``: the vocabulary is
+policy, not code). Term syntax:
 
 - ``"private key"``: words, written in any spelling the tokeniser reads (``private_key`` and
   ``privateKey`` are the same term). A name matches when its words, joined without separators,
@@ -46,7 +47,6 @@ from types import MappingProxyType
 
 __all__ = [
     "DEFAULT_ASPECTS",
-    "DEFAULT_TERMS",
     "DERIVED_WORDS",
     "MEDIA",
     "SECRET",
@@ -56,34 +56,6 @@ __all__ = [
 
 SECRET = "secret"
 MEDIA = "media"
-
-DEFAULT_TERMS: Mapping[str, tuple[str, ...]] = MappingProxyType(
-    {
-        SECRET: (
-            # passwords and passphrases
-            "password", "passwd", "pwd", "passcode", "passphrase", "=pass",
-            # secrets, tokens, credentials, signatures (TRTC's UserSig)
-            "secret", "token", "credential", "creds", "jwt", "bearer", "cookie",
-            "signature", "=sig", "=usersig",
-            # keys
-            "private key", "privkey", "secret key", "api key", "access key", "session key",
-            "signing key", "encryption key",
-            # authentication and authorization (``auth`` alone covers the longer terms; they are
-            # listed so that they stay if it is ever narrowed)
-            "auth", "authorization", "authentication", "auth code", "session token",
-            # one-time and verification codes
-            "=otp", "totp", "hotp", "one time code", "one time password", "one time pin",
-            "verification code", "security code", "recovery code", "sms code", "=pin",
-            # card verification values
-            "cvv", "cvc",
-        ),
-        MEDIA: (
-            "audio", "video", "=media", "multimedia", "media data", "media content",
-            "media payload", "payload audio", "payload video", "=voice", "=voice data", "pcm",
-            "yuv", "frame data", "recording data", "recording content", "image data",
-        ),
-    }
-)  # fmt: skip
 
 DEFAULT_ASPECTS: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {

@@ -25,7 +25,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from functools import cached_property, lru_cache
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from schemas.countries import ALIASES, ISO_3166_1_ALPHA2, normalise_country
+from schemas.names import MEDIA, SECRET, NameClassifier
 
 __all__ = [
     "OTHER_REGION",
@@ -50,7 +51,6 @@ __all__ = [
     "default_policy_path",
     "filled_any",
     "load_policy",
-    "normalise_name",
 ]
 
 RETENTION_RULES = ("fixed", "account_lifetime", "service_lifetime", "until_opt_out", "never_store")
@@ -71,12 +71,6 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 class PolicyError(ValueError):
     """The policy file is malformed; the message lists every problem with its YAML path."""
-
-
-@lru_cache(maxsize=16384)  # field names repeat on every record; the set is small
-def normalise_name(name: str) -> str:
-    """Key for secret/media name matching: ``UserSig``, ``user_sig`` and ``user-sig`` agree."""
-    return "".join(ch for ch in name.lower() if ch.isalnum())
 
 
 @dataclass(frozen=True)
@@ -271,8 +265,7 @@ class Policy:
     documents: Mapping[str, str]
     regions: Mapping[str, Region]
     categories: Mapping[str, Category]
-    secret_names: frozenset[str]
-    media_names: frozenset[str]
+    name_terms: Mapping[str, tuple[str, ...]]  # never_in_clear: class -> terms (schemas.names)
     dead_letter_retention: Retention
     minimum_age: MinimumAge | None = None
     sources: Mapping[str, Source] = field(default_factory=dict)
@@ -312,11 +305,19 @@ class Policy:
         found = self.regions.get(region)
         return True if found is None else found.restricted
 
-    def is_secret_name(self, key: str) -> bool:
-        return normalise_name(key) in self.secret_names
+    @cached_property
+    def names(self) -> NameClassifier:
+        """The classifier of field names by meaning, built from ``never_in_clear``."""
+        return NameClassifier(self.name_terms)
+
+    def is_secret_name(self, key: str, *, allow_derived: bool = False) -> bool:
+        """True when ``key`` means a credential, in any spelling (``schemas.names``).
+        ``allow_derived``: the caller computed the value (a stored fingerprint column)."""
+        return self.names.is_a(SECRET, key, allow_derived=allow_derived)
 
     def is_media_name(self, key: str) -> bool:
-        return normalise_name(key) in self.media_names
+        """True when ``key`` means audio/video content, in any spelling."""
+        return self.names.is_a(MEDIA, key)
 
     def category(self, name: str) -> Category:
         try:
@@ -458,18 +459,19 @@ class _Validator:
             str(k): str(v) for k, v in self.mapping(top.get("documents", {}), "documents").items()
         }
         regions = self.regions(top.get("regions"))
-        secrets, media = self.never_in_clear(top.get("never_in_clear"))
+        terms = self.never_in_clear(top.get("never_in_clear"))
         dead = self.mapping(top.get("dead_letters"), "dead_letters")
         dead_retention = self.retention(dead.get("retention"), "dead_letters.retention")
         if dead_retention.rule != "fixed":
             self.error("dead_letters.retention.rule", "dead letters need a fixed retention")
         categories = self.categories(top.get("categories"), regions)
+        classifier = self.classifier(terms)
         for category in categories.values():
             for stored, secret in category.fingerprints.items():
-                if normalise_name(secret) not in {normalise_name(x) for x in secrets}:
+                if classifier is not None and not classifier.is_a(SECRET, secret):
                     self.error(
                         f"categories.{category.name}.fingerprints.{stored}",
-                        f"{secret!r} must be listed in never_in_clear.secrets",
+                        f"{secret!r} must be a secret by never_in_clear.secret_terms",
                     )
         minimum_age = self.minimum_age(top.get("minimum_age"))
         sources = self.sources(top.get("sources"), categories)
@@ -480,8 +482,7 @@ class _Validator:
             documents=documents,
             regions=regions,
             categories=categories,
-            secret_names=frozenset(normalise_name(s) for s in secrets),
-            media_names=frozenset(normalise_name(m) for m in media),
+            name_terms=terms,
             dead_letter_retention=dead_retention,
             minimum_age=minimum_age,
             sources=sources,
@@ -543,12 +544,31 @@ class _Validator:
                 seen[code] = region.name
         return regions
 
-    def never_in_clear(self, doc: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    def never_in_clear(self, doc: Any) -> dict[str, tuple[str, ...]]:
+        """``{secret: terms, media: terms}`` (the vocabulary of ``schemas.names``)."""
         body = self.mapping(doc, "never_in_clear")
-        self.unknown_keys(body, ("secrets", "media"), "never_in_clear")
-        secrets = self.names(body.get("secrets"), "never_in_clear.secrets", allow_empty=False)
-        media = self.names(body.get("media"), "never_in_clear.media", allow_empty=False)
-        return secrets, media
+        keys = {SECRET: "secret_terms", MEDIA: "media_terms"}
+        self.unknown_keys(body, tuple(keys.values()), "never_in_clear")
+        terms: dict[str, tuple[str, ...]] = {}
+        for cls, key in keys.items():
+            path, value = f"never_in_clear.{key}", body.get(key)
+            if not isinstance(value, list) or not value:
+                self.error(path, "must be a non-empty list of terms")
+            elif not all(isinstance(term, str) and term.strip("= ") for term in value):
+                self.error(path, "every term must be words, optionally starting with '='")
+            else:
+                terms[cls] = tuple(value)
+        return terms
+
+    def classifier(self, terms: Mapping[str, tuple[str, ...]]) -> NameClassifier | None:
+        """The name classifier of ``terms``, or None (and the error) if they do not make one."""
+        if set(terms) != {SECRET, MEDIA}:
+            return None  # already reported
+        try:
+            return NameClassifier(terms)
+        except (TypeError, ValueError) as err:
+            self.error("never_in_clear", str(err))
+            return None
 
     def retention(self, doc: Any, path: str) -> Retention:
         body = self.mapping(doc, path)

@@ -100,8 +100,13 @@ class GuardFn(RecordStage):
         # Sources without regional restrictions (logs, telemetry): violations() can only find
         # undeclared keys or a region that should not be there.
         self._regionless = not self._forbidden and not self._country_fields
+        # A stored fingerprint column is named after its secret (private_key_fingerprint): the
+        # fingerprint stage computed it, so its name is a derivative, not a secret.
+        derived = frozenset(f for c in categories for f in c.fingerprints)
         clashing = sorted(
-            k for k in self._allowed if policy.is_secret_name(k) or policy.is_media_name(k)
+            k
+            for k in self._allowed
+            if policy.is_secret_name(k, allow_derived=k in derived) or policy.is_media_name(k)
         )
         if clashing:
             raise ValueError(

@@ -123,6 +123,7 @@ def test_sdk_logs_secrets_media_and_children_never_stored(sdk_run):
         "read": 7,
         "primary_written": 3,
         "dead_lettered": 4,
+        "expired_on_arrival": 0,
         "reconciled": True,
     }
     assert rep["parse"]["media_fields_dropped"] == 1 and rep["parse"]["secret_fields_dropped"] == 1

@@ -120,6 +120,16 @@ def test_secret_and_media_names_match_any_spelling():
         "PRIVATE_KEY",
         "verificationCode",
         "auth_code",
+        # names no list had: matched by meaning
+        "login_credential",
+        "x_api_key",
+        "db_password",
+        "Authorization",
+        "cookie",
+        "p\u0430ssword",  # a Cyrillic a
+        "X-Auth-Token",
+        "sessionKey",
+        "oneTimeCode",
     ):
         assert policy.is_secret_name(name), name
     for name in ("audio", "video_content", "mediaPayload"):
@@ -174,7 +184,8 @@ def _break(doc, path, value):
         (("regions", "EEA_UK", "countries"), ["DE", "de"], "must be a 2-letter code"),
         (("regions", "OTHER", "restricted"), True, "regions.OTHER.restricted"),
         (("regions", "EEA_UK", "restricted"), False, "only OTHER is unrestricted"),
-        (("never_in_clear", "secrets"), [], "must not be empty"),
+        (("never_in_clear", "secret_terms"), [], "must be a non-empty list of terms"),
+        (("never_in_clear", "media_terms"), ["=", "video"], "every term must be words"),
         (("dead_letters", "retention"), {"rule": "until_opt_out"}, "fixed retention"),
         (("categories", "audio_video_content", "fields"), ["audio"], "never_store"),
     ],
@@ -309,7 +320,7 @@ def test_sources_and_minimum_age_are_validated(doc):
         )
     with pytest.raises(PolicyError, match=r"minimum_age\.age"):
         parse_policy(_break(doc, ("minimum_age", "age"), "sixteen"))
-    with pytest.raises(PolicyError, match=r"never_in_clear\.secrets"):
+    with pytest.raises(PolicyError, match=r"never_in_clear\.secret_terms"):
         parse_policy(
             _break(
                 doc,
