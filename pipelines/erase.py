@@ -146,7 +146,7 @@ class EraseSubjects(beam.PTransform):
             c.run.input, "jsonl", max_line_bytes=c.run.max_line_bytes
         )
         requests, dead = raw | "ParseRequests" >> ParDoWithDeadLetters(
-            ParseRequestFn(context), "parse", context
+            ParseRequestFn(context, c.run.bounds), "parse", context
         )
         as_list = beam.pvalue.AsList(requests)
         links = (
@@ -186,10 +186,14 @@ class VerifyErasure(beam.PTransform):
     """Read every file back: the rows still matching a request (there must be none)."""
 
     def __init__(
-        self, requests: str, links: Mapping[str, Any], files: Sequence[dict], path: str
+        self,
+        run: RunContext,
+        links: Mapping[str, Any],
+        files: Sequence[dict],
+        path: str,
     ) -> None:
         super().__init__()
-        self._requests = requests
+        self._run = run
         self._links = dict(links)
         self._files = list(files)
         self._path = path
@@ -197,8 +201,9 @@ class VerifyErasure(beam.PTransform):
     def expand(self, pbegin):
         requests = (
             pbegin
-            | "ReadRequests" >> ReadRecords(self._requests, "jsonl")
-            | "ParseRequests" >> beam.ParDo(ParseRequestFn(None))
+            | "ReadRequests"
+            >> ReadRecords(self._run.input, "jsonl", max_line_bytes=self._run.max_line_bytes)
+            | "ParseRequests" >> beam.ParDo(ParseRequestFn(None, self._run.bounds))
         )
         links = pbegin | "Links" >> beam.Create([self._links])
         found = (
@@ -348,7 +353,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         files, _ = _scan_files(config.root)
         verify_path = FileSystems.join(txn.dir, "verify.json")
         check = beam.Pipeline(options=options)
-        _ = check | "Verify" >> VerifyErasure(config.run.input, plan["links"], files, verify_path)
+        _ = check | "Verify" >> VerifyErasure(config.run, plan["links"], files, verify_path)
         check.run().wait_until_finish()
         found = read_json(verify_path)["found"]
         audit = {

@@ -40,7 +40,7 @@ from transforms.retention.txn import (
     recover,
 )
 from transforms.sinks import HIVE_NULL_PARTITION, ParquetSink
-from transforms.timestamps import parse_event_time
+from transforms.timestamps import TimeBounds, parse_event_time
 
 POLICY = load_policy()
 DAY_US = 86_400_000_000
@@ -338,7 +338,10 @@ def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
         ({"event": "service_terminated", "sdk_app_id": 5}, "missing_field:at"),
         ({"event": "service_terminated", "sdk_app_id": 5, "at": "soon"}, "malformed_timestamp:at"),
         # +30 days after 9999-12-31 is not a date any reader can hold
-        ({"event": "account_deleted", "uin": 1, "at": "9999-12-31T00:00:00Z"}, "expiry_out_of_range"),
+        (
+            {"event": "account_deleted", "uin": 1, "at": "9999-12-31T00:00:00Z"},
+            "expiry_out_of_range",
+        ),
         ({"event": "account_deleted", "uin": "\ud800", "at": 1}, "malformed_text:uin"),
         ({"event": "marketing_opt_out\udfff", "at": 1}, "malformed_text:event"),
     ],
@@ -419,6 +422,20 @@ def test_malformed_requests_have_reasons(obj, error):
     with pytest.raises(RecordError) as rejected:
         parse_request(obj)
     assert rejected.value.error == error
+
+
+def test_requests_and_events_outside_the_run_bounds_are_rejected():
+    bounds = TimeBounds(
+        parse_event_time("2000-01-01T00:00:00Z"), parse_event_time("2026-12-01T00:00:00Z")
+    )
+    for received in ("0001-01-01T00:00:00Z", "9999-12-31T00:00:00Z", 1793049276):
+        with pytest.raises(RecordError) as rejected:
+            parse_request({"request_id": "r", "received_at": received, "uin": 1}, bounds)
+        assert rejected.value.error == "event_time_out_of_range:received_at"
+        event = {"event": "marketing_opt_out", "business_email": "a@b.example", "at": received}
+        with pytest.raises(RecordError) as rejected:
+            parse_event(event, POLICY, bounds)
+        assert rejected.value.error == "event_time_out_of_range:at"
 
 
 def test_subjects_match_rows_and_dead_letters():

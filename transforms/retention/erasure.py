@@ -43,7 +43,7 @@ from transforms.retention.matching import (
     ip_forms,
     normalise,
 )
-from transforms.timestamps import TimestampError, parse_event_time
+from transforms.timestamps import TimeBounds, TimestampError, parse_event_time
 
 __all__ = [
     "DEFAULT_LINKS",
@@ -106,12 +106,13 @@ def _identifier(obj: Mapping[str, Any], name: str, *, required: bool) -> str | N
     return value
 
 
-def parse_request(obj: Mapping[str, Any]) -> dict[str, Any]:
+def parse_request(obj: Mapping[str, Any], bounds: TimeBounds | None = None) -> dict[str, Any]:
     """A validated request ``{request_id, received_at, field, values, sdk_app_id}``.
 
     ``values`` are the normalised spellings the subject is stored under (an IP has two).
     Reasons: ``missing_field:request_id``, ``malformed_field:request_id``,
-    ``missing_field:received_at``, ``malformed_timestamp:received_at``, ``missing_subject``,
+    ``missing_field:received_at``, ``malformed_timestamp:received_at``,
+    ``event_time_out_of_range:received_at`` (outside the run's ``bounds``), ``missing_subject``,
     ``ambiguous_subject``, ``malformed_field:<subject field>``, ``malformed_field:sdk_app_id``.
     """
     check_text(obj, ("request_id", "received_at", *SUBJECT_FIELDS, NARROWING_FIELD))
@@ -123,6 +124,8 @@ def parse_request(obj: Mapping[str, Any]) -> dict[str, Any]:
         received_at = parse_event_time(received)
     except TimestampError:
         raise RecordError("malformed_timestamp", "received_at") from None
+    if bounds is not None and received_at not in bounds:
+        raise RecordError("event_time_out_of_range", "received_at")
     given = [f for f in SUBJECT_FIELDS if obj.get(f) not in (None, "")]
     if not given:
         raise RecordError("missing_subject")
@@ -154,8 +157,9 @@ class ParseRequestFn(beam.DoFn):
     """JSON Lines bytes -> validated requests; malformed ones -> dead letters with the reason
     (the context masks the subject fields: a rejected request must not copy the identifier)."""
 
-    def __init__(self, context: DeadLetterContext | None) -> None:
+    def __init__(self, context: DeadLetterContext | None, bounds: TimeBounds | None = None) -> None:
         self._context = context
+        self._bounds = bounds
 
     def setup(self) -> None:
         self._masker = self._context.masker() if self._context else None
@@ -165,7 +169,7 @@ class ParseRequestFn(beam.DoFn):
     def process(self, line: bytes) -> Iterator[Any]:
         self._read.inc()
         try:
-            request = parse_request(decode_json_line(line))
+            request = parse_request(decode_json_line(line), self._bounds)
         except RecordError as rejected:
             if self._context is not None:
                 yield self._context.rejected(
