@@ -309,7 +309,10 @@ def test_dead_letters_have_every_reason(visits_run):
     assert all(d["stage"] == "parse" and d["source"] == "visits" for d in letters)
     by_error = {d["error"]: d for d in letters}
     assert by_error["malformed_timestamp:visited_at"]["event_id"] == "bad-time"
-    assert "event_id" not in by_error["invalid_json"]
+    # A line that does not parse keeps nothing but the id a bounded scan finds, and its summary.
+    truncated = by_error["invalid_json"]
+    assert truncated["event_id"] == "truncated" and truncated["raw"] is None
+    assert truncated["raw_bytes"] > 0 and len(truncated["raw_sha256"]) == 64
 
 
 def test_avro_input_gives_the_same_visits(visits_run, tmp_path):
