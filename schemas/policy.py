@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -33,9 +34,10 @@ from typing import Any
 import yaml
 
 from schemas.countries import ALIASES, ISO_3166_1_ALPHA2, normalise_country
-from schemas.names import MEDIA, SECRET, NameClassifier
+from schemas.names import MEDIA, SECRET, NameClassifier, name_tokens
 
 __all__ = [
+    "COUNTRY_FIELD",
     "OTHER_REGION",
     "UNKNOWN_REGION",
     "Category",
@@ -64,6 +66,8 @@ LEGAL_BASES = (
 )
 MODULES = ("privacy_policy", "dpsa")
 UNKNOWN_REGION = "UNKNOWN"
+# The record field a purpose's jurisdictions are read from: the visitor's country code.
+COUNTRY_FIELD = "country"
 OTHER_REGION = "OTHER"
 _MICROS_PER_DAY = int(timedelta(days=1).total_seconds()) * 1_000_000
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -127,13 +131,22 @@ class Purpose:
     not_in_regions: frozenset[str] = frozenset()
     requires_any_field: tuple[str, ...] = ()
     retention: Retention | None = None
+    # An allow-list of jurisdictions: the purpose applies only to records whose ``country`` (the
+    # visitor's, set by geolocation) is one of these codes. Empty: no such condition.
+    only_in_countries: frozenset[str] = frozenset()
 
     def applies(self, region: str, record: Mapping[str, Any]) -> bool:
         if region in self.not_in_regions:
             return False
+        if self.only_in_countries and not self.in_jurisdiction(record):
+            return False
         if self.requires_any_field:
             return filled_any(record, self.requires_any_field)
         return True
+
+    def in_jurisdiction(self, record: Mapping[str, Any]) -> bool:
+        """True when the record's ``country`` is one :attr:`only_in_countries` allows."""
+        return record.get(COUNTRY_FIELD) in self.only_in_countries
 
 
 @dataclass(frozen=True)
@@ -145,7 +158,12 @@ class Region:
 
 @dataclass(frozen=True)
 class MinimumAge:
-    """DPSA special condition: end users below ``age`` need parental consent to be stored."""
+    """DPSA special condition: end users below ``age`` need parental consent to be stored.
+
+    The fields are found by meaning, at any depth: ``End_User_Age``, ``endUserAge`` and
+    ``{"user": {"end_user_age": 12}}`` all declare an age (``schemas.names`` reads a name as
+    words). A producer's spelling or nesting must not be a way around the condition.
+    """
 
     age: int
     age_field: str
@@ -154,14 +172,52 @@ class MinimumAge:
     def blocks(self, raw: Mapping[str, Any]) -> bool:
         """True when ``raw`` declares an end user below the age without parental consent.
 
-        A declared age that is not a number cannot be checked: it blocks too (fail closed).
-        """
+        A declared age that is not a finite, non-negative number (a string, a boolean, NaN,
+        infinity, a negative number) cannot be checked: it blocks too (fail closed). Consent is
+        only the value ``true``."""
+        return self._verdict(*self._declared(raw))
+
+    def blocks_flat(self, raw: Mapping[str, Any]) -> bool:
+        """:meth:`blocks` for a record known to hold only declared (exactly spelled) keys and
+        no nested value that could hide a field: the fast path reads the two keys alone."""
         age = raw.get(self.age_field)
-        if age is None:
+        return self._verdict([] if age is None else [age], raw.get(self.consent_field) is True)
+
+    def _verdict(self, ages: list[Any], consented: bool) -> bool:
+        if not ages:
             return False
-        if isinstance(age, bool) or not isinstance(age, (int, float)):
-            return True
-        return age < self.age and raw.get(self.consent_field) is not True
+        checkable = all(_is_age(a) for a in ages)
+        return not checkable or (min(ages) < self.age and not consented)
+
+    def _declared(self, raw: Mapping[str, Any]) -> tuple[list[Any], bool]:
+        """The ages ``raw`` declares at any depth, and whether it gives parental consent."""
+        age_words, consent_words = name_tokens(self.age_field), name_tokens(self.consent_field)
+        ages: list[Any] = []
+        consented = False
+        stack: list[Any] = [raw]
+        while stack:  # iterative: the depth of a record is the producer's to choose
+            node = stack.pop()
+            if isinstance(node, Mapping):
+                for key, value in node.items():
+                    words = name_tokens(key) if isinstance(key, str) else ()
+                    if words == age_words and value is not None:
+                        ages.append(value)
+                    elif words == consent_words:
+                        consented = consented or value is True
+                    if isinstance(value, Mapping | list):
+                        stack.append(value)
+            elif isinstance(node, list):
+                stack.extend(v for v in node if isinstance(v, Mapping | list))
+        return ages, consented
+
+
+def _is_age(value: Any) -> bool:
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, int | float)
+        and math.isfinite(value)
+        and value >= 0
+    )
 
 
 @dataclass(frozen=True)
@@ -606,7 +662,9 @@ class _Validator:
                 continue
             body = self.mapping(item, ipath)
             self.unknown_keys(
-                body, ("name", "not_in_regions", "requires_any_field", "retention"), ipath
+                body,
+                ("name", "not_in_regions", "requires_any_field", "retention", "only_in_countries"),
+                ipath,
             )
             name = self.string(body.get("name"), f"{ipath}.name")
             not_in = frozenset(body.get("not_in_regions") or ())
@@ -623,8 +681,26 @@ class _Validator:
                 if "retention" in body
                 else None
             )
-            out.append(Purpose(name, not_in, requires, retention))
+            jurisdictions = self.countries(
+                body.get("only_in_countries"), f"{ipath}.only_in_countries"
+            )
+            out.append(Purpose(name, not_in, requires, retention, jurisdictions))
         return tuple(out)
+
+    def countries(self, value: Any, path: str) -> frozenset[str]:
+        """A list of ISO 3166-1 alpha-2 codes (None: empty)."""
+        if value is None:
+            return frozenset()
+        if not isinstance(value, list) or not value:
+            self.error(path, "must be a non-empty list of ISO 3166-1 alpha-2 codes")
+            return frozenset()
+        codes = set()
+        for i, code in enumerate(value):
+            if not isinstance(code, str) or code not in ISO_3166_1_ALPHA2:
+                self.error(f"{path}[{i}]", f"must be an ISO 3166-1 alpha-2 code, got {code!r}")
+            else:
+                codes.add(code)
+        return frozenset(codes)
 
     def minimum_age(self, doc: Any) -> MinimumAge | None:
         if doc is None:

@@ -302,6 +302,15 @@ class BatchColumns:
                 self._filled[names] = reduce(pc.or_, parts) if parts else pc.invert(self.every)
         return self._filled[names]
 
+    def is_in(self, name: str, values: Iterable[str]) -> pa.Array | None:
+        """Per record: ``record.get(name) in values``, for str ``values`` (None if the field
+        holds anything but text and nulls: Python decides then)."""
+        array = self.inferred(name)
+        if array is None or not (_is_str(array.type) or pa.types.is_null(array.type)):
+            return None
+        value_set = pa.array(sorted(values), pa.string())
+        return pc.fill_null(pc.is_in(array.cast(pa.string()), value_set=value_set), False)
+
     def equals(self, name: str, value: Any) -> pa.Array | None:
         """Per record: ``record.get(name) == value``, for a str or None ``value``."""
         array = self.inferred(name)

@@ -223,7 +223,7 @@ class ParseFn(RecordStage):
             return objs, batch, []
         objs, lines, others = [], [], []
         loads, declared = orjson.loads, self._declared
-        blocks = self._age_rule.blocks if self._age_rule is not None else None
+        blocks = self._age_rule.blocks_flat if self._age_rule is not None else None
         misread = _may_hold_a_long_integer if self._floats_accepted else _never
         for element in batch:
             if element.__class__ is not bytes:
@@ -258,7 +258,7 @@ class ParseFn(RecordStage):
             return None
         if self._floats_accepted and any(map(_may_hold_a_long_integer, map(dict.values, objs))):
             return None
-        if self._age_rule is not None and any(map(self._age_rule.blocks, objs)):
+        if self._age_rule is not None and any(map(self._age_rule.blocks_flat, objs)):
             return None
         return objs
 

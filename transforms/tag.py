@@ -37,7 +37,15 @@ import pyarrow.compute as pc
 
 from schemas.arrow import arrow_column, check_required
 from schemas.avro import tag_columns
-from schemas.policy import UNKNOWN_REGION, Category, Policy, Retention, Route, filled_any
+from schemas.policy import (
+    COUNTRY_FIELD,
+    UNKNOWN_REGION,
+    Category,
+    Policy,
+    Retention,
+    Route,
+    filled_any,
+)
 from transforms.batches import AnyBatch, ApplyStage, Batch, RecordStage, TableBatch
 from transforms.columns import BatchColumns
 from transforms.deadletter import DeadLetterContext
@@ -130,13 +138,24 @@ class Tagger:
         self._conditional = tuple(
             p.requires_any_field for p in category.purposes if p.requires_any_field
         )
+        # The jurisdiction allow-lists of the purposes that have one: whether a record's country
+        # is in each is the rest of what Purpose.applies looks at.
+        self._jurisdictions = tuple(
+            p.only_in_countries for p in category.purposes if p.only_in_countries
+        )
         self._memo: dict[Any, tuple[list[str], str, Any]] = {}
 
     def key(self, record: Mapping[str, Any]) -> tuple[Any, ...]:
-        """What the tags of ``record`` depend on: its region, and per conditional purpose whether
-        it fills one of the purpose's fields."""
+        """What the tags of ``record`` depend on: its region, per conditional purpose whether
+        it fills one of the purpose's fields, and per jurisdiction list whether its country is
+        in it."""
         region = record.get("region") or UNKNOWN_REGION
-        return (region, *[filled_any(record, fields) for fields in self._conditional])
+        country = record.get(COUNTRY_FIELD)
+        return (
+            region,
+            *[filled_any(record, fields) for fields in self._conditional],
+            *[country in countries for countries in self._jurisdictions],
+        )
 
     def _policy(self, key: tuple[Any, ...], record: Mapping[str, Any]) -> tuple[Any, ...]:
         """``(purposes, retention_rule, Retention)`` of the records of ``key`` (``record`` is
@@ -213,12 +232,13 @@ class Tagger:
         if regions is None:
             return None
         codes, region_names = regions
-        bits = len(self._conditional)
+        flag_columns = [columns.filled_any(fields) for fields in self._conditional]
+        flag_columns += [columns.is_in(COUNTRY_FIELD, c) for c in self._jurisdictions]
+        if any(flags is None for flags in flag_columns):
+            return None
+        bits = len(flag_columns)
         combination = pc.multiply(codes, 1 << bits) if bits else codes
-        for bit, fields in enumerate(self._conditional):
-            flags = columns.filled_any(fields)
-            if flags is None:
-                return None
+        for bit, flags in enumerate(flag_columns):
             combination = pc.add(combination, pc.multiply(flags.cast(pa.int32()), 1 << bit))
         event_field = self.category.event_time
         event_time = columns.inferred(event_field) if event_field else pa.nulls(columns.n)

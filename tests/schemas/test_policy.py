@@ -100,14 +100,51 @@ def test_corporate_contact_restrictions_and_direct_marketing():
     forbidden = cat.forbidden_fields_in_regions
     assert forbidden["EEA_UK"] == contact == forbidden["UNKNOWN"]
     assert forbidden.get("OTHER", frozenset()) == frozenset()
-    with_email = {"business_email": "a@b.example"}
+    with_email = {"business_email": "a@b.example", "country": "US"}
     purposes, retention = cat.effective("OTHER", with_email)
     assert "direct_marketing" in purposes and retention.rule == "until_opt_out"
+    purposes, retention = cat.effective("OTHER", {**with_email, "country": "JP"})
+    assert "direct_marketing" not in purposes and retention.rule == "fixed"
     for region in ("EEA_UK", "UNKNOWN"):
         purposes, retention = cat.effective(region, with_email)
         assert "direct_marketing" not in purposes and retention == Retention("fixed", 180)
     purposes, retention = cat.effective("OTHER", {"company_name": "ACME"})
     assert "direct_marketing" not in purposes and retention.rule == "fixed"
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"end_user_age": 12},
+        {"End_User_Age": 12},
+        {"endUserAge": 12.5},
+        {"user": {"end_user_age": 12}},
+        {"users": [{"x": 1}, {"profile": {"END-USER-AGE": 9}}]},
+        {"end_user_age": float("nan")},
+        {"end_user_age": float("inf")},
+        {"end_user_age": -1},
+        {"end_user_age": "twelve"},
+        {"end_user_age": True},
+        {"end_user_age": 30, "user": {"end_user_age": 12}},  # any declared age below blocks
+        {"end_user_age": 12, "parental_consent": "yes"},  # consent is true, nothing else
+    ],
+)
+def test_the_minimum_age_cannot_be_bypassed(record):
+    assert load_policy().minimum_age.blocks(record)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {},
+        {"end_user_age": 16},
+        {"end_user_age": 12, "parental_consent": True},
+        {"user": {"end_user_age": 12, "Parental_Consent": True}},
+        {"end_user_age": None},
+    ],
+)
+def test_the_minimum_age_lets_through_what_it_allows(record):
+    assert not load_policy().minimum_age.blocks(record)
 
 
 def test_secret_and_media_names_match_any_spelling():

@@ -310,7 +310,11 @@ _SHAPES = {
             "visited_at": _TIME,
             "region": st.sampled_from(["OTHER", "EEA_UK", "UNKNOWN", "MARS", "", None, b"OTHER"]),
         },
-        optional={"url": _ODD, "country": _TEXT, **dict.fromkeys(_COMPANY + _CONTACT, _ODD)},
+        optional={
+            "url": _ODD,
+            "country": st.one_of(_TEXT, st.sampled_from(["US", "DE", None, b"US"])),
+            **dict.fromkeys(_COMPANY + _CONTACT, _ODD),
+        },
     ),
     "sdk_logs": st.fixed_dictionaries(
         {"logged_at": _TIME, "sdk_app_id": st.one_of(st.text(min_size=1, max_size=4), _ODD)},
@@ -442,9 +446,10 @@ def test_a_plain_batch_is_tagged_column_wise(policy, dl_context, monkeypatch):
     monkeypatch.setattr(TagFn, "_rows_table", record_by_record)
     monkeypatch.setattr(TagFn, "_split", record_by_record)
     visit = {"ip": "1.2.3.4", "visited_at": T, "region": "OTHER"}
-    contact = {"contact_name": "Jane", "business_email": "jane@corp.example"}
+    contact = {"contact_name": "Jane", "business_email": "jane@corp.example", "country": "US"}
     batch = [
         {**visit, "event_id": "a", **contact},
+        {**visit, "event_id": "j", **contact, "country": "JP"},  # no direct marketing there
         {**visit, "event_id": "b", "region": "EEA_UK", "company_name": "X"},
         {**visit, "event_id": "c", "url": "", "company_name": ""},
         {**visit, "event_id": "d", "visited_at": None},
@@ -452,16 +457,21 @@ def test_a_plain_batch_is_tagged_column_wise(policy, dl_context, monkeypatch):
     ]
     tables, dead, counts, _ = _tag(policy, dl_context, "visits", batch)
     by_category = {c: t.to_pydict() for c, t in tables}
-    assert by_category["website_visit"]["event_id"] == ["a", "b", "c", "e"]
+    assert by_category["website_visit"]["event_id"] == ["a", "j", "b", "c", "e"]
     corporate = by_category["corporate_visitor_info"]
-    assert corporate["event_id"] == ["a", "b", "e"]
-    assert corporate["retention_rule"] == ["until_opt_out", "fixed_180d", "fixed_180d"]
+    assert corporate["event_id"] == ["a", "j", "b", "e"]
+    assert corporate["retention_rule"] == [
+        "until_opt_out",
+        "fixed_180d",
+        "fixed_180d",
+        "fixed_180d",
+    ]
     assert corporate["expires_at"][0] is None and corporate["purposes"][0][-1] == "direct_marketing"
     assert by_category["website_visit"]["expires_at"][1].timestamp() * 10**6 == T + 180 * DAY
     assert [(d["event_id"], d["error"]) for d in dead] == [
         ("d", "unexpected_error:ValueError")  # no event time: no fixed expiry
     ]
-    assert counts == {"tagged.website_visit": 4, "tagged.corporate_visitor_info": 3}
+    assert counts == {"tagged.website_visit": 5, "tagged.corporate_visitor_info": 4}
 
 
 def test_batch_columns_look_again_at_empty_values():

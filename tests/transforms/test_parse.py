@@ -521,3 +521,27 @@ def test_event_times_outside_the_run_bounds_are_dead_letters(policy, dl_context,
     assert sorted((d["error"], d["event_id"]) for d in dead) == [
         ("event_time_out_of_range", k) for k in sorted(["future", "seconds", "year1", "too_far"])
     ]
+
+
+@pytest.mark.parametrize("columnar", [False, True])
+def test_a_child_is_found_whatever_the_spelling_and_depth(policy, dl_context, columnar):
+    specs = input_fields("sdk_log_input")
+    base = {"logged_at": "2026-10-05T23:30:00Z", "sdk_app_id": 1}
+    children = [
+        {"end_user_age": 12},
+        {"End_User_Age": 12},
+        {"user": {"end_user_age": 12}},
+        {"end_user_age": 12.0, "parental_consent": "true"},
+    ]
+    lines = [
+        json.dumps({**base, "event_id": f"c{i}", **c}).encode() for i, c in enumerate(children)
+    ]
+    lines.append(b'{"event_id": "nan", "logged_at": 1, "sdk_app_id": 1, "end_user_age": NaN}')
+    lines.append(json.dumps({**base, "event_id": "ok", "end_user_age": 17}).encode())
+    fn = ParseFn(specs, "logged_at", policy, dl_context, columnar=columnar)
+    good, dead = _run_fn(fn, *lines)
+    assert [r["event_id"] for r in good] == ["ok"]
+    assert sorted((d["error"], d["event_id"]) for d in dead) == [
+        ("under_minimum_age", i) for i in sorted(["c0", "c1", "c2", "c3", "nan"])
+    ]
+    assert all(d["raw"] is None and "raw_sha256" not in d for d in dead)  # nothing kept

@@ -137,11 +137,15 @@ def test_tag_row_stamps_the_policy(policy):
     assert "password" not in row and "business_email" not in row
 
 
-def test_tag_direct_marketing_is_open_ended_outside_the_eea(policy, corporate):
+def test_tag_direct_marketing_is_open_ended_in_its_jurisdictions_only(policy, corporate):
     columns = category_columns("corporate_visitor_info")
-    other = tag_row(visit("OTHER", **CONTACT), corporate, columns, policy.version)
+    other = tag_row(visit("OTHER", country="US", **CONTACT), corporate, columns, policy.version)
     assert "direct_marketing" in other["purposes"]
     assert other["retention_rule"] == "until_opt_out" and other["expires_at"] is None
+    for country in ("JP", "BR", "CA", None, "us"):  # an allow-list: every other value is out
+        row = tag_row(visit("OTHER", country=country, **CONTACT), corporate, columns, "v")
+        assert "direct_marketing" not in row["purposes"], country
+        assert row["expires_at"] == T + 180 * DAY
     eea = tag_row(visit("EEA_UK", company_name="ACME"), corporate, columns, policy.version)
     assert "direct_marketing" not in eea["purposes"]
     assert eea["expires_at"] == T + 180 * DAY
