@@ -85,7 +85,9 @@ surrogates, NUL, megabytes) is scanned without raising.
 
 from __future__ import annotations
 
+import functools
 import re
+import string
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -126,47 +128,53 @@ def marker(kind: str) -> str:
 
 
 # --- keys -----------------------------------------------------------------------------------------
+#
+# Python's ``re`` skips quickly only to a pattern's leading literal, so each detector searches for
+# a literal part of its findings (the case-insensitive ones in the ASCII-lower-cased text) and
+# reads the rest around it, rather than trying a key pattern at every position of the text.
 
 _SP = r"[ \t]{0,3}"
 # The closing quote of a quoted key, plain or JSON-escaped; the opening quote of a value.
 _QUOTE = r"\\?[\"']?"
 _SEP = r"(?:=>|[:=])"
-# A key: a word of letters, digits and _ . - that ends in a letter or digit, optionally after one
-# more word and a space ("verification code").
-_KEY = (
-    r"(?<![A-Za-z0-9_.-])"
-    r"(?P<key>(?:[A-Za-z][A-Za-z0-9_-]{0,31} )?[A-Za-z](?:[A-Za-z0-9_.-]{0,62}[A-Za-z0-9])?)"
+_KEY_CHARS = r"A-Za-z0-9_.-"
+# A key, read backwards from its end in the reversed text: a word of letters, digits and _ . -
+# (starting with a letter, at most 64 characters), and optionally one more word (no dot, at most
+# 32 characters) and a space before it ("verification code").
+_KEY_REVERSED = re.compile(
+    rf"(?P<word>[{_KEY_CHARS}]{{0,63}}[A-Za-z])(?![{_KEY_CHARS}])"
+    rf"(?: (?P<before>[A-Za-z0-9_-]{{0,31}}[A-Za-z])(?![{_KEY_CHARS}]))?"
 )
-# Where a word starts inside a key: at its start, after a non-letter, or at a camel-case hump.
-_WORD_START = r"(?:^|(?<![A-Za-z])|(?<=[a-z])(?=[A-Z]))"
 
+# A key names a secret when it ends with one of the words (where a word of the key starts), with
+# one of the compounds, or with "code" after one of the qualifiers.
 _SECRET_WORDS = (
-    r"pass|passwords?|passwd|pwd|passphrase|passcode|secrets?|tokens?|key|sig|signature|cookies?"
-    r"|otp|totp|credentials?"
+    *("pass", "password", "passwords", "passwd", "pwd", "passphrase", "passcode"),
+    *("secret", "secrets", "token", "tokens", "key", "sig", "signature"),
+    *("cookie", "cookies", "otp", "totp", "credential", "credentials"),
 )
 _SECRET_COMPOUNDS = (
-    r"password|passwd|pwd|passphrase|passcode|secret|token|apikey|credentials?|signature|usersig"
-    r"|cookie|privatekey|secretkey|sessionkey|accesskey"
+    *("password", "passwd", "pwd", "passphrase", "passcode", "secret", "token", "apikey"),
+    *("credential", "credentials", "signature", "usersig", "cookie"),
+    *("privatekey", "secretkey", "sessionkey", "accesskey"),
 )
 _CODE_QUALIFIERS = (
-    r"verif(?:ication|y)?|sms|otp|auth(?:orization)?|confirm(?:ation)?|security|login|access"
-    r"|activat(?:ion|e)|reset|mfa|twofactor|pin"
+    *("verification", "verify", "verif", "sms", "otp", "auth", "authorization"),
+    *("confirmation", "confirm", "security", "login", "access", "activation", "activate"),
+    *("reset", "mfa", "twofactor", "pin"),
 )
-_QUALIFIED_CODE = rf"(?i:{_CODE_QUALIFIERS})[ _.-]{{0,3}}(?i:code)"
-_SECRET_KEY = re.compile(
-    rf"(?:{_WORD_START}(?i:{_SECRET_WORDS})|(?i:{_SECRET_COMPOUNDS})|{_QUALIFIED_CODE})\Z"
-)
-_COOKIE_KEY = re.compile(r"(?i:cookies?)\Z")
-# Authorization headers and fields belong to the bearer detector.
-_AUTH_KEY = r"(?:proxy-)?auth(?:orization)?"
-
+_AUTH_KEYS = (
+    "auth",
+    "authorization",
+    "proxy-auth",
+    "proxy-authorization",
+)  # bearer, not credential
+_COOKIE_KEYS = ("cookie", "cookies")
 _PHONE_WORDS = (
-    r"phones?|telephone|tel|telefono?|mobile?|cell|cellphone|fax|whatsapp|msisdn|handy|sms"
+    *("phone", "phones", "telephone", "tel", "telefon", "telefono", "mobile", "mobil"),
+    *("cell", "cellphone", "fax", "whatsapp", "msisdn", "handy", "sms"),
 )
-_PHONE_NUMBER_WORDS = r"number|no|num|nr"
-_PHONE_KEY = re.compile(
-    rf"{_WORD_START}(?i:{_PHONE_WORDS})(?:[ _.-]{{0,3}}(?i:{_PHONE_NUMBER_WORDS}))?\Z"
-)
+_PHONE_NUMBER_WORDS = ("number", "no", "num", "nr")
 _PHONE_KEY_ZH = r"(?:手机|电话)(?:号码?)?(?:是|为)?"
 _FULLWIDTH_COLON = "\uff1a"
 # Between a phone key and its number: a separator or spaces.
@@ -174,54 +182,146 @@ _PHONE_GAP = rf"(?:[ \t]{{0,3}}(?:[:=#{_FULLWIDTH_COLON}]|\.:?)[ \t]{{0,3}}|[ \t
 _PHONE_ZH_GAP = rf"[ \t]{{0,3}}(?:[:={_FULLWIDTH_COLON}][ \t]{{0,3}})?"
 # Digits and separators as one bounded character run: no backtracking between digit groups.
 _PHONE_BODY = r"\(?[0-9][0-9 \t().+/-]{4,28}[0-9]"
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
 
-def _is_secret_key(key: str, value: str) -> bool:
-    if re.fullmatch(_AUTH_KEY, key, re.IGNORECASE):
+def _alternation(words: Iterable[str]) -> str:
+    """A pattern for any of ``words``, one branch per first letter, so that ``re`` tries a single
+    branch at each position and skips quickly to the positions where a word may start."""
+    rests: dict[str, list[str]] = {}
+    for word in sorted(set(words), key=len, reverse=True):
+        rests.setdefault(word[0], []).append(re.escape(word[1:]))
+    return "|".join(f"{re.escape(first)}(?:{'|'.join(r)})" for first, r in rests.items())
+
+
+def _ascii_lower(text: str) -> str:
+    """``text`` with A-Z lower-cased and nothing else changed (so positions stay)."""
+    return text.lower() if text.isascii() else text.translate(_ASCII_LOWER)
+
+
+def _key_ending_at(reversed_text: str, end: int) -> str | None:
+    """The key that ends at ``end`` of the text that ``reversed_text`` reverses, if any."""
+    match = _KEY_REVERSED.match(reversed_text, len(reversed_text) - end)
+    if match is None:
+        return None
+    word = match["word"][::-1]
+    return word if match["before"] is None else f"{match['before'][::-1]} {word}"
+
+
+def _starts_word(key: str, i: int) -> bool:
+    """Whether a word of ``key`` starts at ``i``: at the start, after a non-letter, or at a
+    camel-case hump (``userSig``)."""
+    return i == 0 or not key[i - 1].isalpha() or (key[i - 1].islower() and key[i].isupper())
+
+
+def _ends_with_word(key: str, words: tuple[str, ...]) -> bool:
+    lowered = key.lower()
+    return lowered.endswith(words) and any(
+        lowered.endswith(word) and _starts_word(key, len(key) - len(word)) for word in words
+    )
+
+
+def _without_suffix(key: str, suffixes: tuple[str, ...]) -> str | None:
+    """``key`` less the one of ``suffixes`` it ends with (any case) and up to three separators
+    (`` _.-``) before it; None if it ends with none."""
+    lowered = key.lower()
+    if not lowered.endswith(suffixes):
+        return None
+    suffix = next(s for s in suffixes if lowered.endswith(s))
+    head = key[: -len(suffix)]
+    stripped = head.rstrip(" _.-")
+    return stripped if len(head) - len(stripped) <= 3 else None
+
+
+def _names_secret(key: str) -> bool:
+    lowered = key.lower()
+    if lowered in _AUTH_KEYS:
         return False
-    if _SECRET_KEY.search(key):
+    if lowered.endswith(_SECRET_COMPOUNDS) or _ends_with_word(key, _SECRET_WORDS):
         return True
-    return key.rsplit(" ", 1)[-1].lower() == "code" and _looks_like_oauth_code(value)
+    qualifier = _without_suffix(key, ("code",))
+    return qualifier is not None and qualifier.lower().endswith(_CODE_QUALIFIERS)
+
+
+def _is_bare_code(key: str) -> bool:
+    """A bare "code" is an error code far more often than a secret: only a value that looks like
+    an OAuth authorization code makes it one."""
+    return key.rsplit(" ", 1)[-1].lower() == "code"
+
+
+_DIGIT, _LOWER_CASE = re.compile(r"[0-9]"), re.compile(r"[a-z]")
 
 
 def _looks_like_oauth_code(value: str) -> bool:
-    return (
-        len(value) >= 12 and any(ch.isdigit() for ch in value) and any(ch.islower() for ch in value)
-    )
+    return bool(_DIGIT.search(value) and _LOWER_CASE.search(value))
+
+
+def _is_phone_key(key: str) -> bool:
+    if _ends_with_word(key, _PHONE_WORDS):
+        return True
+    before_number = _without_suffix(key, _PHONE_NUMBER_WORDS)
+    return bool(before_number) and _ends_with_word(before_number, _PHONE_WORDS)
 
 
 # --- credential -----------------------------------------------------------------------------------
 
-_VALUE = (
-    r"(?:\\\"(?P<escaped>(?:[^\"\\\r\n]|\\[^\"\r\n]){1,4096})"
+_VALUE = re.compile(
+    _SP + r"(?:\\\"(?P<escaped>(?:[^\"\\\r\n]|\\[^\"\r\n]){1,4096})"
     r"|\"(?P<double>(?:[^\"\\\r\n]|\\[^\r\n]){1,4096})"
     r"|'(?P<single>[^'\r\n]{1,4096})"
-    r"|(?P<bare>[^\s\"'\\&,;<>{}\[\]](?:[^\s\"'\\&,;<>{}]|\\(?![\"'])){0,4095}))"
+    r"|(?P<bare>[^\s\"'\\&,;<>{}\[\]][^\s\"'&,;<>{}]{0,4095}))"
 )
-_PAIR = re.compile(_KEY + _QUOTE + _SP + r"(?P<sep>" + _SEP + r")" + _SP + _VALUE)
 _VALUE_GROUPS = ("escaped", "double", "single", "bare")
 _PLACEHOLDER = re.compile(r"\*+|null|none|nil|undefined|true|false", re.IGNORECASE)
 _REST_OF_FIELD = re.compile(r"[^\"'\r\n]{0,4096}")
+_REST_OF_LINE = re.compile(r"[^\r\n]{0,4096}")
+# An OAuth authorization code (RFC 6749: printable, here without separators), maybe quoted.
+_OAUTH_CODE = re.compile(_SP + r"\\?[\"']?(?P<code>[A-Za-z0-9._~/+-]{12,512})(?![A-Za-z0-9._~/+-])")
 _URL_PASSWORD = re.compile(r"://[^\s/?#@:]{1,128}:(?P<password>[^\s/?#@]{1,128})@")
+# In the lower-cased text: the end of a key that may name a secret, then its separator.
+_SECRET_KEY_END = re.compile(
+    rf"(?:{_alternation((*_SECRET_WORDS, *_SECRET_COMPOUNDS, 'code'))})"
+    rf"(?P<sep>{_QUOTE}{_SP}{_SEP})"
+)
 
 
-def _value_span(match: re.Match[str]) -> Span:
+def _value_span(text: str, match: re.Match[str]) -> Span:
     group = next(name for name in _VALUE_GROUPS if match[name] is not None)
-    return match.span(group)
+    start, end = match.span(group)
+    if group == "bare" and text[end - 1] == "\\" and text[end : end + 1] in ('"', "'"):
+        end -= 1  # the value of an escaped JSON string ends before \"
+    return start, end
 
 
-def _credential_spans(text: str) -> Iterator[Span]:
-    pos = 0
-    while match := _PAIR.search(text, pos):
-        start, end = _value_span(match)
-        value = text[start:end]
-        if _PLACEHOLDER.fullmatch(value) or not _is_secret_key(match["key"], value):
-            pos = match.end("sep")  # the value may hold pairs of its own (a nested URL)
-            continue
-        if match["bare"] is not None and _COOKIE_KEY.search(match["key"]):
+def _secret_value_span(text: str, key: str, pos: int) -> Span | None:
+    """The span of the secret value at ``pos`` (after the separator) of ``key``, if any."""
+    if _names_secret(key):
+        value = _VALUE.match(text, pos)
+        if value is None:
+            return None
+        start, end = _value_span(text, value)
+        if _PLACEHOLDER.fullmatch(text, start, end):
+            return None
+        if value["bare"] is not None and _ends_with_word(key, _COOKIE_KEYS):
             end = _REST_OF_FIELD.match(text, end).end()  # a Cookie header: name=value; ...
-        yield start, end
-        pos = match.end()
+        return start, end
+    if _is_bare_code(key):
+        code = _OAUTH_CODE.match(text, pos)
+        if code and _looks_like_oauth_code(code["code"]):
+            return code.span("code")
+    return None
+
+
+def _credential_spans(text: str, low: str) -> Iterator[Span]:
+    covered, reversed_text = 0, text[::-1]
+    for hit in _SECRET_KEY_END.finditer(low):
+        if hit.start() < covered:  # inside a value already redacted
+            continue
+        key = _key_ending_at(reversed_text, hit.start("sep"))
+        span = key and _secret_value_span(text, key, hit.end())
+        if span:
+            yield span
+            covered = span[1]
     for match in _URL_PASSWORD.finditer(text):
         yield match.span("password")
 
@@ -231,15 +331,18 @@ def _credential_spans(text: str) -> Iterator[Span]:
 _TOKEN = r"[^\s\"'\\&,;<>{}\[\]]{1,4096}"
 _ONE_TOKEN_SCHEMES = r"bearer|basic|token"
 _FIELD_SCHEMES = r"digest|negotiate|ntlm|[a-z0-9]{1,12}-hmac-sha(?:1|256|512)|hmac-sha(?:1|256)"
+# In the lower-cased text; the look-behinds make the key a whole word.
 _AUTH_FIELD = re.compile(
-    rf"(?i)(?<![A-Za-z0-9_.-]){_AUTH_KEY}{_QUOTE}{_SP}{_SEP}{_SP}{_QUOTE}"
+    r"(?:proxy-auth(?<![a-z0-9_.-]proxy-auth)|auth(?<![a-z0-9_.-]auth))(?:orization)?"
+    rf"{_QUOTE}{_SP}{_SEP}{_SP}{_QUOTE}"
     rf"(?:(?P<one>{_ONE_TOKEN_SCHEMES})[ \t]{{1,3}}|(?P<field>{_FIELD_SCHEMES})[ \t]{{1,3}})?"
     rf"(?P<token>{_TOKEN})"
 )
 # The scheme word alone is no credential (nor is it once its credential has been redacted).
-_SCHEME_WORD = re.compile(rf"{_ONE_TOKEN_SCHEMES}|{_FIELD_SCHEMES}", re.IGNORECASE)
+_SCHEME_WORD = re.compile(rf"{_ONE_TOKEN_SCHEMES}|{_FIELD_SCHEMES}")
 _SCHEME_TOKEN = re.compile(
-    r"(?i)(?<![A-Za-z0-9_-])(?:bearer|basic)[ \t]{1,3}(?P<token>[A-Za-z0-9._~+/-]{8,4096}=*)"
+    r"(?:bearer(?<![a-z0-9_-]bearer)|basic(?<![a-z0-9_-]basic))[ \t]{1,3}"
+    r"(?P<token>[a-z0-9._~+/-]{8,4096}=*)"
 )
 
 
@@ -250,66 +353,84 @@ def _looks_like_token(token: str) -> bool:
     )
 
 
-def _bearer_spans(text: str) -> Iterator[Span]:
-    for match in _AUTH_FIELD.finditer(text):
-        if _PLACEHOLDER.fullmatch(match["token"]) or _SCHEME_WORD.fullmatch(match["token"]):
+def _bearer_spans(text: str, low: str) -> Iterator[Span]:
+    pos = 0
+    while field := _AUTH_FIELD.search(low, pos):
+        pos = field.end()
+        if _PLACEHOLDER.fullmatch(field["token"]) or _SCHEME_WORD.fullmatch(field["token"]):
             continue
+        if field["field"] is not None:  # Digest, HMAC...: name="value", ... to the line's end
+            pos = _REST_OF_LINE.match(low, pos).end()
+        yield field.start("token"), pos
+    for match in _SCHEME_TOKEN.finditer(low):
         start, end = match.span("token")
-        if match["field"] is not None:
-            end = _REST_OF_FIELD.match(text, end).end()
-        yield start, end
-    for match in _SCHEME_TOKEN.finditer(text):
-        if _looks_like_token(match["token"]):
-            yield match.span("token")
+        if _looks_like_token(text[start:end]):
+            yield start, end
 
 
 # --- pem, jwt, api_key ----------------------------------------------------------------------------
 
-_PEM_BEGIN = re.compile(r"-{0,5}BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY[A-Z ]{0,10}-{0,5}")
-_PEM_END = re.compile(r"-{0,5}END[A-Z0-9 ]{0,40}PRIVATE KEY[A-Z ]{0,10}-{0,5}")
+_PEM_BEGIN = re.compile(r"BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY[A-Z ]{0,10}-{0,5}")
+_PEM_END = re.compile(r"END[A-Z0-9 ]{0,40}PRIVATE KEY[A-Z ]{0,10}-{0,5}")
 _PEM_TRUNCATED_BODY = re.compile(r"[A-Za-z0-9+/=\s\\:,-]{0,16384}")
 _PEM_MAX = 65536
 
 
-def _pem_spans(text: str) -> Iterator[Span]:
-    pos = 0
+def _pem_spans(text: str, low: str) -> Iterator[Span]:
+    pos, ends = 0, None
     while begin := _PEM_BEGIN.search(text, pos):
-        end_line = _PEM_END.search(text, begin.end(), begin.end() + _PEM_MAX)
-        body = end_line or _PEM_TRUNCATED_BODY.match(text, begin.end())
-        yield begin.start(), body.end()
-        pos = body.end()
+        if ends is None:
+            ends = [match.end() for match in _PEM_END.finditer(text)]
+        i = bisect_left(ends, begin.end() + 1)
+        if i < len(ends) and ends[i] - begin.end() <= _PEM_MAX:
+            pos = ends[i]
+        else:
+            pos = _PEM_TRUNCATED_BODY.match(text, begin.end()).end()
+        start = begin.start()
+        while start > 0 and begin.start() - start < 5 and text[start - 1] == "-":
+            start -= 1
+        yield start, pos
 
 
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{5,4096}\.[A-Za-z0-9_-]{2,8192}\.[A-Za-z0-9_-]{0,4096}")
+_BASE64URL_RUN = re.compile(r"[A-Za-z0-9_-]*")
+
+
+def _jwt_spans(text: str, low: str) -> Iterator[Span]:
+    pos = text.find("eyJ")
+    while pos >= 0:
+        match = _JWT.match(text, pos)
+        if match:
+            yield match.span()
+        # A JWT starting later in the same base64url run would have matched from here.
+        resume = match.end() if match else _BASE64URL_RUN.match(text, pos).end()
+        pos = text.find("eyJ", resume)
+
+
+# Each alternative starts with a literal, so that ``re`` skips to them quickly.
 _API_KEY = re.compile(
-    r"(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Za-z0-9])"
+    r"AKIA[A-Z0-9]{16}(?![A-Za-z0-9])"
+    r"|ASIA[A-Z0-9]{16}(?![A-Za-z0-9])"
     r"|AIza[0-9A-Za-z_-]{35}"
     r"|gh[pousr]_[A-Za-z0-9]{36,255}"
     r"|github_pat_[A-Za-z0-9_]{22,255}"
     r"|xox[abprs]-[A-Za-z0-9-]{10,250}"
-    r"|[rs]k_(?:live|test)_[A-Za-z0-9]{16,255}"
+    r"|rk_(?:live|test)_[A-Za-z0-9]{16,255}"
+    r"|sk_(?:live|test)_[A-Za-z0-9]{16,255}"
+    r"|sk-(?<![A-Za-z0-9_-]sk-)(?P<openai>[A-Za-z0-9_-]{20,255})"
 )
-_OPENAI_KEY = re.compile(r"(?<![A-Za-z0-9_-])sk-[A-Za-z0-9_-]{20,255}")
-_AWS_SECRET = re.compile(
-    rf"(?i)aws[A-Za-z0-9_.-]{{0,30}}?secret(?:[_.-]?access)?(?:[_.-]?key)?{_QUOTE}{_SP}{_SEP}"
-    rf"{_SP}{_QUOTE}(?P<secret>[A-Za-z0-9/+]{{40}})(?![A-Za-z0-9/+])"
+_AWS_SECRET = re.compile(  # in the lower-cased text
+    rf"aws[a-z0-9_.-]{{0,30}}?secret(?:[_.-]?access)?(?:[_.-]?key)?{_QUOTE}{_SP}{_SEP}{_SP}"
+    rf"{_QUOTE}(?P<secret>[a-z0-9/+]{{40}})(?![a-z0-9/+])"
 )
 
 
-def _regex_spans(pattern: re.Pattern[str]) -> Callable[[str], Iterator[Span]]:
-    def spans(text: str) -> Iterator[Span]:
-        return (match.span() for match in pattern.finditer(text))
-
-    return spans
-
-
-def _api_key_spans(text: str) -> Iterator[Span]:
-    yield from _regex_spans(_API_KEY)(text)
-    for match in _OPENAI_KEY.finditer(text):
-        key = match[0]
-        if any(ch.isdigit() for ch in key) and any(ch.isupper() for ch in key):
+def _api_key_spans(text: str, low: str) -> Iterator[Span]:
+    for match in _API_KEY.finditer(text):
+        key = match["openai"]
+        if key is None or (any(ch.isdigit() for ch in key) and any(ch.isupper() for ch in key)):
             yield match.span()
-    for match in _AWS_SECRET.finditer(text):
+    for match in _AWS_SECRET.finditer(low):
         yield match.span("secret")
 
 
@@ -325,7 +446,7 @@ _FILE_EXTENSIONS = frozenset(
 )
 
 
-def _email_spans(text: str) -> Iterator[Span]:
+def _email_spans(text: str, low: str) -> Iterator[Span]:
     for domain in _EMAIL_DOMAIN.finditer(text):
         if domain["tld"].lower() in _FILE_EXTENSIONS:  # logo@2x.png
             continue
@@ -335,32 +456,35 @@ def _email_spans(text: str) -> Iterator[Span]:
             yield local.start(), domain.end()
 
 
-_LINKEDIN = re.compile(r"(?i)linkedin\.com/(?:in|pub)/[^\s?#&\"'<>()\[\]{},|\\]{1,200}")
-_LINKEDIN_HOST = re.compile(r"(?i)(?:https?://)?(?:[a-z0-9-]{1,20}\.)?\Z")
+_LINKEDIN = re.compile(r"linkedin\.com/(?:in|pub)/[^\s?#&\"'<>()\[\]{},|\\]{1,200}")
+_LINKEDIN_HOST = re.compile(r"(?:https?://)?(?:[a-z0-9-]{1,20}\.)?\Z")
 
 
-def _linkedin_spans(text: str) -> Iterator[Span]:
-    for match in _LINKEDIN.finditer(text):
-        host = _LINKEDIN_HOST.search(text, max(0, match.start() - 30), match.start())
+def _linkedin_spans(text: str, low: str) -> Iterator[Span]:
+    for match in _LINKEDIN.finditer(low):
+        host = _LINKEDIN_HOST.search(low, max(0, match.start() - 30), match.start())
         yield host.start(), match.end()
 
 
 # --- phone ----------------------------------------------------------------------------------------
 
 _INTERNATIONAL = re.compile(
-    rf"(?:(?<![\w.:/+-])\+|(?<![\w.:/+=%-])00)[ \t]{{0,2}}{_PHONE_BODY}(?!\w)"
+    rf"(?:\+(?<![\w.:/+-]\+)|00(?<![\w.:/+=%-]00))[ \t]{{0,2}}{_PHONE_BODY}(?!\w)"
 )
-_PHONE_CONTEXT = re.compile(
-    rf"(?:{_KEY}{_QUOTE}{_PHONE_GAP}|(?P<zh>{_PHONE_KEY_ZH}){_PHONE_ZH_GAP}){_QUOTE}{_SP}"
-    rf"(?P<number>(?:\+|00)?[ \t]{{0,2}}{_PHONE_BODY})(?!\w)"
+_NUMBER = rf"(?P<number>(?:\+|00)?[ \t]{{0,2}}{_PHONE_BODY})(?!\w)"
+_PHONE_CONTEXT = re.compile(  # in the lower-cased text
+    rf"(?:{_alternation(_PHONE_WORDS)})(?:[ _.-]{{0,3}}(?:{'|'.join(_PHONE_NUMBER_WORDS)}))?"
+    rf"(?P<gap>{_QUOTE}{_PHONE_GAP})"
+    rf"{_QUOTE}{_SP}{_NUMBER}"
 )
+_PHONE_ZH_CONTEXT = re.compile(rf"{_PHONE_KEY_ZH}{_PHONE_ZH_GAP}{_QUOTE}{_SP}{_NUMBER}")
 _DIGIT_GROUP = re.compile(r"[0-9]+")
 _NOT_A_PHONE = re.compile(
     r"[0-9]{4}[-/.][0-9]{1,2}[-/.][0-9]{1,2}"  # a date
     r"|[0-9]{1,2}[-/.][0-9]{1,2}[-/.][0-9]{4}"
     r"|[0-9]{1,3}(?:\.[0-9]{1,3}){3}(?![0-9])"  # an IPv4 address
 )
-_MIN_DIGITS, _MAX_DIGITS, _MIN_NATIONAL_DIGITS = 7, 15, 6
+_MIN_DIGITS, _MAX_DIGITS, _MIN_NATIONAL_DIGITS, _MAX_TRIES = 7, 15, 6, 3
 
 
 def _parse_international(number: str) -> phonenumbers.PhoneNumber | None:
@@ -371,11 +495,13 @@ def _parse_international(number: str) -> phonenumbers.PhoneNumber | None:
         return None
 
 
+@functools.lru_cache(maxsize=4096)
 def _valid_international(number: str) -> bool:
     parsed = _parse_international(number)
     return parsed is not None and phonenumbers.is_valid_number(parsed)
 
 
+@functools.lru_cache(maxsize=4096)
 def _possible_international(number: str) -> bool:
     parsed = _parse_international(number)
     return parsed is not None and phonenumbers.is_possible_number(parsed)
@@ -386,8 +512,8 @@ def _plausible_national(number: str) -> bool:
 
 
 def _accepted_length(candidate: str, accept: Callable[[str], bool], min_digits: int) -> int:
-    """Length of the longest prefix of ``candidate`` that ends a digit group, holds
-    ``min_digits`` to 15 digits and is accepted; 0 if there is none."""
+    """Length of the longest of the (at most three longest) prefixes of ``candidate`` that end
+    a digit group and hold ``min_digits`` to 15 digits that ``accept`` takes; 0 if none."""
     ends, digits = [], 0
     for group in _DIGIT_GROUP.finditer(candidate):
         digits += len(group[0])
@@ -395,7 +521,8 @@ def _accepted_length(candidate: str, accept: Callable[[str], bool], min_digits: 
             break
         if digits >= min_digits:
             ends.append(group.end())
-    return next((end for end in reversed(ends) if accept(candidate[:end])), 0)
+    tries = reversed(ends[-_MAX_TRIES:])
+    return next((end for end in tries if accept(candidate[:end])), 0)
 
 
 def _context_number_length(number: str) -> int:
@@ -404,14 +531,27 @@ def _context_number_length(number: str) -> int:
     return _accepted_length(number, _plausible_national, _MIN_NATIONAL_DIGITS)
 
 
-def _phone_spans(text: str) -> Iterator[Span]:
-    for match in _INTERNATIONAL.finditer(text):
-        length = _accepted_length(match[0], _valid_international, _MIN_DIGITS)
+def _international_spans(text: str) -> Iterator[Span]:
+    pos = 0
+    while candidate := _INTERNATIONAL.search(text, pos):
+        length = _accepted_length(candidate[0], _valid_international, _MIN_DIGITS)
         if length:
-            yield match.start(), match.start() + length
-    for match in _PHONE_CONTEXT.finditer(text):
-        if match["zh"] is None and not _PHONE_KEY.search(match["key"]):
+            yield candidate.start(), candidate.start() + length
+        # A second number may start inside a candidate that ran on ("+49 30 1234567 / +49 ...").
+        pos = candidate.start() + (length or 1)
+
+
+def _phone_spans(text: str, low: str) -> Iterator[Span]:
+    yield from _international_spans(text)
+    reversed_text = text[::-1]
+    for match in _PHONE_CONTEXT.finditer(low):
+        key = _key_ending_at(reversed_text, match.start("gap"))
+        if key is None or not _is_phone_key(key):
             continue
+        length = _context_number_length(match["number"])
+        if length:
+            yield match.start("number"), match.start("number") + length
+    for match in _PHONE_ZH_CONTEXT.finditer(text):
         length = _context_number_length(match["number"])
         if length:
             yield match.start("number"), match.start("number") + length
@@ -420,27 +560,46 @@ def _phone_spans(text: str) -> Iterator[Span]:
 # --- the pre-filter -------------------------------------------------------------------------------
 
 
+# ASCII classes written out, so that both engines read them alike: everything but ASCII other
+# than letters and digits (which admits every non-ASCII letter and digit), and so on.
+_ALNUM_OR_NON_ASCII = r"[^\x00-\x2f\x3a-\x40\x5b-\x60\x7b-\x7f]"
+_LETTER_OR_NON_ASCII = r"[^\x00-\x40\x5b-\x60\x7b-\x7f]"
+_DOMAIN_CHAR_OR_NON_ASCII = r"[^\x00-\x2c\x2f\x3a-\x40\x5b-\x5e\x60\x7b-\x7f]"  # also - . _
+
+
 def _prefilter_pattern() -> str:
     """One alternative per part that some finding cannot do without (see the module docstring),
     built from the detectors' fragments; escaped forms stand for findings of the decoded text."""
     sp = r"(?:[ \t]|%20){0,3}"
     key_end = r"(?:\\?[\"']|%2[27])?"
-    sep = r"(?:[:=]|%3[ADad])"
+    sep = r"(?:=>|[:=]|%3[ADad])"
+    # The start of a value that is more than a placeholder of stars: quoted, stars then more,
+    # or a first character that a bare value may start with.
+    value = (
+        rf"{sp}(?:\\?[\"']\**[^*\"'\r\n]|\*+[^*\t\n\v\f\r \"'&,;<>{{}}]"
+        r"|[^*\t\n\v\f\r \"'\\&,;<>{}\[\]])"
+    )
     gap = rf"(?:{sp}(?:[:=#{_FULLWIDTH_COLON}]|\.:?|%3[ADad]|%23){sp}|(?:[ \t]|%20){{1,3}})"
     body = r"\(?[0-9](?:[0-9 \t().+/-]|%[0-9A-Fa-f]{2}){4,28}[0-9]"
     number = rf"(?:\+|%2[Bb]|00)?(?:[ \t]|%20){{0,2}}{body}"
     secret_key = (
-        rf"(?:(?i:{_SECRET_WORDS}|{_SECRET_COMPOUNDS}|{_AUTH_KEY})|{_QUALIFIED_CODE}"
-        r"|(?:^|[^A-Za-z0-9_.-])(?i:code))"
+        rf"(?:(?i:{_alternation((*_SECRET_WORDS, *_SECRET_COMPOUNDS, *_AUTH_KEYS))})"
+        rf"|(?i:{_alternation(_CODE_QUALIFIERS)})[ _.-]{{0,3}}(?i:code))"
     )
+    bare_code = r"(?:^|[^A-Za-z0-9_.-])(?i:code)"
+    oauth_code = rf"{sp}(?:\\?[\"'])?[A-Za-z0-9._~/+%-]{{12}}"
     phone_key = (
-        rf"(?:(?i:{_PHONE_WORDS})(?:[ _.-]{{0,3}}(?i:{_PHONE_NUMBER_WORDS}))?{key_end}{gap}"
+        rf"(?:(?i:{_alternation(_PHONE_WORDS)})"
+        rf"(?:[ _.-]{{0,3}}(?i:{'|'.join(_PHONE_NUMBER_WORDS)}))?{key_end}{gap}"
         rf"|{_PHONE_KEY_ZH}{sp}(?:[:={_FULLWIDTH_COLON}]|%3[ADad])?{sp})"
     )
     return "|".join(
         (
-            r"@|%40",
-            rf"{secret_key}{key_end}{sp}{sep}",
+            rf"(?:@|%40){_ALNUM_OR_NON_ASCII}{_DOMAIN_CHAR_OR_NON_ASCII}{{0,253}}\."
+            rf"{_LETTER_OR_NON_ASCII}",
+            r"://[^\x00-\x20/?#@:]{1,128}:[^\x00-\x20/?#@]{1,128}@",
+            rf"{secret_key}{key_end}{sp}{sep}{value}",
+            rf"{bare_code}{key_end}{sp}{sep}{oauth_code}",
             rf"{phone_key}{key_end}{sp}{number}",
             rf"(?:\+|%2[Bb])(?:[ \t]|%20){{0,2}}{body}",
             rf"(?:^|[^A-Za-z0-9_.:/+=%-]|%[0-9A-Fa-f]{{2}})00(?:[ \t]|%20){{0,2}}{body}",
@@ -459,9 +618,9 @@ PREFILTER: re.Pattern[str] = re.compile(_prefilter_pattern(), re.ASCII)
 
 # --- the scan -------------------------------------------------------------------------------------
 
-_DETECTORS: tuple[tuple[str, Callable[[str], Iterable[Span]]], ...] = (
+_DETECTORS: tuple[tuple[str, Callable[[str, str], Iterable[Span]]], ...] = (
     ("pem", _pem_spans),
-    ("jwt", _regex_spans(_JWT)),
+    ("jwt", _jwt_spans),
     ("api_key", _api_key_spans),
     ("bearer", _bearer_spans),
     ("credential", _credential_spans),
@@ -473,11 +632,12 @@ _PERCENT_ASCII = re.compile(r"%[0-7][0-9A-Fa-f]")
 
 
 def _detect(text: str, kinds: frozenset[str]) -> list[Finding]:
+    low = _ascii_lower(text)
     return [
         (start, end, kind)
         for kind, detector in _DETECTORS
         if kind in kinds
-        for start, end in detector(text)
+        for start, end in detector(text, low)
         if start < end
     ]
 
@@ -550,40 +710,47 @@ def scan_text(text: str, kinds: frozenset[str] = ALL_KINDS) -> tuple[str, dict[s
     of findings by kind (empty, and ``text`` itself returned, when there is none)."""
     _check_kinds(kinds)
     counts: Counter[str] = Counter()
-    while PREFILTER.search(text) and (findings := _findings(text, kinds)):
+    while findings := _findings(text, kinds):
         text = _redacted(text, findings)
         counts.update(kind for _, _, kind in findings)
     return text, dict(counts)
 
 
-def _scan_chunk(chunk: pa.Array, kinds: frozenset[str]) -> tuple[pa.Array, Counter[str]]:
-    flagged = pc.fill_null(pc.match_substring_regex(chunk, PREFILTER.pattern), False)
-    counts: Counter[str] = Counter()
-    if not pc.any(flagged).as_py():
-        return chunk, counts
-    scanned = [scan_text(value, kinds) for value in pc.filter(chunk, flagged).to_pylist()]
-    for _, found in scanned:
-        counts.update(found)
-    if not counts:
-        return chunk, counts
-    replacements = pa.array([text for text, _ in scanned], type=chunk.type)
-    return pc.replace_with_mask(chunk, flagged, replacements), counts
+def _replaced_in_chunks(
+    array: pa.ChunkedArray, flagged: pa.ChunkedArray, replacements: pa.Array
+) -> pa.ChunkedArray:
+    """``array`` with its flagged values replaced in order, chunk by chunk (chunks kept)."""
+    chunks, offset, used = [], 0, 0
+    for chunk in array.chunks:
+        mask = flagged.slice(offset, len(chunk)).combine_chunks()
+        n = pc.sum(mask).as_py() or 0
+        chunks.append(
+            pc.replace_with_mask(chunk, mask, replacements.slice(used, n)) if n else chunk
+        )
+        offset, used = offset + len(chunk), used + n
+    return pa.chunked_array(chunks, type=array.type)
 
 
 def scan_array(
     array: pa.Array | pa.ChunkedArray, kinds: frozenset[str] = ALL_KINDS
 ) -> tuple[pa.Array | pa.ChunkedArray, dict[str, int]]:
     """:func:`scan_text` over a string column: the pre-filter runs in Arrow and only the values
-    it flags are scanned in Python. Nulls and the type are kept; ``array`` itself is returned
-    when nothing was found."""
+    it flags are scanned in Python. Nulls, the type and the chunks are kept; ``array`` itself is
+    returned when nothing was found.
+
+    Arrow compiles the pre-filter on each call (a few milliseconds), so call this once per column
+    of a batch, not per value."""
     _check_kinds(kinds)
-    if isinstance(array, pa.Array):
-        scanned, counts = _scan_chunk(array, kinds)
-        return scanned, dict(counts)
-    results = [_scan_chunk(chunk, kinds) for chunk in array.chunks]
-    total: Counter[str] = Counter()
-    for _, counts in results:
-        total.update(counts)
-    if not total:
+    flagged = pc.fill_null(pc.match_substring_regex(array, PREFILTER.pattern), False)
+    if not pc.any(flagged).as_py():
         return array, {}
-    return pa.chunked_array([chunk for chunk, _ in results], type=array.type), dict(total)
+    scanned = [scan_text(value, kinds) for value in pc.filter(array, flagged).to_pylist()]
+    counts: Counter[str] = Counter()
+    for _, found in scanned:
+        counts.update(found)
+    if not counts:
+        return array, {}
+    replacements = pa.array([text for text, _ in scanned], type=array.type)
+    if isinstance(array, pa.ChunkedArray):
+        return _replaced_in_chunks(array, flagged, replacements), dict(counts)
+    return pc.replace_with_mask(array, flagged, replacements), dict(counts)
