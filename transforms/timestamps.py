@@ -1,6 +1,6 @@
 """Event-time parsing: the three accepted forms of the data contract, to UTC epoch microseconds.
 
-Accepted (DESIGN.md section 3):
+Accepted (the data contract, ``docs/design.md``):
 - ISO-8601 with an offset or ``Z`` (``2025-03-01T23:30:00+08:00``, ``2025-03-01T15:30:00Z``);
 - naive ISO-8601, taken as UTC (``2025-03-01T15:30:00``, also with a space instead of ``T``);
 - epoch milliseconds as an integer (JSON number, or Avro ``long``).
