@@ -392,7 +392,7 @@ def test_a_megabyte_of_pathological_text_takes_seconds_at_most(text):
     assert all(isinstance(n, int) and n > 0 for n in counts.values())
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.text(alphabet=st.characters(codec=None)))
 def test_never_raises_on_any_text(text):
     out, counts = scan_text(text)
@@ -418,14 +418,14 @@ mixed_text = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=6))
 )
 
 
-@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mixed_text)
 def test_scanning_is_idempotent(text):
     out, _ = scan_text(text)
     assert scan_text(out) == (out, {})
 
 
-@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mixed_text)
 def test_the_prefilter_admits_every_text_with_a_finding(text):
     """What the Python pre-filter admits, RE2 admits too; and no finding is in text it rejects
@@ -448,6 +448,7 @@ emails = st.builds(
 )
 
 
+@settings(deadline=None)
 @given(surrounding, delimiter, emails, delimiter, surrounding)
 def test_an_embedded_email_never_survives(before, left, email, right, after):
     out, counts = scan_text(before + left + email + right + after)
@@ -475,6 +476,7 @@ jwts = st.builds(
 )
 
 
+@settings(deadline=None)
 @given(surrounding, delimiter, jwts, delimiter, surrounding)
 def test_an_embedded_jwt_never_survives(before, left, jwt, right, after):
     out, counts = scan_text(before + left + jwt + right + after)
@@ -491,6 +493,7 @@ pems = st.builds(
 )
 
 
+@settings(deadline=None)
 @given(surrounding, delimiter, pems, delimiter, surrounding)
 def test_an_embedded_pem_block_never_survives(before, left, pem, right, after):
     out, counts = scan_text(before + left + pem + right + after)
@@ -531,6 +534,7 @@ secret_values = st.from_regex(r"[A-Za-z0-9!#$()*+./:?@^_~|-]{8,30}", fullmatch=T
 pair_formats = st.sampled_from(["{k}={v}", "{k}: {v}", "{k} = {v}", '"{k}": "{v}"', "{k}:'{v}'"])
 
 
+@settings(deadline=None)
 @given(surrounding, delimiter, secret_keys, pair_formats, secret_values, delimiter, surrounding)
 def test_an_embedded_credential_pair_never_survives(before, left, key, form, value, right, after):
     pair = form.format(k=key, v=value)
@@ -589,7 +593,7 @@ def test_scan_array_honours_the_kinds():
 rows = st.lists(st.one_of(st.none(), mixed_text), max_size=20)
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows, st.integers(min_value=1, max_value=5))
 def test_scan_array_agrees_with_scan_text_row_by_row(values, chunk_size):
     chunks = [values[i : i + chunk_size] for i in range(0, len(values), chunk_size)]
