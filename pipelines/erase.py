@@ -3,21 +3,28 @@
     python -m pipelines.erase --output DIR --requests GLOB [--run_time ISO-8601]
 
 Requests are JSON Lines, one per line, naming the subject by exactly one of ``user_id``,
-``uin``, ``business_email`` or ``ip`` (a ``user_id`` may be narrowed to one application with
+``uin``, ``sdk_app_id`` (a whole application), ``business_email``, ``business_phone``,
+``linkedin_url`` or ``ip`` (a ``user_id`` may be narrowed to one application with
 ``sdk_app_id``)::
 
     {"request_id": "DSR-1", "received_at": "2026-11-28T09:00:00Z", "business_email": "a@b.c"}
     {"request_id": "DSR-2", "received_at": "2026-11-28T09:05:00Z", "user_id": "u-7",
      "sdk_app_id": 1400000001}
+    {"request_id": "DSR-3", "received_at": "2026-11-28T09:06:00Z", "sdk_app_id": 1400000002}
+    {"request_id": "DSR-4", "received_at": "2026-11-28T09:07:00Z",
+     "business_phone": "+1 415 555 2671"}
 
-Every category and the dead letters are scanned (Parquet files for the identifying columns
-only); a file is rewritten only if it holds a row of a subject: the file minus those rows is
-staged with the file's own schema and codec and replaces it in one committed transaction (a file
-left empty is deleted), so every other row stays identical. Rows reached through the subject's
-own rows are erased too: the corporate visitor information of an IP's visits, and the temporary
-keys and application logs of an account's applications (``transforms.retention.erasure``).
+Values are compared normalised on both sides (``transforms.retention.matching``: e-mails
+case-insensitively, phone numbers in E.164, which needs the country code, LinkedIn URLs as their
+profile path). Every category and the dead letters are scanned (Parquet files for the
+identifying columns only); a file is rewritten only if it holds a row of a subject: the file
+minus those rows is staged with the file's own schema and codec and replaces it in one committed
+transaction (a file left empty is deleted), so every other row stays identical. Rows reached
+through the subject's own rows are erased too: the corporate visitor information of an IP's
+visits, and the temporary keys and application logs of an account's applications, wherever a
+stored row ties them to the account (``transforms.retention.erasure.links``).
 
-    ReadRequests -> ParseRequests -+-> CollectLinks (website_visit, console_configuration)
+    ReadRequests -> ParseRequests -+-> CollectLinks (website_visit, every uin/sdk_app_id category)
                         |          |          |
                    DeadLetters     +-> ScanFiles (every file, requests + links as side inputs)
                                                  |
@@ -46,13 +53,13 @@ from pipelines.report import counters_of, counters_with_prefix
 from transforms.deadletter import ParDoWithDeadLetters
 from transforms.read import ReadRecords
 from transforms.retention.erasure import (
-    DEFAULT_LINKS,
     SUBJECT_FIELDS,
     CollectLinksFn,
     IndexLinks,
     Link,
     ParseRequestFn,
     ScanFileFn,
+    links,
 )
 from transforms.retention.layout import (
     DATA,
@@ -96,7 +103,7 @@ class EraseConfig:
     run: RunContext
     root: str
     txn: Transaction
-    links: tuple[Link, ...] = DEFAULT_LINKS
+    links: tuple[Link, ...] = ()
     files: tuple[dict[str, str], ...] = ()
     link_files: tuple[dict[str, str], ...] = ()
     unscanned: tuple[str, ...] = ()
@@ -232,7 +239,9 @@ def config_from(options: PipelineOptions) -> EraseConfig:
         flag="--requests",
     )
     root = run.output
-    return EraseConfig(run=run, root=root, txn=Transaction(root, run.run_id))
+    return EraseConfig(
+        run=run, root=root, txn=Transaction(root, run.run_id), links=links(run.policy)
+    )
 
 
 def _scan_files(root: str) -> tuple[tuple[dict[str, str], ...], tuple[str, ...]]:

@@ -2,35 +2,40 @@
 
     python -m pipelines.lifecycle --output DIR --events GLOB [--run_time ISO-8601]
 
-Events are JSON Lines, one per line::
+Events are JSON Lines, one per line, each naming its subject by exactly one of the event's keys
+(the policy's ``lifecycle_events``)::
 
     {"event": "account_deleted",    "uin": "100000009",        "at": "2026-11-28T10:00:00Z"}
     {"event": "service_terminated", "sdk_app_id": 1400000001,  "at": "2026-11-28T10:00:00Z"}
     {"event": "marketing_opt_out",  "business_email": "a@b.c", "at": 1795000000000}
+    {"event": "marketing_opt_out",  "business_phone": "+1 415 555 2671", "at": ...}
+    {"event": "marketing_opt_out",  "linkedin_url": "https://www.linkedin.com/in/jane-doe", ...}
 
-The events, their key fields and the rules they end are the policy's (``lifecycle_events``);
-each affected row of a ``__HIVE_DEFAULT_PARTITION__`` partition gets ``expires_at`` = the event
-time plus the grace period of its rule (account deleted: +30 days for account data, +7 days for
-service data; service terminated: +7 days) and moves to its ``expiry_date=`` partition, where
-the purge deletes it on the right day. A row whose new expiry is already past at ``--run_time``
-(default: now) is deleted at once: an opt-out means "delete now", and an event reported late does
-not keep data past its expiry. An account deletion also ends the service of the account's
-applications (found in its ``console_configuration`` rows), so their temporary keys and
-application logs expire 7 days after it, as the policy says (``AccountApps``).
+The events, their key fields and the rules they end are the policy's; values are compared
+normalised on both sides (``transforms.retention.matching``). Each affected row of a
+``__HIVE_DEFAULT_PARTITION__`` partition gets ``expires_at`` = the event time plus the grace
+period of its rule (account deleted: +30 days for account data, +7 days for service data;
+service terminated: +7 days) and moves to its ``expiry_date=`` partition, where the purge
+deletes it on its date. A row whose new expiry is already due at ``--run_time`` (default: now),
+that is on or before its UTC date as for the purge, is deleted at once: an opt-out means "delete
+now", and an event reported late does not keep data past its expiry. An account deletion also
+ends the service of the account's applications (the policy's ``cascades_to``), found in every
+stored category that ties a ``uin`` to an ``sdk_app_id``, so their temporary keys and
+application logs expire 7 days after it, as the policy says (``ResolveCascades``).
 
     ReadEvents -> ParseEvents -> IndexEvents --------------------+--> SplitFiles (null partitions)
                       |             |                            |       |           |
-                      |             +-> ResolveAccountApps ------+   moved rows   actions
-                      v                 (console_configuration)        |
+                      |             +-> ResolveCascades ---------+   moved rows   actions
+                      v                 (every linking category)       |
                  DeadLetters                                     WritePartitioned (staged)
 
 Everything is staged in a transaction (``transforms.retention.txn``) and committed in one step
 once the job succeeded: a crash leaves the old state or, after the commit, a state the next run
 of any retention job completes; never a loss, and no row ends up in two partitions. Malformed
-events become dead letters (``_dead_letter/source=lifecycle/``) with their reason. Rerunning
-with the same events is a no-op; rerunning with the whole event history also catches rows of a
-deleted account or application ingested after its event. The audit record is
-``_reports/lifecycle-<run_id>.json``.
+events become dead letters (``_dead_letter/source=lifecycle/``) with their reason and their
+contact fields masked. Rerunning with the same events is a no-op; rerunning with the whole event
+history also catches rows of a deleted account or application ingested after its event. The
+audit record is ``_reports/lifecycle-<run_id>.json``.
 """
 
 from __future__ import annotations
@@ -55,11 +60,13 @@ from transforms.retention.layout import (
     list_layout,
 )
 from transforms.retention.lifecycle import (
-    AccountApps,
+    Cascade,
     IndexEvents,
     ParseEventFn,
-    ResolveAccountAppsFn,
+    ResolveCascadesFn,
     SplitFileFn,
+    cascades,
+    event_keys,
 )
 from transforms.retention.txn import (
     Transaction,
@@ -120,7 +127,7 @@ class LifecycleConfig:
     txn: Transaction
     categories: tuple[str, ...]
     null_files: tuple[dict[str, str], ...]
-    link: AccountApps | None
+    cascades: tuple[Cascade, ...]
     link_files: tuple[dict[str, str], ...]
 
 
@@ -134,8 +141,7 @@ class ApplyLifecycleEvents(beam.PTransform):
     def expand(self, pbegin):
         c = self._config
         policy, txn = c.run.policy, c.txn
-        keys = {event.key for event in policy.lifecycle_events.values()}
-        context = dead_letter_context(c.run, ["event", "at", *sorted(keys)])
+        context = dead_letter_context(c.run, ["event", "at", *event_keys(policy)])
         token = f"lc{c.run.run_id[:6]}"
 
         raw = pbegin | "ReadEvents" >> ReadRecords(
@@ -145,16 +151,16 @@ class ApplyLifecycleEvents(beam.PTransform):
             ParseEventFn(policy, context, c.run.bounds), "parse", context
         )
         index = events | "IndexEvents" >> beam.CombineGlobally(IndexEvents())
-        if c.link is not None and c.link_files:
+        if c.link_files:
             derived = (
                 pbegin
-                | "AccountAppFiles" >> beam.Create(list(c.link_files))
-                | "ResolveAccountApps"
-                >> beam.ParDo(ResolveAccountAppsFn(c.link), beam.pvalue.AsSingleton(index))
+                | "LinkingFiles" >> beam.Create(list(c.link_files))
+                | "ResolveCascades"
+                >> beam.ParDo(ResolveCascadesFn(c.cascades), beam.pvalue.AsSingleton(index))
             )
             index = (
                 (events, derived)
-                | "WithAppEvents" >> beam.Flatten()
+                | "WithDerivedEvents" >> beam.Flatten()
                 | "IndexAllEvents" >> beam.CombineGlobally(IndexEvents())
             )
         split = (
@@ -196,14 +202,13 @@ def config_from(options: PipelineOptions) -> LifecycleConfig:
         flag="--events",
     )
     policy, root = run.policy, run.output
-    link = AccountApps()
     return LifecycleConfig(
         run=run,
         root=root,
         txn=Transaction(root, run.run_id),
         categories=lifecycle_categories(policy),
         null_files=(),
-        link=link if link.usable(policy) else None,
+        cascades=cascades(policy),
         link_files=(),
     )
 
@@ -217,9 +222,8 @@ def _with_files(config: LifecycleConfig) -> LifecycleConfig:
         for f in data
         if f.partition.open_ended and f.partition.name in config.categories
     )
-    link_files: tuple[dict[str, str], ...] = ()
-    if config.link is not None:
-        link_files = tuple(f.element() for f in data if f.partition.name == config.link.category)
+    linking = {category for cascade in config.cascades for category in cascade.categories}
+    link_files = tuple(f.element() for f in data if f.partition.name in linking)
     return dataclasses.replace(config, null_files=null_files, link_files=link_files)
 
 
@@ -253,7 +257,7 @@ def _audit(
             "events_read": counters.get("lifecycle.events_read", 0),
             "events_valid": events_valid,
             "dead_lettered": counters_with_prefix(counters, "dead_letter."),
-            "derived_app_events": counters.get("lifecycle.derived_app_events", 0),
+            "derived_events": counters_with_prefix(counters, "lifecycle.derived_events."),
             "rows_moved": _sum(rewrites, "rows_moved"),
             "rows_deleted_expired": _sum(rewrites, "rows_deleted_expired"),
             "files_rewritten": sum(1 for a in rewrites if a["op"] == "replace"),
@@ -303,7 +307,7 @@ def summary(report: Mapping[str, Any]) -> list[str]:
 
     return [
         f"[lifecycle] events read={counts['events_read']} valid: {fmt(counts['events_valid'])} "
-        f"(+{counts['derived_app_events']} application events of deleted accounts)",
+        f"(+ derived by cascade: {fmt(counts['derived_events'])})",
         f"[lifecycle] dead letters: {fmt(counts['dead_lettered'])}",
         f"[lifecycle] rows moved to their expiry partition: {fmt(counts['rows_moved'])}",
         f"[lifecycle] rows deleted (already expired): {fmt(counts['rows_deleted_expired'])}",

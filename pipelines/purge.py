@@ -3,10 +3,11 @@
     python -m pipelines.purge --output DIR [--now ISO-8601] [--dry_run]
 
 Every ``expiry_date=<date>/`` partition (data categories and dead letters alike) whose date is
-before the UTC date of ``--now`` (default: now) is deleted, file by file, through Beam's
-``FileSystems`` (local paths, ``gs://``, ``s3://``). A row expires on the UTC date of its
-``expires_at``, so its partition goes on the first purge of the next day: run the purge daily
-shortly after midnight UTC and nothing outlives its expiry by more than a day.
+on or before the UTC date of ``--now`` (default: now) is deleted, file by file, through Beam's
+``FileSystems`` (local paths, ``gs://``, ``s3://``). The policy's "within N days" means at most
+N days, so a row goes on the UTC date of its ``expires_at``, not after it
+(``transforms.retention.layout.due``): run the purge daily at 00:00 UTC and no row is kept past
+its ``expires_at`` (a row may go up to a day early, never late).
 
 Never touched: an unexpired partition, the Hive null partition (open-ended retention, until a
 lifecycle event sets the expiry), a partition whose date is not a date, and anything outside the
@@ -67,7 +68,7 @@ class PurgeOptions(PipelineOptions):
             "--now",
             default=None,
             help="Reference time, ISO-8601 (default: now). Partitions whose expiry date is "
-            "before its UTC date are deleted.",
+            "on or before its UTC date are deleted.",
         )
 
 
@@ -143,7 +144,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "run_id": run_id,
         "started_at": utc_now_iso(),
         "now": format_utc(now),
-        "deletes_expiry_dates_before": today.isoformat(),
+        "deletes_expiry_dates_on_or_before": today.isoformat(),
         "policy_version": policy.version,
         "policy_source": policy.source,
         "output": root,
@@ -181,8 +182,8 @@ def summary(report: dict[str, Any]) -> list[str]:
     verb = "would delete" if report["dry_run"] else "deleted"
     lines = [
         f"[purge] now={report['now']}: {verb} {counts['partitions']} partitions "
-        f"({counts['files']} files, {counts['bytes']:,} bytes) with expiry dates before "
-        f"{report['deletes_expiry_dates_before']}"
+        f"({counts['files']} files, {counts['bytes']:,} bytes) with expiry dates on or before "
+        f"{report['deletes_expiry_dates_on_or_before']}"
     ]
     if report["dry_run"]:
         lines += [f"  {p['partition']}  ({len(p['targets'])} files)" for p in report["partitions"]]

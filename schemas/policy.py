@@ -224,22 +224,41 @@ def _is_age(value: Any) -> bool:
 class LifecycleEvent:
     """An event that ends open-ended retention for the records it is keyed to.
 
-    ``key`` is the record field that identifies the data subject or application (``uin``,
-    ``sdk_app_id``, ``business_email``); ``ends`` the retention rules whose records it makes
-    expire: ``days_after`` the event for lifetime rules, at the event for ``until_opt_out``.
+    ``keys`` are the record fields that may identify its data subject or application (``uin``;
+    ``sdk_app_id``; ``business_email``, ``business_phone`` or ``linkedin_url``): one event names
+    exactly one of them. ``ends`` are the retention rules whose records it makes expire:
+    ``days_after`` the event for lifetime rules, at the event for ``until_opt_out``.
+    ``cascades_to`` names the events that follow, at the same time, for every entity found with
+    this one (an account's deletion ends its applications' services): see :meth:`links_to`.
     """
 
     name: str
-    key: str
+    keys: tuple[str, ...]
     ends: frozenset[str]
+    cascades_to: tuple[str, ...] = ()
 
     def applies_to(self, category: Category) -> bool:
         """True when records of ``category`` may be affected (the rule of the category or of one
-        of its purposes is ended by this event, and the category has the key field)."""
+        of its purposes is ended by this event, and the category has a key field)."""
         rules = {category.retention.rule} | {
             p.retention.rule for p in category.purposes if p.retention
         }
-        return bool(rules & self.ends) and self.key in category.fields
+        return bool(rules & self.ends) and any(k in category.fields for k in self.keys)
+
+    def links_to(
+        self, then: LifecycleEvent, categories: Iterable[Category]
+    ) -> tuple[tuple[str, str, str], ...]:
+        """Where the entities of ``then`` are found from this event's: ``(category, key of this
+        event, key of then)`` for every stored category whose fields hold both keys."""
+        return tuple(
+            (category.name, own, theirs)
+            for category in sorted(categories, key=lambda c: c.name)
+            if category.stored
+            for own in self.keys
+            if own in category.fields
+            for theirs in then.keys
+            if theirs in category.fields and theirs != own
+        )
 
     def expires_at(self, retention: Retention, event_time_us: int) -> int | None:
         """The expiry of a record with ``retention`` once this event happened (None: unaffected)."""
@@ -720,20 +739,65 @@ class _Validator:
         self, doc: Any, categories: Mapping[str, Category]
     ) -> dict[str, LifecycleEvent]:
         events: dict[str, LifecycleEvent] = {}
+        pending: list[tuple[LifecycleEvent, str, str]] = []  # cascades, checked once all are read
+        stored = [c for c in categories.values() if c.stored]
         for name, body in self.mapping(doc or {}, "lifecycle_events").items():
             path = f"lifecycle_events.{name}"
             body = self.mapping(body, path)
-            self.unknown_keys(body, ("key", "ends"), path)
-            key = self.string(body.get("key"), f"{path}.key")
+            self.unknown_keys(body, ("key", "keys", "ends", "cascades_to"), path)
+            if "key" in body:
+                self.error(f"{path}.key", "replaced by keys, a list of the fields it may name")
+            if "keys" not in body:
+                self.error(f"{path}.keys", "missing: list the fields the event may name")
+            raw_keys = body.get("keys")
+            keys = self.names(raw_keys, f"{path}.keys", allow_empty="keys" not in body)
             ends = self.names(body.get("ends"), f"{path}.ends", allow_empty=False)
             for rule in ends:
                 if rule not in ("account_lifetime", "service_lifetime", "until_opt_out"):
                     self.error(f"{path}.ends", f"{rule!r} is not an open-ended retention rule")
-            event = LifecycleEvent(str(name), key, frozenset(ends))
-            if not any(event.applies_to(c) for c in categories.values()):
-                self.error(path, "no category has both the key field and a rule it ends")
-            events[str(name)] = event
+            for i, key in enumerate(raw_keys if isinstance(raw_keys, list) else ()):
+                if key not in keys:
+                    continue  # not a name: reported above
+                alone = LifecycleEvent(str(name), (key,), frozenset(ends))
+                if not any(alone.applies_to(c) for c in stored):
+                    self.error(
+                        f"{path}.keys[{i}]",
+                        f"{key!r} is not a field of any stored category whose retention this "
+                        "event ends",
+                    )
+            raw_cascades = body.get("cascades_to")
+            cascades = self.names(raw_cascades, f"{path}.cascades_to")
+            event = LifecycleEvent(str(name), keys, frozenset(ends), cascades)
+            events[event.name] = event
+            for i, then in enumerate(raw_cascades if isinstance(raw_cascades, list) else ()):
+                if then in cascades:
+                    pending.append((event, then, f"{path}.cascades_to[{i}]"))
+        for event, then, path in pending:
+            self.lifecycle_cascade(event, then, events, stored, path)
         return events
+
+    def lifecycle_cascade(
+        self,
+        event: LifecycleEvent,
+        then: str,
+        events: Mapping[str, LifecycleEvent],
+        stored: list[Category],
+        path: str,
+    ) -> None:
+        """``event`` cascades to ``then``: another event, of one step, whose entities some
+        stored category ties to this event's."""
+        if then == event.name:
+            self.error(path, "an event cannot cascade to itself")
+        elif then not in events:
+            self.error(path, f"{then!r} is not a lifecycle event")
+        elif events[then].cascades_to:
+            self.error(path, f"{then} cascades further; a cascade is one step")
+        elif event.keys and events[then].keys and not event.links_to(events[then], stored):
+            self.error(
+                path,
+                f"no stored category holds both a key of {event.name} "
+                f"({', '.join(event.keys)}) and one of {then} ({', '.join(events[then].keys)})",
+            )
 
     def sources(self, doc: Any, categories: Mapping[str, Category]) -> dict[str, Source]:
         sources: dict[str, Source] = {}

@@ -1,8 +1,9 @@
 """End to end: ``python -m pipelines.erase`` on outputs the ingestion pipelines really wrote.
 
-SDK logs, visits and account data are ingested in Parquet and Avro; the rows each request must
-remove are computed here with plain Python over the rows read back, independently of the
-pipeline's own matching, and everything else must stay identical.
+SDK logs, visits (with visitors known only by a phone number or a LinkedIn URL) and account data
+are ingested in Parquet and Avro; the rows each request must remove are computed here with plain
+Python over the rows read back, independently of the pipeline's own matching, and everything
+else must stay identical.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import erase, ingest, sdk_logs
+from pipelines import erase, ingest, sdk_logs, visits
 from pipelines.options import bundled
 from schemas.policy import load_policy
 from tests.support.outputs import RUN_TIME, dead_letters, read_rows, run_sample
@@ -51,6 +52,8 @@ UIN = collections.Counter(
 ).most_common(1)[0][0]
 IP = "94.46.41.248"
 USER, APP, OTHER_APP = "u-7", "1400000701", "1400000702"
+# An application of UIN known from an SDK log alone (x6; no console configuration row).
+LOGGED_APP = 1400000441
 
 EXTRA_LOGS = [
     {"event_id": "x1", "logged_at": "2026-11-25T10:00:00Z", "sdk_app_id": APP, "user_id": USER,
@@ -61,7 +64,25 @@ EXTRA_LOGS = [
      "user_id": USER, "message": "same id, other application"},
     {"event_id": "x4", "logged_at": "2026-11-26T10:00:00Z", "sdk_app_id": APP, "user_id": "u-8"},
     {"event_id": "x5", "logged_at": "not a time", "sdk_app_id": APP, "user_id": USER},
+    # the only stored row that ties an application of UIN to it (no console configuration row)
+    {"event_id": "x6", "logged_at": "2026-11-26T10:00:00Z", "sdk_app_id": LOGGED_APP,
+     "uin": UIN, "user_id": "u-9"},
 ]  # fmt: skip
+
+
+# Visitors kept for direct marketing whose only contact is a phone number or a LinkedIn URL.
+SNAPSHOT = (
+    "network,company_name,company_domain,company_industry,company_country,company_size,"
+    "contact_name,business_email,business_phone,business_location,business_function,"
+    "seniority_level,job_title,linkedin_url,business_skills\n"
+    "192.195.32.0/24,Acme,acme.example,software,US,51-200,,,,,,,,,\n"
+)
+CONTACTS = {
+    "p-phone": {"business_phone": "+1 (415) 555-2671"},
+    "p-linkedin": {"linkedin_url": "https://www.linkedin.com/in/Jane-Doe/?trk=public_profile"},
+    "p-other-phone": {"business_phone": "+1 415 555 2672"},
+    "p-other-linkedin": {"linkedin_url": "https://uk.linkedin.com/in/jane-doe-2"},
+}
 
 
 def accounts(email: str) -> dict[str, list[dict]]:
@@ -77,11 +98,13 @@ def accounts(email: str) -> dict[str, list[dict]]:
              "updated_at": 1795000000000, "application_name": "mine"},
             {"event_id": "c2", "sdk_app_id": 1400000002, "uin": 100000010,
              "updated_at": 1795000000000, "application_name": "theirs"},
+            {"event_id": "c701", "sdk_app_id": APP, "uin": 100000010,
+             "updated_at": 1795000000000, "application_name": "the erased application"},
         ],
         "customer_temporary_key": [
             {"event_id": f"k{i}", "issued_at": "2026-11-03T00:00:00Z",
-             "sdk_app_id": 1400000000 + i, "username": f"admin{i}", "private_key": f"PK-{i}"}
-            for i in (1, 2)
+             "sdk_app_id": app, "username": f"admin{i}", "private_key": f"PK-{i}"}
+            for i, app in ((1, 1400000001), (2, 1400000002), (441, LOGGED_APP), (701, APP))
         ],
     }  # fmt: skip
 
@@ -109,6 +132,20 @@ def golden(tmp_path_factory) -> Path:
         [f"--input={write_jsonl(tmp / 'x.jsonl', EXTRA_LOGS)}", f"--output={out}", *COMMON]
     )
     run_sample("visits", out, "--format=both")
+    visitors = [
+        {"event_id": eid, "ip": f"192.195.32.{i + 10}", "visited_at": "2026-11-20T10:00:00Z",
+         **contact}
+        for i, (eid, contact) in enumerate(CONTACTS.items())
+    ]  # fmt: skip
+    (tmp / "snapshot.csv").write_text(SNAPSHOT)
+    visits.run(
+        [
+            f"--input={write_jsonl(tmp / 'contacts.jsonl', visitors)}",
+            f"--enrichment_snapshot={tmp / 'snapshot.csv'}",
+            f"--output={out}",
+            *COMMON,
+        ]
+    )
     with pytest.MonkeyPatch.context() as env:
         env.setenv("TRTC_FINGERPRINT_KEY", KEY)
         for category, records in accounts(visitor_email()).items():
@@ -157,10 +194,11 @@ def expected_rows(rows: list[dict], email: str) -> dict[str, set[int]]:
         for r in rows
         if r["data_category"] == "website_visit" and text(r.get("ip")) in ip_spellings(IP)
     }
+    # an account's applications: wherever a stored row ties the uin to an sdk_app_id
     apps_of_uin = {
         text(r["sdk_app_id"])
         for r in rows
-        if r["data_category"] == "console_configuration" and text(r.get("uin")) == UIN
+        if r.get("sdk_app_id") is not None and text(r.get("uin")) == UIN
     }
     for i, r in enumerate(rows):
         if email in (text(r.get("business_email")).lower(), text(r.get("google_email")).lower()):
@@ -269,13 +307,70 @@ def test_erasure_removes_every_row_of_each_subject_and_nothing_else(out, tmp_pat
     by_id = {r["request_id"]: r for r in audit["requests"]}
     assert set(by_id) == {"DSR-email", "DSR-ip", "DSR-uin", "DSR-user"}
     assert by_id["DSR-ip"]["dead_letters_erased"] > 0
-    assert by_id["DSR-uin"]["rows_erased"]["customer_temporary_key"] == 2  # Parquet + Avro
+    # k1 (its application in the console configuration) and k441 (in an SDK log), twice each
+    assert by_id["DSR-uin"]["rows_erased"]["customer_temporary_key"] == 4
     for record in audit["requests"]:
         assert record["verification"] == {"rows_still_matching": 0, "verified": True}
         assert record["files"] and record["received_at"].startswith("2026-11-28T09:0")
     assert audit["policy_version"] == POLICY.version
     assert audit["counts"]["requests_read"] == 9 and audit["counts"]["requests_valid"] == 4
     assert not (out / "_retention").exists()
+
+
+def test_erasure_by_phone_profile_url_and_whole_application(out, tmp_path):
+    before, letters_before = read_rows(out), all_letters(out)
+    feed = write_jsonl(
+        tmp_path / "requests.jsonl",
+        [  # spelt otherwise than stored
+            {"request_id": "DSR-phone", "received_at": "2026-11-28T09:00:00Z",
+             "business_phone": "00 1 415.555.2671"},
+            {"request_id": "DSR-linkedin", "received_at": "2026-11-28T09:00:00Z",
+             "linkedin_url": "http://LinkedIn.com/in/JANE-DOE#about"},
+            {"request_id": "DSR-app", "received_at": "2026-11-28T09:00:00Z",
+             "sdk_app_id": int(APP)},
+            {"request_id": "DSR-bad-phone", "received_at": "2026-11-28T09:00:00Z",
+             "business_phone": "(415) 555-2671"},  # no country code: not guessed
+        ],
+    )  # fmt: skip
+    report = erase.run([f"--output={out}", f"--requests={feed}", *COMMON])
+
+    def text(value) -> str:
+        return "" if value is None else str(value).strip()
+
+    expected: collections.Counter = collections.Counter()
+    for fmt in ("parquet", "avro"):
+        rows = before[fmt]
+        hits = {
+            "DSR-phone": {i for i, r in enumerate(rows)
+                          if r["data_category"] == "corporate_visitor_info"
+                          and r["event_id"] == "p-phone"},
+            "DSR-linkedin": {i for i, r in enumerate(rows)
+                             if r["data_category"] == "corporate_visitor_info"
+                             and r["event_id"] == "p-linkedin"},
+            "DSR-app": {i for i, r in enumerate(rows) if text(r.get("sdk_app_id")) == APP},
+        }  # fmt: skip
+        assert all(hits.values()), fmt
+        gone = set().union(*hits.values())
+        kept = [r for i, r in enumerate(rows) if i not in gone]
+        assert sorted(map(key, read_rows(out)[fmt])) == sorted(map(key, kept)), fmt
+        expected.update({request: len(found) for request, found in hits.items()})
+    assert {r["request_id"]: r["rows_erased_total"] for r in report["requests"]} == dict(expected)
+    app_rows = {r["data_category"] for r in before["parquet"] if text(r.get("sdk_app_id")) == APP}
+    assert app_rows >= {"sdk_log", "backend_log", "console_configuration", "customer_temporary_key"}
+
+    # the application's rejected log line is erased from the dead letters too
+    erased = [line for line in letters_before if APP in line]
+    assert erased and all_letters(out) == [line for line in letters_before if line not in erased]
+    (rejected,) = dead_letters(out, "erase")
+    assert rejected["error"] == "malformed_field:business_phone"
+    assert "555-2671" not in json.dumps(rejected)  # a rejected request never copies its subject
+    audit_text = Path(report["report_path"]).read_text()
+    for value in ("555-2671", "4155552671", "jane-doe", APP):
+        assert value not in audit_text.lower()
+    assert report["verification"]["verified"]
+    by_id = {r["request_id"]: r for r in report["requests"]}
+    assert by_id["DSR-app"]["subject_field"] == "sdk_app_id"
+    assert by_id["DSR-app"]["dead_letters_erased"] == len(erased)
 
 
 def test_a_second_erasure_of_the_same_subjects_changes_nothing(out, tmp_path):

@@ -1,9 +1,10 @@
 """End to end: ``python -m pipelines.lifecycle`` on outputs the ingestion pipelines really wrote.
 
-Account, console, temporary-key and application-log records are ingested with
-``pipelines.ingest --category`` (account data in Parquet and Avro), corporate visitor data with
-the visits pipeline on its bundled sample; events then end their open-ended retention. Expected
-expiries are computed from the policy objects, never from periods written in the test.
+Account, console, temporary-key, application-log, SDK APPID and SDK log records are ingested
+with ``pipelines.ingest --category`` (account data in Parquet and Avro), corporate visitor data
+with the visits pipeline on its bundled sample and on visitors known only by a phone number or a
+LinkedIn URL; events then end their open-ended retention. Expected expiries are computed from the
+policy objects, never from periods written in the test.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import ingest, lifecycle, purge
+from pipelines import ingest, lifecycle, purge, visits
 from schemas.policy import load_policy
 from tests.support.outputs import RUN_TIME, dead_letters, read_rows, run_sample
 from transforms.retention.txn import FAILPOINT_ENV
@@ -56,9 +57,43 @@ INPUTS = {
         {"event_id": eid, "sdk_app_id": str(app), "application_name": "x", "tag": "prod",
          "service_status": "running", "created_at": "2026-11-02T00:00:00", "operation": "create"}
         for eid, app in (("l1", 1400000001), ("l3", 1400000003), ("l3b", 1400000003),
-                         ("l4", 1400000004))
+                         ("l4", 1400000004), ("l5", 1400000005))
     ],
 }  # fmt: skip
+# Account 100000011 has no console configuration row: its applications are known from an SDK
+# APPID record (1400000005) and from an SDK log (1400000006) alone.
+LINKED = "100000011"
+INPUTS["account_information"].append(
+    {"event_id": "a3", "uin": LINKED, "registered_at": "2026-11-03T08:00:00Z", "name": "Cy"}
+)
+INPUTS["customer_temporary_key"] += [
+    {"event_id": f"k{i}", "issued_at": "2026-11-03T00:00:00Z", "sdk_app_id": 1400000000 + i,
+     "username": f"admin{i}", "private_key": f"PK-{i}"}
+    for i in (5, 6)
+]  # fmt: skip
+INPUTS["sdk_appid"] = [
+    {"event_id": "s5", "observed_at": "2026-11-25T00:00:00Z", "sdk_app_id": 1400000005,
+     "uin": int(LINKED)},
+]  # fmt: skip
+INPUTS["sdk_log"] = [
+    {"event_id": "g6", "logged_at": "2026-11-25T00:00:00Z", "sdk_app_id": "1400000006",
+     "uin": LINKED, "user_id": "u-1", "message": "enter room"},
+]  # fmt: skip
+
+# Visitors kept for direct marketing (US visitor, US company) whose only contact is a phone
+# number or a LinkedIn URL, as AroundDeal or the page spelt them; the snapshot has no contacts.
+SNAPSHOT = (
+    "network,company_name,company_domain,company_industry,company_country,company_size,"
+    "contact_name,business_email,business_phone,business_location,business_function,"
+    "seniority_level,job_title,linkedin_url,business_skills\n"
+    "192.195.32.0/24,Acme,acme.example,software,US,51-200,,,,,,,,,\n"
+)
+CONTACTS = {
+    "p-phone": {"business_phone": "+1 (415) 555-2671"},
+    "p-linkedin": {"linkedin_url": "https://www.linkedin.com/in/Jane-Doe/?trk=public_profile"},
+    "p-other-phone": {"business_phone": "+1 415 555 2672"},
+    "p-other-linkedin": {"linkedin_url": "https://www.linkedin.com/in/jane-doe-2"},
+}
 
 ACCOUNT_DELETED = "2026-11-28T10:00:00Z"
 TERMINATED = "2026-11-27T00:00:00Z"
@@ -90,6 +125,20 @@ def golden(tmp_path_factory) -> Path:
                 ]
             )
     run_sample("visits", out)
+    visitors = [
+        {"event_id": eid, "ip": f"192.195.32.{i + 10}", "visited_at": "2026-11-20T10:00:00Z",
+         **contact}
+        for i, (eid, contact) in enumerate(CONTACTS.items())
+    ]  # fmt: skip
+    (tmp / "snapshot.csv").write_text(SNAPSHOT)
+    visits.run(
+        [
+            f"--input={write_jsonl(tmp / 'contacts.jsonl', visitors)}",
+            f"--enrichment_snapshot={tmp / 'snapshot.csv'}",
+            f"--output={out}",
+            *COMMON,
+        ]
+    )
     return out
 
 
@@ -117,7 +166,11 @@ MALFORMED = [
     {"event": "account_deleted", "at": ACCOUNT_DELETED},
     {"event": "service_terminated", "sdk_app_id": 5, "at": "last tuesday"},
     '{"event": "account_deleted", "uin": ',
-]
+    # no country code: E.164 cannot be known without guessing a region
+    {"event": "marketing_opt_out", "business_phone": "(415) 555-0199", "at": OPTED_OUT},
+    {"event": "marketing_opt_out", "business_email": "who@corp.example",
+     "linkedin_url": "linkedin.com/in/secret-person", "at": OPTED_OUT},
+]  # fmt: skip
 
 
 def expiry(event: str, category: str, at: str) -> int:
@@ -195,9 +248,15 @@ def test_events_move_rows_delete_expired_ones_and_dead_letter_the_rest(out, tmp_
         "missing_field:uin",
         "malformed_timestamp:at",
         "invalid_json",
+        "malformed_field:business_phone",
+        "ambiguous_subject",
     }
+    letters_text = json.dumps(dead_letters(out, "lifecycle"))
+    for contact in ("555-0199", "who@corp.example", "secret-person"):
+        assert contact not in letters_text  # contact data is masked in dead letters
     counts = report["counts"]
-    assert counts["events_read"] == 8 and counts["derived_app_events"] == 1
+    assert counts["events_read"] == 10
+    assert counts["derived_events"] == {"service_terminated": 1}
     assert counts["events_valid"] == {
         "account_deleted": 1,
         "marketing_opt_out": 1,
@@ -228,14 +287,104 @@ def test_the_next_purge_deletes_moved_rows_on_their_day(out, tmp_path):
     def present() -> set[str]:
         return {r["event_id"] for r in read_rows(out)["parquet"]} & {"a1", "c1", "k1", "l1", "a2"}
 
-    purge.run([f"--output={out}", f"--now={format_utc(c1)}"])  # the day c1 expires: kept
+    day = 86_400_000_000
+    purge.run([f"--output={out}", f"--now={format_utc(c1 - day)}"])  # the day before: kept
     assert present() == {"a1", "c1", "k1", "l1", "a2"}
-    purge.run([f"--output={out}", f"--now={format_utc(c1 + 86_400_000_000)}"])
+    midnight = c1 - c1 % day  # 00:00 UTC of the day c1 expires: it goes that day
+    purge.run([f"--output={out}", f"--now={format_utc(midnight)}"])
     assert present() == {"a1", "a2"}
-    purge.run([f"--output={out}", f"--now={format_utc(a1)}"])
+    purge.run([f"--output={out}", f"--now={format_utc(a1 - day)}"])
     assert present() == {"a1", "a2"}
-    purge.run([f"--output={out}", f"--now={format_utc(a1 + 86_400_000_000)}"])
+    purge.run([f"--output={out}", f"--now={format_utc(a1 - a1 % day)}"])
     assert present() == {"a2"}  # the other account is open-ended: never purged
+
+
+def corporate(root: Path) -> dict[str, str]:
+    """The corporate visitor rows of the contact-only visitors, by the partition they are in."""
+    return {
+        r["event_id"]: r["dir_expiry"]
+        for r in read_rows(root)["parquet"]
+        if r["data_category"] == "corporate_visitor_info" and r["event_id"] in CONTACTS
+    }
+
+
+def test_an_opt_out_by_phone_or_profile_url_ends_rows_without_an_email(out, tmp_path):
+    assert corporate(out) == dict.fromkeys(CONTACTS, HIVE_NULL_PARTITION)  # kept until opt-out
+    before = read_rows(out)["parquet"]
+    feed = write_jsonl(
+        tmp_path / "e.jsonl",
+        [  # the same contacts, spelt otherwise than AroundDeal or the page spelt them
+            {"event": "marketing_opt_out", "business_phone": "001 415.555.2671", "at": OPTED_OUT},
+            {"event": "marketing_opt_out", "linkedin_url": "HTTP://uk.LinkedIn.com/in/JANE-DOE",
+             "at": OPTED_OUT},
+        ],
+    )  # fmt: skip
+    report = lifecycle.run([f"--output={out}", f"--events={feed}", *COMMON])
+    assert report["counts"]["events_valid"] == {"marketing_opt_out": 2}
+    assert report["counts"]["rows_deleted_expired"] == {"corporate_visitor_info": 2}
+    assert corporate(out) == {
+        "p-other-phone": HIVE_NULL_PARTITION,
+        "p-other-linkedin": HIVE_NULL_PARTITION,
+    }
+    gone = {("corporate_visitor_info", "p-phone"), ("corporate_visitor_info", "p-linkedin")}
+    assert by_id(read_rows(out)["parquet"]) == {
+        k: r for k, r in by_id(before).items() if k not in gone
+    }
+
+
+def test_account_deletion_finds_its_applications_in_every_linking_category(out, tmp_path):
+    feed = write_jsonl(
+        tmp_path / "e.jsonl", [{"event": "account_deleted", "uin": LINKED, "at": ACCOUNT_DELETED}]
+    )
+    report = lifecycle.run([f"--output={out}", f"--events={feed}", *COMMON])
+    rows = by_id(read_rows(out)["parquet"])
+    service = expiry("service_terminated", "customer_temporary_key", ACCOUNT_DELETED)
+    expected = {
+        ("account_information", "a3"): expiry("account_deleted", "account_information",
+                                              ACCOUNT_DELETED),
+        ("customer_temporary_key", "k5"): service,  # its application is in an SDK APPID record
+        ("customer_application_log", "l5"): service,
+        ("customer_temporary_key", "k6"): service,  # its application is in an SDK log
+    }  # fmt: skip
+    for key, expires in expected.items():
+        assert rows[key]["dir_expiry"] == utc_date(expires), key
+        assert int(rows[key]["expires_at"].timestamp() * 1_000_000) == expires, key
+    assert report["counts"]["derived_events"] == {"service_terminated": 2}
+    for untouched in (("customer_temporary_key", "k4"), ("customer_application_log", "l4")):
+        assert rows[untouched]["dir_expiry"] == HIVE_NULL_PARTITION
+
+
+def test_an_expiry_due_on_the_run_date_is_deleted_at_once(out, tmp_path):
+    """The purge deletes a partition on its date, so a row whose new expiry falls on the run's
+    UTC date is already due: it is deleted, not moved to a partition the purge would delete."""
+    run_day = utc_date(parse_event_time(RUN_TIME))
+    ends_today = format_utc(
+        parse_event_time(RUN_TIME) + 12 * 3_600_000_000
+        - (expiry("service_terminated", "customer_temporary_key", RUN_TIME)
+           - parse_event_time(RUN_TIME))
+    )  # fmt: skip
+    email = opted_out_email(out)
+    later_today = format_utc(parse_event_time(RUN_TIME) + 3_600_000_000)  # within the skew
+    feed = write_jsonl(
+        tmp_path / "e.jsonl",
+        [
+            {"event": "service_terminated", "sdk_app_id": 1400000004, "at": ends_today},
+            {"event": "marketing_opt_out", "business_email": email, "at": later_today},
+        ],
+    )
+    before = read_rows(out)["parquet"]
+    report = lifecycle.run([f"--output={out}", f"--events={feed}", *COMMON])
+    after = by_id(read_rows(out)["parquet"])
+    opted = {
+        ("corporate_visitor_info", r["event_id"])
+        for r in before
+        if r["retention_rule"] == "until_opt_out" and r["business_email"] == email
+    }
+    gone = {("console_configuration", "c4"), ("customer_temporary_key", "k4"),
+            ("customer_application_log", "l4")} | opted  # fmt: skip
+    assert set(after) == set(by_id(before)) - gone
+    assert report["counts"]["rows_moved"] == {}
+    assert not list(out.glob(f"data_category=*/expiry_date={run_day}"))
 
 
 def test_rerunning_the_same_events_is_a_no_op(out, tmp_path):

@@ -6,6 +6,7 @@ The interrupted purge is a real process killed with SIGKILL at a fail point of t
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -15,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pipelines import purge
@@ -67,7 +68,8 @@ def letters(root: Path) -> list[tuple[str, str]]:
 
 
 def unexpired(rows: list[dict], today: str) -> list[dict]:
-    return [r for r in rows if r["dir_expiry"] == HIVE_NULL_PARTITION or r["dir_expiry"] >= today]
+    """The rows a purge on ``today`` keeps: open-ended, or expiring after that date."""
+    return [r for r in rows if r["dir_expiry"] == HIVE_NULL_PARTITION or r["dir_expiry"] > today]
 
 
 def key(row: dict) -> str:
@@ -95,9 +97,9 @@ def run_cli(*args: str, failpoint: str | None = None) -> subprocess.CompletedPro
 @pytest.mark.parametrize(
     "now",
     [
-        "2026-12-01T00:00:00Z",  # before anything expires
+        "2026-11-30T00:00:00Z",  # before anything expires
         "2026-12-10T23:59:59+08:00",  # 15:59 UTC: the UTC date decides, not the local one
-        "2026-12-14T00:00:00Z",  # dead letters (2026-12-13) go
+        "2026-12-13T00:00:00Z",  # dead letters (2026-12-13) go on their date
         "2027-04-10T12:00:00Z",  # half of the visits
         "2030-01-01T00:00:00Z",  # everything with a date
     ],
@@ -114,17 +116,37 @@ def test_purge_leaves_exactly_the_unexpired_rows(out, now):
     after = read_rows(out)["parquet"]
     assert sorted(map(key, after)) == sorted(map(key, unexpired(before, today)))
     for row in after:  # and by the rows' own expiry, not only by their directory
-        assert row["expires_at"] is None or row["expires_at"].date().isoformat() >= today
-    assert letters(out) == [(d, line) for d, line in letters_before if d >= today]
+        assert row["expires_at"] is None or row["expires_at"].date().isoformat() > today
+    assert letters(out) == [(d, line) for d, line in letters_before if d > today]
     assert {p["partition"] for p in report["partitions"]} == {
-        d for d in dated if d.rsplit("=", 1)[1] < today
+        d for d in dated if d.rsplit("=", 1)[1] <= today
     }
     for rel_dir in dated:  # a deleted partition leaves no empty directory behind
-        assert (out / rel_dir).exists() == (rel_dir.rsplit("=", 1)[1] >= today)
+        assert (out / rel_dir).exists() == (rel_dir.rsplit("=", 1)[1] > today)
+    assert report["deletes_expiry_dates_on_or_before"] == today
     (audit,) = audits(out)
     assert audit["policy_version"] == POLICY.version and audit["now"] == report["now"]
     assert audit["counts"]["files"] == sum(len(p["targets"]) for p in audit["partitions"])
     assert not (out / "_retention").exists()
+
+
+def test_a_daily_purge_at_midnight_never_keeps_a_row_past_its_expiry(out):
+    """ "Within N days" is at most N days: a purge at 00:00 UTC leaves only rows that expire at
+    or after the next midnight, so run daily it never keeps a row past its ``expires_at``.
+
+    Between two expiry dates a daily purge deletes nothing, so the purge on each expiry date is
+    checked: what it keeps must all expire at or after the midnight that ends that date."""
+    rows, dead = read_rows(out)["parquet"], letters(out)
+    dates = sorted({r["dir_expiry"] for r in rows} - {HIVE_NULL_PARTITION} | {d for d, _ in dead})
+    for date in dates:
+        purge.run([f"--output={out}", f"--now={date}T00:00:00Z"])
+        next_run = dt.datetime.fromisoformat(f"{date}T00:00:00+00:00") + dt.timedelta(days=1)
+        kept = read_rows(out)["parquet"]
+        assert all(r["expires_at"] is None or r["expires_at"] >= next_run for r in kept), date
+        assert all(d > date for d, _ in letters(out)), date
+    assert {r["event_id"] for r in read_rows(out)["parquet"]} == {
+        r["event_id"] for r in rows if r["expires_at"] is None
+    }
 
 
 def test_dry_run_lists_and_changes_nothing(out):
@@ -251,7 +273,9 @@ def _write(root: Path, rel: str, sink, rows: list[dict]) -> None:
     letter_days=st.lists(st.one_of(st.none(), st.integers(0, 40)), max_size=6),
     now_offset=st.integers(0, 60 * DAY_US),
 )
-def test_purge_keeps_exactly_rows_expiring_on_or_after_today(
+# a purge on the very day a row and a dead letter expire (later that day): they go
+@example(offsets=[DAY_US // 2], letter_days=[14], now_offset=14 * DAY_US)
+def test_purge_keeps_exactly_rows_expiring_after_today(
     tmp_path_factory, offsets, letter_days, now_offset
 ):
     root = tmp_path_factory.mktemp("prop")
@@ -291,8 +315,8 @@ def test_purge_keeps_exactly_rows_expiring_on_or_after_today(
     purge.run([f"--output={root}", f"--now={format_utc(now)}"])
 
     kept = {r["event_id"] for r in read_rows(root)["parquet"]}
-    assert kept == {r["event_id"] for r in rows if utc_date(r["expires_at"]) >= today}
+    assert kept == {r["event_id"] for r in rows if utc_date(r["expires_at"]) > today}
     kept_letters = {json.loads(line)["error"] for _, line in letters(root)}
     assert kept_letters == {
-        d["error"] for d in dead if d["expires_at"] is None or utc_date(d["expires_at"]) >= today
+        d["error"] for d in dead if d["expires_at"] is None or utc_date(d["expires_at"]) > today
     }

@@ -12,15 +12,17 @@ import json
 import os
 from pathlib import Path
 
+import phonenumbers
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given, settings
+import yaml
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from schemas.arrow import arrow_schema
 from schemas.avro import output_schema
-from schemas.policy import load_policy
+from schemas.policy import PolicyError, default_policy_path, load_policy, parse_policy
 from transforms.deadletter import RecordError
 from transforms.retention.erasure import Subjects, parse_request
 from transforms.retention.files import TableFile, write_lines
@@ -30,7 +32,7 @@ from transforms.retention.layout import (
     classify,
     list_layout,
 )
-from transforms.retention.lifecycle import CategoryRules, IndexEvents, parse_event
+from transforms.retention.lifecycle import CategoryRules, IndexEvents, cascades, parse_event
 from transforms.retention.matching import ColumnIndex, ip_forms, normalise
 from transforms.retention.txn import (
     LockHeldError,
@@ -89,14 +91,16 @@ def test_classify(rel, expected):
         assert (partition.kind, partition.name, partition.expiry, partition.rel_dir) == expected
 
 
-def test_partition_expiry_is_strict_and_fails_closed():
+def test_a_partition_goes_on_its_expiry_date_and_unknown_dates_fail_closed():
     today = dt.date(2026, 12, 10)
     expired = classify("data_category=c/expiry_date=2026-12-09/f")
     same_day = classify("data_category=c/expiry_date=2026-12-10/f")
+    tomorrow = classify("data_category=c/expiry_date=2026-12-11/f")
     null = classify(f"data_category=c/expiry_date={HIVE_NULL_PARTITION}/f")
     garbage = classify("data_category=c/expiry_date=2026-13-45/f")
     words = classify("data_category=c/expiry_date=yesterday/f")
-    assert expired.expired(today) and not same_day.expired(today)
+    # "within N days" is at most N days: the partition of the expiry date goes on that date
+    assert expired.expired(today) and same_day.expired(today) and not tomorrow.expired(today)
     assert not null.expired(today) and null.recognised
     assert not garbage.expired(today) and not garbage.recognised
     assert not words.expired(today) and not words.recognised
@@ -169,6 +173,177 @@ def test_identifiers_match_as_text():
     assert normalise(100000009, "identifier") == normalise(" 100000009 ", "identifier")
     assert normalise(True, "identifier") is None and normalise("", "identifier") is None
     assert normalise("not-an-email", "email") is None
+
+
+# One subject's contact data in any spelling is one key; two subjects are never one key.
+
+EMAILS = st.builds(
+    "{}@{}".format,
+    st.from_regex(r"[a-z0-9._%+-]{1,12}", fullmatch=True),
+    st.from_regex(r"[a-z0-9-]{1,10}\.[a-z]{2,4}", fullmatch=True),
+)
+PADS = st.sampled_from(["", " ", "\t", "\u00a0", " \n"])
+
+
+def _case(draw, text: str) -> str:
+    flips = draw(st.lists(st.booleans(), min_size=len(text), max_size=len(text)))
+    return "".join(c.swapcase() if flip else c for c, flip in zip(text, flips, strict=True))
+
+
+@st.composite
+def email_spellings(draw, email: str) -> str:
+    pad = draw(PADS)
+    return f"{pad}{_case(draw, email)}{draw(PADS)}"
+
+
+@given(st.data(), st.lists(EMAILS, min_size=1, max_size=5, unique=True))
+def test_any_spelling_of_an_email_is_one_key_and_subjects_never_collide(data, emails):
+    keys = [normalise(email, "email") for email in emails]
+    assert len(set(keys)) == len(emails)
+    for email, key in zip(emails, keys, strict=True):
+        assert normalise(data.draw(email_spellings(email)), "email") == key
+
+
+PHONE_REGIONS = sorted(
+    r for r in phonenumbers.SUPPORTED_REGIONS if phonenumbers.example_number(r) is not None
+)
+E164 = phonenumbers.PhoneNumberFormat.E164
+FULLWIDTH = str.maketrans(
+    "+0123456789", "\uff0b\uff10\uff11\uff12\uff13\uff14\uff15\uff16\uff17\uff18\uff19"
+)
+
+
+@st.composite
+def phone_numbers(draw) -> str:
+    """A possible number of some region's numbering plan, in E.164 (its last digits varied)."""
+    example = phonenumbers.example_number(draw(st.sampled_from(PHONE_REGIONS)))
+    e164 = phonenumbers.format_number(example, E164)
+    tail = f"{draw(st.integers(0, 9999)):04d}"
+    number = phonenumbers.parse(e164[:-4] + tail, None)
+    assume(phonenumbers.is_possible_number(number))
+    return phonenumbers.format_number(number, E164)
+
+
+@st.composite
+def phone_spellings(draw, e164: str) -> str:
+    """``e164`` as people write it: the library's formats, ``00`` for ``+``, any separators,
+    full-width digits, padding."""
+    number = phonenumbers.parse(e164, None)
+    style = draw(st.sampled_from(["e164", "international", "rfc3966", "00", "separators"]))
+    if style == "international":
+        text = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+    elif style == "rfc3966":
+        text = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.RFC3966)
+    elif style == "00":
+        text = "00" + e164[1:]
+    elif style == "separators":
+        seps = draw(st.lists(st.sampled_from(["", " ", "-", ".", "/"]), min_size=len(e164) - 1))
+        text = draw(st.sampled_from(["+", "00"])) + "".join(
+            digit + sep for digit, sep in zip(e164[1:], seps, strict=False)
+        )
+        text = text.rstrip(" -./")
+    else:
+        text = e164
+    if draw(st.booleans()):
+        text = text.translate(FULLWIDTH)
+    return f"{draw(PADS)}{text}{draw(PADS)}"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data(), st.lists(phone_numbers(), min_size=1, max_size=5, unique=True))
+def test_any_spelling_of_a_phone_number_is_its_e164_and_numbers_never_collide(data, numbers):
+    keys = [normalise(number, "phone") for number in numbers]
+    assert keys == numbers  # the key is the E.164 form itself: distinct numbers, distinct keys
+    for number in numbers:
+        assert normalise(data.draw(phone_spellings(number)), "phone") == number
+        # an extension is a line of its own: part of the key, never confused with the number
+        ext = data.draw(st.integers(1, 99999).map(str))
+        spelt = data.draw(st.sampled_from(["{} ext. {}", "{} x{}", "{};ext={}", "{}#{}"]))
+        assert normalise(spelt.format(number, ext), "phone") == f"{number};ext={ext}"
+
+
+@given(phone_numbers())
+def test_a_phone_number_without_its_country_code_is_not_a_key(number):
+    national = phonenumbers.format_number(
+        phonenumbers.parse(number, None), phonenumbers.PhoneNumberFormat.NATIONAL
+    )
+    assume(not national.lstrip().startswith(("+", "00", "\uff0b")))
+    assert normalise(national, "phone") is None  # no region is guessed: fail closed
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["+1 415 555 2671 call me", "+1 800 FLOWERS", "+1 415 555 2671, +1 415 555 2672", "+", "00",
+     "+1", "++14155552671", "tel:", "14155552671", "+1 (415) 555-2671 ext.", "phone: +14155552671"],
+)  # fmt: skip
+def test_what_is_not_one_phone_number_is_not_a_key(text):
+    assert normalise(text, "phone") is None
+
+
+SLUGS = st.from_regex(r"[a-z0-9][a-z0-9-]{1,28}[a-z0-9]", fullmatch=True)
+
+
+@st.composite
+def profile_spellings(draw, slug: str) -> str:
+    scheme = draw(st.sampled_from(["", "http://", "https://", "HTTPS://"]))
+    host = _case(draw, draw(st.sampled_from(["linkedin.com", "www.linkedin.com", "uk.linkedin.com",
+                                               "de.linkedin.com", "m.linkedin.com"])))  # fmt: skip
+    path = _case(draw, "/in/") + _case(draw, slug) + draw(st.sampled_from(["", "/"]))
+    query = draw(st.sampled_from(["", "?trk=public_profile", "?originalSubdomain=uk&x=1"]))
+    fragment = draw(st.sampled_from(["", "#experience"]))
+    return f"{draw(PADS)}{scheme}{host}{path}{query}{fragment}{draw(PADS)}"
+
+
+@given(st.data(), st.lists(SLUGS, min_size=1, max_size=5, unique=True))
+def test_any_spelling_of_a_profile_url_is_its_canonical_path_and_never_collides(data, slugs):
+    keys = [normalise(f"https://www.linkedin.com/in/{slug}/", "linkedin") for slug in slugs]
+    assert keys == [f"linkedin.com/in/{slug}" for slug in slugs]
+    for slug, key in zip(slugs, keys, strict=True):
+        assert normalise(data.draw(profile_spellings(slug)), "linkedin") == key
+
+
+def test_profile_urls_decode_their_slug_and_refuse_other_places():
+    key = normalise("https://de.linkedin.com/in/J%C3%B6rg-M%c3%bcller-1a2b3c/", "linkedin")
+    assert key == "linkedin.com/in/jörg-müller-1a2b3c"
+    assert normalise("linkedin.com/in/JÖRG-Müller-1a2b3c", "linkedin") == key
+    for text in (
+        "https://linkedin.example/in/contact1",  # not LinkedIn
+        "https://linkedin.com.evil.example/in/jane",
+        "https://evil-linkedin.com/in/jane",
+        "https://user@linkedin.com/in/jane",
+        "https://linkedin.com:8443/in/jane",
+        "ftp://linkedin.com/in/jane",
+        "https://www.linkedin.com/company/acme",  # a company, not a person
+        "https://www.linkedin.com/in/",
+        "https://www.linkedin.com/in/%20/",
+        "jane-doe",
+        "",
+    ):
+        assert normalise(text, "linkedin") is None, text
+
+
+def test_stored_contact_values_are_matched_under_the_same_normalisation():
+    table = pa.table(
+        {
+            "business_phone": ["+1 (415) 555-2671", "001-415-555-2671 ext. 9", "415 555 2671",
+                               None, "+1 415 555 2672", "+14155552671"],
+            "linkedin_url": ["https://www.linkedin.com/in/Jane-Doe/?trk=x", None,
+                             "https://linkedin.example/in/jane-doe", None,
+                             "linkedin.com/in/jane-doe-2", "uk.linkedin.com/in/JANE-DOE#top"],
+        }
+    )  # fmt: skip
+    before = table.to_pylist()
+    index = ColumnIndex(
+        {
+            "business_phone": {normalise("0014155552671", "phone"): "P"},
+            "linkedin_url": {normalise("LinkedIn.com/in/jane-DOE", "linkedin"): "L"},
+        }
+    )
+    assert index.match(table) == {
+        0: {"business_phone": "P", "linkedin_url": "L"},
+        5: {"business_phone": "P", "linkedin_url": "L"},
+    }
+    assert table.to_pylist() == before  # compared normalised, never rewritten
 
 
 # ------------------------------------------------------------------------- files + journal
@@ -344,12 +519,51 @@ def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
         ),
         ({"event": "account_deleted", "uin": "\ud800", "at": 1}, "malformed_text:uin"),
         ({"event": "marketing_opt_out\udfff", "at": 1}, "malformed_text:event"),
+        # an opt-out names its subject by exactly one of the policy's keys
+        ({"event": "marketing_opt_out", "at": 1}, "missing_subject"),
+        (
+            {"event": "marketing_opt_out", "business_email": "a@b.example",
+             "business_phone": "+14155552671", "at": 1},
+            "ambiguous_subject",
+        ),
+        # a number without its country code is not placed in E.164 by guessing a region
+        (
+            {"event": "marketing_opt_out", "business_phone": "(415) 555-2671", "at": 1},
+            "malformed_field:business_phone",
+        ),
+        (
+            {"event": "marketing_opt_out", "business_phone": 14155552671, "at": 1},
+            "malformed_field:business_phone",
+        ),
+        (
+            {"event": "marketing_opt_out", "linkedin_url": "https://example.com/in/jane", "at": 1},
+            "malformed_field:linkedin_url",
+        ),
+        (
+            {"event": "marketing_opt_out", "linkedin_url": "linkedin.com/in/\udc00", "at": 1},
+            "malformed_text:linkedin_url",
+        ),
     ],
-)
+)  # fmt: skip
 def test_malformed_events_have_reasons(obj, error):
     with pytest.raises(RecordError) as rejected:
         parse_event(obj, POLICY)
     assert rejected.value.error == error
+
+
+@pytest.mark.parametrize(
+    ("key", "spelling", "value"),
+    [
+        ("business_email", " Jane.Doe@Corp.Example ", "jane.doe@corp.example"),
+        ("business_phone", "00 1 (415) 555-2671", "+14155552671"),
+        ("business_phone", "+1 415 555 2671 ext. 12", "+14155552671;ext=12"),
+        ("linkedin_url", "https://uk.linkedin.com/in/Jane-Doe/?trk=x", "linkedin.com/in/jane-doe"),
+    ],
+)
+def test_an_opt_out_is_keyed_by_any_contact_field_of_the_policy(key, spelling, value):
+    assert key in POLICY.lifecycle_events["marketing_opt_out"].keys
+    event = parse_event({"event": "marketing_opt_out", key: spelling, "at": 1}, POLICY)
+    assert (event["key"], event["value"]) == (key, value)
 
 
 def test_event_index_keeps_the_earliest_time():
@@ -416,8 +630,29 @@ def test_category_rules_come_from_the_policy():
         ({"request_id": "r", "received_at": 1, "user_id": 1.5}, "malformed_field:user_id"),
         ({"request_id": "r\ud800", "received_at": 1, "uin": 1}, "malformed_text:request_id"),
         ({"request_id": "r", "received_at": 1, "user_id": "\udc00"}, "malformed_text:user_id"),
+        (
+            {"request_id": "r", "received_at": 1, "sdk_app_id": 1, "uin": 2},
+            "ambiguous_subject",
+        ),
+        (
+            {"request_id": "r", "received_at": 1, "business_phone": "415 555 2671"},
+            "malformed_field:business_phone",
+        ),
+        (
+            {"request_id": "r", "received_at": 1, "linkedin_url": "https://www.linkedin.com/feed"},
+            "malformed_field:linkedin_url",
+        ),
+        (
+            {"request_id": "r", "received_at": 1, "linkedin_url": "x",
+             "business_email": "a@b.example"},
+            "ambiguous_subject",
+        ),
+        (
+            {"request_id": "r", "received_at": 1, "sdk_app_id": "\ud800"},
+            "malformed_text:sdk_app_id",
+        ),
     ],
-)
+)  # fmt: skip
 def test_malformed_requests_have_reasons(obj, error):
     with pytest.raises(RecordError) as rejected:
         parse_request(obj)
@@ -481,3 +716,133 @@ def test_dead_letter_lines_are_kept_byte_for_byte(tmp_path):
     path = tmp_path / "d.jsonl"
     write_lines(str(path), lines)
     assert path.read_bytes() == b"\n".join(lines) + b"\n"
+
+
+def test_an_application_is_a_subject_of_its_own_and_still_narrows_a_user():
+    app = parse_request({"request_id": "A", "received_at": 1, "sdk_app_id": 1400000001})
+    assert (app["field"], app["values"], app["sdk_app_id"]) == ("sdk_app_id", ["1400000001"], None)
+    user = parse_request(
+        {"request_id": "U", "received_at": 1, "user_id": "u-7", "sdk_app_id": "1400000001"}
+    )
+    assert (user["field"], user["values"], user["sdk_app_id"]) == ("user_id", ["u-7"], "1400000001")
+
+
+def test_subjects_by_phone_profile_and_application_in_rows_and_dead_letters():
+    requests = [
+        parse_request({"request_id": "P", "received_at": 1, "business_phone": "+1 415-555-2671"}),
+        parse_request(
+            {"request_id": "L", "received_at": 1, "linkedin_url": "www.linkedin.com/in/jane-doe/"}
+        ),
+        parse_request({"request_id": "A", "received_at": 1, "sdk_app_id": 1400000001}),
+    ]
+    subjects = Subjects(requests)
+    table = pa.table(
+        {
+            "event_id": ["v1", "v2", "v3", "v4", "v5"],
+            "business_phone": ["0014155552671", "+1 415 555 2672", None, None, None],
+            "linkedin_url": [None, None, "uk.linkedin.com/in/Jane-Doe?x=1", None, None],
+            "sdk_app_id": [None, None, None, " 1400000001", "14000000010"],
+        }
+    )
+    index = subjects.index_for("corporate_visitor_info")
+    wanted = subjects.columns_for("corporate_visitor_info")
+    matched = index.match(table.select([c for c in wanted if c in table.column_names]))
+    assert subjects.attribute(matched, []) == {0: {"P"}, 2: {"L"}, 3: {"A"}}
+
+    def letter(raw: str) -> bytes:
+        return json.dumps({"source": "x", "error": "e", "raw": raw}).encode()
+
+    assert subjects.dead_letter_requests(letter('{"business_phone": "+1 (415) 555 2671"}')) == {"P"}
+    assert subjects.dead_letter_requests(letter('{"note": "call +1 415 555 2671 now"}')) == {"P"}
+    assert subjects.dead_letter_requests(letter("tel +1.415.555.2671 broken")) == {"P"}
+    assert subjects.dead_letter_requests(letter("+1 415 555 26712")) == set()
+    assert subjects.dead_letter_requests(
+        letter('{"url": "https://LinkedIn.com/in/JANE-DOE/"}')
+    ) == {"L"}
+    assert subjects.dead_letter_requests(letter("see linkedin.com/in/jane-doe#top")) == {"L"}
+    assert subjects.dead_letter_requests(letter("see linkedin.com/in/jane-doe-2")) == set()
+    assert subjects.dead_letter_requests(letter('{"sdk_app_id": 1400000001, "x": 1')) == {"A"}
+    assert subjects.dead_letter_requests(letter('{"sdk_app_id": " 1400000001"}')) == {"A"}
+    assert subjects.dead_letter_requests(letter('{"room_id": "1400000001"}')) == set()
+
+
+# ------------------------------------------------------------- the policy's lifecycle events
+
+
+def test_the_policy_names_every_key_of_an_event_and_where_applications_are_found():
+    events = POLICY.lifecycle_events
+    assert events["marketing_opt_out"].keys == ("business_email", "business_phone", "linkedin_url")
+    assert events["account_deleted"].keys == ("uin",)
+    assert events["account_deleted"].cascades_to == ("service_terminated",)
+    # the applications of an account: every stored category whose fields hold both keys
+    linking = sorted(
+        c.name
+        for c in POLICY.categories.values()
+        if c.stored and {"uin", "sdk_app_id"} <= set(c.fields)
+    )
+    assert {"console_configuration", "sdk_log", "sdk_appid"} <= set(linking)
+    (cascade,) = cascades(POLICY)
+    assert (cascade.event, cascade.then) == ("account_deleted", "service_terminated")
+    assert cascade.links == tuple((name, "uin", "sdk_app_id") for name in linking)
+
+
+def _policy_doc() -> dict:
+    return yaml.safe_load(Path(default_policy_path()).read_text())
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"marketing_opt_out": {"key": "business_email", "ends": ["until_opt_out"]}},
+            [
+                "lifecycle_events.marketing_opt_out.key: replaced by keys, a list of the fields "
+                "it may name",
+                "lifecycle_events.marketing_opt_out.keys: missing: list the fields the event may "
+                "name",
+            ],
+        ),
+        (
+            {"marketing_opt_out": {"keys": ["business_email", "uin"], "ends": ["until_opt_out"]}},
+            [
+                "lifecycle_events.marketing_opt_out.keys[1]: 'uin' is not a field of any stored "
+                "category whose retention this event ends"
+            ],
+        ),
+        (
+            {"marketing_opt_out": {"keys": "business_email", "ends": ["until_opt_out"]}},
+            ["lifecycle_events.marketing_opt_out.keys: must be a list of names, got str"],
+        ),
+        (
+            {"account_deleted": {"keys": ["uin"], "ends": ["account_lifetime"],
+                                 "cascades_to": ["account_closed"]}},
+            ["lifecycle_events.account_deleted.cascades_to[0]: 'account_closed' is not a "
+             "lifecycle event"],
+        ),
+        (
+            {"account_deleted": {"keys": ["uin"], "ends": ["account_lifetime"],
+                                 "cascades_to": ["account_deleted"]}},
+            ["lifecycle_events.account_deleted.cascades_to[0]: an event cannot cascade to itself"],
+        ),
+        (
+            {"marketing_opt_out": {"keys": ["business_email"], "ends": ["until_opt_out"],
+                                   "cascades_to": ["service_terminated"]}},
+            ["lifecycle_events.marketing_opt_out.cascades_to[0]: no stored category holds both a "
+             "key of marketing_opt_out (business_email) and one of service_terminated "
+             "(sdk_app_id)"],
+        ),
+        (
+            {"service_terminated": {"keys": ["sdk_app_id"], "ends": ["service_lifetime"],
+                                    "cascades_to": ["account_deleted"]}},
+            ["lifecycle_events.account_deleted.cascades_to[0]: service_terminated cascades "
+             "further; a cascade is one step"],
+        ),
+    ],
+)  # fmt: skip
+def test_lifecycle_events_are_validated_with_their_yaml_path(change, message):
+    doc = _policy_doc()
+    doc["lifecycle_events"].update(change)
+    with pytest.raises(PolicyError) as failed:
+        parse_policy(doc)
+    for line in message:
+        assert f"  {line}" in str(failed.value).splitlines(), str(failed.value)

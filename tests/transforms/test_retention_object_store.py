@@ -66,7 +66,7 @@ def test_purge_lifecycle_and_erase_on_an_object_store(store, tmp_path):
     dry = purge.run([f"--output={store}", "--now=2026-12-10T00:00:00Z", "--dry_run"])
     assert dry["counts"]["partitions"] > 0 and rows("sdk_log") == logs
     purge.run([f"--output={store}", "--now=2026-12-10T00:00:00Z"])
-    assert rows("sdk_log") == {k: r for k, r in logs.items() if r["dir_expiry"] >= "2026-12-10"}
+    assert rows("sdk_log") == {k: r for k, r in logs.items() if r["dir_expiry"] > "2026-12-10"}
     assert keys("_reports/purge-")
 
     events = tmp_path / "events.jsonl"

@@ -1,24 +1,29 @@
 """Erasure requests: every row of a data subject, in every category and in the dead letters.
 
-A request names its subject by exactly one of ``user_id``, ``uin``, ``business_email``, ``ip``
-(:data:`SUBJECT_FIELDS` lists the stored columns each one is looked for in: an e-mail is also
-looked for as ``google_email``, an IP also as ``client_ip``). A ``user_id`` is only unique within
-an application: a request may add ``sdk_app_id`` to erase that application's user only; without
-it, every application's user of that id is erased (erring towards deletion).
+A request names its subject by exactly one of :data:`SUBJECT_FIELDS` (the stored columns each one
+is looked for in: an e-mail is also looked for as ``google_email``, an IP also as
+``client_ip``): ``user_id``, ``uin``, ``sdk_app_id`` (an application: the DPSA's "You can
+request deletion of such personal data"; every row of it, in every category with the field),
+``business_email``, ``business_phone``, ``linkedin_url`` or ``ip``. The value is normalised as
+its columns are compared (``transforms.retention.matching``: e-mails case-insensitively, phone
+numbers in E.164, LinkedIn URLs as their profile path) and the stored columns are compared under
+the same normalisation. A ``user_id`` is only unique within an application: a request may add
+``sdk_app_id`` to erase that application's user only; without it, every application's user of
+that id is erased (erring towards deletion).
 
-Rows reached through another row of the subject (:class:`Link`):
+Rows reached through another row of the subject (:class:`Link`, :func:`links`):
 
 - ``ip``: the ``corporate_visitor_info`` rows of the subject's visits (same ``event_id`` as a
   ``website_visit`` row with that IP): they were derived from that IP;
 - ``uin``: the ``customer_temporary_key`` and ``customer_application_log`` rows of the
-  account's applications (``sdk_app_id`` of the account's ``console_configuration`` rows),
-  as the lifecycle job does for a deleted account.
+  account's applications, found as the lifecycle job finds them for a deleted account (the
+  policy's ``cascades_to``: every stored category that ties a ``uin`` to an ``sdk_app_id``).
 
 Dead letters hold the raw input line: a letter belongs to a subject when its (parsed) raw record
-holds the subject's value in a subject column, or any field holds the subject's e-mail or IP;
-when the raw text is not JSON, the e-mail or IP is looked for as a whole token and an identifier
-as the value of its key. Stored identifiers (``uin``, ``user_id``) are only matched by key:
-a bare number is too ambiguous to erase on.
+holds the subject's identifier under its key, or any field holds the subject's e-mail, phone
+number, LinkedIn URL or IP; when the raw text is not JSON, those are looked for as whole tokens
+and an identifier as the value of its key. Stored identifiers (``uin``, ``user_id``,
+``sdk_app_id``) are only matched by key: a bare number is too ambiguous to erase on.
 """
 
 from __future__ import annotations
@@ -31,12 +36,14 @@ from typing import Any
 
 import apache_beam as beam
 
+from schemas.policy import Policy
 from transforms.counters import counter
 from transforms.deadletter import DeadLetterContext
 from transforms.parse import decode_json_line
 from transforms.rawinput import RecordError, check_text
 from transforms.retention.files import TableFile, read_lines, read_parquet, write_lines
 from transforms.retention.layout import full_path
+from transforms.retention.lifecycle import cascades
 from transforms.retention.matching import (
     ColumnIndex,
     column_kind,
@@ -46,7 +53,6 @@ from transforms.retention.matching import (
 from transforms.timestamps import TimeBounds, TimestampError, parse_event_time
 
 __all__ = [
-    "DEFAULT_LINKS",
     "SUBJECT_FIELDS",
     "CollectLinksFn",
     "IndexLinks",
@@ -54,16 +60,34 @@ __all__ = [
     "ParseRequestFn",
     "ScanFileFn",
     "Subjects",
+    "links",
     "parse_request",
 ]
 
 SUBJECT_FIELDS: dict[str, tuple[str, ...]] = {
     "user_id": ("user_id",),
     "uin": ("uin",),
+    "sdk_app_id": ("sdk_app_id",),
     "business_email": ("business_email", "google_email"),
+    "business_phone": ("business_phone",),
+    "linkedin_url": ("linkedin_url",),
     "ip": ("ip", "client_ip"),
 }
 NARROWING_FIELD = "sdk_app_id"
+# Subjects named by an identifier: in a dead letter, only found under their own key.
+IDENTIFIER_SUBJECTS = tuple(f for f in SUBJECT_FIELDS if column_kind(f) == "identifier")
+# Subjects found anywhere in a dead letter, as a whole token of the raw text.
+CONTACT_SUBJECTS = ("business_phone", "linkedin_url")
+_TOKENS = {
+    "business_phone": re.compile(
+        r"(?:tel:)?(?:\+|(?<![\w.])00)[ \-.(]*\d[\d \-./()]*\d"
+        r"(?:\s*(?:;ext=|ext\.?|x|#)\s*\d{1,10}(?!\d))?",
+        re.IGNORECASE,
+    ),
+    "linkedin_url": re.compile(
+        r"(?:https?://)?(?:[\w-]+\.)*linkedin\.com/in/[^\s\"'<>?#/\\]+", re.IGNORECASE
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -78,16 +102,30 @@ class Link:
     target_column: str
 
 
-DEFAULT_LINKS = (
-    Link("ip", "website_visit", "event_id", ("corporate_visitor_info",), "event_id"),
-    Link(
-        "uin",
-        "console_configuration",
-        "sdk_app_id",
-        ("customer_temporary_key", "customer_application_log"),
-        "sdk_app_id",
-    ),
-)
+VISIT_LINK = Link("ip", "website_visit", "event_id", ("corporate_visitor_info",), "event_id")
+
+
+def links(policy: Policy) -> tuple[Link, ...]:
+    """The links of an erasure: an IP's visits to their corporate visitor information, and each
+    of the policy's cascades from a subject to the categories its entities' event ends that do
+    not hold the subject's field themselves (an account -> its applications' temporary keys and
+    application logs), through every category the cascade finds them in."""
+    found = [VISIT_LINK]
+    events = policy.lifecycle_events
+    for cascade in cascades(policy):
+        event, then = events[cascade.event], events[cascade.then]
+        targets = tuple(
+            sorted(
+                c.name
+                for c in policy.categories.values()
+                if c.stored and then.applies_to(c) and not set(event.keys) & set(c.fields)
+            )
+        )
+        for category, own, theirs in cascade.links:
+            if own in SUBJECT_FIELDS and targets:
+                found.append(Link(own, category, theirs, targets, theirs))
+    return tuple(found)
+
 
 # {target category: {column: {normalised value: [request ids]}}}: JSON-friendly, a side input.
 Links = dict[str, dict[str, dict[str, list[str]]]]
@@ -113,9 +151,12 @@ def parse_request(obj: Mapping[str, Any], bounds: TimeBounds | None = None) -> d
     Reasons: ``missing_field:request_id``, ``malformed_field:request_id``,
     ``missing_field:received_at``, ``malformed_timestamp:received_at``,
     ``event_time_out_of_range:received_at`` (outside the run's ``bounds``), ``missing_subject``,
-    ``ambiguous_subject``, ``malformed_field:<subject field>``, ``malformed_field:sdk_app_id``.
+    ``ambiguous_subject`` (more than one subject field; ``user_id`` with ``sdk_app_id`` is one
+    user of one application), ``malformed_field:<subject field>`` (a value that normalises to
+    nothing: a phone number without its country code, a URL that is not a LinkedIn profile),
+    ``malformed_field:sdk_app_id``.
     """
-    check_text(obj, ("request_id", "received_at", *SUBJECT_FIELDS, NARROWING_FIELD))
+    check_text(obj, ("request_id", "received_at", *SUBJECT_FIELDS))
     request_id = _identifier(obj, "request_id", required=True)
     received = obj.get("received_at")
     if received is None or received == "":
@@ -127,19 +168,22 @@ def parse_request(obj: Mapping[str, Any], bounds: TimeBounds | None = None) -> d
     if bounds is not None and received_at not in bounds:
         raise RecordError("event_time_out_of_range", "received_at")
     given = [f for f in SUBJECT_FIELDS if obj.get(f) not in (None, "")]
+    if given == ["user_id", NARROWING_FIELD]:
+        given = ["user_id"]
     if not given:
         raise RecordError("missing_subject")
     if len(given) > 1:
         raise RecordError("ambiguous_subject")
     (field,) = given
     raw = obj[field]
-    if field == "ip":
+    kind = column_kind(field)
+    if kind == "ip":
         values = list(ip_forms(raw)) if isinstance(raw, str) else []
-    elif field == "business_email":
-        email = normalise(raw, "email") if isinstance(raw, str) else None
-        values = [email] if email else []
-    else:
+    elif kind == "identifier":
         values = [_identifier(obj, field, required=True)]
+    else:
+        value = normalise(raw, kind) if isinstance(raw, str) else None
+        values = [value] if value else []
     if not values:
         raise RecordError("malformed_field", field)
     narrowing = _identifier(obj, NARROWING_FIELD, required=False) if field == "user_id" else None
@@ -280,6 +324,15 @@ class Subjects:
             ids |= self._by_field.get(field, {}).get(value, set())
         return ids
 
+    def _contact_ids(self, value: str) -> set[str]:
+        """The requests on a phone number or LinkedIn URL that ``value`` spells."""
+        ids: set[str] = set()
+        for field in CONTACT_SUBJECTS:
+            wanted = self._by_field.get(field)
+            if wanted:
+                ids |= wanted.get(normalise(value, column_kind(field)), set())
+        return ids
+
     def _walk(self, value: Any, key: str | None, ids: set[str]) -> None:
         if isinstance(value, dict):
             for k, v in value.items():
@@ -288,7 +341,7 @@ class Subjects:
             for v in value:
                 self._walk(v, key, ids)
         elif isinstance(value, str | int) and not isinstance(value, bool):
-            for field in ("uin", "user_id"):
+            for field in IDENTIFIER_SUBJECTS:
                 if key in SUBJECT_FIELDS[field]:
                     ids |= self._by_field.get(field, {}).get(normalise(value, "identifier"), set())
             if isinstance(value, str):
@@ -297,6 +350,22 @@ class Subjects:
                     ids |= self._by_field.get("business_email", {}).get(email, set())
                 for form in ip_forms(value):
                     ids |= self._by_field.get("ip", {}).get(form, set())
+                ids |= self._contact_ids(value)
+
+    def _scan_text(self, raw: str, ids: set[str]) -> None:
+        """Subjects in raw text: e-mails, IPs, phone numbers and LinkedIn URLs as whole tokens,
+        identifiers as the value of their key."""
+        if self._token is not None:
+            for found in self._token.finditer(raw.lower()):
+                ids |= self._token_ids(found.group(0))
+        for field in CONTACT_SUBJECTS:
+            if self._by_field.get(field):
+                for found in _TOKENS[field].finditer(raw):
+                    ids |= self._contact_ids(found.group(0))
+        for field in IDENTIFIER_SUBJECTS:
+            for value, requests in self._by_field.get(field, {}).items():
+                if re.search(rf'"{field}"\s*:\s*"?\s*{re.escape(value)}\s*"?(?![\w])', raw):
+                    ids |= requests
 
     def dead_letter_requests(self, line: bytes) -> set[str]:
         """The requests a dead-letter line belongs to (empty: none)."""
@@ -316,13 +385,7 @@ class Subjects:
                 parsed = None
             if isinstance(parsed, dict | list):
                 self._walk(parsed, None, ids)
-            if self._token is not None:
-                for found in self._token.finditer(raw.lower()):
-                    ids |= self._token_ids(found.group(0))
-            for field in ("uin", "user_id"):
-                for value, requests in self._by_field.get(field, {}).items():
-                    if re.search(rf'"{field}"\s*:\s*"?\s*{re.escape(value)}\s*"?(?![\w])', raw):
-                        ids |= requests
+            self._scan_text(raw, ids)
         elif raw is not None:
             self._walk(raw, None, ids)
         return ids

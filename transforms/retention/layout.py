@@ -1,4 +1,4 @@
-"""The output layout as the retention jobs see it (DESIGN.md section 3, ``transforms.sinks``).
+"""The output layout as the retention jobs see it (README "Output layout", ``transforms.sinks``).
 
 Only these files belong to the layout, and only they are ever deleted or rewritten::
 
@@ -36,6 +36,7 @@ __all__ = [
     "Partition",
     "check_output_root",
     "classify",
+    "due",
     "full_path",
     "is_local",
     "list_layout",
@@ -55,6 +56,18 @@ _LAYOUT = re.compile(
     + r"/source=(?P<source>[^/]+))/expiry_date=(?P<expiry>[^/]+))/(?P<rest>.+)$"
 )
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def due(expiry_date: dt.date, today: dt.date) -> bool:
+    """The schedule's one rule: data goes on its expiry date (UTC), never later.
+
+    "Within N days" means at most N days, so a row is deleted on the UTC date of its
+    ``expires_at`` (the day its partition is named after), not after it: the purge deletes the
+    partitions due on the date of its ``--now``, and the lifecycle job deletes at once a row
+    whose new expiry is due on the date of its run time. A purge run daily at 00:00 UTC thus
+    never keeps a row past its ``expires_at``.
+    """
+    return expiry_date <= today
 
 
 class NotAnOutputRootError(ValueError):
@@ -89,13 +102,10 @@ class Partition:
         return self.open_ended or self.expiry_date is not None
 
     def expired(self, today: dt.date) -> bool:
-        """True when every row of the partition expired before ``today`` (a UTC date).
-
-        A row expires on the UTC date of its ``expires_at``; its partition is deleted from the
-        next day on. Never true for the null partition or an unrecognised value.
-        """
+        """True when the partition is :func:`due` on ``today`` (a UTC date). Never true for the
+        null partition or an unrecognised value."""
         date = self.expiry_date
-        return date is not None and date < today
+        return date is not None and due(date, today)
 
 
 @dataclass(frozen=True)

@@ -1,29 +1,37 @@
 """Lifecycle events end open-ended retention: the rows they affect get their ``expires_at``.
 
-An event (``policy.lifecycle_events``) names the record field it is keyed by and the retention
-rules it ends: ``account_deleted`` (``uin``) ends account and service lifetime,
-``service_terminated`` (``sdk_app_id``) ends service lifetime, ``marketing_opt_out``
-(``business_email``) ends until-opt-out. A row is affected when its category can be ended by the
-event (:meth:`schemas.policy.LifecycleEvent.applies_to`), its key column holds the event's value
-and its ``retention_rule`` is one the event ends; its new expiry is
+An event (``policy.lifecycle_events``) lists the record fields it may be keyed by and the
+retention rules it ends: ``account_deleted`` (``uin``) ends account and service lifetime,
+``service_terminated`` (``sdk_app_id``) ends service lifetime, ``marketing_opt_out`` (any one of
+``business_email``, ``business_phone``, ``linkedin_url``) ends until-opt-out. One event names
+exactly one of its keys; the value is normalised as its column is compared
+(``transforms.retention.matching``: an e-mail case-insensitively, a phone number in E.164, a
+LinkedIn URL as its profile path), and the stored column is compared under the same
+normalisation. A row is affected when its category can be ended by the event
+(:meth:`schemas.policy.LifecycleEvent.applies_to`), its key column holds the event's value and
+its ``retention_rule`` is one the event ends; its new expiry is
 :meth:`~schemas.policy.LifecycleEvent.expires_at` of the *current* policy's retention for that
 rule. When several events reach a row, the earliest expiry wins.
 
-Account deletion also ends the service of the account's applications (the policy: "when your
-account is deleted, we will delete this data within 7 days" for temporary keys and application
-logs), whose rows carry only ``sdk_app_id``: :class:`AccountApps` says where the applications of
-an account are found (``console_configuration`` rows carry both ``uin`` and ``sdk_app_id``), and
-each of them gets a derived ``service_terminated`` event at the time of the account deletion.
+An event may cascade (``cascades_to``): account deletion also ends the service of the account's
+applications (the policy: "when your account is deleted, we will delete this data within 7
+days" for temporary keys and application logs), whose rows carry only ``sdk_app_id``. A
+:class:`Cascade` says where those applications are found: every stored category whose fields
+hold both keys (console configuration, SDK logs, SDK APPIDs...), read from the policy, so that an
+application no console configuration row names is still found; each gets a derived
+``service_terminated`` event at the time of the account deletion.
 
 Only open-ended rows are looked at: they are all in the Hive null partition, which is what
-:class:`SplitFileFn` reads. A row whose new expiry is already past at the run time is deleted
-outright (an opt-out means "delete now"; an event reported late must not keep data past its
-expiry until the next purge); the others move to their ``expiry_date=`` partition, where the
-purge deletes them on the right day.
+:class:`SplitFileFn` reads. A row whose new expiry is already due at the run time
+(:func:`~transforms.retention.layout.due`: on or before the run's UTC date, the purge's rule) is
+deleted outright (an opt-out means "delete now"; an event reported late must not keep data past
+its expiry until the next purge); the others move to their ``expiry_date=`` partition, where the
+purge deletes them on their date.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -36,19 +44,27 @@ from transforms.deadletter import DeadLetterContext
 from transforms.parse import decode_json_line
 from transforms.rawinput import RecordError, check_text
 from transforms.retention.files import TableFile, read_parquet
-from transforms.retention.layout import full_path
+from transforms.retention.layout import due, full_path
 from transforms.retention.matching import ColumnIndex, column_kind, normalise
 from transforms.sinks import partition_path
-from transforms.timestamps import MAX_MICROS, TimeBounds, TimestampError, parse_event_time
+from transforms.timestamps import (
+    MAX_MICROS,
+    TimeBounds,
+    TimestampError,
+    parse_event_time,
+    utc_date,
+)
 
 __all__ = [
-    "AccountApps",
+    "Cascade",
     "CategoryRules",
     "EventIndex",
     "IndexEvents",
     "ParseEventFn",
-    "ResolveAccountAppsFn",
+    "ResolveCascadesFn",
     "SplitFileFn",
+    "cascades",
+    "event_keys",
     "parse_event",
 ]
 
@@ -56,30 +72,44 @@ __all__ = [
 EventIndex = dict[str, dict[str, dict[str, int]]]
 
 
+def event_keys(policy: Policy) -> tuple[str, ...]:
+    """Every field some lifecycle event of ``policy`` may be keyed by."""
+    return tuple(sorted({k for event in policy.lifecycle_events.values() for k in event.keys}))
+
+
 def parse_event(
     obj: Mapping[str, Any], policy: Policy, bounds: TimeBounds | None = None
 ) -> dict[str, Any]:
     """A validated event ``{event, key, value, at}``, or :class:`RecordError` with the reason.
 
-    Reasons: ``missing_field:event``, ``unknown_event``, ``missing_field:<key>``,
-    ``malformed_field:<key>``, ``missing_field:at``, ``malformed_timestamp:at``,
-    ``event_time_out_of_range:at`` (outside the run's ``bounds``: an event in the future
-    must not end retention now), ``expiry_out_of_range`` (an event so late that an expiry it
-    sets is past year 9999).
+    Reasons: ``missing_field:event``, ``unknown_event``, ``missing_field:<key>`` (an event of one
+    key without it), ``missing_subject`` (an event of several keys with none of them),
+    ``ambiguous_subject`` (more than one), ``malformed_field:<key>`` (a value that normalises to
+    nothing: a phone number without its country code, a URL that is not a LinkedIn profile),
+    ``missing_field:at``, ``malformed_timestamp:at``, ``event_time_out_of_range:at`` (outside
+    the run's ``bounds``: an event in the future must not end retention now),
+    ``expiry_out_of_range`` (an event so late that an expiry it sets is past year 9999).
     """
-    check_text(obj, ("event", "at", *(e.key for e in policy.lifecycle_events.values())))
+    check_text(obj, ("event", "at", *event_keys(policy)))
     name = obj.get("event")
     if name is None or name == "":
         raise RecordError("missing_field", "event")
     if not isinstance(name, str) or name not in policy.lifecycle_events:
         raise RecordError("unknown_event")
     event = policy.lifecycle_events[name]
-    raw = obj.get(event.key)
-    if raw is None or raw == "":
-        raise RecordError("missing_field", event.key)
-    value = normalise(raw, column_kind(event.key))
+    given = [k for k in event.keys if obj.get(k) not in (None, "")]
+    if not given:
+        if len(event.keys) == 1:
+            raise RecordError("missing_field", event.keys[0])
+        raise RecordError("missing_subject")
+    if len(given) > 1:
+        raise RecordError("ambiguous_subject")
+    (key,) = given
+    kind = column_kind(key)
+    raw = obj[key]
+    value = normalise(raw, kind) if isinstance(raw, str) or kind == "identifier" else None
     if value is None:
-        raise RecordError("malformed_field", event.key)
+        raise RecordError("malformed_field", key)
     at = obj.get("at")
     if at is None or at == "":
         raise RecordError("missing_field", "at")
@@ -91,7 +121,7 @@ def parse_event(
         raise RecordError("event_time_out_of_range", "at")
     if at_us + _longest_grace(policy, event) > MAX_MICROS:
         raise RecordError("expiry_out_of_range")
-    return {"event": name, "key": event.key, "value": value, "at": at_us}
+    return {"event": name, "key": key, "value": value, "at": at_us}
 
 
 def _longest_grace(policy: Policy, event: LifecycleEvent) -> int:
@@ -166,31 +196,31 @@ class IndexEvents(beam.CombineFn):
 
 
 @dataclass(frozen=True)
-class AccountApps:
-    """Where the applications of an account are found, and the event their service ends with.
+class Cascade:
+    """``then`` follows ``event``, at its time, for every entity found with it.
 
-    Rows of ``category`` carry both ``account_key`` and ``app_key``; a ``from_event`` for an
-    account becomes an ``as_event`` for each of its applications, at the same time.
+    ``links`` are ``(category, key of event, key of then)``: rows of that category holding the
+    event's value in the first column name an entity of ``then`` in the second
+    (:meth:`schemas.policy.LifecycleEvent.links_to`: every stored category with both fields).
     """
 
-    category: str = "console_configuration"
-    account_key: str = "uin"
-    app_key: str = "sdk_app_id"
-    from_event: str = "account_deleted"
-    as_event: str = "service_terminated"
+    event: str
+    then: str
+    links: tuple[tuple[str, str, str], ...]
 
-    def usable(self, policy: Policy) -> bool:
-        """True when the policy has both events and the category with both keys."""
-        events = policy.lifecycle_events
-        category = policy.categories.get(self.category)
-        return (
-            self.from_event in events
-            and self.as_event in events
-            and events[self.from_event].key == self.account_key
-            and events[self.as_event].key == self.app_key
-            and category is not None
-            and {self.account_key, self.app_key} <= set(category.fields)
-        )
+    @property
+    def categories(self) -> frozenset[str]:
+        return frozenset(category for category, _, _ in self.links)
+
+
+def cascades(policy: Policy) -> tuple[Cascade, ...]:
+    """The policy's cascades (``cascades_to``), with where each one's entities are found."""
+    events = policy.lifecycle_events
+    return tuple(
+        Cascade(event.name, then, event.links_to(events[then], policy.categories.values()))
+        for event in events.values()
+        for then in event.cascades_to
+    )
 
 
 def _read_columns(file: Mapping[str, str], columns: list[str]):
@@ -199,44 +229,53 @@ def _read_columns(file: Mapping[str, str], columns: list[str]):
     return TableFile(file["path"], file["format"]).columns(columns)
 
 
-class ResolveAccountAppsFn(beam.DoFn):
-    """Rows of the account-apps category -> a derived event per application of a deleted
-    account (``{event: as_event, key: app_key, value, at, derived_from}``)."""
+class ResolveCascadesFn(beam.DoFn):
+    """A file of a category some cascade is found through -> a derived event per entity of an
+    event's subject (``{event: then, key, value, at, derived_from}``)."""
 
-    def __init__(self, link: AccountApps) -> None:
-        self._link = link
+    def __init__(self, policy_cascades: tuple[Cascade, ...]) -> None:
+        self._cascades = policy_cascades
 
     def setup(self) -> None:
-        self._derived = counter("lifecycle.derived_app_events")
+        self._derived = {
+            c.then: counter(f"lifecycle.derived_events.{c.then}") for c in self._cascades
+        }
 
     def process(self, file: Mapping[str, str], index: EventIndex) -> Iterator[dict[str, Any]]:
-        link = self._link
-        deleted = {
-            value: times[link.from_event]
-            for value, times in index.get(link.account_key, {}).items()
-            if link.from_event in times
+        for cascade in self._cascades:
+            for category, own, theirs in cascade.links:
+                if category == file["category"]:
+                    yield from self._derive(file, index, cascade, own, theirs)
+
+    def _derive(
+        self, file: Mapping[str, str], index: EventIndex, cascade: Cascade, own: str, theirs: str
+    ) -> Iterator[dict[str, Any]]:
+        happened = {
+            value: times[cascade.event]
+            for value, times in index.get(own, {}).items()
+            if cascade.event in times
         }
-        if not deleted:
+        if not happened:
             return
-        table = _read_columns(file, [link.account_key, link.app_key])
-        if link.app_key not in table.column_names:
+        table = _read_columns(file, [own, theirs])
+        if theirs not in table.column_names:
             return
-        matched = ColumnIndex({link.account_key: deleted}).match(table)
+        matched = ColumnIndex({own: happened}).match(table)
         if not matched:
             return
         rows = sorted(matched)
-        apps = table.column(link.app_key).take(rows).to_pylist()
-        for row, app in zip(rows, apps, strict=True):
-            value = normalise(app, column_kind(link.app_key))
+        entities = table.column(theirs).take(rows).to_pylist()
+        for row, entity in zip(rows, entities, strict=True):
+            value = normalise(entity, column_kind(theirs))
             if value is None:
                 continue
-            self._derived.inc()
+            self._derived[cascade.then].inc()
             yield {
-                "event": link.as_event,
-                "key": link.app_key,
+                "event": cascade.then,
+                "key": theirs,
                 "value": value,
-                "at": matched[row][link.account_key],
-                "derived_from": link.from_event,
+                "at": matched[row][own],
+                "derived_from": cascade.event,
             }
 
 
@@ -260,7 +299,7 @@ class CategoryRules:
 
     @property
     def keys(self) -> frozenset[str]:
-        return frozenset(e.key for e in self.events.values())
+        return frozenset(k for e in self.events.values() for k in e.keys)
 
     def retention(self, label: object) -> Retention | None:
         if not isinstance(label, str):
@@ -283,7 +322,7 @@ class CategoryRules:
         for column, times in found.items():
             for name, at in times.items():
                 event = self.events.get(name)
-                if event is None or event.key != column:
+                if event is None or column not in event.keys:
                     continue
                 expires = event.expires_at(retention, at)
                 if expires is not None and (best is None or (expires, name) < best):
@@ -304,7 +343,7 @@ class SplitFileFn(beam.DoFn):
         self._policy = policy
         self._root = root
         self._txn_rel_dir = txn_rel_dir
-        self._run_time = run_time
+        self._today = dt.date.fromisoformat(utc_date(run_time))
 
     def setup(self) -> None:
         self._rules: dict[str, CategoryRules] = {}
@@ -351,7 +390,7 @@ class SplitFileFn(beam.DoFn):
             decision = rules.expiry(label, matched[row])
             if decision is None:
                 continue
-            if decision[0] <= self._run_time:
+            if due(dt.date.fromisoformat(utc_date(decision[0])), self._today):
                 deleted[row] = decision[1]
             else:
                 moved[row] = decision

@@ -1,34 +1,52 @@
 """Which rows of a file carry given values: normalisation, and vectorised matching with Arrow.
 
 Lifecycle events and erasure requests name a value (a UIN, an SDK app id, a user id, an e-mail,
-an IP address); the stored rows must be found by it however it was spelt on either side:
+a phone number, a LinkedIn URL, an IP address); the stored rows must be found by it however it
+was spelt on either side. One function, :func:`normalise`, says what a value is compared as, and
+it is applied to the request and to the stored column alike (the stored values are compared
+normalised, never rewritten):
 
 - identifiers (``uin``, ``sdk_app_id``, ``user_id``, ``event_id``...) are stored as text
   whatever type they arrived in, so a request's ``100000009`` and ``"100000009"`` are the same;
   surrounding white space is ignored on both sides;
-- e-mail addresses (``business_email``, ``google_email``) compare case-insensitively (the local
-  part is case-sensitive in theory, never in practice: erring towards a match is erring towards
-  deletion);
+- e-mail addresses (``business_email``, ``google_email``) compare trimmed and case-insensitively
+  (the local part is case-sensitive in theory, never in practice: erring towards a match is
+  erring towards deletion);
+- phone numbers (``business_phone``) compare in E.164 (``+14155552671``), with an extension as
+  ``;ext=<digits>`` (another line, another person). Only a number that carries its country code
+  (``+`` or ``00``, optionally after ``tel:``) has an E.164 form: a national number
+  (``(415) 555-2671``) could belong to any country, and guessing one could erase or end someone
+  else's data, so it is no key (fail closed: a request naming one is rejected as malformed, a
+  stored one matches no phone number). Separators are spaces, ``-``, ``.``, ``/`` and
+  parentheses; anything else (words, letters, two numbers) is not one phone number;
+- LinkedIn profile URLs (``linkedin_url``) compare as their canonical profile path
+  ``linkedin.com/in/<slug>``: any scheme (http, https or none), any subdomain (``www.``,
+  ``uk.``), the query, the fragment, the trailing slash and anything after the slug dropped, the
+  slug percent-decoded and lower-cased. Anything else (another host, a company page, user
+  information or a port in the URL) is no key;
 - IP addresses (``ip``, ``client_ip``) are stored in canonical form (``transforms.validation``); an
   IPv4 address also matches its IPv4-mapped IPv6 spelling and the other way round.
 
 A :class:`ColumnIndex` holds normalised values per column with a payload each (the requests or
-events they belong to). :meth:`ColumnIndex.match` runs one ``pyarrow.compute.is_in`` per column
-over a whole file and only looks at the few candidate rows in Python.
+events they belong to). :meth:`ColumnIndex.match` normalises each column of a whole file once
+(Arrow kernels for identifiers and IPs, :func:`normalise` once per distinct value otherwise),
+runs one ``pyarrow.compute.is_in`` per column and only looks at the few candidate rows in Python.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
+import unicodedata
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import phonenumbers
 import pyarrow as pa
 import pyarrow.compute as pc
 
 __all__ = [
-    "EMAIL_COLUMNS",
-    "IP_COLUMNS",
     "ColumnIndex",
     "column_kind",
     "ip_forms",
@@ -37,17 +55,30 @@ __all__ = [
     "string_table",
 ]
 
-EMAIL_COLUMNS = frozenset({"business_email", "google_email"})
-IP_COLUMNS = frozenset({"ip", "client_ip"})
+# How the values of a stored column are compared; any other column holds identifiers.
+COLUMN_KINDS = {
+    "business_email": "email",
+    "google_email": "email",
+    "business_phone": "phone",
+    "linkedin_url": "linkedin",
+    "ip": "ip",
+    "client_ip": "ip",
+}
+# One phone number as written: the country code (+ or 00), digits and separators, and an
+# optional extension (the whole text must be this: two numbers, or words, are not one number).
+_PHONE = re.compile(
+    r"(?:tel:)?(?P<number>(?:\+|00)[ \-.(]*\d[\d \-./()]*?)"
+    r"(?:\s*(?:;ext=|ext\.?|extension|x|#)\s*(?P<ext>\d{1,10}))?",
+    re.IGNORECASE,
+)
+_LINKEDIN_HOST = re.compile(r"(?:[a-z0-9-]+\.)*linkedin\.com")
+_LINKEDIN_SCHEMES = ("", "http", "https")
 
 
 def column_kind(column: str) -> str:
-    """``email``, ``ip`` or ``identifier``: how values of that column are compared."""
-    if column in EMAIL_COLUMNS:
-        return "email"
-    if column in IP_COLUMNS:
-        return "ip"
-    return "identifier"
+    """``email``, ``phone``, ``linkedin``, ``ip`` or ``identifier``: how values of that column
+    are compared."""
+    return COLUMN_KINDS.get(column, "identifier")
 
 
 def _text(value: Any) -> str | None:
@@ -79,13 +110,68 @@ def ip_forms(value: Any) -> tuple[str, ...]:
     return tuple(sorted(forms))
 
 
+def normalise_email(text: str) -> str | None:
+    """``Jane.Doe@Corp.Example`` -> ``jane.doe@corp.example``; None without a local part and a
+    domain."""
+    local, at, domain = text.strip().lower().rpartition("@")
+    return f"{local}@{domain}" if at and local and domain else None
+
+
+def normalise_phone(text: str) -> str | None:
+    """A phone number with its country code -> E.164 (``+14155552671``, ``;ext=12`` added for
+    an extension); None for a national number or anything that is not one phone number."""
+    found = _PHONE.fullmatch(unicodedata.normalize("NFKC", text).strip())
+    if found is None:
+        return None
+    number = found["number"]
+    if number.startswith("00"):
+        number = "+" + number[2:]
+    try:
+        parsed = phonenumbers.parse(number, None)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_possible_number(parsed):
+        return None
+    e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    return f"{e164};ext={found['ext']}" if found["ext"] else e164
+
+
+def normalise_linkedin(text: str) -> str | None:
+    """A LinkedIn profile URL -> ``linkedin.com/in/<slug>``; None for anything else."""
+    text = text.strip()
+    try:
+        url = urllib.parse.urlsplit(text if "//" in text else f"//{text}")
+        port = url.port
+    except ValueError:
+        return None
+    host = (url.hostname or "").rstrip(".")
+    if (
+        url.scheme.lower() not in _LINKEDIN_SCHEMES
+        or url.username is not None
+        or port is not None
+        or not _LINKEDIN_HOST.fullmatch(host)
+    ):
+        return None
+    segments = [s for s in url.path.split("/") if s]
+    if len(segments) < 2 or segments[0].lower() != "in":
+        return None
+    slug = unicodedata.normalize("NFC", urllib.parse.unquote(segments[1])).strip().lower()
+    if not slug or any(c.isspace() or c in "/?#" for c in slug):
+        return None
+    return f"linkedin.com/in/{slug}"
+
+
 def normalise(value: Any, kind: str) -> str | None:
-    """One value as stored values are compared (None: it cannot match anything)."""
+    """One value as values of its ``kind`` are compared (None: it cannot match anything)."""
     text = _text(value)
     if text is None:
         return None
     if kind == "email":
-        return text.lower() if "@" in text else None
+        return normalise_email(text)
+    if kind == "phone":
+        return normalise_phone(text)
+    if kind == "linkedin":
+        return normalise_linkedin(text)
     if kind == "ip":
         forms = ip_forms(text)
         return forms[0] if forms else None
@@ -93,15 +179,22 @@ def normalise(value: Any, kind: str) -> str | None:
 
 
 def normalise_array(array: pa.Array | pa.ChunkedArray, kind: str) -> pa.ChunkedArray:
-    """A stored column as text, trimmed (and lower-cased for e-mails), nulls kept."""
+    """A stored column as its values are compared, nulls kept: identifiers and IPs as trimmed
+    text (stored canonical), the contact kinds through :func:`normalise`, once per distinct
+    value."""
     if isinstance(array, pa.Array):
         array = pa.chunked_array([array])
     if not pa.types.is_string(array.type) and not pa.types.is_large_string(array.type):
         array = array.cast(pa.string())
     array = pc.utf8_trim_whitespace(array)
-    if kind == "email":
-        array = pc.utf8_lower(array)
-    return array
+    if kind in ("identifier", "ip"):
+        return array
+    distinct = pc.unique(array)
+    keys = pa.array([normalise(v, kind) for v in distinct.to_pylist()], type=pa.string())
+    return pa.chunked_array(
+        [keys.take(pc.index_in(chunk, value_set=distinct)) for chunk in array.chunks],
+        type=pa.string(),
+    )
 
 
 class ColumnIndex:
