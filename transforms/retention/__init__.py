@@ -7,10 +7,12 @@
   schema and codec (Parquet, Avro, JSON Lines dead letters);
 - :mod:`~transforms.retention.txn`: the write-ahead journal that makes a rewrite of many files
   crash-safe (stage, commit, apply, recover), the lock, the audit records, the fail points;
-- :mod:`~transforms.retention.matching`: normalisation of identifiers, e-mails and IPs, and the
-  vectorised matching of a file's columns against a set of values;
-- :mod:`~transforms.retention.lifecycle`: lifecycle events, the new ``expires_at`` of the rows
-  they end, and the Beam transforms that move rows out of the null partition;
+- :mod:`~transforms.retention.matching`: normalisation of identifiers, e-mails, phone numbers,
+  LinkedIn URLs and IPs (one rule for requests and stored columns alike), and the vectorised
+  matching of a file's columns against a set of values;
+- :mod:`~transforms.retention.lifecycle`: lifecycle events, their cascades, the new
+  ``expires_at`` of the rows they end, and the Beam transforms that move rows out of the null
+  partition;
 - :mod:`~transforms.retention.erasure`: erasure requests, their data subjects and the Beam
   transforms that remove (and then look for) every row of a subject.
 """

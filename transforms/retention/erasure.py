@@ -45,6 +45,7 @@ from transforms.retention.files import TableFile, read_lines, read_parquet, writ
 from transforms.retention.layout import full_path
 from transforms.retention.lifecycle import cascades
 from transforms.retention.matching import (
+    TOKENS,
     ColumnIndex,
     column_kind,
     ip_forms,
@@ -76,18 +77,8 @@ SUBJECT_FIELDS: dict[str, tuple[str, ...]] = {
 NARROWING_FIELD = "sdk_app_id"
 # Subjects named by an identifier: in a dead letter, only found under their own key.
 IDENTIFIER_SUBJECTS = tuple(f for f in SUBJECT_FIELDS if column_kind(f) == "identifier")
-# Subjects found anywhere in a dead letter, as a whole token of the raw text.
+# Subjects found anywhere in a dead letter: in any field, or as a token of the raw text.
 CONTACT_SUBJECTS = ("business_phone", "linkedin_url")
-_TOKENS = {
-    "business_phone": re.compile(
-        r"(?:tel:)?(?:\+|(?<![\w.])00)[ \-.(]*\d[\d \-./()]*\d"
-        r"(?:\s*(?:;ext=|ext\.?|x|#)\s*\d{1,10}(?!\d))?",
-        re.IGNORECASE,
-    ),
-    "linkedin_url": re.compile(
-        r"(?:https?://)?(?:[\w-]+\.)*linkedin\.com/in/[^\s\"'<>?#/\\]+", re.IGNORECASE
-    ),
-}
 
 
 @dataclass(frozen=True)
@@ -360,7 +351,7 @@ class Subjects:
                 ids |= self._token_ids(found.group(0))
         for field in CONTACT_SUBJECTS:
             if self._by_field.get(field):
-                for found in _TOKENS[field].finditer(raw):
+                for found in TOKENS[column_kind(field)].finditer(raw):
                     ids |= self._contact_ids(found.group(0))
         for field in IDENTIFIER_SUBJECTS:
             for value, requests in self._by_field.get(field, {}).items():

@@ -47,6 +47,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 __all__ = [
+    "TOKENS",
     "ColumnIndex",
     "column_kind",
     "ip_forms",
@@ -64,15 +65,24 @@ COLUMN_KINDS = {
     "ip": "ip",
     "client_ip": "ip",
 }
-# One phone number as written: the country code (+ or 00), digits and separators, and an
-# optional extension (the whole text must be this: two numbers, or words, are not one number).
+# A phone number as written: the country code (+ or 00), digits and separators, and an optional
+# extension. A value must be exactly one such number (two numbers, or words, are not one).
+_PHONE_START = r"(?:\+|00)[ \-.(]*\d"
+_PHONE_EXT = r"\s*(?:;ext=|ext\.?|extension|x|#)\s*(?P<ext>\d{1,10})"
 _PHONE = re.compile(
-    r"(?:tel:)?(?P<number>(?:\+|00)[ \-.(]*\d[\d \-./()]*?)"
-    r"(?:\s*(?:;ext=|ext\.?|extension|x|#)\s*(?P<ext>\d{1,10}))?",
-    re.IGNORECASE,
+    rf"(?:tel:)?(?P<number>{_PHONE_START}[\d \-./()]*?)(?:{_PHONE_EXT})?", re.IGNORECASE
 )
 _LINKEDIN_HOST = re.compile(r"(?:[a-z0-9-]+\.)*linkedin\.com")
 _LINKEDIN_SCHEMES = ("", "http", "https")
+# Where a phone number or a LinkedIn URL may be in free text (what :func:`normalise` then reads).
+TOKENS = {
+    "phone": re.compile(
+        rf"(?<![\w.+]){_PHONE_START}(?:[\d \-./()]*\d)?(?:{_PHONE_EXT}(?!\d))?", re.IGNORECASE
+    ),
+    "linkedin": re.compile(
+        r"(?:https?://)?(?:[\w-]+\.)*linkedin\.com/in/[^\s\"'<>?#/\\]+", re.IGNORECASE
+    ),
+}
 
 
 def column_kind(column: str) -> str:
