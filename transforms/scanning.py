@@ -10,8 +10,8 @@ was; :func:`scan_array` does the same for a whole Arrow string column.
 Kinds (:data:`ALL_KINDS`):
 
 * ``credential``: the value of a ``key=value``, ``key: value``, ``"key": "value"`` or ``key =>
-  value`` pair whose key names a secret, and the password of ``scheme://user:password@host.domain``.
-  A key names a secret when it ends with a secret word (password, passwd, pwd, pass, passphrase,
+  value`` pair whose key names a secret, and the password of ``scheme://user:password@host``. A
+  key names a secret when it ends with a secret word (password, passwd, pwd, pass, passphrase,
   secret, token, key, sig, signature, cookie, otp, credential) where a word starts (after a
   non-letter or at a camel-case hump: ``userSig``, ``user_sig``, ``USER-SIG``), or with a compound
   (``accesstoken``, ``apikey``, ``usersig``, ``privatekey`` ...), any case. A ``code`` is a secret
@@ -32,7 +32,8 @@ Kinds (:data:`ALL_KINDS`):
   naming it, Google ``AIza``, GitHub ``ghp_ gho_ ghu_ ghs_ ghr_ github_pat_``, Slack ``xox?-``,
   Stripe ``sk_live_ rk_live_ sk_test_ rk_test_`` and OpenAI ``sk-`` keys (mixed case and a digit,
   so that a URL slug such as ``desk-setup-guide`` is not one).
-* ``email``: ``local@domain.tld``, Unicode letters allowed; ``logo@2x.png``-style asset names,
+* ``email``: ``local@domain.tld``, Unicode letters allowed, with a letter among the domain's
+  first 63 characters (an address literal is not a name); ``logo@2x.png``-style asset names,
   whose "top-level domain" is a file extension, are not emails.
 * ``phone``: see below.
 * ``linkedin``: ``linkedin.com/in/<profile>`` and ``/pub/`` URLs, any subdomain, with or without
@@ -65,7 +66,8 @@ Pre-filter. Most values hold none of this. :data:`PREFILTER` is one regular expr
 subset common to Python's ``re`` and RE2 (no look-around, no ``\\s \\w \\d \\b``, ASCII classes
 written out, scoped ``(?i:...)``) that matches any text that might hold a finding. Its
 alternatives are built from the detectors' own fragments, each a part that a finding cannot do
-without: ``@`` then a domain label and a dot; a key ending in a secret word, a qualified code or
+without: ``@`` then a letter after at most 62 digits, dots, ``-`` or ``_``; ``:`` then ``@``
+within 65 characters (a URL's password); a key ending in a secret word, a qualified code or
 ``auth(orization)``, a separator and a value that is more than a placeholder of stars; a bare
 ``code``, a separator and 12 characters of an OAuth code; a phone key then a number; ``+`` or
 ``00`` (after a non-word character) then a number; ``Bearer``/``Basic`` then a space;
@@ -285,10 +287,8 @@ _REST_OF_FIELD = re.compile(r"[^\"'\r\n]{0,4096}")
 _REST_OF_LINE = re.compile(r"[^\r\n]{0,4096}")
 # An OAuth authorization code (RFC 6749: printable, here without separators), maybe quoted.
 _OAUTH_CODE = re.compile(_SP + r"\\?[\"']?(?P<code>[A-Za-z0-9._~/+-]{12,512})(?![A-Za-z0-9._~/+-])")
-# The password of scheme://user:password@host.domain (or @an.ip.v4.address).
-_URL_PASSWORD = re.compile(
-    r"://[^\s/?#@:]{1,128}:(?P<password>[^\s/?#@]{1,128})@(?=[^\W_][\w-]{0,62}\.)"
-)
+# The password of scheme://user:password@host.
+_URL_PASSWORD = re.compile(r"://[^\s/?#@:]{1,128}:(?P<password>[^\s/?#@]{1,64})@(?=[^\W_])")
 # In the lower-cased text: the end of a key that may name a secret, then its separator.
 _SECRET_KEY_END = re.compile(
     rf"(?:{_alternation((*_SECRET_WORDS, *_SECRET_COMPOUNDS, 'code'))})"
@@ -451,6 +451,8 @@ _EMAIL_DOMAIN = re.compile(
     r"@(?:[^\W_](?:[\w-]{0,61}[^\W_])?\.){1,16}(?P<tld>[^\W\d_]{2,24})(?![\w-])"
 )
 _EMAIL_LOCAL = re.compile(r"[\w.%+-]{1,64}\Z")
+# A domain name has a letter among its first 63 characters (a first label holds at most 63).
+_EMAIL_DOMAIN_NAME = re.compile(r"[0-9._-]{0,62}[^\W\d_]")
 _FILE_EXTENSIONS = frozenset(
     {"png", "jpg", "jpeg", "gif", "svg", "webp", "avif", "ico", "bmp", "css", "js", "mjs", "map"}
     | {"json", "html", "htm", "xml", "txt", "pdf", "mp4", "webm", "mp3", "wav", "ttf", "otf"}
@@ -460,6 +462,8 @@ _FILE_EXTENSIONS = frozenset(
 def _email_spans(text: str, low: str) -> Iterator[Span]:
     for domain in _EMAIL_DOMAIN.finditer(text):
         if domain["tld"].lower() in _FILE_EXTENSIONS:  # logo@2x.png
+            continue
+        if not _EMAIL_DOMAIN_NAME.match(text, domain.start() + 1):
             continue
         at = domain.start()
         local = _EMAIL_LOCAL.search(text, max(0, at - 64), at)
@@ -571,10 +575,8 @@ def _phone_spans(text: str, low: str) -> Iterator[Span]:
 # --- the pre-filter -------------------------------------------------------------------------------
 
 
-# ASCII classes written out, so that both engines read them alike: a letter or digit (any
-# non-ASCII character admitted), and what else a domain label may hold (- and _).
-_ALNUM_OR_NON_ASCII = r"[^\x00-\x2f\x3a-\x40\x5b-\x60\x7b-\x7f]"
-_LABEL_CHAR_OR_NON_ASCII = r"[^\x00-\x2c\x2e\x2f\x3a-\x40\x5b-\x5e\x60\x7b-\x7f]"
+# A letter (or any non-ASCII character), written out so that both engines read it alike.
+_LETTER_OR_NON_ASCII = r"[^\x00-\x40\x5b-\x60\x7b-\x7f]"
 
 
 def _prefilter_pattern() -> str:
@@ -605,7 +607,8 @@ def _prefilter_pattern() -> str:
     )
     return "|".join(
         (
-            rf"(?:@|%40){_ALNUM_OR_NON_ASCII}{_LABEL_CHAR_OR_NON_ASCII}{{0,62}}\.",
+            rf"(?:@|%40)[0-9._-]{{0,62}}{_LETTER_OR_NON_ASCII}",
+            r":[^\x00-\x20/?#@]{1,64}@",
             rf"{secret_key}{key_end}{sp}{sep}{value}",
             rf"{bare_code}{key_end}{sp}{sep}{oauth_code}",
             rf"{phone_key}{key_end}{sp}{number}",
@@ -679,12 +682,15 @@ _DETECTORS: tuple[tuple[str, Callable[[str, str], Iterable[Span]], tuple[str, ..
 _PERCENT_ASCII = re.compile(r"%[0-7][0-9A-Fa-f]")
 
 
+_GATES = {kind: re.compile("|".join(map(re.escape, needles))) for kind, _, needles in _DETECTORS}
+
+
 def _detect(text: str, kinds: frozenset[str]) -> list[Finding]:
     low = _ascii_lower(text)
     return [
         (start, end, kind)
-        for kind, detector, needles in _DETECTORS
-        if kind in kinds and any(needle in low for needle in needles)
+        for kind, detector, _ in _DETECTORS
+        if kind in kinds and _GATES[kind].search(low)
         for start, end in detector(text, low)
         if start < end
     ]

@@ -129,6 +129,7 @@ POSITIVES = [
     ("credentials: tr7-Xq9", "tr7-Xq9", "credential"),
     ("passphrase=correct-horse", "correct-horse", "credential"),
     ("https://admin:s3cr3t-pw@db.example.com/x", "s3cr3t-pw", "credential"),
+    ("postgres://admin:s3cr3t-pw@10.0.0.5:5432/rooms", "s3cr3t-pw", "credential"),
     ("next=%2Flogin%3Fpassword%3Dhunter2xyz", "hunter2xyz", "credential"),
     ("redirect=https%3A%2F%2Fx.example%2F%3Ftoken%3Dabc123def", "abc123def", "credential"),
     # bearer
@@ -264,6 +265,8 @@ NEGATIVES = [
     "https://trtc.example.com/static/img/logo@2x.png",
     "https://cdn.jsdelivr.net/npm/trtc-sdk-v5@5.8.0/trtc.js",
     "https://medium.com/@trtc/low-latency-video",
+    "camera front opened 1280x720@30fps",
+    "ping admin@10.0.0.5 ok",
     "https://trtc.example.com/blog/desk-setup-guide-for-streamers-2026",
     "enterRoom param: sdkAppId=1400000290, userId=user_1, userSig=***, roomId=102800",
     "password=null remember=true",
