@@ -22,13 +22,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.launch import RunContext, cli_main, dead_letter_context, run_context, run_pipeline
-from pipelines.options import IngestOptions
+from pipelines.options import IngestOptions, JobOptions
 from schemas.avro import (
     FieldSpec,
     category_columns,
@@ -59,7 +60,7 @@ VISITS_PIPELINE = "pipelines.visits"
 
 
 class CategoryOptions(PipelineOptions):
-    """Flags of the generic ingestion pipeline (besides the common ``IngestOptions``)."""
+    """Flags of the generic ingestion pipeline (besides ``JobOptions`` and ``IngestOptions``)."""
 
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
@@ -211,7 +212,7 @@ class IngestRecords(beam.PTransform):
 def config_from(options: PipelineOptions) -> IngestConfig:
     """Resolve and validate the options: fails here, before any data is read."""
     own = options.view_as(CategoryOptions)
-    policy = load_policy(options.view_as(IngestOptions).policy)
+    policy = load_policy(options.view_as(JobOptions).policy)
     spec = spec_for(policy, category=own.category, source=own.source)
     run = run_context(
         options, pipeline=spec.name, primary_categories=spec.categories, policy=policy
@@ -228,20 +229,24 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    cli_main(run, argv)
+    cli_main(run, argv, options=(IngestOptions, CategoryOptions))
 
 
 def source_pipeline(
-    source: str,
+    source: str, module: ModuleType
 ) -> tuple[Callable[[Sequence[str] | None], dict[str, Any]], Callable[..., None]]:
-    """``(run, main)`` of the pipeline of one routed source: this pipeline with ``--source``."""
+    """``(run, main)`` of the pipeline of one routed source: this pipeline with ``--source``.
+
+    ``module`` is the source's own (``pipelines.sdk_logs``): its command line is named after it
+    and described by its docstring, and takes the common flags only (the source is fixed, and
+    no routed source stores fingerprints)."""
     preset = (f"--source={source}",)
 
     def run_source(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return run([*preset, *(argv or [])])
 
     def main_source(argv: Sequence[str] | None = None) -> None:
-        cli_main(run, argv, preset=preset)
+        cli_main(run, argv, preset=preset, options=(IngestOptions,), module=module)
 
     return run_source, main_source
 

@@ -1,49 +1,80 @@
-"""What every ingestion entry point does around its transforms: run, wait, report.
+"""What every entry point does around its transforms: read the command line, check the
+configuration, run, wait, report.
 
 Each pipeline module builds its composite from its options; :func:`run_and_report` runs it on the
 runner the options name, waits for it, and writes the run report from the job's counters.
+:func:`cli_main` is the command line of every job (``python -m pipelines`` has its own loop over
+the sources, on the same pieces): strict flags (:func:`~pipelines.options.parse_job_flags`), quiet
+logs unless ``--log_level`` asks, and a configuration problem as one line and a non-zero exit,
+found before any data is read, instead of a traceback from the middle of a running job.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import logging
 import sys
+import tempfile
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.localfilesystem import LocalFileSystem
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, TestOptions
 
 from pipelines.options import (
+    DEFAULT_OUTPUT,
     IngestOptions,
+    JobOptions,
     event_time_bounds,
+    max_dead_letter_ratio,
     output_formats,
+    parse_job_flags,
     run_time_micros,
 )
-from pipelines.report import build_report, counters_of, summary_lines, write_report
+from pipelines.report import (
+    build_report,
+    counters_of,
+    dead_letter_ratio_error,
+    summary_lines,
+    write_report,
+)
 from schemas.policy import Policy, PolicyError, load_policy
 from transforms.deadletter import DeadLetterContext
 from transforms.masking import Exposure
 from transforms.rawinput import DEFAULT_MAX_LINE_BYTES
-from transforms.retention.layout import check_output_root, normalise_root, require_matches
+from transforms.retention.layout import check_output_root, normalise_root
 from transforms.timestamps import TimeBounds, format_utc
 
 __all__ = [
+    "Cli",
     "RunContext",
     "cli_main",
+    "configuration_errors",
+    "configure_logging",
     "dead_letter_context",
     "launch_only",
+    "require_input",
+    "require_writable_output",
     "retention_context",
     "run_and_report",
     "run_context",
     "run_pipeline",
+    "start_cli",
 ]
 
 LOG = logging.getLogger(__name__)
+BEAM_LOGGER = "apache_beam"
+# What a configuration problem raises (a SnapshotError or a NotAnOutputRootError is a ValueError).
+CONFIGURATION_ERRORS = (PolicyError, ValueError, OSError)
 
 
 @dataclass(frozen=True)
@@ -62,6 +93,7 @@ class RunContext:
     run_id: str = ""
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     bounds: TimeBounds | None = None  # the event times the run accepts
+    max_dead_letter_ratio: float | None = None  # of an ingestion run (None: not checked)
 
     def header(self) -> dict[str, Any]:
         """The identity every report and audit record of the run starts with."""
@@ -83,26 +115,81 @@ class RunContext:
 def run_context(
     options: PipelineOptions, *, pipeline: str, primary_categories: tuple[str, ...], policy: Policy
 ) -> RunContext:
-    """The :class:`RunContext` of the common flags; ``--input`` is required."""
-    common = options.view_as(IngestOptions)
-    if not common.input:
+    """The :class:`RunContext` of an ingestion run's common flags, checked before any data is
+    read: ``--input`` must match files, ``--output`` must be a directory that can be written."""
+    FileSystems.set_options(options)
+    common = options.view_as(JobOptions)
+    ingest = options.view_as(IngestOptions)
+    if not ingest.input:
         raise ValueError("--input is required (a file pattern of JSON Lines or Avro records)")
+    formats = output_formats(ingest.output_format)
+    ratio = max_dead_letter_ratio(ingest)
     run_time = run_time_micros(common.run_time)
+    bounds = event_time_bounds(common, run_time)
+    limit = max_line_bytes(common)
+    require_input(ingest.input, "--input")
+    output = common.output or DEFAULT_OUTPUT
+    require_writable_output(output)
     return RunContext(
         pipeline=pipeline,
         primary_categories=primary_categories,
-        input=common.input,
-        input_format=common.input_format,
-        output=common.output,
-        formats=output_formats(common.output_format),
+        input=ingest.input,
+        input_format=ingest.input_format,
+        output=output,
+        formats=formats,
         policy=policy,
         run_time=run_time,
-        max_line_bytes=max_line_bytes(common),
-        bounds=event_time_bounds(common, run_time),
+        max_line_bytes=limit,
+        bounds=bounds,
+        max_dead_letter_ratio=ratio,
     )
 
 
-def max_line_bytes(common: IngestOptions) -> int:
+def require_input(pattern: str, flag: str) -> None:
+    """Fail at start-up, naming ``flag``, when ``pattern`` matches no file or a directory
+    (a directory is read as if it were a file, and fails only once the job runs)."""
+    try:
+        (result,) = FileSystems.match([pattern])
+    except BeamIOError as exc:
+        raise ValueError(f"{flag}: cannot list {pattern}: {exc}") from exc
+    if not result.metadata_list:
+        raise ValueError(f"{flag}: no file matches {pattern}")
+    for meta in result.metadata_list:
+        if _is_local(meta.path) and Path(meta.path).is_dir():
+            raise ValueError(
+                f"{flag}: {meta.path} is a directory; give a file pattern such as "
+                f"{meta.path.rstrip('/')}/*.jsonl"
+            )
+
+
+def require_writable_output(output: str) -> None:
+    """Fail at start-up when a local ``output`` is a file or cannot be created or written.
+
+    Nothing is created: a temporary file is opened (and removed) in ``output`` or in its
+    nearest existing parent. On an object store (``gs://``, ``s3://``) there is no directory to
+    check and no write without a trace (a probe object would outlive its deletion in a bucket
+    with soft delete or a retention policy), so the first write tells."""
+    if not _is_local(output):
+        return
+    path = Path(output).absolute()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--output {output} is a file, not a directory")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"--output {output}: {existing} is a file, not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ValueError(f"--output {output} cannot be written ({existing}: {reason})") from None
+
+
+def _is_local(path: str) -> bool:
+    return isinstance(FileSystems.get_filesystem(path), LocalFileSystem)
+
+
+def max_line_bytes(common: JobOptions) -> int:
     """``--max_line_bytes``, checked."""
     if common.max_line_bytes < 1:
         raise ValueError(f"--max_line_bytes must be at least 1, got {common.max_line_bytes}")
@@ -149,8 +236,16 @@ def run_and_report(
         counters_of(result),
         pipeline=run.pipeline,
         primary_categories=run.primary_categories,
-        run={**run.header(), "input": run.input, "state": str(result.state)},
+        run={
+            **run.header(),
+            "input": run.input,
+            "state": str(result.state),
+            "max_dead_letter_ratio": run.max_dead_letter_ratio,
+        },
     )
+    error = dead_letter_ratio_error(report)
+    if error:
+        report["error"] = error
     path = write_report(report, run.output, run.run_id)
     LOG.info("run report written to %s", path)
     report["report_path"] = path
@@ -166,13 +261,20 @@ def retention_context(
 ) -> RunContext:
     """The :class:`RunContext` of a retention job rewriting the output root (purge; lifecycle
     and erase, which also read ``pattern``, the value of ``flag``): everything is checked
-    before any data is read, and the run gets its id now (it names the job's transaction)."""
+    before any data is read, and the run gets its id now (it names the job's transaction).
+
+    ``--output`` is required: these jobs delete and rewrite files, so they never fall back to a
+    default directory."""
     FileSystems.set_options(options)
-    common = options.view_as(IngestOptions)
+    common = options.view_as(JobOptions)
+    if not common.output:
+        raise ValueError(
+            f"--output is required: the output root {pipeline} changes (there is no default)"
+        )
     if flag is not None:
         if not pattern:
             raise ValueError(f"{flag} is required (a file pattern of JSON Lines records)")
-        require_matches(pattern, flag)
+        require_input(pattern, flag)
     policy = load_policy(common.policy)
     root = normalise_root(common.output)
     check_output_root(root)
@@ -211,25 +313,103 @@ def run_pipeline(
     return run_and_report(options, config.run, lambda p: p | transform(config))
 
 
+@dataclass(frozen=True)
+class Cli:
+    """A job's command line: how it is called, what ``--help`` says, and its options classes
+    (``JobOptions``, which every job has, first)."""
+
+    prog: str
+    description: str
+    options: tuple[type[PipelineOptions], ...]
+
+    @classmethod
+    def of(cls, module: ModuleType, options: Sequence[type[PipelineOptions]] | None = None) -> Cli:
+        """The command line of the job ``module`` runs (``python -m <module>``): its docstring
+        is the description; ``options`` are the job's classes besides ``JobOptions`` (default:
+        the ones ``module`` defines)."""
+        if options is None:
+            options = [
+                value
+                for value in vars(module).values()
+                if isinstance(value, type)
+                and issubclass(value, PipelineOptions)
+                and value.__module__ == module.__name__
+            ]
+        name = module.__spec__.name if module.__spec__ else module.__name__
+        return cls(
+            prog=f"python -m {name}",
+            description=module.__doc__ or "",
+            options=(JobOptions, *(o for o in options if o is not JobOptions)),
+        )
+
+
+def configure_logging(level: str | None) -> tuple[int, int]:
+    """Set the levels of ``--log_level``: the project's loggers (the root logger) and Beam's;
+    without the flag WARNING and ERROR. Returns both levels."""
+    ours = logging.getLevelNamesMapping()[level or "WARNING"]
+    beams = ours if level else logging.ERROR
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(ours)
+    logging.getLogger(BEAM_LOGGER).setLevel(beams)
+    return ours, beams
+
+
+def _worker_log_flags(ours: int, beams: int, argv: Sequence[str]) -> list[str]:
+    """Beam options giving the SDK workers the same levels (a worker process logs through the
+    runner, whatever the launcher's loggers say). The user's own flags, placed after these, win.
+    """
+    given = {arg.split("=", 1)[0] for arg in argv}
+    flags = [
+        "--sdk_harness_log_level_overrides="
+        + json.dumps({BEAM_LOGGER: logging.getLevelName(beams)})
+    ]
+    if "--default_sdk_harness_log_level" not in given:
+        flags.append(f"--default_sdk_harness_log_level={logging.getLevelName(ours)}")
+    return flags
+
+
+def start_cli(cli: Cli, argv: Sequence[str]) -> list[str]:
+    """Check ``argv`` (``--help`` and a wrong flag end the process here), set the log levels,
+    and return the arguments to run the job with."""
+    args = parse_job_flags(argv, cli.options, prog=cli.prog, description=cli.description)
+    ours, beams = configure_logging(args.log_level)
+    return [*_worker_log_flags(ours, beams, argv), *argv]
+
+
+@contextlib.contextmanager
+def configuration_errors() -> Iterator[None]:
+    """A configuration problem (malformed policy, missing input, missing key, a busy output
+    root...) ends the process with one line and exit status 1; its traceback is logged at
+    DEBUG."""
+    try:
+        yield
+    except CONFIGURATION_ERRORS as exc:
+        LOG.debug("configuration problem", exc_info=True)
+        raise SystemExit(f"error: {exc}") from None
+
+
 def cli_main(
     run: Callable[[Sequence[str]], dict[str, Any]],
     argv: Sequence[str] | None = None,
     *,
     preset: Sequence[str] = (),
     summary: Callable[[dict[str, Any]], list[str]] = summary_lines,
+    options: Sequence[type[PipelineOptions]] | None = None,
+    module: ModuleType | None = None,
 ) -> None:
-    """Command-line entry point of a job: run it, print the summary of its report.
+    """Command-line entry point of a job: check the flags, run it, print the summary of its
+    report.
 
-    Configuration problems (malformed policy, missing input, missing key, a busy output root)
-    end with a one-line message and a non-zero exit, not a traceback; so does a report that
-    carries an ``error`` (e.g. an erasure whose verification found a remaining match).
-    ``preset`` are arguments a specialised pipeline fixes (``--source=sdk_logs``).
+    A report that carries an ``error`` (a dead-letter ratio above the limit, an erasure whose
+    verification found a remaining match) ends with its one line and a non-zero exit, after
+    the summary. ``preset`` are arguments a specialised pipeline fixes (``--source=sdk_logs``);
+    ``options`` and ``module`` describe the job (:meth:`Cli.of`; default: the module ``run``
+    comes from).
     """
-    logging.getLogger().setLevel(logging.WARNING)
-    try:
-        report = run([*preset, *(sys.argv[1:] if argv is None else argv)])
-    except (PolicyError, ValueError, OSError) as exc:
-        raise SystemExit(f"error: {exc}") from None
+    cli = Cli.of(module or sys.modules[run.__module__], options)
+    args = start_cli(cli, sys.argv[1:] if argv is None else argv)
+    with configuration_errors():
+        report = run([*preset, *args])
     if report.get("launched_only"):
         print(f"[{report['pipeline']}] job built and handed to the runner; no run report here")
         return

@@ -3,7 +3,10 @@
 Counters are the runner's own accounting (committed values, aggregated across workers and
 retries), so the report says what the job did, not what the launcher believes it did. The report
 reconciles: every record read is a row of the source's primary category, a dead letter, or a row
-that was already expired at the run time and so not written (``expired_on_arrival``).
+that was already expired at the run time and so not written (``expired_on_arrival``). It also
+gives the dead-letter ratio (dead letters / records read), which a run may not exceed
+(``--max_dead_letter_ratio``): a run that rejects most of its input is a failed run, even though
+everything it read is accounted for.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ __all__ = [
     "build_report",
     "counters_of",
     "counters_with_prefix",
+    "dead_letter_ratio_error",
     "summary_lines",
     "write_report",
 ]
@@ -72,6 +76,7 @@ def build_report(
             "written": written,
             "dead_lettered": dead,
             "dead_lettered_total": dead_total,
+            "dead_letter_ratio": dead_total / read if read else 0.0,
             "expired_on_arrival": expired,
         },
         "reconciliation": {
@@ -98,6 +103,26 @@ def write_report(report: Mapping[str, Any], output_dir: str, run_id: str) -> str
     return write_audit(output_dir, report["pipeline"], run_id, report)
 
 
+def dead_letter_ratio_error(report: Mapping[str, Any]) -> str | None:
+    """Why the run failed if its dead-letter ratio exceeds its ``max_dead_letter_ratio``."""
+    limit = report.get("max_dead_letter_ratio")
+    counts = report["counts"]
+    ratio = counts["dead_letter_ratio"]
+    if limit is None or ratio <= limit:
+        return None
+    return (
+        f"dead-letter ratio {ratio:.4g} ({counts['dead_lettered_total']} of {counts['read']} "
+        f"records read) exceeds --max_dead_letter_ratio {limit:g}; the rows and dead letters are "
+        "written"
+    )
+
+
+def _ratio(report: Mapping[str, Any]) -> str:
+    limit = report.get("max_dead_letter_ratio")
+    shown = f"dead-letter ratio {report['counts']['dead_letter_ratio']:.4g}"
+    return shown if limit is None else f"{shown} (max {limit:g})"
+
+
 def summary_lines(report: Mapping[str, Any]) -> list[str]:
     """A short human summary of a report, for the console."""
     counts = report["counts"]
@@ -107,7 +132,7 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
     name = report["pipeline"]
     lines = [
         f"[{name}] read={counts['read']} written: {written}",
-        f"[{name}] dead letters: {dead}",
+        f"[{name}] dead letters: {dead}; {_ratio(report)}",
     ]
     if report["regions"]:
         lines.append(f"[{name}] regions: {report['regions']} suppressed: {report['suppressed']}")

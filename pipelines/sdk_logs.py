@@ -8,11 +8,13 @@ policy's (``sources.sdk_logs``), the input contract is ``schemas/avro/sdk_log_in
 
 from __future__ import annotations
 
+import sys
+
 from pipelines.ingest import source_pipeline
 
 __all__ = ["main", "run"]
 
-run, main = source_pipeline("sdk_logs")
+run, main = source_pipeline("sdk_logs", sys.modules[__name__])
 
 if __name__ == "__main__":
     main()

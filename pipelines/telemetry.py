@@ -9,11 +9,13 @@ contract is ``schemas/avro/telemetry_input.avsc``.
 
 from __future__ import annotations
 
+import sys
+
 from pipelines.ingest import source_pipeline
 
 __all__ = ["main", "run"]
 
-run, main = source_pipeline("telemetry")
+run, main = source_pipeline("telemetry", sys.modules[__name__])
 
 if __name__ == "__main__":
     main()

@@ -10,7 +10,7 @@ record-by-record code decides what the columns cannot); no stage holds more than
 
 Writes two categories: ``website_visit`` (one row per good visit) and ``corporate_visitor_info``
 (company and contact fields, keyed by ``event_id``, for visits that have any), then a run report
-under ``_reports/``. See the README for the flags and DESIGN.md section 3 for the contract.
+under ``_reports/``. The input contract is ``schemas/avro/visit_input.avsc``.
 """
 
 from __future__ import annotations
@@ -21,13 +21,15 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
+from maxminddb import InvalidDatabaseError
 
 from pipelines.launch import RunContext, cli_main, dead_letter_context, run_context, run_pipeline
-from pipelines.options import IngestOptions, bundled
+from pipelines.options import IngestOptions, JobOptions, bundled
 from schemas.avro import category_columns, input_fields, output_schema
 from schemas.policy import load_policy
 from transforms.enrichment import EnrichAroundDeal, build_handler
-from transforms.geo import Geolocate
+from transforms.enrichment.snapshot import SnapshotHandler
+from transforms.geo import Geolocate, shared_lookup
 from transforms.parse import Parse
 from transforms.read import ReadRecords
 from transforms.sinks import WriteDeadLetters
@@ -45,7 +47,7 @@ DEFAULT_API_KEY_ENV = "AROUNDDEAL_API_KEY"
 
 
 class VisitsOptions(PipelineOptions):
-    """Flags of the visits pipeline (besides the common ones of ``IngestOptions``)."""
+    """Flags of the visits pipeline (besides ``JobOptions`` and ``IngestOptions``)."""
 
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
@@ -177,10 +179,11 @@ class IngestVisits(beam.PTransform):
 
 def config_from(options: PipelineOptions) -> VisitsConfig:
     """Resolve and validate the options: fails here, before any data is read."""
-    common = options.view_as(IngestOptions)
     visits = options.view_as(VisitsOptions)
-    policy = load_policy(common.policy)
+    policy = load_policy(options.view_as(JobOptions).policy)
     run = run_context(options, pipeline=SOURCE, primary_categories=(VISIT,), policy=policy)
+    geoip_db = visits.geoip_db or bundled("country.mmdb")
+    check_geoip_db(geoip_db, visits.geo_cache_size)
     corporate = policy.category(CORPORATE)
     http = (
         {
@@ -202,12 +205,27 @@ def config_from(options: PipelineOptions) -> VisitsConfig:
         policy=policy,
         **http,
     )
+    if isinstance(handler, SnapshotHandler):
+        # Loads and checks the whole file now (a malformed line names itself); the index is
+        # shared with the workers of an in-process runner.
+        handler.contact_rows_dropped()
     return VisitsConfig(
-        run=run,
-        geoip_db=visits.geoip_db or bundled("country.mmdb"),
-        geo_cache_size=visits.geo_cache_size,
-        enrichment=handler,
+        run=run, geoip_db=geoip_db, geo_cache_size=visits.geo_cache_size, enrichment=handler
     )
+
+
+def check_geoip_db(path: str, cache_size: int) -> None:
+    """Open the GeoIP database as the workers will (its reader is shared with the workers of an
+    in-process runner): a missing file, or one that is no MaxMind database with country data,
+    fails here rather than in the first bundle."""
+    if cache_size < 0:
+        raise ValueError(f"--geo_cache_size must be at least 0, got {cache_size}")
+    try:
+        shared_lookup(path, cache_size)
+    except InvalidDatabaseError:
+        raise ValueError(f"--geoip_db {path} is not a MaxMind database (.mmdb)") from None
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"--geoip_db: {exc}") from None
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -216,7 +234,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    cli_main(run, argv)
+    cli_main(run, argv, options=(IngestOptions, VisitsOptions))
 
 
 if __name__ == "__main__":

@@ -77,7 +77,10 @@ def sdk_run(tmp_path_factory):
         ],
     )
     out = tmp / "out"
-    done = run_cli("pipelines.sdk_logs", f"--input={logs}", f"--output={out}")
+    # Most of these records are rejected on purpose: above the default dead-letter ratio.
+    done = run_cli(
+        "pipelines.sdk_logs", f"--input={logs}", f"--output={out}", "--max_dead_letter_ratio=1"
+    )
     return out, done
 
 
