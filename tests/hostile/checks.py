@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tests.hostile.corpus import DEAD, EXPIRED, ROW, Line, Source
@@ -100,6 +101,32 @@ def read_dead_letters(out: Path, source: str) -> tuple[list[dict[str, Any]], lis
     return letters, problems
 
 
+def parquet_rows(path: Path) -> list[dict[str, Any]]:
+    """A Parquet file's rows, timestamps as integers: a stored time outside the years 1-9999
+    must be reported, not crash the reader (``datetime`` cannot hold it)."""
+    table = pq.read_table(path)
+    for i, column in enumerate(table.schema):
+        if pa.types.is_timestamp(column.type):
+            table = table.set_column(i, column.name, table.column(i).cast(pa.int64()))
+    return table.to_pylist()
+
+
+def _without_logical_types(schema: Any) -> Any:
+    if isinstance(schema, dict):
+        return {k: _without_logical_types(v) for k, v in schema.items() if k != "logicalType"}
+    if isinstance(schema, list):
+        return [_without_logical_types(s) for s in schema]
+    return schema
+
+
+def avro_rows(path: Path) -> list[dict[str, Any]]:
+    """An Avro file's records, logical types read as their plain types (see parquet_rows)."""
+    with path.open("rb") as fh:
+        schema = _without_logical_types(fastavro.reader(fh).writer_schema)
+    with path.open("rb") as fh:
+        return list(fastavro.reader(fh, reader_schema=schema))
+
+
 def read_rows(out: Path, categories: Sequence[str]) -> list[dict[str, Any]]:
     """The Parquet rows of ``categories``, with the partition they were found in."""
     rows = []
@@ -107,8 +134,7 @@ def read_rows(out: Path, categories: Sequence[str]) -> list[dict[str, Any]]:
         for path in sorted(out.glob(f"data_category={category}/expiry_date=*/*.parquet")):
             expiry = path.parent.name.split("=", 1)[1]
             rows += [
-                {**r, "dir_category": category, "dir_expiry": expiry}
-                for r in pq.read_table(path).to_pylist()
+                {**r, "dir_category": category, "dir_expiry": expiry} for r in parquet_rows(path)
             ]
     return rows
 
@@ -300,10 +326,9 @@ def _decoded_views(path: Path, data: bytes) -> Iterable[str]:
     name = path.name
     try:
         if name.endswith(".parquet"):
-            yield json.dumps(pq.read_table(path).to_pylist(), default=str, ensure_ascii=False)
+            yield json.dumps(parquet_rows(path), default=str, ensure_ascii=False)
         elif name.endswith(".avro"):
-            with path.open("rb") as fh:
-                yield json.dumps(list(fastavro.reader(fh)), default=str, ensure_ascii=False)
+            yield json.dumps(avro_rows(path), default=str, ensure_ascii=False)
         elif data[:2] == b"\x1f\x8b":
             yield gzip.decompress(data).decode("utf-8", "replace")
     except Exception as err:  # a file we cannot decode is searched as bytes only

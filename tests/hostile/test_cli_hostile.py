@@ -42,7 +42,7 @@ CLI_TIMEOUT = 600  # seconds; a hung run is a failure of its own
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 
 
-@dataclass
+@dataclass(repr=False)
 class CliRun:
     source: Source
     inputs: Inputs
@@ -56,8 +56,13 @@ class CliRun:
     def collected(self) -> Collected:
         return collect(self.source, self.out)
 
-    def tail(self, n: int = 4000) -> str:
-        return self.stderr.decode("utf-8", "replace")[-n:]
+    def tail(self, lines: int = 30) -> str:
+        """The end of what the CLI printed on stderr (its exception, if any)."""
+        text = self.stderr.decode("utf-8", "replace").rstrip().splitlines()
+        return "\n".join(text[-lines:])
+
+    def __repr__(self) -> str:
+        return f"<{self.source.name} run: exit {self.returncode}, {self.seconds:.0f}s>"
 
 
 @pytest.fixture(scope="module", params=list(SOURCES))
@@ -93,8 +98,9 @@ def _listing(problems: list[str], limit: int = 80) -> str:
 
 
 def test_no_line_stops_the_run(cli_run):
+    what = "killed after the timeout" if cli_run.returncode is None else "exit"
     assert cli_run.returncode == 0, (
-        f"{cli_run.source.name}: exit {cli_run.returncode} after {cli_run.seconds:.0f}s\n"
+        f"{cli_run.source.name}: {what} {cli_run.returncode} after {cli_run.seconds:.0f}s\n"
         f"{cli_run.tail()}"
     )
 
@@ -104,25 +110,28 @@ def _finished(cli_run: CliRun) -> str:
     if cli_run.collected.report is None:
         return (
             f"{cli_run.source.name}: the run wrote no report (exit {cli_run.returncode}); "
-            f"its error:\n{cli_run.tail(1500)}"
+            f"its error:\n{cli_run.tail(4)}"
         )
     return ""
 
 
 def test_report_reconciles_with_every_line_read(cli_run):
-    assert not _finished(cli_run), _finished(cli_run)
+    unfinished = _finished(cli_run)
+    assert not unfinished, unfinished
     problems = reconciliation_problems(cli_run.source, cli_run.collected, len(cli_run.inputs.lines))
     assert not problems, f"{cli_run.source.name}:\n{_listing(problems)}"
 
 
 def test_every_line_ends_in_exactly_one_place(cli_run):
-    assert not _finished(cli_run), _finished(cli_run)
+    unfinished = _finished(cli_run)
+    assert not unfinished, unfinished
     problems = account_for(cli_run.inputs.lines, cli_run.collected)
     assert not problems, f"{cli_run.source.name}:\n{_listing(problems)}"
 
 
 def test_valid_lines_are_stored_or_applied(cli_run):
-    assert not _finished(cli_run), _finished(cli_run)
+    unfinished = _finished(cli_run)
+    assert not unfinished, unfinished
     source, got = cli_run.source, cli_run.collected
     valid = [line for line in cli_run.inputs.lines if line.outcomes == {ROW}]
     if source.name == "lifecycle":

@@ -51,8 +51,8 @@ pytestmark = pytest.mark.e2e
 
 SCALE = float(os.environ.get("HOSTILE_EXAMPLES", "1"))
 # Examples per CLI: an ingestion run in process costs ~1 s, a retention job ~2-3 s.
-EXAMPLES = {"lifecycle": 10, "erase": 8}
-DEFAULT_EXAMPLES = 20
+EXAMPLES = {"lifecycle": 12, "erase": 12}
+DEFAULT_EXAMPLES = 24
 CANARY_KEYS = ("db_password", "x_api_key", "Authorization", "work_email", "p\u0430ssword", "meta")
 
 characters = st.one_of(st.characters(), st.characters(categories=["Cs"]))
