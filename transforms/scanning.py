@@ -629,67 +629,43 @@ PREFILTER: re.Pattern[str] = re.compile(_prefilter_pattern(), re.ASCII)
 
 # --- the scan -------------------------------------------------------------------------------------
 
-# Each detector with the literals (in the lower-cased text) one of which each of its findings
-# holds: it runs only where one is there, which spares most of the work on flagged clean text.
-_DETECTORS: tuple[tuple[str, Callable[[str, str], Iterable[Span]], tuple[str, ...]], ...] = (
-    ("pem", _pem_spans, ("begin",)),
-    ("jwt", _jwt_spans, ("eyj",)),
-    (
-        "api_key",
-        _api_key_spans,
-        ("akia", "asia", "aiza", "gh", "xox", "k_live_", "k_test_", "sk-", "aws"),
-    ),
-    ("bearer", _bearer_spans, ("auth", "bearer", "basic")),
-    (
-        "credential",
-        _credential_spans,
-        (
-            "pass",
-            "pwd",
-            "secret",
-            "token",
-            "key",
-            "sig",
-            "cookie",
-            "otp",
-            "credential",
-            "code",
-            "://",
-        ),
-    ),
-    ("linkedin", _linkedin_spans, ("linkedin.com/",)),
-    ("email", _email_spans, ("@",)),
-    (
-        "phone",
-        _phone_spans,
-        (
-            "+",
-            "00",
-            "phone",
-            "tel",
-            "mobil",
-            "cell",
-            "fax",
-            "whatsapp",
-            "msisdn",
-            "handy",
-            "sms",
-            "手机",
-            "电话",
-        ),
-    ),
+_DETECTORS: tuple[tuple[str, Callable[[str, str], Iterable[Span]]], ...] = (
+    ("pem", _pem_spans),
+    ("jwt", _jwt_spans),
+    ("api_key", _api_key_spans),
+    ("bearer", _bearer_spans),
+    ("credential", _credential_spans),
+    ("linkedin", _linkedin_spans),
+    ("email", _email_spans),
+    ("phone", _phone_spans),
 )
+# For each kind, literals one of which each of its findings holds (in the lower-cased text): its
+# detector runs only where one is there, which spares most of the work on flagged clean text.
+_NEEDLES = {
+    "pem": ("begin",),
+    "jwt": ("eyj",),
+    "api_key": ("akia", "asia", "aiza", "gh", "xox", "k_live_", "k_test_", "sk-", "aws"),
+    "bearer": ("auth", "bearer", "basic"),
+    "credential": (
+        *("pass", "pwd", "secret", "token", "key", "sig", "cookie", "otp", "credential", "code"),
+        "://",
+    ),
+    "linkedin": ("linkedin.com/",),
+    "email": ("@",),
+    "phone": (
+        *("+", "00", "phone", "tel", "mobil", "cell", "fax", "whatsapp", "msisdn", "handy"),
+        *("sms", "手机", "电话"),
+    ),
+}
+_GATES = {kind: re.compile("|".join(map(re.escape, needles))) for kind, needles in _NEEDLES.items()}
 _PERCENT_ASCII = re.compile(r"%[0-7][0-9A-Fa-f]")
-
-
-_GATES = {kind: re.compile("|".join(map(re.escape, needles))) for kind, _, needles in _DETECTORS}
 
 
 def _detect(text: str, kinds: frozenset[str]) -> list[Finding]:
     low = _ascii_lower(text)
     return [
         (start, end, kind)
-        for kind, detector, _ in _DETECTORS
+        for kind, detector in _DETECTORS
         if kind in kinds and _GATES[kind].search(low)
         for start, end in detector(text, low)
         if start < end
