@@ -310,6 +310,10 @@ def corporate(root: Path) -> dict[str, str]:
 
 def test_an_opt_out_by_phone_or_profile_url_ends_rows_without_an_email(out, tmp_path):
     assert corporate(out) == dict.fromkeys(CONTACTS, HIVE_NULL_PARTITION)  # kept until opt-out
+    # their visits (and IPs) are long purged, the marketing rows stay: only an opt-out ends them
+    purge.run([f"--output={out}", "--now=2027-12-31T00:00:00Z"])
+    assert not list(out.glob("data_category=website_visit/*"))
+    assert corporate(out) == dict.fromkeys(CONTACTS, HIVE_NULL_PARTITION)
     before = read_rows(out)["parquet"]
     feed = write_jsonl(
         tmp_path / "e.jsonl",
