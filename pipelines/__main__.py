@@ -54,8 +54,8 @@ def sample_args(defaults: dict[str, str], extra: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    cli = Cli.of(sys.modules[__name__], (IngestOptions, visits.VisitsOptions))
-    extra = start_cli(cli, sys.argv[1:] if argv is None else argv)
+    extra = list(sys.argv[1:] if argv is None else argv)
+    start_cli(Cli.of(sys.modules[__name__], (IngestOptions, visits.VisitsOptions)), extra)
     with configuration_errors():
         reports = [run(sample_args(defaults, extra)) for _name, run, defaults in SOURCES]
     for report in reports:

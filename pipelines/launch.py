@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import sys
 import tempfile
@@ -79,8 +78,9 @@ CONFIGURATION_ERRORS = (PolicyError, ValueError, OSError)
 
 @dataclass(frozen=True)
 class RunContext:
-    """What every ingestion run resolves from the common options (``IngestOptions``): its
-    identity for the report, where to read and write, the policy, and the run time."""
+    """What every run resolves from the common options (``JobOptions``, and ``IngestOptions``
+    for an ingestion run): its identity for the report, where to read and write, the policy,
+    and the run time."""
 
     pipeline: str
     primary_categories: tuple[str, ...]
@@ -147,15 +147,17 @@ def run_context(
 
 def require_input(pattern: str, flag: str) -> None:
     """Fail at start-up, naming ``flag``, when ``pattern`` matches no file or a directory
-    (a directory is read as if it were a file, and fails only once the job runs)."""
+    (a directory is read as if it were a file, and fails only once the job runs). Object stores
+    have no directories: one match is enough there."""
+    local = _is_local(pattern)
     try:
-        (result,) = FileSystems.match([pattern])
+        (result,) = FileSystems.match([pattern], limits=None if local else [1])
     except BeamIOError as exc:
         raise ValueError(f"{flag}: cannot list {pattern}: {exc}") from exc
     if not result.metadata_list:
         raise ValueError(f"{flag}: no file matches {pattern}")
-    for meta in result.metadata_list:
-        if _is_local(meta.path) and Path(meta.path).is_dir():
+    for meta in result.metadata_list if local else ():
+        if Path(meta.path).is_dir():
             raise ValueError(
                 f"{flag}: {meta.path} is a directory; give a file pattern such as "
                 f"{meta.path.rstrip('/')}/*.jsonl"
@@ -337,7 +339,7 @@ class Cli:
             ]
         name = module.__spec__.name if module.__spec__ else module.__name__
         return cls(
-            prog=f"python -m {name}",
+            prog=f"python -m {name.removesuffix('.__main__')}",
             description=module.__doc__ or "",
             options=(JobOptions, *(o for o in options if o is not JobOptions)),
         )
@@ -345,7 +347,7 @@ class Cli:
 
 def configure_logging(level: str | None) -> tuple[int, int]:
     """Set the levels of ``--log_level``: the project's loggers (the root logger) and Beam's;
-    without the flag WARNING and ERROR. Returns both levels."""
+    without the flag WARNING and ERROR. Returns both levels (ours, Beam's)."""
     ours = logging.getLevelNamesMapping()[level or "WARNING"]
     beams = ours if level else logging.ERROR
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
@@ -354,26 +356,12 @@ def configure_logging(level: str | None) -> tuple[int, int]:
     return ours, beams
 
 
-def _worker_log_flags(ours: int, beams: int, argv: Sequence[str]) -> list[str]:
-    """Beam options giving the SDK workers the same levels (a worker process logs through the
-    runner, whatever the launcher's loggers say). The user's own flags, placed after these, win.
-    """
-    given = {arg.split("=", 1)[0] for arg in argv}
-    flags = [
-        "--sdk_harness_log_level_overrides="
-        + json.dumps({BEAM_LOGGER: logging.getLevelName(beams)})
-    ]
-    if "--default_sdk_harness_log_level" not in given:
-        flags.append(f"--default_sdk_harness_log_level={logging.getLevelName(ours)}")
-    return flags
-
-
-def start_cli(cli: Cli, argv: Sequence[str]) -> list[str]:
-    """Check ``argv`` (``--help`` and a wrong flag end the process here), set the log levels,
-    and return the arguments to run the job with."""
+def start_cli(cli: Cli, argv: Sequence[str]) -> None:
+    """Check ``argv`` (``--help`` and a wrong flag end the process here) and set the log levels
+    it asks for. (What the worker processes of a local runner log reaches the console through
+    Beam's loggers here, so their levels hold for it too.)"""
     args = parse_job_flags(argv, cli.options, prog=cli.prog, description=cli.description)
-    ours, beams = configure_logging(args.log_level)
-    return [*_worker_log_flags(ours, beams, argv), *argv]
+    configure_logging(args.log_level)
 
 
 @contextlib.contextmanager
@@ -406,8 +394,8 @@ def cli_main(
     ``options`` and ``module`` describe the job (:meth:`Cli.of`; default: the module ``run``
     comes from).
     """
-    cli = Cli.of(module or sys.modules[run.__module__], options)
-    args = start_cli(cli, sys.argv[1:] if argv is None else argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    start_cli(Cli.of(module or sys.modules[run.__module__], options), args)
     with configuration_errors():
         report = run([*preset, *args])
     if report.get("launched_only"):
