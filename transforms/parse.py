@@ -41,7 +41,7 @@ from transforms.batches import ApplyStage, Batch, RecordStage, TableBatch
 from transforms.deadletter import DeadLetterContext
 from transforms.masking import stored_text_kinds
 from transforms.rawinput import ReadFailure, RecordError, Withheld, check_text, nesting_exceeds
-from transforms.scanning import scan_array, scan_text
+from transforms.scanning import scan_table, scan_text
 from transforms.timestamps import TimeBounds
 from transforms.validation import compile_columns, compile_validator, field_plan, record_schema
 
@@ -313,15 +313,9 @@ class ParseFn(RecordStage):
         return record
 
     def _redacted_table(self, table: pa.Table) -> pa.Table:
-        """:meth:`_redacted` of every row of ``table``, column by column."""
-        for name, kinds in self._text_kinds.items():
-            index = table.schema.get_field_index(name)
-            if index < 0:
-                continue
-            column, found = scan_array(table.column(index), kinds)
-            if found:
-                table = table.set_column(index, table.field(index), column)
-                self._count_redacted(found)
+        """:meth:`_redacted` of every row of ``table``, all text columns in one scan."""
+        table, found = scan_table(table, self._text_kinds)
+        self._count_redacted(found)
         return table
 
     def _count_redacted(self, found: Mapping[str, int]) -> None:

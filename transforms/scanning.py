@@ -104,7 +104,7 @@ import re
 import string
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import phonenumbers
 import pyarrow as pa
@@ -118,6 +118,7 @@ __all__ = [
     "SECRET_KINDS",
     "marker",
     "scan_array",
+    "scan_table",
     "scan_text",
 ]
 
@@ -626,6 +627,41 @@ def _prefilter_pattern() -> str:
 # ASCII-only, so that Python folds case and matches classes no wider than RE2 does.
 PREFILTER: re.Pattern[str] = re.compile(_prefilter_pattern(), re.ASCII)
 
+# The stems every secret key of the pre-filter contains (its secret words, compounds,
+# authorization keys, and "<qualifier> code"), and every phone key.
+_SECRET_STEMS = ("pass", "pwd", "secret", "token", "key", "sig", "cookie", "otp", "credential")
+_SECRET_STEMS += ("code", "auth")
+_PHONE_STEMS = ("phone", "tel", "mobil", "cell", "fax", "whatsapp", "msisdn", "handy", "sms")
+
+
+def _coarse_pattern() -> str:
+    """A pattern that matches wherever :data:`PREFILTER` does, and that RE2 compiles in a
+    fraction of the time (~0.2 ms against ~6 ms): each alternative keeps the literal start and
+    the separator that a pre-filter alternative needs, and loosens what lies between them (a
+    secret key is a stem, the rest of its word, a quote, spaces, then ``=`` or ``:``; a phone
+    key is a stem, non-alphanumerics, then a digit). ``Intel Mac``, ``design``, ``codec`` or an
+    identifier match none of it."""
+    key_end = r"(?:\\?[\"']|%2[27])?(?:[ \t]|%20){0,3}"
+    return "|".join(
+        (
+            r"@|%40",
+            rf"(?i:{'|'.join(_SECRET_STEMS)})[A-Za-z_. -]{{0,24}}{key_end}(?:[:=]|%3[ADad])",
+            rf"(?i:{'|'.join(_PHONE_STEMS)})[^A-Za-z0-9]{{0,12}}"
+            r"(?:(?i:number|no|num|nr)[^A-Za-z0-9]{0,12})?[(+0-9]",
+            r"手机|电话",
+            r"\+|%2[Bb]",
+            r"(?:^|[^A-Za-z0-9_.:/+=%-]|%[0-9A-Fa-f]{2})00",
+            r"(?i:bearer|basic)",
+            r"BEGIN",
+            r"eyJ",
+            r"AKIA|ASIA|AIza|gh[pousr]_|github_pat_|xox[abprs]-|[rs]k_(?:live|test)_|sk-",
+            r"(?i:linkedin\.com)",
+        )
+    )
+
+
+COARSE_PREFILTER: re.Pattern[str] = re.compile(_coarse_pattern(), re.ASCII)
+
 
 # --- the scan -------------------------------------------------------------------------------------
 
@@ -746,8 +782,23 @@ def scan_text(text: str, kinds: frozenset[str] = ALL_KINDS) -> tuple[str, dict[s
     return text, dict(counts)
 
 
-def _scanned(values: pa.Array, kinds: frozenset[str]) -> tuple[pa.Array, Counter[str]]:
-    flagged = pc.fill_null(pc.match_substring_regex(values, PREFILTER.pattern), False)
+def _flagged(values: pa.Array) -> pa.BooleanArray:
+    """The pre-filter over ``values`` (null: not flagged), in two steps: the coarse pattern
+    over every value, the exact one over the values the coarse one lets through. Arrow compiles
+    a pattern on every call, and the exact one costs ~3 ms to compile (about as much as a clean
+    batch costs to filter): most batches of identifiers and paths never compile it."""
+    coarse = pc.fill_null(pc.match_substring_regex(values, COARSE_PREFILTER.pattern), False)
+    if not pc.any(coarse).as_py():
+        return coarse
+    exact = pc.match_substring_regex(values.filter(coarse), PREFILTER.pattern)
+    return pc.replace_with_mask(coarse, coarse, pc.fill_null(exact, False))
+
+
+def _scanned(
+    values: pa.Array, kinds: frozenset[str], flagged: pa.BooleanArray | None = None
+) -> tuple[pa.Array, Counter[str]]:
+    if flagged is None:
+        flagged = _flagged(values)
     counts: Counter[str] = Counter()
     if not pc.any(flagged).as_py():
         return values, counts
@@ -769,6 +820,82 @@ def _chunked_like(model: pa.ChunkedArray, values: pa.Array) -> pa.ChunkedArray:
         [values.slice(start, end - start) for start, end in itertools.pairwise(offsets)],
         type=model.type,
     )
+
+
+def scan_table(
+    table: pa.Table, kinds: Mapping[str, frozenset[str]]
+) -> tuple[pa.Table, dict[str, int]]:
+    """:func:`scan_array` of the string columns of ``table`` named in ``kinds`` (each with its
+    own kinds): the same text and counts (per row), at less cost.
+
+    - One pre-filter call for all the columns: Arrow compiles the pattern on every call (2-6 ms,
+      as much as scanning a clean batch of 8,192 values), so a batch pays it once.
+    - A column whose values repeat (user agents, URLs, sessions: judged on a sample of its first
+      values) is scanned as its distinct values, then expanded: the pre-filter costs 200-900 ns a
+      value, a dictionary encoding ~100.
+
+    Columns ``table`` lacks are skipped; ``table`` itself is returned when nothing was found."""
+    for column_kinds in kinds.values():
+        _check_kinds(column_kinds)
+    names = [name for name in kinds if table.schema.get_field_index(name) >= 0]
+    if not names:
+        return table, {}
+    parts = [_Distinct.of(table.column(name).combine_chunks()) for name in names]
+    flagged = _flagged(pa.concat_arrays([part.values.cast(pa.string()) for part in parts]))
+    if not pc.any(flagged).as_py():
+        return table, {}
+    counts: Counter[str] = Counter()
+    offset = 0
+    for name, part in zip(names, parts, strict=True):
+        mask = flagged.slice(offset, len(part.values))
+        offset += len(part.values)
+        if not pc.any(mask).as_py():
+            continue
+        column, found = part.scanned(kinds[name], mask)
+        if found:
+            counts.update(found)
+            index = table.schema.get_field_index(name)
+            table = table.set_column(index, table.field(index), column)
+    return table, dict(counts)
+
+
+class _Distinct:
+    """A column as the values to pre-filter and scan (its distinct values when they repeat)
+    and the way back to the column."""
+
+    # Dictionary-encode a column when at most this share of a sample of it is distinct.
+    _REPEATS = 0.5
+    _SAMPLE = 256
+
+    def __init__(self, column: pa.Array, values: pa.Array, indices: pa.Array | None) -> None:
+        self.column, self.values, self._indices = column, values, indices
+
+    @classmethod
+    def of(cls, column: pa.Array) -> _Distinct:
+        sample = column.slice(0, cls._SAMPLE)
+        if len(sample) and len(pc.unique(sample)) <= cls._REPEATS * len(sample):
+            encoded = pc.dictionary_encode(column)
+            return cls(column, encoded.dictionary, encoded.indices)
+        return cls(column, column, None)
+
+    def scanned(
+        self, kinds: frozenset[str], mask: pa.BooleanArray
+    ) -> tuple[pa.Array, Counter[str]]:
+        """The column with the flagged values scanned, and the findings counted per row."""
+        values, found = _scanned(self.values, kinds, mask)
+        if self._indices is None or not found:
+            return values, found
+        # Findings per distinct value, times the rows that hold it.
+        per_row: Counter[str] = Counter()
+        rows = pc.value_counts(self._indices)
+        occurrences = dict(
+            zip(rows.field("values").to_pylist(), rows.field("counts").to_pylist(), strict=True)
+        )
+        for i in pc.indices_nonzero(mask).to_pylist():
+            text = self.values[i].as_py()
+            for kind, n in scan_text(text, kinds)[1].items():
+                per_row[kind] += n * occurrences.get(i, 0)
+        return pc.take(values, self._indices), per_row
 
 
 def scan_array(

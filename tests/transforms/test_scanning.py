@@ -18,11 +18,13 @@ from hypothesis import strategies as st
 
 from transforms.scanning import (
     ALL_KINDS,
+    COARSE_PREFILTER,
     IDENTIFIER_KINDS,
     PREFILTER,
     SECRET_KINDS,
     marker,
     scan_array,
+    scan_table,
     scan_text,
 )
 
@@ -438,6 +440,37 @@ def test_the_prefilter_admits_every_text_with_a_finding(text):
     assert in_arrow or not in_python
     if scan_text(text)[1]:
         assert in_python, text
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mixed_text)
+def test_the_coarse_prefilter_admits_whatever_the_prefilter_admits(text):
+    """The coarse pattern only spares the exact one's compilation: it may let more through,
+    never less (in RE2, where it runs)."""
+    exact = pc.match_substring_regex(pa.array([text]), PREFILTER.pattern)[0].as_py()
+    coarse = pc.match_substring_regex(pa.array([text]), COARSE_PREFILTER.pattern)[0].as_py()
+    assert coarse or not exact, text
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.one_of(st.none(), mixed_text), min_size=1, max_size=40),
+    st.lists(st.one_of(st.none(), st.sampled_from(FRAGMENTS)), min_size=1, max_size=40),
+)
+def test_a_table_scan_is_each_column_scanned_with_its_kinds(free, repeating):
+    n = min(len(free), len(repeating))
+    table = pa.table(
+        {"free": pa.array(free[:n], pa.string()), "ids": pa.array(repeating[:n], pa.string())}
+    )
+    kinds = {"free": ALL_KINDS, "ids": IDENTIFIER_KINDS, "absent": ALL_KINDS}
+    scanned, counts = scan_table(table, kinds)
+    expected = {}
+    for name in ("free", "ids"):
+        column, found = scan_array(table.column(name), kinds[name])
+        assert scanned.column(name).to_pylist() == column.to_pylist()
+        for kind, k in found.items():
+            expected[kind] = expected.get(kind, 0) + k
+    assert counts == expected  # per row, also where repeated values were scanned once
 
 
 surrounding = st.text(alphabet=st.characters(codec=None), max_size=40)
