@@ -28,7 +28,8 @@ from tests.support.outputs import RUN_TIME, dead_letters, read_rows, run_sample
 from transforms.retention.txn import FAILPOINT_ENV
 
 pytestmark = pytest.mark.e2e
-COMMON = ["--runner=FnApiRunner", f"--run_time={RUN_TIME}", "--format=both"]
+COMMON = ["--runner=FnApiRunner", f"--run_time={RUN_TIME}"]
+INGEST = [*COMMON, "--format=both"]  # the golden output is written in Parquet and Avro
 POLICY = load_policy()
 KEY = "fingerprint-key-for-tests-0123456789"
 
@@ -129,7 +130,7 @@ def golden(tmp_path_factory) -> Path:
     out = tmp / "out"
     run_sample("sdk_logs", out, "--format=both")
     sdk_logs.run(
-        [f"--input={write_jsonl(tmp / 'x.jsonl', EXTRA_LOGS)}", f"--output={out}", *COMMON]
+        [f"--input={write_jsonl(tmp / 'x.jsonl', EXTRA_LOGS)}", f"--output={out}", *INGEST]
     )
     run_sample("visits", out, "--format=both")
     visitors = [
@@ -143,14 +144,14 @@ def golden(tmp_path_factory) -> Path:
             f"--input={write_jsonl(tmp / 'contacts.jsonl', visitors)}",
             f"--enrichment_snapshot={tmp / 'snapshot.csv'}",
             f"--output={out}",
-            *COMMON,
+            *INGEST,
         ]
     )
     with pytest.MonkeyPatch.context() as env:
         env.setenv("TRTC_FINGERPRINT_KEY", KEY)
         for category, records in accounts(visitor_email()).items():
             data = write_jsonl(tmp / f"{category}.jsonl", records)
-            ingest.run([f"--category={category}", f"--input={data}", f"--output={out}", *COMMON])
+            ingest.run([f"--category={category}", f"--input={data}", f"--output={out}", *INGEST])
     return out
 
 
