@@ -8,9 +8,10 @@ category's while it applies. ``expires_at`` is the event time plus the fixed per
 open-ended retention (the Hive null partition, until a lifecycle event sets it).
 
 Expiry is bounded: a row whose expiry lies past year 9999 is an ``expiry_out_of_range`` dead
-letter (no reader can hold the date), and a row that is already expired at the run time (a
-backfill older than its retention) is not written at all but counted as
-``expired_on_arrival.<category>``: storing it would keep it past its retention.
+letter (no reader can hold the date), and a row that is already due at the run time (its expiry
+date is on or before the run's UTC date, when a purge would delete it: a backfill older than its
+retention) is not written at all but counted as ``expired_on_arrival.<category>``: storing it
+would keep it past its retention.
 
 A row is projected onto exactly its category's columns, so nothing outside the schema reaches a
 sink even if an earlier stage let it through.
@@ -104,9 +105,9 @@ class ColumnTags:
     combination: pa.Array  # per row: its index in ``policies``
     expires_at: pa.Array  # per row: int64 epoch microseconds, null when open-ended
 
-    def expired(self, run_time: int) -> pa.BooleanArray:
-        """Per row: expires at or before ``run_time`` (open-ended rows never do)."""
-        return pc.fill_null(pc.less_equal(self.expires_at, run_time), False)
+    def expired(self, due_before: int) -> pa.BooleanArray:
+        """Per row: expires before ``due_before`` (open-ended rows never do)."""
+        return pc.fill_null(pc.less(self.expires_at, due_before), False)
 
     def without(self, dropped: pa.BooleanArray) -> ColumnTags:
         """These tags less the ``dropped`` rows."""
@@ -358,7 +359,10 @@ class TagFn(RecordStage):
         run_time: int | None = None,
     ) -> None:
         super().__init__(context)
-        self._run_time = run_time
+        # A row is due on its expiry date (the purge deletes a partition on or before the UTC
+        # date of its run): one that expires before the end of the run's UTC day would be
+        # deleted by a purge run now, so it is not written.
+        self._due_before = None if run_time is None else (run_time // _DAY + 1) * _DAY
         self._outputs = tuple(
             (o, Tagger(policy.category(o.category), o.columns, policy.version)) for o in outputs
         )
@@ -384,11 +388,11 @@ class TagFn(RecordStage):
         return rows
 
     def _expired(self, expires_at: int | None) -> bool:
-        """True when a row expiring at ``expires_at`` is already expired at the run time: it is
-        not written (storing it would keep it past its retention), only counted."""
-        return (
-            self._run_time is not None and expires_at is not None and expires_at <= self._run_time
-        )
+        """True when a row expiring at ``expires_at`` is already due at the run time (its expiry
+        date is on or before the run's UTC date): it is not written (storing it would keep it
+        past its retention), only counted."""
+        due_before = self._due_before
+        return due_before is not None and expires_at is not None and expires_at < due_before
 
     def process(self, batch: AnyBatch) -> Iterator[Any]:
         if self._schemas is None:
@@ -481,8 +485,8 @@ class TagFn(RecordStage):
             yield self._reject("unexpected_error:ValueError", columns.records[i], None)
         for i in tags.out_of_range:
             yield self._reject("expiry_out_of_range", columns.records[i], None)
-        if self._run_time is not None:
-            expired = tags.expired(self._run_time)
+        if self._due_before is not None:
+            expired = tags.expired(self._due_before)
             if expired.true_count:
                 self.tally.add(f"expired_on_arrival.{category}", expired.true_count)
                 tags = tags.without(expired)
@@ -528,6 +532,8 @@ class TagFn(RecordStage):
 
 # The columns Tagger.table fills with the tags, whatever the record holds.
 _TAG_COLUMNS = frozenset(tag_columns())
+
+_DAY = 86_400_000_000  # microseconds
 
 # What TagFn._each gives for a record its function raised on.
 _FAILED = object()

@@ -489,6 +489,8 @@ def test_batch_columns_look_again_at_empty_values():
 def test_rows_expired_at_the_run_time_are_counted_not_written(policy, dl_context, tables):
     batch = [
         {"event_id": "old", "logged_at": T, "sdk_app_id": "1"},  # expires T + 14 days
+        # expires later on the run's UTC day: a purge run now would delete it
+        {"event_id": "today", "logged_at": T + 3_600_000_000, "sdk_app_id": "1"},  # +1 h
         {"event_id": "new", "logged_at": T + 10 * DAY, "sdk_app_id": "1"},
     ]
     out, dead, counts, _ = _tag(
@@ -500,7 +502,7 @@ def test_rows_expired_at_the_run_time_are_counted_not_written(policy, dl_context
         else [r["event_id"] for rows in out for r in rows]
     )
     assert ids == ["new"] and dead == []
-    assert counts["expired_on_arrival.sdk_log"] == 1
+    assert counts["expired_on_arrival.sdk_log"] == 2
 
 
 @pytest.mark.parametrize("tables", [True, False])
