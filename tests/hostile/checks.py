@@ -163,8 +163,14 @@ def _letter_id(letter: Mapping[str, Any]) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def reason_allowed(error: str, reasons: frozenset[str] | None) -> bool:
+    """``error`` is one of ``reasons``; a reason without a field (``event_time_out_of_range``)
+    also allows itself with one (``event_time_out_of_range:at``)."""
+    return reasons is None or error in reasons or error.split(":", 1)[0] in reasons
+
+
 def _allows_letter(line: Line, letter: Mapping[str, Any]) -> bool:
-    return DEAD in line.outcomes and (line.reasons is None or letter["error"] in line.reasons)
+    return DEAD in line.outcomes and reason_allowed(letter["error"], line.reasons)
 
 
 def account_for(lines: Sequence[Line], got: Collected) -> list[str]:

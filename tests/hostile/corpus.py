@@ -67,7 +67,7 @@ _RAW = "@@raw-value@@"
 # UIN. A1's account is deleted by a valid lifecycle event; A2 is erased by a valid request; A3
 # must be left alone by every hostile line; A4 is the target of a lifecycle event in year 9999.
 ACCOUNTS = {"a1": "100000101", "a2": "100000102", "a3": "100000103", "a4": "100000104"}
-NOBODY = "1499999999"  # a key no stored row carries
+RATIO = "--max_dead_letter_ratio=1"
 
 
 def canary(source: str, tag: str) -> str:
@@ -91,10 +91,16 @@ class Line:
     # line is found by them first; lines without one are matched by reason and count.
     ids: tuple[str, ...] = ()
     canaries: tuple[str, ...] = ()
+    # Of the line as read (the huge lines are not held: ``data`` is empty, these are given).
+    length: int = -1
+    sha256: str = ""
 
     def __post_init__(self) -> None:
         if b"\n" in self.data:
             raise ValueError(f"line {self.name} holds a newline")
+        if self.length < 0:
+            object.__setattr__(self, "length", len(self.data))
+            object.__setattr__(self, "sha256", hashlib.sha256(self.data).hexdigest())
 
     def expectation(self) -> str:
         where = "/".join(sorted(self.outcomes))
@@ -109,7 +115,11 @@ class Source:
 
     name: str
     module: str  # python -m <module>
-    flags: tuple[str, ...]  # what selects the source (--category=...)
+    # Arguments besides the input, output, runner and run time: what selects the source
+    # (--category=...), and for the ingestion CLIs --max_dead_letter_ratio=1: the hostile files
+    # are mostly hostile lines by construction, and a run that rejects most of its input exits
+    # non-zero on purpose (after writing everything); that guard is not what is tested here.
+    flags: tuple[str, ...]
     input_flag: str  # --input, --events, --requests
     letters: str  # _dead_letter/source=<letters>/
     report: str  # _reports/<report>-<run_id>.json
@@ -210,7 +220,7 @@ SOURCES = {
         Source(
             name="visits",
             module="pipelines.visits",
-            flags=(),
+            flags=(RATIO,),
             input_flag="--input",
             letters="visits",
             report="visits",
@@ -228,7 +238,7 @@ SOURCES = {
         Source(
             name="sdk_logs",
             module="pipelines.sdk_logs",
-            flags=(),
+            flags=(RATIO,),
             input_flag="--input",
             letters="sdk_logs",
             report="sdk_logs",
@@ -246,7 +256,7 @@ SOURCES = {
         Source(
             name="telemetry",
             module="pipelines.telemetry",
-            flags=(),
+            flags=(RATIO,),
             input_flag="--input",
             letters="telemetry",
             report="telemetry",
@@ -264,7 +274,7 @@ SOURCES = {
         Source(
             name="account_information",
             module="pipelines.ingest",
-            flags=("--category=account_information",),
+            flags=("--category=account_information", RATIO),
             input_flag="--input",
             letters="account_information",
             report="account_information",
@@ -486,10 +496,25 @@ def hostile_lines(source: Source) -> list[Line]:
         REJECTED,
         canaries=[secret],
     )
+    # Lines that are not JSON: nothing but the event id may survive, not even the value of a
+    # declared field (each carries a canary in one).
     name = "nul-raw-inside-string"
-    c.add(name, splice(c.rec(name), s.pad_field, b'"a\x00b"'), REJECTED)
+    secret = c.canary(name)
+    raw = b'"https://x.example/' + secret.encode() + b'\x00b"'
+    c.add(name, splice(c.rec(name), s.pad_field, raw), REJECTED, canaries=[secret])
     name = "nul-raw-between-tokens"
-    c.add(name, dumps(c.rec(name)).replace(b", ", b",\x00 ", 1), REJECTED)
+    secret = c.canary(name)
+    declared = {s.pad_field: f"https://x.example/{secret}"}
+    c.add(
+        name,
+        dumps(c.rec(name, **declared)).replace(b", ", b",\x00 ", 1),
+        REJECTED,
+        canaries=[secret],
+    )
+    name = "invalid-utf8-with-declared-canary"
+    secret = c.canary(name)
+    raw = b'"https://x.example/' + secret.encode() + b'/\xff\xfe"'
+    c.add(name, splice(c.rec(name), s.pad_field, raw), REJECTED, canaries=[secret])
     c.add("nul-only", b"\x00\x00\x00", REJECTED, ids=())
     name = "nul-escaped-inside-string"
     c.add(name, splice(c.rec(name), s.pad_field, b'"a\\u0000b"'), ANYWHERE)
@@ -574,7 +599,9 @@ def hostile_lines(source: Source) -> list[Line]:
 
     # --- event times
     far = NOT_STORED if s.fixed_retention else ANYWHERE
-    far_reasons = {"expiry_out_of_range"} if s.fixed_retention else None
+    # An expiry no date can hold; or, where the run bounds event times (clock skew), an event
+    # time out of range: both name the line's problem.
+    far_reasons = {"expiry_out_of_range", "event_time_out_of_range"} if s.fixed_retention else None
     for name, value in (
         ("time-year-9999-last-day", "9999-12-31T00:00:00Z"),
         ("time-year-9999-last-microsecond", "9999-12-31T23:59:59.999999Z"),
@@ -780,65 +807,83 @@ BIG_CANARIES = {
 }
 
 
-def _big_lines() -> dict[str, list[tuple[str, bytes | None, str | None]]]:
-    """(name, data or None when written by streaming, id) per big file."""
+def _big_line_builders() -> dict[str, list[tuple[str, str, Callable[[], bytes]]]]:
+    """file name -> [(line name, id, its bytes)]; the garbage file has no final newline."""
+    fifty = 50 * MIB
+    garbage_block = bytes(b for b in range(256) if b != 0x0A)  # NUL, CR, invalid UTF-8
+
+    def url() -> bytes:
+        secret = BIG_CANARIES["big-url-50mb"].encode()
+        head = f'{{"event_id": "h-big-url-50mb", "visited_at": "{VALID_TIME}", "ip": "8.8.8.8", '
+        return (
+            head.encode()
+            + b'"db_password": "'
+            + secret
+            + b'", "url": "https://'
+            + (b"a" * fifty)
+            + b'"}'
+        )
+
+    def garbage() -> bytes:
+        secret = BIG_CANARIES["garbage-50mb"].encode()
+        head = b'{"event_id": "h-garbage-50mb", "password": "' + secret + b'", "x": "'
+        return head + garbage_block * (fifty // len(garbage_block) + 1)
+
+    def deep(kind: str) -> Callable[[], bytes]:
+        def build() -> bytes:
+            secret = json.dumps(BIG_CANARIES[f"deep-{kind}-1000000"]).encode()
+            nest = _nest_arrays if kind == "arr" else _nest_objects
+            head = f'{{"event_id": "h-deep-{kind}-1000000", "x": '.encode()
+            return head + nest(1_000_000, secret) + b"}"
+
+        return build
+
     return {
-        "big-url-50mb.jsonl": [("big-url-50mb", None, "h-big-url-50mb")],
-        "garbage-50mb-no-newline.jsonl": [("garbage-50mb", None, "h-garbage-50mb")],
-        "deep-1000000.jsonl": [
-            ("deep-arr-1000000-in-bare-record", None, "h-deep-arr-1000000"),
-            ("deep-obj-1000000-in-bare-record", None, "h-deep-obj-1000000"),
+        BIG_FILES[0]: [("big-url-50mb", "h-big-url-50mb", url)],
+        BIG_FILES[1]: [("garbage-50mb", "h-garbage-50mb", garbage)],
+        BIG_FILES[2]: [
+            ("deep-arr-1000000-in-bare-record", "h-deep-arr-1000000", deep("arr")),
+            ("deep-obj-1000000-in-bare-record", "h-deep-obj-1000000", deep("obj")),
         ],
     }
 
 
+MANIFEST = "manifest.json"
+
+
 def write_big_files(directory: Path) -> Path:
-    """Write the three huge source-independent files into ``directory`` (once per session)."""
+    """Write the huge source-independent files into ``directory`` (once per session), with
+    the length and SHA-256 of each of their lines in ``manifest.json``."""
     directory.mkdir(parents=True, exist_ok=True)
-    fifty = 50 * MIB
-    secret = BIG_CANARIES["big-url-50mb"]
-    with (directory / BIG_FILES[0]).open("wb") as fh:
-        fh.write(b'{"event_id": "h-big-url-50mb", "visited_at": "' + VALID_TIME.encode())
-        fh.write(b'", "ip": "8.8.8.8", "db_password": "' + secret.encode() + b'", "url": "https://')
-        block = b"a" * MIB
-        for _ in range(fifty // MIB):
-            fh.write(block)
-        fh.write(b'"}\n')
-    secret = BIG_CANARIES["garbage-50mb"]
-    with (directory / BIG_FILES[1]).open("wb") as fh:
-        fh.write(b'{"event_id": "h-garbage-50mb", "password": "' + secret.encode() + b'", "x": "')
-        block = bytes(b for b in range(256) if b != 0x0A) * 4096  # ~1 MB: NUL, CR, invalid UTF-8
-        for _ in range(fifty // len(block) + 1):
-            fh.write(block)
-    million = 1_000_000
-    with (directory / BIG_FILES[2]).open("wb") as fh:
-        secret = json.dumps(BIG_CANARIES["deep-arr-1000000"]).encode()
-        fh.write(b'{"event_id": "h-deep-arr-1000000", "x": ' + _nest_arrays(million, secret))
-        fh.write(b"}\n")
-        secret = json.dumps(BIG_CANARIES["deep-obj-1000000"]).encode()
-        fh.write(b'{"event_id": "h-deep-obj-1000000", "x": ' + _nest_objects(million, secret))
-        fh.write(b"}\n")
+    manifest = {}
+    for file_name, entries in _big_line_builders().items():
+        with (directory / file_name).open("wb") as fh:
+            for name, _ident, build in entries:
+                data = build()
+                fh.write(data if file_name == BIG_FILES[1] else data + b"\n")
+                manifest[name] = [len(data), hashlib.sha256(data).hexdigest()]
+    (directory / MANIFEST).write_text(json.dumps(manifest))
     return directory
 
 
-def big_file_lines(source: Source) -> dict[str, list[Line]]:
-    """The lines of the big files as ``source`` sees them (every one is over 1 MiB)."""
+def big_file_lines(source: Source, directory: Path) -> dict[str, list[Line]]:
+    """The lines of the huge files as ``source`` sees them (every one is over 1 MiB)."""
+    manifest = json.loads((directory / MANIFEST).read_text())
     out = {}
-    for file_name, entries in _big_lines().items():
-        lines = []
-        for name, _data, ident in entries:
-            key = name.removesuffix("-in-bare-record")
-            lines.append(
-                Line(
-                    name=name,
-                    data=b"",  # not held in memory: the file on disk is the line
-                    outcomes=REJECTED,
-                    reasons=frozenset({"line_too_large"}),
-                    ids=(ident,) if source.id_field else (),
-                    canaries=(BIG_CANARIES[key],),
-                )
+    for file_name, entries in _big_line_builders().items():
+        out[file_name] = [
+            Line(
+                name=name,
+                data=b"",  # not held in memory: the file on disk holds the line
+                outcomes=REJECTED,
+                reasons=frozenset({"line_too_large"}),
+                ids=(ident,) if source.id_field else (),
+                canaries=(BIG_CANARIES[name.removesuffix("-in-bare-record")],),
+                length=manifest[name][0],
+                sha256=manifest[name][1],
             )
-        out[file_name] = lines
+            for name, ident, _build in entries
+        ]
     return out
 
 
@@ -860,12 +905,15 @@ def special_files(source: Source) -> dict[str, tuple[bytes, list[Line]]]:
         BOM + first + b"\n" + second + b"\n",
         [line("bom-at-file-start", BOM + first, ANYWHERE), line("after-bom-file", second, STORED)],
     )
+    secret = canary(s.name, "cr-only-file-as-one-line")
     crs = [dumps(rec(f"cr-only-{i}", 20 + i)) for i in range(3)]
+    crs[1] = dumps({**rec("cr-only-1", 21), s.pad_field: f"https://x.example/{secret}"})
     whole = b"\r".join(crs) + b"\r"
     files["cr-only-line-endings.jsonl"] = (
         whole,
-        # No \n: the whole file is one line (a JSON object followed by others: not JSON).
-        [line("cr-only-file-as-one-line", whole, REJECTED, ids=())],
+        # No \n: the whole file is one line (a JSON object followed by others: not JSON, so
+        # nothing but an event id may survive of it).
+        [line("cr-only-file-as-one-line", whole, REJECTED, ids=(), canaries=(secret,))],
     )
     crlf = [dumps(rec(f"crlf-{i}", 30 + i)) for i in range(2)]
     files["crlf-line-endings.jsonl"] = (
@@ -916,7 +964,7 @@ def write_inputs(source: Source, directory: Path, big: Path | None) -> Inputs:
         lines += its_lines
         files.append(path)
     if big is not None:
-        for name, its_lines in big_file_lines(source).items():
+        for name, its_lines in big_file_lines(source, big).items():
             path = directory / name
             try:
                 os.link(big / name, path)
@@ -927,7 +975,7 @@ def write_inputs(source: Source, directory: Path, big: Path | None) -> Inputs:
     small = [p for p in files if p.name not in BIG_FILES]
     count = sum(reader_line_count(p.read_bytes()) for p in small)
     if big is not None:
-        count += sum(len(ls) for ls in big_file_lines(source).values())
+        count += sum(len(ls) for ls in big_file_lines(source, big).values())
     assert count == len(lines), (count, len(lines))
     return Inputs(pattern=str(directory / "*.jsonl"), lines=tuple(lines), files=tuple(files))
 
