@@ -152,6 +152,9 @@ _SP = r"[ \t]{0,3}"
 # The closing quote of a quoted key, plain or JSON-escaped; the opening quote of a value.
 _QUOTE = r"\\?[\"']?"
 _SEP = r"(?:=>|[:=])"
+# Prose: "the password was hunter2". Only a value that looks like a secret is taken then
+# (:func:`_looks_like_secret`): "password was changed" is a sentence, not a credential.
+_NATURAL_SEP = r"[ \t]{1,3}(?:is|was)[ \t]{1,3}"
 _KEY_CHARS = r"A-Za-z0-9_.-"
 # A key, read backwards from its end in the reversed text: a word of letters, digits and _ . -
 # (starting with a letter, at most 64 characters), and optionally one more word (no dot, at most
@@ -293,7 +296,7 @@ _URL_PASSWORD = re.compile(r"://[^\s/?#@:]{1,128}:(?P<password>[^\s/?#@]{1,64})@
 # In the lower-cased text: the end of a key that may name a secret, then its separator.
 _SECRET_KEY_END = re.compile(
     rf"(?:{_alternation((*_SECRET_WORDS, *_SECRET_COMPOUNDS, 'code'))})"
-    rf"(?P<sep>{_QUOTE}{_SP}{_SEP})"
+    rf"(?P<sep>{_QUOTE}{_SP}{_SEP}|(?P<natural>{_NATURAL_SEP}))"
 )
 
 
@@ -324,6 +327,13 @@ def _secret_value_span(text: str, key: str, pos: int) -> Span | None:
     return None
 
 
+def _looks_like_secret(value: str) -> bool:
+    """A word of prose is no secret: a value after "is"/"was" is taken when it has a digit or is
+    long (a token, a generated password)."""
+    word = value.rstrip(".,;:!?)")
+    return any(ch.isdigit() for ch in word) or len(word) >= 16
+
+
 def _credential_spans(text: str, low: str) -> Iterator[Span]:
     covered, reversed_text = 0, text[::-1]
     for hit in _SECRET_KEY_END.finditer(low):
@@ -331,6 +341,8 @@ def _credential_spans(text: str, low: str) -> Iterator[Span]:
             continue
         key = _key_ending_at(reversed_text, hit.start("sep"))
         span = key and _secret_value_span(text, key, hit.end())
+        if span and hit["natural"] is not None and not _looks_like_secret(text[slice(*span)]):
+            continue
         if span:
             yield span
             covered = span[1]
@@ -611,6 +623,7 @@ def _prefilter_pattern() -> str:
             rf"(?:@|%40)[0-9._-]{{0,62}}{_LETTER_OR_NON_ASCII}",
             r":[^\x00-\x20/?#@]{1,64}@",
             rf"{secret_key}{key_end}{sp}{sep}{value}",
+            rf"{secret_key}(?:[ \t]|%20){{1,3}}(?i:is|was)(?:[ \t]|%20){{1,3}}[^\s]",
             rf"{bare_code}{key_end}{sp}{sep}{oauth_code}",
             rf"{phone_key}{key_end}{sp}{number}",
             rf"(?:\+|%2[Bb])(?:[ \t]|%20){{0,2}}{body}",
@@ -645,7 +658,8 @@ def _coarse_pattern() -> str:
     return "|".join(
         (
             r"@|%40",
-            rf"(?i:{'|'.join(_SECRET_STEMS)})[A-Za-z_. -]{{0,24}}{key_end}(?:[:=]|%3[ADad])",
+            rf"(?i:{'|'.join(_SECRET_STEMS)})[A-Za-z_. -]{{0,24}}"
+            rf"(?:{key_end}(?:[:=]|%3[ADad])|(?:[ \t]|%20){{1,3}}(?i:is|was))",
             rf"(?i:{'|'.join(_PHONE_STEMS)})[^A-Za-z0-9]{{0,12}}"
             r"(?:(?i:number|no|num|nr)[^A-Za-z0-9]{0,12})?[(+0-9]",
             r"手机|电话",

@@ -644,3 +644,19 @@ def test_scan_array_agrees_with_scan_text_row_by_row(values, chunk_size):
     assert counts == total
     if not total:
         assert out is column
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("login failed for alice, password was X9-canary-1", "password was [redacted:credential]"),
+        ("the password is hunter2", "the password is [redacted:credential]"),
+        ("Token Was 0123456789abcdef", "Token Was [redacted:credential]"),
+        ("password was changed", "password was changed"),  # prose, not a credential
+        ("the token is expired.", "the token is expired."),
+        ("keyboard is here", "keyboard is here"),
+    ],
+)
+def test_a_secret_in_prose_is_redacted_and_prose_is_not(text, expected):
+    assert text.startswith(scan_text(text)[0].split("[")[0])
+    assert scan_text(text)[0].endswith(expected)
