@@ -21,7 +21,7 @@ import pytest
 from apache_beam.portability.api import beam_runner_api_pb2
 from google.cloud import dataflow
 
-from pipelines.options import IngestOptions
+from pipelines.options import IngestOptions, JobOptions
 from pipelines.visits import VisitsOptions
 from tests.engines.dataflow_dry_run import DataflowDryRunner
 from tests.engines.specs import SPECS, PipelineSpec
@@ -134,6 +134,7 @@ def test_flex_template_entry_point_builds_the_job(tmp_path):
 
 def visits_flags() -> dict[str, argparse.Action]:
     parser = argparse.ArgumentParser()
+    JobOptions._add_argparse_args(parser)
     IngestOptions._add_argparse_args(parser)
     VisitsOptions._add_argparse_args(parser)
     return {
