@@ -452,6 +452,22 @@ def hostile_lines(source: Source) -> list[Line]:
     c.add(name, dumps(c.rec(name, **{s.pad_field: "p" * (2 * MIB)})), REJECTED, {"line_too_large"})
     name = "size-900kib-valid"
     c.add(name, dumps(c.rec(name, **{s.pad_field: "q" * (900 * 1024)})), stored_or_applied)
+    # The boundary: a line of exactly --max_line_bytes is not over it; one byte more is.
+    for name, size, outcomes, reasons in (
+        ("size-exactly-1mib-valid", MIB, stored_or_applied, None),
+        ("size-1mib-plus-1-otherwise-valid", MIB + 1, REJECTED, {"line_too_large"}),
+    ):
+        bare = len(dumps(c.rec(name, **{s.pad_field: ""})))
+        padded = dumps(c.rec(name, **{s.pad_field: "r" * (size - bare)}))
+        assert len(padded) == size
+        c.add(name, padded, outcomes, reasons)
+    name = "many-undeclared-keys"
+    keys = b", ".join(b'"k%d": %d' % (i, i) for i in range(60_000))
+    c.add(name, append_raw(c.rec(name), keys), stored_or_applied)
+    name = "many-undeclared-keys-dead"
+    secret = c.canary(name)
+    keys += b', "k_last": "' + secret.encode() + b'"'
+    c.add(name, append_raw(c.rec(name, **secret_dead), keys), REJECTED, canaries=[secret])
 
     c.add("ok-second", dumps(c.rec("ok-second", 2)), stored_or_applied)
 
@@ -738,6 +754,36 @@ def hostile_lines(source: Source) -> list[Line]:
             canaries=[secret],
         )
 
+    # --- characters str.splitlines() ends a line at (U+2028, U+2029, U+0085 raw; VT, FF,
+    # FS, GS, RS escaped): JSON allows them in strings, so a line holding them is one line, and
+    # so must be its dead letter
+    separators = "\u2028|\u2029|\u0085|\u000b|\u000c|\u001c|\u001d|\u001e|"
+    name = "unicode-line-separators-valid"
+    c.add(name, dumps(c.rec(name, **{s.pad_field: separators})), stored_or_applied)
+    name = "unicode-line-separators-dead"
+    secret = c.canary(name)
+    c.add(
+        name,
+        dumps({**c.rec(name, **secret_dead, **{s.pad_field: separators}), "x_api_key": secret}),
+        REJECTED,
+        canaries=[secret],
+    )
+    # --- JSON dialects that are not JSON
+    for name, data in (
+        ("trailing-comma", dumps(c.rec("trailing-comma"))[:-1] + b", }"),
+        ("single-quotes", dumps(c.rec("single-quotes")).replace(b'"', b"'")),
+        ("comment", b"// a comment\t" + dumps(c.rec("comment"))),
+        ("two-objects-on-one-line", dumps(c.rec("two-objects-on-one-line")) * 2),
+    ):
+        c.add(name, data, REJECTED)
+    # --- a nested value under a declared key: masked whatever the key
+    name = f"canary-nested-under-declared-{s.pad_field}"
+    secret = c.canary(name)
+    nested = {"secret_note": secret, "list": [{"token": secret}]}
+    # (the retention jobs' pad field is undeclared: there the line is a valid event/request)
+    outcomes = stored_or_applied if s.retention_job else REJECTED
+    c.add(name, dumps(c.rec(name, **{s.pad_field: nested})), outcomes, canaries=[secret])
+
     # --- source-specific lines
     if s.name == "lifecycle":
         a4 = ACCOUNTS["a4"]
@@ -774,6 +820,23 @@ def hostile_lines(source: Source) -> list[Line]:
             ),
         ):
             c.add(name, dumps(obj), REJECTED)
+
+    # Identifiers that a pattern matcher would read as "everyone": they must match nobody (the
+    # valid-lines test checks that no other account moved or went).
+    wildcards = (".*", "*", "%", "_", "1000001%", "^1", "[0-9]+", "", " ", "null", "0.0.0.0/0")
+    if s.name == "lifecycle":
+        for i, value in enumerate(wildcards):
+            event = {"event": "account_deleted", "uin": value, "at": VALID_TIME}
+            c.add(f"wildcard-uin-{i}", dumps(event), frozenset({ROW, DEAD}))
+        event = {"event": "marketing_opt_out", "business_email": "%@%", "at": VALID_TIME}
+        c.add("wildcard-email", dumps(event), frozenset({ROW, DEAD}))
+    if s.name == "erase":
+        fields = ("uin", "user_id", "business_email", "ip")
+        for i, value in enumerate(wildcards):
+            for f in fields:
+                name = f"wildcard-{f}-{i}"
+                request = {"request_id": f"h-{name}", "received_at": VALID_TIME, f: value}
+                c.add(name, dumps(request), frozenset({ROW, DEAD}))
 
     c.add("ok-last", dumps(c.rec("ok-last", 3)), stored_or_applied)
     if s.name == "lifecycle":
@@ -922,6 +985,8 @@ def special_files(source: Source) -> dict[str, tuple[bytes, list[Line]]]:
     )
     last = dumps(rec("no-final-newline", 40))
     files["no-final-newline.jsonl"] = (last, [line("no-final-newline", last, STORED)])
+    files["empty-file.jsonl"] = (b"", [])
+    files["newline-only-file.jsonl"] = (b"\n", [line("newline-only-file", b"", REJECTED, ids=())])
     plain = b"".join(dumps(rec(f"gzipped-{i}", 50 + i)) + b"\n" for i in range(40))
     packed = gzip.compress(plain, mtime=0)
     pieces = packed.split(b"\n")
