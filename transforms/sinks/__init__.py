@@ -48,7 +48,12 @@ JSON line in an Arrow table of ``{expires_at, line}`` per source, the runs go to
 ``<output_dir>/.temp-<token>-dead-letters/``, and each partition is compacted into one
 ``.jsonl`` file. They are usually few, but not always: a producer that breaks its time format
 makes every line one, and grouping them all in memory (Beam's ``fileio.WriteToFiles``, the
-previous design) peaked at 4.1 GB for 1M such visits.
+previous design) peaked at 6.0 GiB for 1M such visits.
+
+Both writers also take several PCollections (a tuple, as ``beam.Flatten`` does) and spill
+each in the stage that produces it: the FnApiRunner holds the whole output of a ``Flatten``
+of several PCollections in memory, so letters flattened before their sink are not bounded by
+it (``tables.SpillAndCompact``).
 
 File names carry a short run token so that a later run writing into the same partition
 (late events expire on the same day) adds files instead of overwriting earlier ones.

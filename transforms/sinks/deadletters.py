@@ -120,7 +120,8 @@ class DeadLetterLines(TableOutput):
 
     def accept(self, kind: object, table: object) -> pa.Table:
         if not (isinstance(table, pa.Table) and table.schema.equals(LETTER_SCHEMA)):
-            raise TypeError(f"dead letters travel as tables of LETTER_SCHEMA, got {table!r}")
+            got = table.schema if isinstance(table, pa.Table) else type(table).__name__
+            raise TypeError(f"dead letters travel as tables of LETTER_SCHEMA, got {got}")
         return table
 
     def writer(self, fmt: str, kind: str, handle) -> _JsonLinesFile:
