@@ -744,6 +744,16 @@ def hostile_lines(source: Source) -> list[Line]:
             canaries=[secret],
         )
     if s.free_text_field:
+        # Free text is not kept in clear in a dead letter, recognisable secret or not.
+        name = f"canary-free-text-{s.free_text_field}-plain-dead"
+        secret = c.canary(name)
+        text = f"customer read out {secret} on the call"
+        c.add(
+            name,
+            dumps(c.rec(name, **secret_dead, **{s.free_text_field: text})),
+            REJECTED,
+            canaries=[secret],
+        )
         name = f"canary-free-text-{s.free_text_field}-dead"
         secret = c.canary(name)
         text = f"login failed for alice, password was {secret}"
@@ -776,6 +786,26 @@ def hostile_lines(source: Source) -> list[Line]:
         ("two-objects-on-one-line", dumps(c.rec("two-objects-on-one-line")) * 2),
     ):
         c.add(name, data, REJECTED)
+    # --- what a bounded scan for the event id must not take for it
+    idf = s.id_field or "event_id"
+    name = "canary-nested-event-id-truncated"
+    secret = c.canary(name)
+    c.add(
+        name,
+        f'{{"meta": {{"{idf}": "{secret}"}}, "{idf}": "h-{name}", "x": "'.encode(),
+        REJECTED,
+        canaries=[secret],
+    )
+    name = "canary-event-id-lookalikes-truncated"
+    secrets = [c.canary(f"{name}-{i}") for i in range(4)]
+    lookalikes = (f"{idf.upper()}", f"x_{idf}", f"{idf} ", idf.replace("_", ""))
+    text = ", ".join(f'"{k}": "{v}"' for k, v in zip(lookalikes, secrets, strict=True))
+    c.add(name, ("{" + text + ', "x": [').encode(), REJECTED, ids=(), canaries=secrets)
+    name = f"canary-object-as-{idf}"
+    secret = c.canary(name)
+    outcomes = REJECTED if s.id_field else stored_or_applied  # lifecycle events have no id
+    data = dumps({**c.rec(name), idf: {"value": secret}})
+    c.add(name, data, outcomes, ids=(), canaries=[secret])
     # --- a nested value under a declared key: masked whatever the key
     name = f"canary-nested-under-declared-{s.pad_field}"
     secret = c.canary(name)
