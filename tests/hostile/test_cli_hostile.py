@@ -9,7 +9,15 @@ of garbage without a newline, 1,000,000 levels of nesting). Then, each in its ow
 every broken invariant shows: the CLI exits 0; the report reconciles with the line count and
 with the files; every line ended in exactly one place it may end in; the valid lines are stored
 (or, for the retention jobs, applied); no file under the output root, and nothing the CLI
-printed, holds a canary; no temporary file or directory is left; dead letters are strict JSON.
+printed, holds a canary; no temporary file or directory is left; dead letters are strict JSON;
+a line over --max_line_bytes is named by its length and SHA-256 in its dead letter.
+
+    python -m pytest -q tests/hostile                         # everything, a few minutes
+    python -m pytest -q tests/hostile/test_cli_hostile.py -k erase   # one CLI
+
+The retention jobs' lines carry no id of their own (lifecycle events) or one only a valid
+request reports back (erase): their lines are matched by reason and count, and the effect on the
+output root (which accounts moved or went) is checked on its own.
 """
 
 from __future__ import annotations
