@@ -202,11 +202,8 @@ class IngestRecords(beam.PTransform):
             exclusive=spec.exclusive,
             batched=True,
         )
-        return (
-            (parse_dead, store_dead)
-            | "CollectDeadLetters" >> beam.Flatten()
-            | "WriteDeadLetters" >> WriteDeadLetters(run.output)
-        )
+        # Each stage's letters are spilled where they are produced (transforms.deadletter).
+        return (*parse_dead, *store_dead) | "WriteDeadLetters" >> WriteDeadLetters(run.output)
 
 
 def config_from(options: PipelineOptions) -> IngestConfig:

@@ -24,7 +24,8 @@ __all__ = ["Store"]
 
 
 class Store(beam.PTransform):
-    """Guard, tag and write records; yields the PCollection of dead letters.
+    """Guard, tag and write records; yields the dead letters (``transforms.deadletter.DeadLetters``:
+    the stages' PCollections, unflattened).
 
     ``run_time``: rows already expired at it are not written (``expired_on_arrival``).
 
@@ -69,4 +70,4 @@ class Store(beam.PTransform):
         safe, guard_dead = records | "Guard" >> self._guard
         rows, tag_dead = safe | "Tag" >> self._tag
         _ = rows | "Write" >> self._write
-        return (guard_dead, tag_dead) | "DeadLetters" >> beam.Flatten()
+        return (*guard_dead, *tag_dead)

@@ -83,7 +83,7 @@ def test_apply_stage_per_record_and_batched(dl_context, batched):
         flat = good | "Flat" >> beam.FlatMap(lambda b: b) if batched else good
         assert_that(flat, equal_to([1, 2, 3]), label="Good")
         assert_that(
-            dead | beam.Map(lambda d: d["error"]),
+            dead | "AllLetters" >> beam.Flatten() | beam.Map(lambda d: d["error"]),
             equal_to(["odd", "unexpected_error:ZeroDivisionError"]),
             label="Dead",
         )
@@ -103,7 +103,7 @@ def test_a_failed_batch_is_one_dead_letter_per_record(dl_context):
             p | beam.Create([records]) | ApplyStage(_FailsOutsideTheLoop(dl_context), batched=True)
         )
         assert_that(
-            dead | beam.Map(lambda d: (d["event_id"], d["error"])),
+            dead | "AllLetters" >> beam.Flatten() | beam.Map(lambda d: (d["event_id"], d["error"])),
             equal_to(
                 [("a", "unexpected_error:RuntimeError"), ("b", "unexpected_error:RuntimeError")]
             ),

@@ -119,4 +119,4 @@ def test_routing_is_exclusive_and_ordered(policy, dl_context):
             ),
             label="Rows",
         )
-        assert_that(dead, equal_to([]), label="Dead")
+        assert_that(dead | "AllLetters" >> beam.Flatten(), equal_to([]), label="Dead")

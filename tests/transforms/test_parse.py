@@ -190,7 +190,9 @@ def test_parse_composite(policy, dl_context):
             label="Good",
         )
         assert_that(
-            dead | "Errors" >> beam.Map(lambda d: (d["error"], d.get("event_id"))),
+            dead
+            | "AllLetters" >> beam.Flatten()
+            | "Errors" >> beam.Map(lambda d: (d["error"], d.get("event_id"))),
             equal_to([("missing_field:visited_at", "e3"), ("invalid_json", None)]),
             label="Dead",
         )

@@ -113,6 +113,7 @@ def test_guard_composite_routes_violations_to_masked_dead_letters(policy, corpor
         )
         assert_that(
             dead
+            | "AllLetters" >> beam.Flatten()
             | "Letters"
             >> beam.Map(lambda d: (d["error"], d["stage"], "jane@corp.example" in d["raw"])),
             equal_to([("guard:forbidden_field", "guard", False)]),
@@ -180,7 +181,9 @@ def test_tag_composite_splits_categories(policy, corporate, dl_context):
             label="Rows",
         )
         assert_that(
-            dead | "Errors" >> beam.Map(lambda d: (d["error"], d["event_id"])),
+            dead
+            | "AllLetters" >> beam.Flatten()
+            | "Errors" >> beam.Map(lambda d: (d["error"], d["event_id"])),
             equal_to([("unexpected_error:ValueError", "no-time")]),
             label="Dead",
         )
