@@ -78,19 +78,34 @@ _ID_PATTERNS: dict[str, re.Pattern[bytes]] = {}
 
 def find_id(head: bytes | str, id_field: str = "event_id") -> str | None:
     """The value of ``"<id_field>": "..."`` in the first :data:`EVENT_ID_SCAN_BYTES` of a line,
-    if a bounded scan finds one that is valid UTF-8 without escapes; else None."""
+    if a bounded scan finds one in the top-level object that is valid UTF-8 without escapes;
+    else None."""
     if isinstance(head, str):
         head = head.encode("utf-8", "surrogatepass")
     pattern = _ID_PATTERNS.get(id_field)
     if pattern is None:
         pattern = _ID_PATTERNS[id_field] = _id_pattern(id_field)
-    found = pattern.search(head, 0, EVENT_ID_SCAN_BYTES)
-    if found is None or b"\\" in found[1]:
-        return None
-    try:
-        return found[1].decode("utf-8")
-    except UnicodeDecodeError:
-        return None
+    for found in pattern.finditer(head, 0, EVENT_ID_SCAN_BYTES):
+        # Only the record's own id: the key must sit in the top-level object, not in a value
+        # nested under another key (which may be anything, a secret included).
+        if b"\\" in found[1] or _depth(head[: found.start()]) != 1:
+            continue
+        try:
+            return found[1].decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return None
+
+
+def _depth(prefix: bytes) -> int:
+    """The nesting depth at the end of ``prefix`` of a JSON text (strings skipped); an
+    unterminated string makes it unknowable, and an unknowable depth is no depth (-1)."""
+    if prefix.count(b'"') - prefix.count(b'\\"') == 0:
+        return prefix.count(b"{") + prefix.count(b"[") - prefix.count(b"}") - prefix.count(b"]")
+    brackets = _STRING.sub(b"", prefix)
+    if b'"' in brackets:
+        return -1
+    return brackets.count(b"{") + brackets.count(b"[") - brackets.count(b"}") - brackets.count(b"]")
 
 
 @dataclass(frozen=True)

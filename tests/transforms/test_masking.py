@@ -152,3 +152,10 @@ def test_an_undeclared_value_never_survives_at_any_depth(secret, key, others, de
     line = json.dumps({**others, key: value, "z": 1})
     for text in (line, line[: min(cut, len(line) - 1)]):
         assert "S3" + secret not in json.dumps(_letter(text))
+
+
+def test_the_id_of_a_line_that_does_not_parse_is_its_own_not_a_nested_one():
+    line = '{"meta": {"event_id": "S3cr3t-nested"}, "event_id": "h-1", "x": "'
+    letter = _letter(line)
+    assert letter["event_id"] == "h-1" and "S3cr3t" not in json.dumps(letter)
+    assert "event_id" not in _letter('[{"event_id": "in-a-list"}, ')

@@ -355,7 +355,10 @@ class Subjects:
                     ids |= self._contact_ids(found.group(0))
         for field in IDENTIFIER_SUBJECTS:
             for value, requests in self._by_field.get(field, {}).items():
-                if re.search(rf'"{field}"\s*:\s*"?\s*{re.escape(value)}\s*"?(?![\w])', raw):
+                # The whole value, quoted or bare: "*" is not the mask "***", "7" not "70".
+                escaped = re.escape(value)
+                pattern = rf'"{field}"\s*:\s*(?:"\s*{escaped}\s*"|{escaped}(?![\w.*+-]))'
+                if re.search(pattern, raw):
                     ids |= requests
 
     def dead_letter_requests(self, line: bytes) -> set[str]:
