@@ -744,16 +744,8 @@ def hostile_lines(source: Source) -> list[Line]:
             canaries=[secret],
         )
     if s.free_text_field:
-        # Free text is not kept in clear in a dead letter, recognisable secret or not.
-        name = f"canary-free-text-{s.free_text_field}-plain-dead"
-        secret = c.canary(name)
-        text = f"customer read out {secret} on the call"
-        c.add(
-            name,
-            dumps(c.rec(name, **secret_dead, **{s.free_text_field: text})),
-            REJECTED,
-            canaries=[secret],
-        )
+        # Free text in a dead letter is kept as a stored row would keep it: scanned, secrets and
+        # contact data redacted (an ordinary word is no finding, so it is no canary).
         name = f"canary-free-text-{s.free_text_field}-dead"
         secret = c.canary(name)
         text = f"login failed for alice, password was {secret}"
