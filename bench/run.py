@@ -137,7 +137,8 @@ def generate(case: str, records: int, networks: int) -> tuple[Path, list[str]]:
         if not bad.exists():
             with data.open() as lines:
                 _write(bad, bad_time_lines(line.rstrip("\n") for line in lines))
-        return bad, extra
+        # Every line is rejected on purpose: the run must not stop at the dead-letter ratio.
+        return bad, [*extra, "--max_dead_letter_ratio=1"]
     pipeline = case
     data = WORK / f"{pipeline}-{records}-{SEED}-{version}.jsonl"
     if pipeline != "visits":
