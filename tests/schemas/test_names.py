@@ -335,7 +335,8 @@ def test_input_contracts_hold_only_the_secrets_they_fingerprint(category):
 # The exact names the policy listed before names were read by meaning: each is still caught.
 _LISTED_SECRETS = """password passwd pwd user_sig usersig private_key secret_key secret
 client_secret verification_code auth_code authentication_code authorization_code otp
-login_credentials credentials credential access_token refresh_token id_token token api_key apikey session_key"""
+login_credentials credentials credential access_token refresh_token id_token token api_key
+apikey session_key"""
 _LISTED_MEDIA = """audio video audio_content video_content audio_data video_data media media_content
 media_payload payload_audio payload_video frame_data pcm recording_data"""
 
