@@ -809,16 +809,24 @@ def _flagged(values: pa.Array) -> pa.BooleanArray:
 
 
 def _scanned(
-    values: pa.Array, kinds: frozenset[str], flagged: pa.BooleanArray | None = None
+    values: pa.Array,
+    kinds: frozenset[str],
+    flagged: pa.BooleanArray | None = None,
+    rows_per_value: Mapping[int, int] | None = None,
 ) -> tuple[pa.Array, Counter[str]]:
+    """``values`` with the flagged ones scanned, and the findings; ``rows_per_value`` (index ->
+    rows holding that value, for a column's distinct values) weighs them per row."""
     if flagged is None:
         flagged = _flagged(values)
     counts: Counter[str] = Counter()
     if not pc.any(flagged).as_py():
         return values, counts
+    index = pc.indices_nonzero(flagged).to_pylist()
     scanned = [scan_text(value, kinds) for value in pc.filter(values, flagged).to_pylist()]
-    for _, found in scanned:
-        counts.update(found)
+    for i, (_, found) in zip(index, scanned, strict=True):
+        weight = 1 if rows_per_value is None else rows_per_value.get(i, 0)
+        for kind, n in found.items():
+            counts[kind] += n * weight
     if not counts:
         return values, counts
     replacements = pa.array([text for text, _ in scanned], type=values.type)
@@ -895,21 +903,16 @@ class _Distinct:
     def scanned(
         self, kinds: frozenset[str], mask: pa.BooleanArray
     ) -> tuple[pa.Array, Counter[str]]:
-        """The column with the flagged values scanned, and the findings counted per row."""
-        values, found = _scanned(self.values, kinds, mask)
-        if self._indices is None or not found:
-            return values, found
-        # Findings per distinct value, times the rows that hold it.
-        per_row: Counter[str] = Counter()
+        """The column with the flagged values scanned, and the findings counted per row (a
+        distinct value's findings times the rows that hold it)."""
+        if self._indices is None:
+            return _scanned(self.values, kinds, mask)
         rows = pc.value_counts(self._indices)
         occurrences = dict(
             zip(rows.field("values").to_pylist(), rows.field("counts").to_pylist(), strict=True)
         )
-        for i in pc.indices_nonzero(mask).to_pylist():
-            text = self.values[i].as_py()
-            for kind, n in scan_text(text, kinds)[1].items():
-                per_row[kind] += n * occurrences.get(i, 0)
-        return pc.take(values, self._indices), per_row
+        values, found = _scanned(self.values, kinds, mask, occurrences)
+        return (pc.take(values, self._indices) if found else self.column), found
 
 
 def scan_array(
