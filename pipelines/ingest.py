@@ -190,20 +190,22 @@ class IngestRecords(beam.PTransform):
             records = records | "Fingerprint" >> Fingerprint(
                 spec.name, spec.fingerprints, c.key, batched=True
             )
-        store_dead = records | "Store" >> Store(
+        files, *store_dead = records | "Store" >> Store(
             policy=run.policy,
             outputs=spec.outputs,
             schemas={name: output_schema(name, run.policy.schema_dirs) for name in spec.categories},
             extra_keys=(),
-            output_dir=run.output,
             formats=run.formats,
             context=dead_letters,
             run_time=run.run_time,
             exclusive=spec.exclusive,
             batched=True,
+            **run.sink(),
         )
         # Each stage's letters are spilled where they are produced (transforms.deadletter).
-        return (*parse_dead, *store_dead) | "WriteDeadLetters" >> WriteDeadLetters(run.output)
+        letters = (*parse_dead, *store_dead) | "WriteDeadLetters" >> WriteDeadLetters(**run.sink())
+        # Nothing is visible before this: the run's files replace its earlier attempt's at once.
+        return (files, letters) | "Commit" >> run.commit(spec.categories)
 
 
 def config_from(options: PipelineOptions) -> IngestConfig:
@@ -212,7 +214,11 @@ def config_from(options: PipelineOptions) -> IngestConfig:
     policy = load_policy(options.view_as(JobOptions).policy)
     spec = spec_for(policy, category=own.category, source=own.source)
     run = run_context(
-        options, pipeline=spec.name, primary_categories=spec.categories, policy=policy
+        options,
+        pipeline=spec.name,
+        primary_categories=spec.categories,
+        policy=policy,
+        option_classes=(CategoryOptions,),
     )
     key = KeySource(env=own.fingerprint_key_env, file=own.fingerprint_key_file)
     if spec.fingerprints:

@@ -46,7 +46,9 @@ from pipelines.report import (
     summary_lines,
     write_report,
 )
+from pipelines.runs import Attempt, begin_attempt, check_run_id, recorded_run_time, run_identity
 from schemas.policy import Policy, PolicyError, load_policy
+from transforms.commit import CommitRun, RunStaging
 from transforms.deadletter import DeadLetterContext
 from transforms.masking import Exposure
 from transforms.rawinput import DEFAULT_MAX_LINE_BYTES
@@ -94,6 +96,9 @@ class RunContext:
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     bounds: TimeBounds | None = None  # the event times the run accepts
     max_dead_letter_ratio: float | None = None  # of an ingestion run (None: not checked)
+    # Of an ingestion run: where its attempts stage their files until the commit
+    # (transforms.commit); None for a retention job, which journals its own changes.
+    staging: RunStaging | None = None
 
     def header(self) -> dict[str, Any]:
         """The identity every report and audit record of the run starts with."""
@@ -106,6 +111,24 @@ class RunContext:
             "output": self.output,
         }
 
+    def sink(self) -> dict[str, Any]:
+        """Keyword arguments of the run's sinks (``Store``, ``WriteDeadLetters``): write into
+        the staging folder, name the files after the run, leave the temp files to the commit."""
+        if self.staging is None:
+            return {"output_dir": self.output}
+        return {
+            "output_dir": self.staging.staged_root,
+            "run_token": self.run_id,
+            "remove_temp": False,
+        }
+
+    def commit(self, categories: Iterable[str]) -> CommitRun:
+        """The run's commit of the files its sinks staged (the data of ``categories`` and the
+        dead letters of the run's source)."""
+        if self.staging is None:
+            raise ValueError(f"{self.pipeline}: a run without staging has nothing to commit")
+        return CommitRun(self.staging, {"data": categories, "dead_letter": (self.pipeline,)})
+
     def with_id(self) -> RunContext:
         if self.run_id:
             return self
@@ -113,10 +136,19 @@ class RunContext:
 
 
 def run_context(
-    options: PipelineOptions, *, pipeline: str, primary_categories: tuple[str, ...], policy: Policy
+    options: PipelineOptions,
+    *,
+    pipeline: str,
+    primary_categories: tuple[str, ...],
+    policy: Policy,
+    option_classes: Sequence[type[PipelineOptions]] = (),
 ) -> RunContext:
     """The :class:`RunContext` of an ingestion run's common flags, checked before any data is
-    read: ``--input`` must match files, ``--output`` must be a directory that can be written."""
+    read: ``--input`` must match files, ``--output`` must be a directory that can be written.
+
+    The run's id is ``--run_id`` or the hash of its identity (``pipelines.runs``), over the
+    values of ``JobOptions``, ``IngestOptions`` and the job's own ``option_classes``; its run
+    time is ``--run_time``, else the one its first attempt recorded, else now."""
     FileSystems.set_options(options)
     common = options.view_as(JobOptions)
     ingest = options.view_as(IngestOptions)
@@ -124,12 +156,24 @@ def run_context(
         raise ValueError("--input is required (a file pattern of JSON Lines or Avro records)")
     formats = output_formats(ingest.output_format)
     ratio = max_dead_letter_ratio(ingest)
-    run_time = run_time_micros(common.run_time)
-    bounds = event_time_bounds(common, run_time)
     limit = max_line_bytes(common)
-    require_input(ingest.input, "--input")
+    inputs = require_input(ingest.input, "--input")
     output = common.output or DEFAULT_OUTPUT
     require_writable_output(output)
+    run_id = check_run_id(ingest.run_id) if ingest.run_id else ""
+    run_id = run_id or run_identity(
+        options,
+        pipeline=pipeline,
+        policy_version=policy.version,
+        inputs=inputs,
+        option_classes=(JobOptions, IngestOptions, *option_classes),
+    )
+    staging = RunStaging(output, pipeline, run_id)
+    if common.run_time:
+        run_time = run_time_micros(common.run_time)
+    else:
+        run_time = recorded_run_time(staging) or run_time_micros(None)
+    bounds = event_time_bounds(common, run_time)
     return RunContext(
         pipeline=pipeline,
         primary_categories=primary_categories,
@@ -142,16 +186,18 @@ def run_context(
         max_line_bytes=limit,
         bounds=bounds,
         max_dead_letter_ratio=ratio,
+        run_id=run_id,
+        staging=staging,
     )
 
 
-def require_input(pattern: str, flag: str) -> None:
-    """Fail at start-up, naming ``flag``, when ``pattern`` matches no file or a directory
-    (a directory is read as if it were a file, and fails only once the job runs). Object stores
-    have no directories: one match is enough there."""
+def require_input(pattern: str, flag: str) -> list[Any]:
+    """The files ``pattern`` matches (Beam ``FileMetadata``); fail at start-up, naming
+    ``flag``, when it matches no file or a directory (a directory is read as if it were a file,
+    and fails only once the job runs). Object stores have no directories there to check."""
     local = _is_local(pattern)
     try:
-        (result,) = FileSystems.match([pattern], limits=None if local else [1])
+        (result,) = FileSystems.match([pattern])
     except BeamIOError as exc:
         raise ValueError(f"{flag}: cannot list {pattern}: {exc}") from exc
     if not result.metadata_list:
@@ -162,6 +208,7 @@ def require_input(pattern: str, flag: str) -> None:
                 f"{flag}: {meta.path} is a directory; give a file pattern such as "
                 f"{meta.path.rstrip('/')}/*.jsonl"
             )
+    return list(result.metadata_list)
 
 
 def require_writable_output(output: str) -> None:
@@ -222,8 +269,12 @@ def run_and_report(
     run: RunContext,
     build: Callable[[beam.Pipeline], Any],
 ) -> dict[str, Any]:
-    """Build the pipeline with ``build(p)``, run it to completion and write its report."""
+    """Build the pipeline with ``build(p)``, start the run's attempt (an ingestion run:
+    ``pipelines.runs.begin_attempt``), run it to completion and write its report."""
     run = run.with_id()
+    attempt: Attempt | None = None
+    if run.staging is not None:
+        attempt = begin_attempt(run.staging, run.run_time, waits=not launch_only(options))
     pipeline = beam.Pipeline(options=options)
     build(pipeline)
     if launch_only(options):
@@ -243,6 +294,7 @@ def run_and_report(
             "input": run.input,
             "state": str(result.state),
             "max_dead_letter_ratio": run.max_dead_letter_ratio,
+            "attempt": attempt.report() if attempt else None,
         },
     )
     error = dead_letter_ratio_error(report)

@@ -216,8 +216,10 @@ class JobOptions(PipelineOptions):
         parser.add_argument(
             "--run_time",
             default=None,
-            help="Reference time of the run, ISO-8601 (default: now). Dead letters expire a fixed "
-            "period after it; pin it to make reruns byte-for-byte comparable.",
+            help="Reference time of the run, ISO-8601. Default: for an ingestion run, the time "
+            "its first attempt recorded (a rerun keeps it), else now; for purge, lifecycle and "
+            "erase, now. Dead letters expire a fixed period after it; an ingestion rerun with "
+            "another --run_time replaces the run with one at that time.",
         )
         parser.add_argument(
             "--max_line_bytes",
@@ -283,4 +285,12 @@ class IngestOptions(PipelineOptions):
             help="Largest share of the records read that may become dead letters (0 to 1, "
             f"default {DEFAULT_MAX_DEAD_LETTER_RATIO}). A run above it still writes everything, "
             "then exits non-zero: most of its input was not what the pipeline expects.",
+        )
+        parser.add_argument(
+            "--run_id",
+            default=None,
+            help="Name of the run (letters, digits, '_' and '.'). Default: a hash of the input "
+            "files (paths, sizes, modification times), the policy version and this job's flags "
+            "other than --run_time, so the same command run again is the same run. A run's "
+            "files are named after it and a rerun replaces them: it never adds to them.",
         )

@@ -94,6 +94,7 @@ def build_report(
         "redacted": counters_with_prefix(counters, "redacted."),
         "guard": counters_with_prefix(counters, "guard."),
         "fingerprinted": counters.get("fingerprinted", 0),
+        "commit": counters_with_prefix(counters, "commit."),
     }
 
 
@@ -144,6 +145,13 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
     if counts["expired_on_arrival"]:
         expired = ", ".join(f"{k}={v}" for k, v in counts["expired_on_arrival"].items())
         lines.append(f"[{name}] expired on arrival (not written): {expired}")
+    attempt = report.get("attempt")
+    if attempt and attempt["replaced"]:
+        replaced = report.get("commit", {}).get("replaced_files", 0)
+        lines.append(
+            f"[{name}] run {report.get('run_id')} attempt {attempt['number']}: replaced the "
+            f"{attempt['previous_attempt']} earlier attempt ({replaced} files replaced or removed)"
+        )
     lines.append(
         f"[{name}] reconciled={rec['reconciled']} ({rec['read']} read = "
         f"{rec['primary_written']} {'+'.join(rec['primary_categories'])} "

@@ -159,26 +159,34 @@ class IngestVisits(beam.PTransform):
         enriched = minimised | "EnrichAroundDeal" >> EnrichAroundDeal(
             c.enrichment, company, contact, policy, batched=True
         )
-        store_dead = enriched | "Store" >> Store(
+        files, *store_dead = enriched | "Store" >> Store(
             policy=policy,
             outputs=outputs,
             schemas={o.category: output_schema(o.category) for o in outputs},
             extra_keys=("country", "region"),
-            output_dir=run.output,
             formats=run.formats,
             context=dead_letters,
             run_time=run.run_time,
             batched=True,
+            **run.sink(),
         )
         # Each stage's letters are spilled where they are produced (transforms.deadletter).
-        return (*parse_dead, *store_dead) | "WriteDeadLetters" >> WriteDeadLetters(run.output)
+        letters = (*parse_dead, *store_dead) | "WriteDeadLetters" >> WriteDeadLetters(**run.sink())
+        # Nothing is visible before this: the run's files replace its earlier attempt's at once.
+        return (files, letters) | "Commit" >> run.commit((VISIT, CORPORATE))
 
 
 def config_from(options: PipelineOptions) -> VisitsConfig:
     """Resolve and validate the options: fails here, before any data is read."""
     visits = options.view_as(VisitsOptions)
     policy = load_policy(options.view_as(JobOptions).policy)
-    run = run_context(options, pipeline=SOURCE, primary_categories=(VISIT,), policy=policy)
+    run = run_context(
+        options,
+        pipeline=SOURCE,
+        primary_categories=(VISIT,),
+        policy=policy,
+        option_classes=(VisitsOptions,),
+    )
     geoip_db = visits.geoip_db or bundled("country.mmdb")
     check_geoip_db(geoip_db, visits.geo_cache_size)
     corporate = policy.category(CORPORATE)

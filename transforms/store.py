@@ -24,8 +24,13 @@ __all__ = ["Store"]
 
 
 class Store(beam.PTransform):
-    """Guard, tag and write records; yields the dead letters (``transforms.deadletter.DeadLetters``:
-    the stages' PCollections, unflattened).
+    """Guard, tag and write records; yields the written files (``fileio.FileResult``s) followed
+    by the dead letters (``transforms.deadletter.DeadLetters``: the stages' PCollections,
+    unflattened): ``files, *dead = records | Store(...)``.
+
+    ``run_token`` names the files (a run's id, so that its reruns replace them) and
+    ``remove_temp`` says whether the sink removes its temp folder (see
+    ``transforms.sinks.SpillAndCompact``).
 
     ``run_time``: rows already expired at it are not written (``expired_on_arrival``).
 
@@ -46,9 +51,12 @@ class Store(beam.PTransform):
         exclusive: bool = False,
         batched: bool = False,
         run_time: int | None = None,
+        run_token: str | None = None,
+        remove_temp: bool = True,
     ) -> None:
         super().__init__()
         categories: tuple[Category, ...] = tuple(policy.category(o.category) for o in outputs)
+        sink = {"run_token": run_token, "remove_temp": remove_temp}
         self._guard = Guard(policy, categories, tuple(extra_keys), context, batched=batched)
         if batched:
             arrow = {name: arrow_schema(schema) for name, schema in schemas.items()}
@@ -61,13 +69,13 @@ class Store(beam.PTransform):
                 schemas=arrow,
                 run_time=run_time,
             )
-            self._write = WriteTables(output_dir, dict(schemas), tuple(formats))
+            self._write = WriteTables(output_dir, dict(schemas), tuple(formats), **sink)
         else:
             self._tag = Tag(policy, outputs, context, exclusive=exclusive, run_time=run_time)
-            self._write = WritePartitioned(output_dir, dict(schemas), tuple(formats))
+            self._write = WritePartitioned(output_dir, dict(schemas), tuple(formats), **sink)
 
     def expand(self, records):
         safe, guard_dead = records | "Guard" >> self._guard
         rows, tag_dead = safe | "Tag" >> self._tag
-        _ = rows | "Write" >> self._write
-        return (*guard_dead, *tag_dead)
+        files = rows | "Write" >> self._write
+        return (files, *guard_dead, *tag_dead)

@@ -150,10 +150,12 @@ def delete_tree(path: str) -> None:
 class Transaction:
     """One journaled change of an output root, named after the run that makes it."""
 
-    def __init__(self, root: str, txn_id: str) -> None:
+    def __init__(self, root: str, txn_id: str, rel_dir: str | None = None) -> None:
+        """``rel_dir``: the transaction's folder under the root; by default a retention job's
+        ``_retention/txn-<id>`` (an ingestion run journals its commit under ``_runs/``)."""
         self.root = root
         self.id = txn_id
-        self.rel_dir = f"{RETENTION_DIR}/txn-{txn_id}"
+        self.rel_dir = rel_dir or f"{RETENTION_DIR}/txn-{txn_id}"
         self.dir = full_path(root, self.rel_dir)
         self.staged_root = full_path(root, f"{self.rel_dir}/staged")
         self.plan_path = full_path(root, f"{self.rel_dir}/plan.json")

@@ -181,9 +181,16 @@ class WriteDeadLetters(SpillAndCompact):
         *,
         run_token: str | None = None,
         buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+        remove_temp: bool = True,
     ) -> None:
         output = DeadLetterLines(_check_shards(shards_per_partition))
-        super().__init__(output, output_dir, run_token=run_token, buffer_bytes=buffer_bytes)
+        super().__init__(
+            output,
+            output_dir,
+            run_token=run_token,
+            buffer_bytes=buffer_bytes,
+            remove_temp=remove_temp,
+        )
 
     def to_tables(self, pcoll: beam.PCollection, suffix: str) -> beam.PCollection:
         # A table of lines is a small part of the buffer it goes to (which spills at half).

@@ -377,6 +377,10 @@ class SpillAndCompact(beam.PTransform):
 
     Files are named ``part-<shard>-of-<shards>-<run_token>.<ext>``. Returns the
     ``fileio.FileResult`` of every file written, all formats, with ``file_name`` the full path.
+
+    ``remove_temp=False`` leaves the temp folder to the caller: an ingestion run writes into
+    its staging folder and removes all of it, temp files included, when it commits
+    (``transforms.commit``), which must not race a removal of its own.
     """
 
     def __init__(
@@ -386,12 +390,14 @@ class SpillAndCompact(beam.PTransform):
         *,
         run_token: str | None = None,
         buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+        remove_temp: bool = True,
     ) -> None:
         super().__init__()
         self.output = output
         self.output_dir = output_dir
         self.run_token = run_token or _new_token()
         self.buffer_bytes = _check_buffer_bytes(buffer_bytes)
+        self.remove_temp = remove_temp
 
     @property
     def temp_dir(self) -> str:
@@ -428,11 +434,12 @@ class SpillAndCompact(beam.PTransform):
             | "Compact"
             >> beam.ParDo(_Compact(self.output, self.output_dir, temp_dir, self.run_token))
         )
-        _ = (
-            files
-            | "CountFiles" >> beam.combiners.Count.Globally().without_defaults()
-            | "RemoveTempFiles" >> beam.Map(_remove_temp_files, temp_dir)
-        )
+        if self.remove_temp:
+            _ = (
+                files
+                | "CountFiles" >> beam.combiners.Count.Globally().without_defaults()
+                | "RemoveTempFiles" >> beam.Map(_remove_temp_files, temp_dir)
+            )
         return files
 
 
@@ -464,6 +471,7 @@ class WriteTables(SpillAndCompact):
         row_group_size: int = DEFAULT_ROW_GROUP_SIZE,
         run_token: str | None = None,
         buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+        remove_temp: bool = True,
     ) -> None:
         output = DataTables(
             schemas,
@@ -473,4 +481,10 @@ class WriteTables(SpillAndCompact):
             avro_codec=avro_codec,
             row_group_size=row_group_size,
         )
-        super().__init__(output, output_dir, run_token=run_token, buffer_bytes=buffer_bytes)
+        super().__init__(
+            output,
+            output_dir,
+            run_token=run_token,
+            buffer_bytes=buffer_bytes,
+            remove_temp=remove_temp,
+        )
