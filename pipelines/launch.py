@@ -11,6 +11,7 @@ found before any data is read, instead of a traceback from the middle of a runni
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import logging
@@ -31,6 +32,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 
 from pipelines.options import (
     DEFAULT_OUTPUT,
+    CommandFlags,
     IngestOptions,
     JobOptions,
     event_time_bounds,
@@ -48,7 +50,7 @@ from pipelines.report import (
 )
 from pipelines.runs import Attempt, begin_attempt, check_run_id, recorded_run_time, run_identity
 from schemas.policy import Policy, PolicyError, load_policy
-from transforms.commit import CommitRun, RunStaging
+from transforms.commit import CommitRun, RunStaging, sweep
 from transforms.deadletter import DeadLetterContext
 from transforms.masking import Exposure
 from transforms.rawinput import DEFAULT_MAX_LINE_BYTES
@@ -59,6 +61,7 @@ __all__ = [
     "Cli",
     "RunContext",
     "cli_main",
+    "command_main",
     "configuration_errors",
     "configure_logging",
     "dead_letter_context",
@@ -332,6 +335,9 @@ def retention_context(
     policy = load_policy(common.policy)
     root = normalise_root(common.output)
     check_output_root(root)
+    # What killed ingestion runs left: committed ones are finished, the rest removed, before
+    # this job reads or changes the layout (transforms.commit).
+    sweep(root)
     run_time = run_time_micros(common.run_time)
     return RunContext(
         pipeline=pipeline,
@@ -370,11 +376,13 @@ def run_pipeline(
 @dataclass(frozen=True)
 class Cli:
     """A job's command line: how it is called, what ``--help`` says, and its options classes
-    (``JobOptions``, which every job has, first)."""
+    (``JobOptions``, which every job has, first; ``CommandFlags`` for a command that runs no
+    pipeline, whose command line takes no Beam option: ``beam`` False)."""
 
     prog: str
     description: str
-    options: tuple[type[PipelineOptions], ...]
+    options: tuple[type[PipelineOptions] | type[CommandFlags], ...]
+    beam: bool = True
 
     @classmethod
     def of(cls, module: ModuleType, options: Sequence[type[PipelineOptions]] | None = None) -> Cli:
@@ -396,6 +404,13 @@ class Cli:
             options=(JobOptions, *(o for o in options if o is not JobOptions)),
         )
 
+    @classmethod
+    def command(cls, module: ModuleType, flags: Sequence[type[CommandFlags]]) -> Cli:
+        """The command line of a command that runs no pipeline (``python -m <module>``):
+        ``CommandFlags`` and its own ``flags`` classes, no Beam option."""
+        job = cls.of(module, ())
+        return cls(job.prog, job.description, (CommandFlags, *flags), beam=False)
+
 
 def configure_logging(level: str | None) -> tuple[int, int]:
     """Set the levels of ``--log_level``: the project's loggers (the root logger) and Beam's;
@@ -408,12 +423,15 @@ def configure_logging(level: str | None) -> tuple[int, int]:
     return ours, beams
 
 
-def start_cli(cli: Cli, argv: Sequence[str]) -> None:
+def start_cli(cli: Cli, argv: Sequence[str]) -> argparse.Namespace:
     """Check ``argv`` (``--help`` and a wrong flag end the process here) and set the log levels
-    it asks for. (What the worker processes of a local runner log reaches the console through
-    Beam's loggers here, so their levels hold for it too.)"""
-    args = parse_job_flags(argv, cli.options, prog=cli.prog, description=cli.description)
+    it asks for; returns the parsed flags. (What the worker processes of a local runner log
+    reaches the console through Beam's loggers here, so their levels hold for it too.)"""
+    args = parse_job_flags(
+        argv, cli.options, prog=cli.prog, description=cli.description, beam=cli.beam
+    )
     configure_logging(args.log_level)
+    return args
 
 
 @contextlib.contextmanager
@@ -426,6 +444,42 @@ def configuration_errors() -> Iterator[None]:
     except CONFIGURATION_ERRORS as exc:
         LOG.debug("configuration problem", exc_info=True)
         raise SystemExit(f"error: {exc}") from None
+
+
+def command_main(
+    produce: Callable[[argparse.Namespace], str],
+    argv: Sequence[str] | None = None,
+    *,
+    flags: Sequence[type[CommandFlags]] = (),
+    module: ModuleType | None = None,
+) -> None:
+    """Command-line entry point of a command that runs no pipeline and writes one document
+    (``pipelines.ropa``, ``pipelines.storage_rules``): the strict flags of the jobs without
+    Beam's (``CommandFlags`` and the command's ``flags``), a configuration problem as one line
+    and exit status 1, and ``produce(flags)`` written to ``--out`` (replaced whole: the file is
+    complete or untouched) or to standard output. ``module``: the command (default: the module
+    ``produce`` comes from), whose docstring is its ``--help``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    parsed = start_cli(Cli.command(module or sys.modules[produce.__module__], flags), args)
+    with configuration_errors():
+        text = produce(parsed)
+        if parsed.out:
+            _replace_file(Path(parsed.out), text)
+            LOG.info("written to %s", parsed.out)
+        else:
+            sys.stdout.write(text)
+
+
+def _replace_file(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file renamed over it (a reader sees the
+    old file or the new one, never half of it)."""
+    if not path.parent.is_dir():
+        raise ValueError(f"--out {path}: {path.parent} is not a directory")
+    with tempfile.NamedTemporaryFile(
+        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", delete=False
+    ) as fh:
+        fh.write(text)
+    Path(fh.name).replace(path)
 
 
 def cli_main(
