@@ -10,6 +10,11 @@ Beam's own parser drops what it does not know with a warning, so a misspelled fl
 (``--geoip-db``) would silently run with the default. :func:`parse_job_flags` is the command line
 of one job instead: its own flags with their types and help, Beam's options accepted by name, and
 anything else an error naming the closest flag.
+
+The commands that run no pipeline (``pipelines.ropa``, ``pipelines.storage_rules``) have the same
+command line without Beam's options: their flags are declared by plain classes with the same
+``_add_argparse_args`` (``CommandFlags``), *not* ``PipelineOptions`` subclasses, so that Beam's
+parser never sees them (their ``--format`` is not the ingestion pipelines' ``--format``).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ __all__ = [
     "DEFAULT_OUTPUT",
     "LOG_LEVELS",
     "OUTPUT_FORMATS",
+    "CommandFlags",
     "IngestOptions",
     "JobOptions",
     "beam_flags",
@@ -152,37 +158,43 @@ class _JobParser(_BeamArgumentParser):
 
 def parse_job_flags(
     argv: Sequence[str],
-    options: Sequence[type[PipelineOptions]],
+    options: Sequence[type[PipelineOptions] | type[CommandFlags]],
     *,
     prog: str,
     description: str,
+    beam: bool = True,
 ) -> argparse.Namespace:
     """Check ``argv`` against the job's ``options`` classes and Beam's options.
 
     ``--help`` prints the job's flags with their help and exits 0. A flag neither the job nor
     Beam declares, a stray value, or a value of the wrong type or choice exits 2 with one line
     (an unknown flag names the closest known one). Beam's options are checked by name only:
-    Beam parses their values when the pipeline is built."""
+    Beam parses their values when the pipeline is built. ``beam=False``: a command that runs no
+    pipeline, where a Beam option would do nothing, so it is unknown like any other."""
     parser = _JobParser(
         prog=prog,
         usage=f"{prog} [flags]",
         description=description,
         epilog="Every standard Apache Beam pipeline option is accepted too (--runner,\n"
         "--direct_num_workers, --direct_running_mode, --project, --region, --temp_location,\n"
-        "--setup_file, ...).",
+        "--setup_file, ...)."
+        if beam
+        else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
     for cls in reversed(options):  # the job's own flags first, the shared ones last
         cls._add_argparse_args(parser)
     own = {flag for action in parser._actions for flag in action.option_strings}
-    beam = beam_flags() - own
-    for flag in sorted(beam):
+    accepted = (beam_flags() - own) if beam else frozenset()
+    for flag in sorted(accepted):
         parser.add_argument(flag, nargs="?", help=argparse.SUPPRESS)
     args, extra = parser.parse_known_args(list(argv))
     unknown = [arg.split("=", 1)[0] for arg in extra if arg.startswith("-")]
     if unknown:
-        parser.error("; ".join(_unknown(flag, own, beam, prog) for flag in dict.fromkeys(unknown)))
+        parser.error(
+            "; ".join(_unknown(flag, own, accepted, prog) for flag in dict.fromkeys(unknown))
+        )
     if extra:
         parser.error(f"unexpected argument {extra[0]!r} (flags take the form --name=value)")
     return args
@@ -208,11 +220,7 @@ class JobOptions(PipelineOptions):
             f"(default: ./{DEFAULT_OUTPUT}); purge, lifecycle and erase change it and have no "
             "default.",
         )
-        parser.add_argument(
-            "--policy",
-            default=None,
-            help="Policy file (YAML, see schemas/policy.yaml, the default). Validated at startup.",
-        )
+        _add_policy_flag(parser)
         parser.add_argument(
             "--run_time",
             default=None,
@@ -242,16 +250,44 @@ class JobOptions(PipelineOptions):
             "a number with a unit: 90s, 30m, 6h, 1d (default 1d). A later one is an "
             "event_time_out_of_range dead letter.",
         )
+        _add_log_level_flag(parser)
+
+
+def _add_policy_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--policy",
+        default=None,
+        help="Policy file (YAML, see schemas/policy.yaml, the default). Validated at startup.",
+    )
+
+
+def _add_log_level_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log_level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default=None,
+        help="Log level of every logger, Apache Beam's included, with the traceback of a "
+        "configuration error at DEBUG. Default: WARNING for this project's loggers and ERROR "
+        "for Beam's, whose warnings (type hints, filesystems it cannot load, its workers' "
+        "start-up) are nothing a user of these jobs can act on.",
+    )
+
+
+class CommandFlags:
+    """Flags of every command that runs no pipeline and writes one document: ``--policy`` and
+    ``--log_level`` as every job has them, and ``--out``. A plain class, not a
+    ``PipelineOptions``: see the module docstring."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+        _add_policy_flag(parser)
         parser.add_argument(
-            "--log_level",
-            type=str.upper,
-            choices=LOG_LEVELS,
+            "--out",
             default=None,
-            help="Log level of every logger, Apache Beam's included, with the traceback of a "
-            "configuration error at DEBUG. Default: WARNING for this project's loggers and ERROR "
-            "for Beam's, whose warnings (type hints, filesystems it cannot load, its workers' "
-            "start-up) are nothing a user of these jobs can act on.",
+            help="File to write (local path; its directory must exist). Default: standard output.",
         )
+        _add_log_level_flag(parser)
 
 
 class IngestOptions(PipelineOptions):
