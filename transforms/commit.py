@@ -47,7 +47,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.counters import counter
-from transforms.retention.layout import full_path, is_local, list_layout
+from transforms.retention.layout import LayoutFile, full_path, is_local, list_layout
 from transforms.retention.txn import (
     Transaction,
     apply_actions,
@@ -67,6 +67,8 @@ __all__ = [
     "commit_run",
     "file_token",
     "owner",
+    "pending_runs",
+    "staged_files",
     "sweep",
 ]
 
@@ -286,6 +288,29 @@ class CommitRun(beam.PTransform):
         )
 
 
+# --------------------------------------------------------------- staging seen by retention
+
+
+def pending_runs(root: str) -> list[str]:
+    """The runs (``<pipeline>-<run_id>``) whose staging is still under ``root``: being written
+    now, or killed elsewhere and not yet stale (after :func:`sweep`)."""
+    return _run_names(root)
+
+
+def staged_files(root: str) -> list[LayoutFile]:
+    """Every file the pending runs staged at a layout path, as a :class:`LayoutFile` whose
+    ``rel`` is its path under the root (``_runs/<run>/staged/<layout path>``), so that erasure
+    reads them like the partitions' files."""
+    found = []
+    for name in _run_names(root):
+        staged = _staging_of(root, name).staged_root
+        for f in list_layout(staged):
+            found.append(
+                LayoutFile(f.path, f"{RUNS_DIR}/{name}/staged/{f.rel}", f.partition, f.size)
+            )
+    return found
+
+
 # ------------------------------------------------------------------------------ the sweep
 
 
@@ -301,9 +326,14 @@ def _run_names(root: str) -> list[str]:
     return sorted({m.path[len(prefix) :].split("/", 1)[0] for m in result.metadata_list})
 
 
-def _staging_of(root: str, name: str) -> RunStaging:
+def _split(name: str) -> tuple[str, str]:
+    """``(pipeline, run_id)`` of a staging folder's name (a run id has no ``-``)."""
     pipeline, _, run_id = name.rpartition("-")
-    return RunStaging(root, pipeline, run_id)
+    return pipeline, run_id
+
+
+def _staging_of(root: str, name: str) -> RunStaging:
+    return RunStaging(root, *_split(name))
 
 
 def sweep(root: str, *, keep: str | None = None) -> list[dict[str, str]]:
