@@ -51,6 +51,11 @@ setup(
             "netaddr>=1.2",
             "ruff==0.17.6",  # exact: the formatter's output is checked in CI
             "psutil>=5.9",
+            # tests/pipelines/test_readers.py opens real outputs with the readers users have, each
+            # with its defaults (pyarrow is a dependency already). Spark 4 runs on Java 17.
+            "duckdb>=1.1",
+            "polars>=1.0",
+            "pyspark>=4.0,<5",
             # The Dataflow dry run of tests/engines builds each job graph with the DataflowRunner.
             BEAM.replace("apache-beam", "apache-beam[gcp]"),
         ],

@@ -1,4 +1,4 @@
-"""Lifecycle events: open-ended rows get their now-known expiry and leave the null partition.
+"""Lifecycle events: open-ended rows get their now-known expiry and leave the open-ended partition.
 
     python -m pipelines.lifecycle --output DIR --events GLOB [--run_time ISO-8601]
 
@@ -12,8 +12,9 @@ Events are JSON Lines, one per line, each naming its subject by exactly one of t
     {"event": "marketing_opt_out",  "linkedin_url": "https://www.linkedin.com/in/jane-doe", ...}
 
 The events, their key fields and the rules they end are the policy's; values are compared
-normalised on both sides (``transforms.retention.matching``). Each affected row of a
-``__HIVE_DEFAULT_PARTITION__`` partition gets ``expires_at`` = the event time plus the grace
+normalised on both sides (``transforms.retention.matching``). Each affected row of an open-ended
+partition (``expiry_date=9999-12-31``, ``transforms.sinks.OPEN_ENDED_EXPIRY_DATE``; or Hive's
+null partition of outputs written before it) gets ``expires_at`` = the event time plus the grace
 period of its rule (account deleted: +30 days for account data, +7 days for service data;
 service terminated: +7 days) and moves to its ``expiry_date=`` partition, where the purge
 deletes it on its date. A row whose new expiry is already due at ``--run_time`` (default: now),
@@ -23,7 +24,7 @@ ends the service of the account's applications (the policy's ``cascades_to``), f
 stored category that ties a ``uin`` to an ``sdk_app_id``, so their temporary keys and
 application logs expire 7 days after it, as the policy says (``ResolveCascades``).
 
-    ReadEvents -> ParseEvents -> IndexEvents --------------------+--> SplitFiles (null partitions)
+    ReadEvents -> ParseEvents -> IndexEvents --------------------+--> SplitFiles (open-ended)
                       |             |                            |       |           |
                       |             +-> ResolveCascades ---------+   moved rows   actions
                       v                 (every linking category)       |
@@ -109,7 +110,7 @@ def _write_plan(_: object, actions: list, path: str) -> None:
 
 
 def lifecycle_categories(policy: Policy) -> tuple[str, ...]:
-    """Categories some lifecycle event can end rows of (their null partitions are read)."""
+    """Categories some lifecycle event can end rows of (their open-ended partitions are read)."""
     return tuple(
         sorted(
             name
@@ -132,7 +133,7 @@ class LifecycleConfig:
 
 
 class ApplyLifecycleEvents(beam.PTransform):
-    """Events -> staged rewrites of the null partitions and the plan of the transaction."""
+    """Events -> staged rewrites of the open-ended partitions and the plan of the transaction."""
 
     def __init__(self, config: LifecycleConfig) -> None:
         super().__init__()

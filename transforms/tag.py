@@ -5,10 +5,13 @@ policy_version`` from ``schemas/policy.yaml``: nothing here knows a retention pe
 evaluated per record (direct marketing never applies to EEA/UK or unknown-region records, and only
 when a contact field is present) and a purpose's own retention (until opt-out) replaces the
 category's while it applies. ``expires_at`` is the event time plus the fixed period, or None for
-open-ended retention (the Hive null partition, until a lifecycle event sets it).
+open-ended retention (written to the open-ended partition, ``expiry_date=9999-12-31``, until a
+lifecycle event sets it).
 
-Expiry is bounded: a row whose expiry lies past year 9999 is an ``expiry_out_of_range`` dead
-letter (no reader can hold the date), and a row that is already due at the run time (its expiry
+Expiry is bounded: a row whose expiry lies on or after 9999-12-31 is an ``expiry_out_of_range``
+dead letter (``transforms.sinks.layout.MAX_EXPIRY_MICROS``: that date names the open-ended
+partition, and a real expiry there would be merged with the open-ended rows, never purged;
+beyond it no reader can hold the date), and a row that is already due at the run time (its expiry
 date is on or before the run's UTC date, when a purge would delete it: a backfill older than its
 retention) is not written at all but counted as ``expired_on_arrival.<category>``: storing it
 would keep it past its retention.
@@ -51,7 +54,7 @@ from transforms.batches import AnyBatch, ApplyStage, Batch, RecordStage, TableBa
 from transforms.columns import BatchColumns
 from transforms.deadletter import DeadLetterContext
 from transforms.rawinput import RecordError
-from transforms.timestamps import MAX_MICROS
+from transforms.sinks.layout import MAX_EXPIRY_MICROS
 
 __all__ = ["CategoryOutput", "Tag", "TagFn", "tag_row"]
 
@@ -100,7 +103,7 @@ class ColumnTags:
 
     rows: pa.Array  # batch indices of the records that get a row
     dead: list[int]  # batch indices of the records whose expiry cannot be computed
-    out_of_range: list[int]  # batch indices of the records whose expiry is past MAX_MICROS
+    out_of_range: list[int]  # batch indices of the records whose expiry is past MAX_EXPIRY_MICROS
     policies: list[tuple[list[str], str, Retention]]  # per distinct combination of tags
     combination: pa.Array  # per row: its index in ``policies``
     expires_at: pa.Array  # per row: int64 epoch microseconds, null when open-ended
@@ -174,7 +177,7 @@ class Tagger:
         event_field = self.category.event_time
         event_time = record.get(event_field) if event_field else None
         expires_at = retention.expires_at(event_time)
-        if expires_at is not None and expires_at > MAX_MICROS:
+        if expires_at is not None and expires_at > MAX_EXPIRY_MICROS:
             raise RecordError("expiry_out_of_range")
         return purposes, label, expires_at
 
@@ -275,7 +278,7 @@ class Tagger:
         offset = pa.array(offsets, type=pa.int64()).take(combination)
         expires_at = pc.add_checked(event_time, offset)
         dead = pc.and_(offset.is_valid(), event_time.is_null())
-        out_of_range = pc.fill_null(pc.greater(expires_at, MAX_MICROS), False)
+        out_of_range = pc.fill_null(pc.greater(expires_at, MAX_EXPIRY_MICROS), False)
         dead_rows: list[int] = []
         late_rows: list[int] = []
         if dead.true_count or out_of_range.true_count:

@@ -53,7 +53,13 @@ def _canonical_ip(value: str) -> str:
             return value
     except OSError:
         pass
-    return str(ipaddress.ip_address(value.strip()))
+    address = ipaddress.ip_address(value.strip())
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    if mapped is not None and address.scope_id is None:
+        # RFC 5952 section 5: an IPv4-mapped address is written with its IPv4 part dotted
+        # (::ffff:194.25.2.129), as Python 3.13 prints it; Python 3.11 prints ::ffff:c219:281.
+        return f"::ffff:{mapped}"
+    return str(address)
 
 
 # Canonical text of the addresses seen, keyed by what was read (the compiled validator reads
@@ -62,7 +68,9 @@ _CANONICAL_IPS = BoundedMemo(_canonical_ip, 131072)
 
 
 def canonical_ip(value: str) -> str:
-    """Canonical text of an IPv4/IPv6 address (``ValueError`` if it is not one).
+    """Canonical text of an IPv4/IPv6 address (``ValueError`` if it is not one): what
+    ``ipaddress`` prints, except that an IPv4-mapped IPv6 address keeps its IPv4 part in dotted
+    form (``::FFFF:c219:281`` and ``::ffff:194.25.2.129`` are both ``::ffff:194.25.2.129``).
 
     Cached per process (only canonical forms, keyed by what was read): visitors' addresses repeat
     (1M visits ~ 100k addresses) and ``ipaddress`` parsing costs more than the rest of the

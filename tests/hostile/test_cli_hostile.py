@@ -49,7 +49,7 @@ from tests.support.outputs import RUN_TIME
 pytestmark = pytest.mark.e2e
 
 CLI_TIMEOUT = 600  # seconds; a hung run is a failure of its own
-HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+OPEN_ENDED = "9999-12-31"  # transforms.sinks.OPEN_ENDED_EXPIRY_DATE
 
 
 @dataclass(repr=False)
@@ -149,10 +149,10 @@ def test_valid_lines_are_stored_or_applied(cli_run):
     if source.name == "lifecycle":
         rows = {r["event_id"]: r for r in read_rows(cli_run.out, ["account_information"])}
         assert set(ACCOUNTS) <= set(rows), sorted(rows)
-        assert rows["a1"]["dir_expiry"] != HIVE_NULL, "the valid account_deleted event of a1"
+        assert rows["a1"]["dir_expiry"] != OPEN_ENDED, "the valid account_deleted event of a1"
         assert rows["a1"]["expires_at"] is not None
         for untouched in ("a2", "a3"):
-            assert rows[untouched]["dir_expiry"] == HIVE_NULL, untouched
+            assert rows[untouched]["dir_expiry"] == OPEN_ENDED, untouched
         applied = sum((got.report or {}).get("counts", {}).get("events_valid", {}).values())
         assert applied >= len(valid), f"{applied} valid events of {len(valid)}"
         return

@@ -242,7 +242,7 @@ def test_generic_pipeline_on_lifecycle_categories(tmp_path, category):
     )
     (row,) = read_rows(out)["parquet"]
     assert row["data_category"] == category and row["retention_rule"] == rule
-    assert row["expires_at"] is None and row["dir_expiry"] == "__HIVE_DEFAULT_PARTITION__"
+    assert row["expires_at"] is None and row["dir_expiry"] == "9999-12-31"
     assert row["legal_basis"] == "contract" and row["event_id"] == record["event_id"]
     (letter,) = dead_letters(out, category)
     assert letter["error"].startswith("missing_field:")
@@ -327,6 +327,8 @@ def test_a_new_category_is_a_yaml_and_schema_change_only(tmp_path):
         "retention": {"rule": "fixed", "days": 30},
         "store": "data_lake",
     }
+    # its uin identifies the customer (erasure, access, account deletion find it there)
+    policy["subjects"]["fields"]["webinar_registration"] = {"uin": "uin"}
     (tmp_path / "avro").mkdir()
     (tmp_path / "avro" / "webinar_registration.avsc").write_text(
         json.dumps(

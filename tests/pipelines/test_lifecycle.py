@@ -23,7 +23,7 @@ from pipelines import ingest, lifecycle, purge, visits
 from schemas.policy import load_policy
 from tests.support.outputs import RUN_TIME, dead_letters, read_rows, run_sample
 from transforms.retention.txn import FAILPOINT_ENV
-from transforms.sinks import HIVE_NULL_PARTITION
+from transforms.sinks import HIVE_NULL_PARTITION, OPEN_ENDED_EXPIRY_DATE
 from transforms.timestamps import format_utc, parse_event_time, utc_date
 
 pytestmark = pytest.mark.e2e
@@ -240,7 +240,7 @@ def test_events_move_rows_delete_expired_ones_and_dead_letter_the_rest(out, tmp_
     untouched = {("account_information", "a2"), ("console_configuration", "c4"),
                  ("customer_temporary_key", "k4"), ("customer_application_log", "l4")}  # fmt: skip
     for key in untouched:
-        assert by_id(after["parquet"])[key]["dir_expiry"] == HIVE_NULL_PARTITION
+        assert by_id(after["parquet"])[key]["dir_expiry"] == OPEN_ENDED_EXPIRY_DATE
 
     letters = {d["error"] for d in dead_letters(out, "lifecycle")}
     assert letters == {
@@ -278,6 +278,36 @@ def test_events_move_rows_delete_expired_ones_and_dead_letter_the_rest(out, tmp_
     assert not (out / "_retention").exists()
 
 
+def test_older_outputs_open_ended_rows_in_hives_null_partition_are_ended_alike(out, tmp_path):
+    """Outputs written before open-ended rows went to ``expiry_date=9999-12-31`` hold them in
+    Hive's null partition: the job reads that partition as open-ended too, and ends its rows
+    exactly as it ends them in the current layout (the rows it does not reach stay put)."""
+    legacy = tmp_path / "legacy"
+    shutil.copytree(out, legacy)
+    for partition in sorted(legacy.glob(f"*/expiry_date={OPEN_ENDED_EXPIRY_DATE}")):
+        partition.rename(partition.with_name(f"expiry_date={HIVE_NULL_PARTITION}"))
+    feed = write_jsonl(tmp_path / "events.jsonl", events(opted_out_email(out)))
+    for root in (out, legacy):
+        lifecycle.run([f"--output={root}", f"--events={feed}", *COMMON])
+
+    def state(root: Path) -> list[str]:
+        """The data rows, both open-ended partitions under one name."""
+        named = dict.fromkeys((HIVE_NULL_PARTITION, OPEN_ENDED_EXPIRY_DATE), "open-ended")
+        return sorted(
+            json.dumps(
+                {**r, "dir_expiry": named.get(r["dir_expiry"], r["dir_expiry"])},
+                sort_keys=True,
+                default=str,
+            )
+            for rows in read_rows(root).values()
+            for r in rows
+        )
+
+    assert state(legacy) == state(out)
+    assert list(legacy.glob(f"*/expiry_date={HIVE_NULL_PARTITION}/*"))  # the untouched rows
+    assert not list(legacy.glob(f"*/expiry_date={OPEN_ENDED_EXPIRY_DATE}"))
+
+
 def test_the_next_purge_deletes_moved_rows_on_their_day(out, tmp_path):
     feed = write_jsonl(tmp_path / "e.jsonl", events(opted_out_email(out))[:1])
     lifecycle.run([f"--output={out}", f"--events={feed}", *COMMON])
@@ -309,11 +339,11 @@ def corporate(root: Path) -> dict[str, str]:
 
 
 def test_an_opt_out_by_phone_or_profile_url_ends_rows_without_an_email(out, tmp_path):
-    assert corporate(out) == dict.fromkeys(CONTACTS, HIVE_NULL_PARTITION)  # kept until opt-out
+    assert corporate(out) == dict.fromkeys(CONTACTS, OPEN_ENDED_EXPIRY_DATE)  # kept until opt-out
     # their visits (and IPs) are long purged, the marketing rows stay: only an opt-out ends them
     purge.run([f"--output={out}", "--now=2027-12-31T00:00:00Z"])
     assert not list(out.glob("data_category=website_visit/*"))
-    assert corporate(out) == dict.fromkeys(CONTACTS, HIVE_NULL_PARTITION)
+    assert corporate(out) == dict.fromkeys(CONTACTS, OPEN_ENDED_EXPIRY_DATE)
     before = read_rows(out)["parquet"]
     feed = write_jsonl(
         tmp_path / "e.jsonl",
@@ -327,8 +357,8 @@ def test_an_opt_out_by_phone_or_profile_url_ends_rows_without_an_email(out, tmp_
     assert report["counts"]["events_valid"] == {"marketing_opt_out": 2}
     assert report["counts"]["rows_deleted_expired"] == {"corporate_visitor_info": 2}
     assert corporate(out) == {
-        "p-other-phone": HIVE_NULL_PARTITION,
-        "p-other-linkedin": HIVE_NULL_PARTITION,
+        "p-other-phone": OPEN_ENDED_EXPIRY_DATE,
+        "p-other-linkedin": OPEN_ENDED_EXPIRY_DATE,
     }
     gone = {("corporate_visitor_info", "p-phone"), ("corporate_visitor_info", "p-linkedin")}
     assert by_id(read_rows(out)["parquet"]) == {
@@ -355,7 +385,7 @@ def test_account_deletion_finds_its_applications_in_every_linking_category(out, 
         assert int(rows[key]["expires_at"].timestamp() * 1_000_000) == expires, key
     assert report["counts"]["derived_events"] == {"service_terminated": 2}
     for untouched in (("customer_temporary_key", "k4"), ("customer_application_log", "l4")):
-        assert rows[untouched]["dir_expiry"] == HIVE_NULL_PARTITION
+        assert rows[untouched]["dir_expiry"] == OPEN_ENDED_EXPIRY_DATE
 
 
 def test_an_expiry_due_on_the_run_date_is_deleted_at_once(out, tmp_path):

@@ -27,6 +27,7 @@ from tests.support.outputs import RUN_TIME, read_rows, run_sample
 from transforms.retention.txn import FAILPOINT_ENV
 from transforms.sinks import (
     HIVE_NULL_PARTITION,
+    OPEN_ENDED_EXPIRY_DATE,
     JsonLinesSink,
     ParquetSink,
     dead_letter_path,
@@ -69,7 +70,7 @@ def letters(root: Path) -> list[tuple[str, str]]:
 
 def unexpired(rows: list[dict], today: str) -> list[dict]:
     """The rows a purge on ``today`` keeps: open-ended, or expiring after that date."""
-    return [r for r in rows if r["dir_expiry"] == HIVE_NULL_PARTITION or r["dir_expiry"] > today]
+    return [r for r in rows if r["dir_expiry"] == OPEN_ENDED_EXPIRY_DATE or r["dir_expiry"] > today]
 
 
 def key(row: dict) -> str:
@@ -110,7 +111,7 @@ def test_purge_leaves_exactly_the_unexpired_rows(out, now):
     dated = [
         str(p.relative_to(out))
         for p in [*out.glob("data_category=*/expiry_date=*"), *out.glob("_dead_letter/*/*")]
-        if p.name != f"expiry_date={HIVE_NULL_PARTITION}"
+        if p.name != f"expiry_date={OPEN_ENDED_EXPIRY_DATE}"
     ]
     report = purge.run([f"--output={out}", f"--now={now}"])
     after = read_rows(out)["parquet"]
@@ -130,6 +131,40 @@ def test_purge_leaves_exactly_the_unexpired_rows(out, now):
     assert not (out / "_retention").exists()
 
 
+@pytest.mark.parametrize("now", ["2030-01-01T00:00:00Z", "9999-12-31T23:59:59Z"])
+def test_open_ended_partitions_are_never_due_whatever_the_date(out, now):
+    """Open-ended rows are in ``expiry_date=9999-12-31``, and in outputs written before that,
+    in Hive's null partition: the purge deletes neither, not even on 9999-12-31 itself (they
+    are never due by rule, not by a date comparison), and deletes every dated one."""
+    category = out / "data_category=corporate_visitor_info"
+    current = category / f"expiry_date={OPEN_ENDED_EXPIRY_DATE}"
+    assert list(current.glob("*.parquet")), "the sample has visitors kept until opt-out"
+    # an older output's open-ended partition: the same kind of files under Hive's null name
+    shutil.copytree(current, category / f"expiry_date={HIVE_NULL_PARTITION}")
+    open_ended = {
+        rel: digest
+        for rel, digest in inventory(out).items()
+        if f"/expiry_date={OPEN_ENDED_EXPIRY_DATE}/" in rel
+        or f"/expiry_date={HIVE_NULL_PARTITION}/" in rel
+    }
+    assert {rel.split("/")[1] for rel in open_ended} == {
+        f"expiry_date={OPEN_ENDED_EXPIRY_DATE}",
+        f"expiry_date={HIVE_NULL_PARTITION}",
+    }
+    report = purge.run([f"--output={out}", f"--now={now}"])
+    left = {
+        rel: digest
+        for rel, digest in inventory(out).items()
+        if rel.startswith(("data_category=", "_dead_letter/"))
+    }
+    assert left == open_ended  # byte for byte; everything dated is gone
+    assert report["partitions"] and all(
+        p["expiry_date"] not in (OPEN_ENDED_EXPIRY_DATE, HIVE_NULL_PARTITION)
+        for p in report["partitions"]
+    )
+    assert report["unrecognised_partitions"] == []  # both are known, as open-ended
+
+
 def test_a_daily_purge_at_midnight_never_keeps_a_row_past_its_expiry(out):
     """ "Within N days" is at most N days: a purge at 00:00 UTC leaves only rows that expire at
     or after the next midnight, so run daily it never keeps a row past its ``expires_at``.
@@ -137,7 +172,9 @@ def test_a_daily_purge_at_midnight_never_keeps_a_row_past_its_expiry(out):
     Between two expiry dates a daily purge deletes nothing, so the purge on each expiry date is
     checked: what it keeps must all expire at or after the midnight that ends that date."""
     rows, dead = read_rows(out)["parquet"], letters(out)
-    dates = sorted({r["dir_expiry"] for r in rows} - {HIVE_NULL_PARTITION} | {d for d, _ in dead})
+    dates = sorted(
+        {r["dir_expiry"] for r in rows} - {OPEN_ENDED_EXPIRY_DATE} | {d for d, _ in dead}
+    )
     for date in dates:
         purge.run([f"--output={out}", f"--now={date}T00:00:00Z"])
         next_run = dt.datetime.fromisoformat(f"{date}T00:00:00+00:00") + dt.timedelta(days=1)

@@ -252,9 +252,7 @@ def test_tags_expiry_and_partitions(visits_run):
     for row in rows:
         assert row["dir_category"] == row["data_category"]
         expected = (
-            row["expires_at"].date().isoformat()
-            if row["expires_at"] is not None
-            else "__HIVE_DEFAULT_PARTITION__"
+            row["expires_at"].date().isoformat() if row["expires_at"] is not None else "9999-12-31"
         )
         assert row["dir_expiry"] == expected
         assert row["policy_version"].startswith("sha256:")
@@ -264,7 +262,7 @@ def test_tags_expiry_and_partitions(visits_run):
     assert str(us["visited_at"]) == "2026-10-05 15:30:00+00:00"
     corporate = by_id(rows, "corporate_visitor_info")
     assert corporate["us"]["retention_rule"] == "until_opt_out"
-    assert corporate["us"]["dir_expiry"] == "__HIVE_DEFAULT_PARTITION__"
+    assert corporate["us"]["dir_expiry"] == "9999-12-31"
     assert "direct_marketing" not in corporate["de"]["purposes"]
 
 

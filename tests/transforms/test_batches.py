@@ -26,6 +26,7 @@ from transforms.columns import BatchColumns
 from transforms.deadletter import DEAD_LETTER_TAG, RecordError
 from transforms.rawinput import Withheld
 from transforms.read import ReadRecords, byte_ranges, read_line_batches
+from transforms.sinks import MAX_EXPIRY_MICROS
 from transforms.tag import CategoryOutput, TagFn, Tagger
 from transforms.timestamps import parse_event_time
 
@@ -506,9 +507,28 @@ def test_rows_expired_at_the_run_time_are_counted_not_written(policy, dl_context
 
 
 @pytest.mark.parametrize("tables", [True, False])
-def test_an_expiry_past_year_9999_is_a_dead_letter(policy, dl_context, tables):
-    late = parse_event_time("9999-12-25T00:00:00Z")  # + 14 days: year 10000
-    batch = [{"event_id": "late", "logged_at": late, "sdk_app_id": "1"}]
+@pytest.mark.parametrize(
+    "event_time",
+    [
+        "9999-12-25T00:00:00Z",  # + 14 days: year 10000
+        # + 14 days: 9999-12-31, the date of the open-ended partition; such a row would be
+        # merged with the open-ended rows and never purged
+        "9999-12-17T00:00:00Z",
+        "9999-12-17T23:59:59.999999Z",
+    ],
+)
+def test_an_expiry_on_or_after_9999_12_31_is_a_dead_letter(policy, dl_context, tables, event_time):
+    late = parse_event_time(event_time)
+    batch = [
+        {"event_id": "late", "logged_at": late, "sdk_app_id": "1"},
+        # + 14 days: 9999-12-30T23:59:59.999999, the last real expiry
+        {"event_id": "last", "logged_at": MAX_EXPIRY_MICROS - 14 * DAY, "sdk_app_id": "1"},
+    ]
     out, dead, _, _ = _tag(policy, dl_context, "sdk_logs", batch, tables=tables)
-    assert out == [] or all(not rows for rows in out)
+    ids = (
+        [e for _, t in out for e in t["event_id"].to_pylist()]
+        if tables
+        else [r["event_id"] for rows in out for r in rows]
+    )
+    assert ids == ["last"]
     assert [(d["error"], d["event_id"]) for d in dead] == [("expiry_out_of_range", "late")]

@@ -61,7 +61,7 @@ def test_ip_is_canonical():
     record = validate_record({**GOOD, "ip": " 2001:DB8:0:0::1 "}, SPECS, "visited_at")
     assert record["ip"] == "2001:db8::1"
     mapped = validate_record({**GOOD, "ip": "::FFFF:8.8.8.8"}, SPECS, "visited_at")
-    assert mapped["ip"] == "::ffff:808:808"
+    assert mapped["ip"] == "::ffff:8.8.8.8"  # IPv4-mapped: dotted, as written (RFC 5952)
 
 
 @pytest.mark.parametrize(
@@ -273,13 +273,26 @@ def test_decoding_is_the_standard_librarys(line):
     )
 )
 def test_canonical_ip_is_ipaddress(value):
+    """What ``ipaddress`` prints, an IPv4-mapped address with its IPv4 part dotted."""
     try:
-        expected = str(ipaddress.ip_address(value.strip()))
+        address = ipaddress.ip_address(value.strip())
     except ValueError:
         with pytest.raises(ValueError):
             canonical_ip(value)
         return
+    mapped = getattr(address, "ipv4_mapped", None)
+    expected = f"::ffff:{mapped}" if mapped is not None else str(address)
     assert canonical_ip(value) == expected
+    assert ipaddress.ip_address(canonical_ip(value)) == address  # the same address
+
+
+@pytest.mark.parametrize(
+    "written",
+    ["::ffff:194.25.2.129", "::FFFF:C219:281", "0:0:0:0:0:ffff:c219:0281", " ::ffff:194.25.2.129"],
+)
+def test_an_ipv4_mapped_address_is_stored_dotted(written):
+    """RFC 5952 section 5, and what Python 3.13 prints: never 3.11's ``::ffff:c219:281``."""
+    assert canonical_ip(written) == "::ffff:194.25.2.129"
 
 
 _FIELD_VALUES = st.one_of(

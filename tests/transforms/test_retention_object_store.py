@@ -20,7 +20,7 @@ from pipelines.options import bundled
 from tests.support.objectstore import OBJECTS
 from tests.support.outputs import RUN_TIME
 from transforms.retention.txn import Transaction, apply_actions, recover
-from transforms.sinks import HIVE_NULL_PARTITION
+from transforms.sinks import OPEN_ENDED_EXPIRY_DATE
 
 ROOT = "memstore://retention/out"
 COMMON = ["--runner=FnApiRunner", f"--run_time={RUN_TIME}"]
@@ -74,7 +74,7 @@ def test_purge_lifecycle_and_erase_on_an_object_store(store, tmp_path):
     lifecycle.run([f"--output={store}", f"--events={events}", *COMMON])
     accounts = rows("account_information")
     assert accounts["a1"]["dir_expiry"] == "2026-12-29"
-    assert accounts["a2"]["dir_expiry"] == HIVE_NULL_PARTITION
+    assert accounts["a2"]["dir_expiry"] == OPEN_ENDED_EXPIRY_DATE
 
     uin = next(r["uin"] for r in rows("sdk_log").values() if r["uin"])
     requests = tmp_path / "requests.jsonl"

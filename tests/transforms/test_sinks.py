@@ -34,6 +34,8 @@ from schemas.arrow import arrow_schema, to_arrow_table
 from tests.support.objectstore import OBJECTS  # registers the memstore:// filesystem
 from transforms.sinks import (
     HIVE_NULL_PARTITION,
+    MAX_EXPIRY_MICROS,
+    OPEN_ENDED_EXPIRY_DATE,
     JsonLinesSink,
     ParquetSink,
     WriteDeadLetters,
@@ -178,8 +180,20 @@ def test_expiry_date_is_the_utc_date(iso, day):
     assert expiry_date(micros(iso)) == day
 
 
-def test_expiry_date_open_ended_is_the_hive_null_partition():
-    assert expiry_date(None) == HIVE_NULL_PARTITION == "__HIVE_DEFAULT_PARTITION__"
+def test_expiry_date_open_ended_is_the_end_of_time():
+    """Open-ended rows go to a date every reader types like the other partitions, not to
+    Hive's null partition (which pyarrow, Spark and Polars cannot type when it is alone)."""
+    assert expiry_date(None) == OPEN_ENDED_EXPIRY_DATE == "9999-12-31"
+
+
+def test_no_real_expiry_lands_in_the_open_ended_partition():
+    """The last real expiry is the end of 9999-12-30; a later one would be merged with the
+    open-ended rows and never purged, so it is an error, not a partition."""
+    assert expiry_date(MAX_EXPIRY_MICROS) == "9999-12-30"
+    assert as_utc(MAX_EXPIRY_MICROS + 1) == dt.datetime(9999, 12, 31, tzinfo=dt.UTC)
+    for late in (MAX_EXPIRY_MICROS + 1, micros("9999-12-31T23:59:59.999999+00:00")):
+        with pytest.raises(ValueError, match="open-ended partition"):
+            expiry_date(late)
 
 
 @pytest.mark.parametrize("bad", [True, 1.5, "2025-01-01", dt.datetime(2025, 1, 1)])
@@ -193,7 +207,7 @@ def test_expiry_date_out_of_range_is_a_clear_error():
         expiry_date(2**62)
 
 
-@given(st.integers(-62_135_596_800_000_000, 253_402_300_799_999_999))
+@given(st.integers(-62_135_596_800_000_000, MAX_EXPIRY_MICROS))
 def test_expiry_date_agrees_with_datetime(us):
     assert expiry_date(us) == as_utc(us).date().isoformat()
 
@@ -204,13 +218,13 @@ def test_partition_paths():
         partition_path("website_visit", at) == "data_category=website_visit/expiry_date=2025-01-01"
     )
     assert partition_path("website_visit", None) == (
-        "data_category=website_visit/expiry_date=__HIVE_DEFAULT_PARTITION__"
+        "data_category=website_visit/expiry_date=9999-12-31"
     )
     # Values are escaped like Hive does, so a value can never add a directory level.
     assert partition_path("a/b=c", at) == "data_category=a%2Fb%3Dc/expiry_date=2025-01-01"
     assert dead_letter_path("visits", at) == "_dead_letter/source=visits/expiry_date=2025-01-01"
     assert dead_letter_path(None, None) == (
-        "_dead_letter/source=__HIVE_DEFAULT_PARTITION__/expiry_date=__HIVE_DEFAULT_PARTITION__"
+        "_dead_letter/source=__HIVE_DEFAULT_PARTITION__/expiry_date=9999-12-31"
     )
 
 
@@ -416,9 +430,9 @@ def test_parquet_layout_rows_timestamps_codec_and_counters(tmp_path):
     }
     expected_dirs = {f"data_category=visit/expiry_date={d}" for d in expected_visit_days}
     expected_dirs |= {
-        f"data_category=visit/expiry_date={HIVE_NULL_PARTITION}",
+        f"data_category=visit/expiry_date={OPEN_ENDED_EXPIRY_DATE}",
         "data_category=company/expiry_date=2025-01-01",
-        f"data_category=company/expiry_date={HIVE_NULL_PARTITION}",
+        f"data_category=company/expiry_date={OPEN_ENDED_EXPIRY_DATE}",
     }
     assert set(layout) == expected_dirs
     assert all(len(files) == 1 for files in layout.values())
@@ -469,9 +483,10 @@ def test_parquet_layout_rows_timestamps_codec_and_counters(tmp_path):
     )
     table = dataset.to_table()
     assert table.num_rows == len(visits)
-    nulls = table.filter(pa.compute.is_null(table.column("expiry_date")))
-    assert sorted(nulls.column("event_id").to_pylist()) == ["v0100", "v0101", "v0102"]
-    assert nulls.column("expires_at").null_count == 3
+    open_ended = table.filter(pa.compute.equal(table.column("expiry_date"), OPEN_ENDED_EXPIRY_DATE))
+    assert sorted(open_ended.column("event_id").to_pylist()) == ["v0100", "v0101", "v0102"]
+    assert open_ended.column("expires_at").null_count == 3  # the rows' own expiry stays null
+    assert table.column("expiry_date").null_count == 0
 
     assert counters(result) == {"written.visit": len(visits), "written.company": len(companies)}
 
@@ -561,7 +576,7 @@ def test_shards_bound_files_per_partition_and_assignment_is_deterministic(tmp_pa
     assert sum(len(first[k]) for k in full_day) == 300
     assert all(len(first[k]) > 50 for k in full_day)  # CRC32 spreads the rows
     # A partition with one row gets one file, not three (two of them empty).
-    null_files = [k for k in first if HIVE_NULL_PARTITION in k]
+    null_files = [k for k in first if OPEN_ENDED_EXPIRY_DATE in k]
     assert len(null_files) == 1
     assert first[null_files[0]] == ["v1000"]
 
@@ -681,7 +696,7 @@ def test_dead_letters_layout_content_and_counters(tmp_path):
                 [
                     "expiry_date=2025-01-01",
                     "expiry_date=2025-01-02",
-                    f"expiry_date={HIVE_NULL_PARTITION}",
+                    f"expiry_date={OPEN_ENDED_EXPIRY_DATE}",
                 ]
             ),
         )
@@ -691,7 +706,7 @@ def test_dead_letters_layout_content_and_counters(tmp_path):
     assert set(layout) == {
         "_dead_letter/source=visits/expiry_date=2025-01-01",
         "_dead_letter/source=visits/expiry_date=2025-01-02",
-        f"_dead_letter/source=sdk_logs/expiry_date={HIVE_NULL_PARTITION}",
+        f"_dead_letter/source=sdk_logs/expiry_date={OPEN_ENDED_EXPIRY_DATE}",
     }
     assert all(len(files) == 1 for files in layout.values())
     (first,) = layout["_dead_letter/source=visits/expiry_date=2025-01-01"]
@@ -718,7 +733,7 @@ def test_dead_letters_layout_content_and_counters(tmp_path):
         assert line == json.dumps(json.loads(line), sort_keys=True, ensure_ascii=False)
     (guard,) = layout["_dead_letter/source=visits/expiry_date=2025-01-02"]
     assert json.loads(guard.read_text())["raw"] == {"event_id": "e9"}
-    (open_ended,) = layout[f"_dead_letter/source=sdk_logs/expiry_date={HIVE_NULL_PARTITION}"]
+    (open_ended,) = layout[f"_dead_letter/source=sdk_logs/expiry_date={OPEN_ENDED_EXPIRY_DATE}"]
     assert json.loads(open_ended.read_text())["expires_at"] is None
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     assert counters(result) == {
@@ -963,11 +978,11 @@ def test_object_store_without_directories():
 
     run(build)
     assert sorted(OBJECTS) == [
-        f"{root}/_dead_letter/source=visits/expiry_date={HIVE_NULL_PARTITION}/part-00000-of-00001-obj.jsonl",
+        f"{root}/_dead_letter/source=visits/expiry_date={OPEN_ENDED_EXPIRY_DATE}/part-00000-of-00001-obj.jsonl",
         f"{root}/data_category=visit/expiry_date=2025-01-01/part-00000-of-00001-obj.avro",
         f"{root}/data_category=visit/expiry_date=2025-01-01/part-00000-of-00001-obj.parquet",
-        f"{root}/data_category=visit/expiry_date={HIVE_NULL_PARTITION}/part-00000-of-00001-obj.avro",
-        f"{root}/data_category=visit/expiry_date={HIVE_NULL_PARTITION}/part-00000-of-00001-obj.parquet",
+        f"{root}/data_category=visit/expiry_date={OPEN_ENDED_EXPIRY_DATE}/part-00000-of-00001-obj.avro",
+        f"{root}/data_category=visit/expiry_date={OPEN_ENDED_EXPIRY_DATE}/part-00000-of-00001-obj.parquet",
     ]
     table = pq.read_table(
         pa.BufferReader(
@@ -981,7 +996,7 @@ def test_object_store_without_directories():
         fastavro.reader(
             io.BytesIO(
                 OBJECTS[
-                    f"{root}/data_category=visit/expiry_date={HIVE_NULL_PARTITION}/part-00000-of-00001-obj.avro"
+                    f"{root}/data_category=visit/expiry_date={OPEN_ENDED_EXPIRY_DATE}/part-00000-of-00001-obj.avro"
                 ]
             )
         )
@@ -1232,19 +1247,23 @@ def test_buffer_partitions_spills_sorted_runs_within_budget(tmp_path):
 
 def test_destination_keys_match_partition_path():
     """The vectorised expiry day is ``expiry_date`` of every instant, including around
-    midnight, before 1970 and the null partition."""
+    midnight, before 1970, the last real expiry and open-ended rows."""
     instants = [micros(iso) for iso, _day in BOUNDARIES] + [None, 0, -1, 1, DAY_US, -DAY_US]
-    instants += [micros("0001-01-01T00:00:00+00:00"), micros("9999-12-31T23:59:59.999999+00:00")]
+    instants += [micros("0001-01-01T00:00:00+00:00"), MAX_EXPIRY_MICROS]
     table = visit_table([visit(i, at) for i, at in enumerate(instants)])
     keys = _destination_keys(table, 1, "event_id").to_pylist()
     assert [_destination("visit", k, 1, partition_path)[1] for k in keys] == [
         partition_path("visit", at) for at in instants
     ]
+    # A real expiry on the open-ended partition's date never gets a directory.
+    (late,) = _destination_keys(visit_table([visit(0, MAX_EXPIRY_MICROS + 1)]), 1, "event_id")
+    with pytest.raises(ValueError, match="open-ended partition"):
+        _destination("visit", late.as_py(), 1, partition_path)
 
 
 @given(
     st.lists(
-        st.one_of(st.none(), st.integers(-62_135_596_800_000_000, 253_402_300_799_999_999)),
+        st.one_of(st.none(), st.integers(-62_135_596_800_000_000, MAX_EXPIRY_MICROS)),
         min_size=1,
         max_size=20,
     ),
@@ -1418,7 +1437,7 @@ def test_write_tables_millis_fields_in_avro_and_parquet(tmp_path):
 
     run(build)
     (avro_file,) = files_under(tmp_path, ".avro")
-    assert avro_file.parent.name == f"expiry_date={HIVE_NULL_PARTITION}"  # no expires_at
+    assert avro_file.parent.name == f"expiry_date={OPEN_ENDED_EXPIRY_DATE}"  # no expires_at
     with open(avro_file, "rb") as fh:
         records = list(fastavro.reader(fh))
     assert [r["at_ms"] for r in records] == [

@@ -2,16 +2,23 @@
 
 Only these files belong to the layout, and only they are ever deleted or rewritten::
 
-    data_category=<category>/expiry_date=<YYYY-MM-DD | __HIVE_DEFAULT_PARTITION__>/<file>
-    _dead_letter/source=<source>/expiry_date=<YYYY-MM-DD | __HIVE_DEFAULT_PARTITION__>/<file>
+    data_category=<category>/expiry_date=<YYYY-MM-DD>/<file>
+    _dead_letter/source=<source>/expiry_date=<YYYY-MM-DD>/<file>
+
+Open-ended rows are in ``expiry_date=9999-12-31`` (``transforms.sinks.OPEN_ENDED_EXPIRY_DATE``),
+and in outputs written before that date was chosen, in Hive's null partition
+``expiry_date=__HIVE_DEFAULT_PARTITION__``. Both are *open-ended*: never due, whatever the date,
+only a lifecycle event or an erasure takes rows out of them.
 
 Everything else under the root (``_reports/``, ``_retention/``, the sinks' ``.temp-*`` folders,
 files a user put there) is outside the layout and never touched. A partition whose
-``expiry_date`` is neither a calendar date nor Hive's null partition is *unrecognised*: it is
+``expiry_date`` is neither a calendar date nor an open-ended value is *unrecognised*: it is
 reported, never deleted (fail closed: we do not guess what a malformed name means).
 
-Listing is one ``FileSystems.match`` of ``<root>/**`` (a recursive walk on local disks, one
-prefix listing on object stores), so the same code runs on local paths, ``gs://`` and ``s3://``.
+The root is always taken literally, glob characters and all (``out[x]`` is not ``outx``:
+``transforms.paths``): a local root is walked with ``os``, an object-store root is listed with
+one ``FileSystems.match`` of its escaped ``<root>/**`` (one prefix listing), so the same code
+runs on local paths, ``gs://`` and ``s3://``.
 """
 
 from __future__ import annotations
@@ -19,18 +26,24 @@ from __future__ import annotations
 import datetime as dt
 import re
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.localfilesystem import LocalFileSystem
 
-from transforms.sinks import DEAD_LETTER_DIR, EXTENSIONS, HIVE_NULL_PARTITION
+from transforms.paths import is_local, list_files, literal_pattern, match
+from transforms.sinks import (
+    DEAD_LETTER_DIR,
+    EXTENSIONS,
+    HIVE_NULL_PARTITION,
+    OPEN_ENDED_EXPIRY_DATE,
+)
 
 __all__ = [
     "DATA",
     "DEAD_LETTER",
+    "OPEN_ENDED_VALUES",
     "LayoutFile",
     "NotAnOutputRootError",
     "Partition",
@@ -38,6 +51,7 @@ __all__ = [
     "classify",
     "due",
     "full_path",
+    "has_partition_files",
     "is_local",
     "list_layout",
     "normalise_root",
@@ -56,6 +70,9 @@ _LAYOUT = re.compile(
     + r"/source=(?P<source>[^/]+))/expiry_date=(?P<expiry>[^/]+))/(?P<rest>.+)$"
 )
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# The expiry_date values of open-ended partitions: the layout's, and the Hive null partition
+# that outputs written before it hold. Never due.
+OPEN_ENDED_VALUES = frozenset({OPEN_ENDED_EXPIRY_DATE, HIVE_NULL_PARTITION})
 
 
 def due(expiry_date: dt.date, today: dt.date) -> bool:
@@ -80,17 +97,19 @@ class Partition:
 
     kind: str  # DATA or DEAD_LETTER
     name: str  # the category or the source, unescaped
-    expiry: str  # the directory value: a date, or HIVE_NULL_PARTITION, or something unrecognised
+    expiry: str  # the directory value: a date, an OPEN_ENDED_VALUES one, or unrecognised
     rel_dir: str  # relative to the root, as written (escaped)
 
     @property
     def open_ended(self) -> bool:
-        return self.expiry == HIVE_NULL_PARTITION
+        """Rows with no fixed expiry: ``9999-12-31``, or the legacy Hive null partition."""
+        return self.expiry in OPEN_ENDED_VALUES
 
     @property
     def expiry_date(self) -> dt.date | None:
-        """The partition's date; None for the null partition and for unrecognised values."""
-        if not _DATE.match(self.expiry):
+        """The partition's date; None for open-ended partitions (``9999-12-31`` names "no
+        date", it is not one) and for unrecognised values."""
+        if self.open_ended or not _DATE.match(self.expiry):
             return None
         try:
             return dt.date.fromisoformat(self.expiry)
@@ -102,8 +121,10 @@ class Partition:
         return self.open_ended or self.expiry_date is not None
 
     def expired(self, today: dt.date) -> bool:
-        """True when the partition is :func:`due` on ``today`` (a UTC date). Never true for the
-        null partition or an unrecognised value."""
+        """True when the partition is :func:`due` on ``today`` (a UTC date). Never true for an
+        open-ended partition (explicitly, not by comparing its date) or an unrecognised value."""
+        if self.open_ended:
+            return False
         date = self.expiry_date
         return date is not None and due(date, today)
 
@@ -154,10 +175,6 @@ def full_path(root: str, rel: str) -> str:
     return FileSystems.join(root, rel)
 
 
-def is_local(path: str) -> bool:
-    return isinstance(FileSystems.get_filesystem(path), LocalFileSystem)
-
-
 def classify(rel: str) -> Partition | None:
     """The partition of a path relative to the root, or None when it is outside the layout."""
     found = _LAYOUT.match(rel)
@@ -178,11 +195,10 @@ def _relative(root: str, path: str) -> str | None:
 
 
 def list_layout(root: str) -> list[LayoutFile]:
-    """Every file of the layout under ``root`` (sorted by relative path)."""
-    pattern = FileSystems.join(root, "**")
-    (result,) = FileSystems.match([pattern])
+    """Every file of the layout under ``root``, the root taken literally (sorted by relative
+    path)."""
     files = []
-    for meta in result.metadata_list:
+    for meta in list_files(root):
         rel = _relative(root, meta.path)
         if rel is None:
             continue
@@ -190,6 +206,29 @@ def list_layout(root: str) -> list[LayoutFile]:
         if partition is not None:
             files.append(LayoutFile(meta.path, rel, partition, int(meta.size_in_bytes or 0)))
     return sorted(files, key=lambda f: f.rel)
+
+
+_PARTITION_FILES = [
+    ("data_category=*", "expiry_date=*", "*"),
+    (DEAD_LETTER_DIR, "source=*", "expiry_date=*", "*"),
+]
+
+
+def _any_file(root: str, globs: Sequence[Sequence[str]]) -> bool:
+    """Whether any file matches one of ``globs`` (path segments) under ``root``, the root taken
+    literally: pathlib's glob below a local root, an escaped pattern elsewhere."""
+    if is_local(root):
+        found = (p for parts in globs for p in Path(root).glob("/".join(parts)) if p.is_file())
+        return next(found, None) is not None
+    patterns = [literal_pattern(root, *parts) for parts in globs]
+    return any(result.metadata_list for result in match(patterns, limits=[1] * len(patterns)))
+
+
+def has_partition_files(root: str) -> bool:
+    """Whether any partition (data or dead letters) under ``root`` holds a file: a probe by
+    other means than :func:`list_layout`, so that an erasure whose listing found nothing can
+    tell an empty layout from a listing that missed it."""
+    return _any_file(root, _PARTITION_FILES)
 
 
 def _top_level_names(root: str) -> set[str]:
@@ -216,14 +255,8 @@ def check_output_root(root: str) -> None:
                 f"{root} does not look like an output root (no data_category=*/, "
                 f"{DEAD_LETTER_DIR}/ or {REPORTS_DIR}/ in it): refusing to touch it"
             )
-    patterns = [
-        FileSystems.join(root, "data_category=*", "expiry_date=*", "*"),
-        FileSystems.join(root, DEAD_LETTER_DIR, "source=*", "expiry_date=*", "*"),
-        FileSystems.join(root, REPORTS_DIR, "*.json"),
-    ]
-    for result in FileSystems.match(patterns, limits=[1] * len(patterns)):
-        if result.metadata_list:
-            return
+    if _any_file(root, [*_PARTITION_FILES, (REPORTS_DIR, "*.json")]):
+        return
     raise NotAnOutputRootError(
         f"{root} does not look like an output root (no partition files and no run reports): "
         "refusing to touch it"

@@ -3,13 +3,14 @@
 Layout under the output directory (the data contract, ``docs/design.md``)::
 
     data_category=<category>/expiry_date=<YYYY-MM-DD>/part-<shard>-of-<n>-<token>.parquet|.avro
-    data_category=<category>/expiry_date=__HIVE_DEFAULT_PARTITION__/...   (expires_at is None)
+    data_category=<category>/expiry_date=9999-12-31/...   (expires_at is None: open-ended)
     _dead_letter/source=<source>/expiry_date=<YYYY-MM-DD>/part-<shard>-of-<n>-<token>.jsonl
 
 Why partition by expiry date: retention is enforced by deleting whole directories
 (``pipelines.purge``), never by rewriting files, so every file must hold rows that expire
 on the same UTC day. ``expiry_date`` is the UTC calendar date of ``expires_at`` (int epoch
-microseconds); open-ended retention (``expires_at`` None) goes to Hive's null partition.
+microseconds); open-ended retention (``expires_at`` None) goes to the partition dated
+``layout.OPEN_ENDED_EXPIRY_DATE`` ("end of time"), a date every reader types like the others.
 
 How files are bounded (writing Hive partitions per batch inside a DoFn multiplies files, 1,300
 to 15,000 for 60 partitions as ``BatchElements`` sizes batches by timing): a destination is
@@ -81,6 +82,8 @@ from transforms.sinks.layout import (
     DEAD_LETTER_DIR,
     EXTENSIONS,
     HIVE_NULL_PARTITION,
+    MAX_EXPIRY_MICROS,
+    OPEN_ENDED_EXPIRY_DATE,
     dead_letter_path,
     expiry_date,
     micros_to_iso,
@@ -95,6 +98,8 @@ __all__ = [
     "DEFAULT_ROW_GROUP_SIZE",
     "EXTENSIONS",
     "HIVE_NULL_PARTITION",
+    "MAX_EXPIRY_MICROS",
+    "OPEN_ENDED_EXPIRY_DATE",
     "JsonLinesSink",
     "ParquetSink",
     "WriteDeadLetters",

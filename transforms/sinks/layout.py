@@ -6,6 +6,7 @@ what they wrote (``transforms.retention``), so the layout is spelled out once, h
 
 from __future__ import annotations
 
+import datetime as dt
 import urllib.parse
 import uuid
 
@@ -13,7 +14,26 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.timestamps import format_utc, utc_date
 
+# Hive's name for a null partition value. Only a null category or dead-letter source gets it;
+# open-ended rows get OPEN_ENDED_EXPIRY_DATE. Outputs written before that change have their
+# open-ended rows under expiry_date=__HIVE_DEFAULT_PARTITION__: the retention jobs still read
+# that partition as open-ended (transforms.retention.layout), never as due.
 HIVE_NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
+# The partition of open-ended rows (null expires_at: direct marketing until opt-out, account and
+# service lifetime): "end of time", no fixed expiry; kept until an event or a request ends it.
+# A date, not Hive's null partition, because a reader that infers the partition column's type
+# from its values fails or types it apart when a category has only the null partition (pyarrow:
+# "No non-null segments were available for field 'expiry_date'"; Spark: void; Polars: String
+# where the others are Date). The rows' own expires_at stays null; no real expiry can fall on
+# this date (MAX_EXPIRY_MICROS), and the purge never deletes the partition, whatever --now says.
+OPEN_ENDED_EXPIRY_DATE = "9999-12-31"
+# The last instant a real expiry may have: the end of the day before OPEN_ENDED_EXPIRY_DATE.
+# Later is an ``expiry_out_of_range`` dead letter (transforms.tag, transforms.retention.lifecycle),
+# never a row merged into the open-ended partition.
+MAX_EXPIRY_MICROS = (
+    dt.datetime.fromisoformat(OPEN_ENDED_EXPIRY_DATE).replace(tzinfo=dt.UTC)
+    - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+) // dt.timedelta(microseconds=1) - 1
 DEAD_LETTER_DIR = "_dead_letter"
 FORMATS = ("parquet", "avro")
 EXTENSIONS = {"parquet": ".parquet", "avro": ".avro", "jsonl": ".jsonl"}
@@ -31,10 +51,21 @@ def _check_micros(value: object, what: str) -> int:
 
 
 def expiry_date(expires_at_micros: int | None) -> str:
-    """UTC calendar date ``YYYY-MM-DD`` of ``expires_at``, or Hive's null partition name."""
+    """UTC calendar date ``YYYY-MM-DD`` of ``expires_at``, or :data:`OPEN_ENDED_EXPIRY_DATE`
+    when it is None (open-ended retention).
+
+    A real expiry past :data:`MAX_EXPIRY_MICROS` is a ``ValueError``: its rows would be merged
+    with the open-ended ones and never purged (the stages before the sinks make such a record
+    an ``expiry_out_of_range`` dead letter, so this is a last check, not a route)."""
     if expires_at_micros is None:
-        return HIVE_NULL_PARTITION
-    return utc_date(_check_micros(expires_at_micros, "expires_at"))
+        return OPEN_ENDED_EXPIRY_DATE
+    day = utc_date(_check_micros(expires_at_micros, "expires_at"))
+    if expires_at_micros > MAX_EXPIRY_MICROS:
+        raise ValueError(
+            f"expires_at {expires_at_micros} is on or after {OPEN_ENDED_EXPIRY_DATE}, the date of "
+            "the open-ended partition"
+        )
+    return day
 
 
 def micros_to_iso(micros: int) -> str:
@@ -43,7 +74,8 @@ def micros_to_iso(micros: int) -> str:
 
 
 def _hive_value(value: object) -> str:
-    """Partition value: None/empty -> Hive's null partition, else URI-escaped.
+    """Partition value of a category or source: None/empty -> Hive's null partition, else
+    URI-escaped.
 
     Escaping keeps a value from adding a directory level ('/') or a bogus key ('=');
     pyarrow's hive partitioning (segment_encoding="uri") decodes it back.

@@ -25,7 +25,8 @@ from transforms.sinks.files import _floor_div, _micros_column
 from transforms.sinks.layout import Destination
 
 _MICROS_PER_DAY = 86_400_000_000
-# Day key of the null partition: beyond any day an int64 of microseconds can reach (~1e8).
+# Day key of open-ended rows (null expires_at; written to layout.OPEN_ENDED_EXPIRY_DATE): beyond
+# any day an int64 of microseconds can reach (~1e8), so never the key of a real expiry day.
 _NULL_DAY = 1 << 32
 # Rows per record batch in a temp file.
 _RUN_BATCH_ROWS = 64 * 1024
@@ -65,7 +66,7 @@ def _row_shards(table: pa.Table, shards: int, shard_key: str) -> pa.Array:
 
 
 def _destination_keys(table: pa.Table, shards: int, shard_key: str) -> pa.ChunkedArray:
-    """One int64 per row: ``expiry day * shards + shard`` (the null partition's day is
+    """One int64 per row: ``expiry day * shards + shard`` (the day of open-ended rows is
     ``_NULL_DAY``), computed with Arrow kernels; Python per row only when ``shards`` > 1."""
     if "expires_at" in table.column_names:
         days = _floor_div(_micros_column(table.column("expires_at")), _MICROS_PER_DAY)
