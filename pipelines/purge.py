@@ -9,10 +9,12 @@ N days, so a row goes on the UTC date of its ``expires_at``, not after it
 (``transforms.retention.layout.due``): run the purge daily at 00:00 UTC and no row is kept past
 its ``expires_at`` (a row may go up to a day early, never late).
 
-Never touched: an unexpired partition, the Hive null partition (open-ended retention, until a
-lifecycle event sets the expiry), a partition whose date is not a date, and anything outside the
-layout (``_reports/``, ``_retention/``, the sinks' temp folders, foreign files). A directory that
-does not look like an output root is refused.
+Never touched: an unexpired partition, an open-ended partition (``expiry_date=9999-12-31``, and
+the Hive null partition of outputs written before it: open-ended retention, until a lifecycle
+event sets the expiry; never due, whatever ``--now`` says), a partition whose date is not a date,
+and anything outside the layout (``_reports/``, ``_retention/``, the sinks' temp folders, foreign
+files). A directory that does not look like an output root is refused. ``--output`` is taken
+literally: ``out[x]`` is that directory, not a glob (``transforms.paths``).
 
 Safe to interrupt and to rerun: the partitions to delete are committed to a journal
 (``transforms.retention.txn``) before the first deletion, every deletion is idempotent, and the
