@@ -1021,8 +1021,8 @@ def company_table(rows: list[dict]) -> pa.Table:
 
 
 def _table_inputs() -> tuple[list[dict], list[dict], list[tuple[str, pa.Table]]]:
-    """Visits over the boundary instants, 30 days and the null partition; companies over 3
-    days (15 rows each, from 9 tables) and the null partition; cut into tables of a few rows."""
+    """Visits over the boundary instants, 30 days and open-ended rows; companies over 3 days
+    (15 rows each, from 9 tables) and open-ended rows; cut into tables of a few rows."""
     visits = _boundary_rows()
     visits += [
         visit(300 + k, micros("2025-05-01T06:00:00+00:00") + (k % 30) * DAY_US) for k in range(90)
