@@ -177,3 +177,23 @@ def test_only_its_holder_releases_the_lock(tmp_path):
         second.__exit__(None, None, None)  # not its lock: nothing happens
         assert json.loads(Path(first.path).read_text()) == first.doc
     assert not (tmp_path / "_retention").exists()
+
+
+def test_on_an_object_store_a_written_lock_refuses_the_next_job_and_is_released(tmp_path):
+    """Object stores: check-then-write, then read back (Beam's FileSystems offers no
+    conditional create). What is guaranteed: a job started after the lock object was written
+    is refused, naming its holder; the lock goes with its holder."""
+    from tests.support.objectstore import OBJECTS  # registers memstore://
+
+    OBJECTS.clear()
+    root = "memstore://bucket/out[x]"
+    try:
+        with RetentionLock(root, "first", "purge") as lock:
+            assert json.loads(OBJECTS[lock.path]) == lock.doc
+            with pytest.raises(LockHeldError, match="purge run first"):
+                RetentionLock(root, "second", "erase").__enter__()
+        assert lock.path not in OBJECTS
+        with RetentionLock(root, "third", "lifecycle") as lock:
+            assert json.loads(OBJECTS[lock.path])["run_id"] == "third"
+    finally:
+        OBJECTS.clear()
