@@ -29,7 +29,7 @@ from datetime import timedelta
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -38,18 +38,27 @@ from schemas.names import MEDIA, SECRET, NameClassifier, name_tokens
 
 __all__ = [
     "COUNTRY_FIELD",
+    "ORIGINS",
     "OTHER_REGION",
+    "SUBJECT_KINDS",
+    "SUBJECT_SCOPES",
     "UNKNOWN_REGION",
     "Category",
+    "DataSource",
+    "KeyLink",
     "LifecycleEvent",
     "MinimumAge",
+    "Party",
     "Policy",
     "PolicyError",
     "Purpose",
+    "Recipient",
+    "RecordsOfProcessing",
     "Region",
     "Retention",
     "Route",
     "Source",
+    "SubjectLink",
     "default_policy_path",
     "filled_any",
     "load_policy",
@@ -65,12 +74,28 @@ LEGAL_BASES = (
     "legitimate_interest",
 )
 MODULES = ("privacy_policy", "dpsa")
+# Where a category's data comes from, besides a party of ``records_of_processing.parties``.
+ORIGINS = {"data_subject": "the data subject", "service": "the Feature itself"}
+# The kinds of data subject a request or a lifecycle event may name, and how values of each kind
+# compare (``transforms.retention.matching.normalise``): the vocabulary of ``subjects.fields``.
+SUBJECT_KINDS: dict[str, str] = {
+    "user_id": "identifier",
+    "uin": "identifier",
+    "sdk_app_id": "identifier",
+    "business_email": "email",
+    "business_phone": "phone",
+    "linkedin_url": "linkedin",
+    "ip": "ip",
+}
+# A kind unique only within another: a request may narrow a user_id to one application.
+SUBJECT_SCOPES: dict[str, str] = {"user_id": "sdk_app_id"}
 UNKNOWN_REGION = "UNKNOWN"
 # The record field a purpose's jurisdictions are read from: the visitor's country code.
 COUNTRY_FIELD = "country"
 OTHER_REGION = "OTHER"
 _MICROS_PER_DAY = int(timedelta(days=1).total_seconds()) * 1_000_000
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_KINDS = ", ".join(SUBJECT_KINDS)
 
 
 class PolicyError(ValueError):
@@ -220,13 +245,25 @@ def _is_age(value: Any) -> bool:
     )
 
 
+class KeyLink(NamedTuple):
+    """Rows of ``category`` tie a value of ``own_kind`` (in field ``own``) to one of
+    ``their_kind`` (in field ``theirs``): an account's uin to an application's sdk_app_id."""
+
+    category: str
+    own: str
+    theirs: str
+    own_kind: str
+    their_kind: str
+
+
 @dataclass(frozen=True)
 class LifecycleEvent:
     """An event that ends open-ended retention for the records it is keyed to.
 
-    ``keys`` are the record fields that may identify its data subject or application (``uin``;
-    ``sdk_app_id``; ``business_email``, ``business_phone`` or ``linkedin_url``): one event names
-    exactly one of them. ``ends`` are the retention rules whose records it makes expire:
+    ``keys`` are the subject kinds that may identify its data subject or application (``uin``;
+    ``sdk_app_id``; ``business_email``, ``business_phone`` or ``linkedin_url``), found in the
+    fields each category declares of them (``Category.subject_fields``): one event names exactly
+    one of them. ``ends`` are the retention rules whose records it makes expire:
     ``days_after`` the event for lifetime rules, at the event for ``until_opt_out``.
     ``cascades_to`` names the events that follow, at the same time, for every entity found with
     this one (an account's deletion ends its applications' services): see :meth:`links_to`.
@@ -239,25 +276,24 @@ class LifecycleEvent:
 
     def applies_to(self, category: Category) -> bool:
         """True when records of ``category`` may be affected (the rule of the category or of one
-        of its purposes is ended by this event, and the category has a key field)."""
+        of its purposes is ended by this event, and the category declares a field of a key)."""
         rules = {category.retention.rule} | {
             p.retention.rule for p in category.purposes if p.retention
         }
-        return bool(rules & self.ends) and any(k in category.fields for k in self.keys)
+        return bool(rules & self.ends) and any(category.subject_columns(k) for k in self.keys)
 
-    def links_to(
-        self, then: LifecycleEvent, categories: Iterable[Category]
-    ) -> tuple[tuple[str, str, str], ...]:
-        """Where the entities of ``then`` are found from this event's: ``(category, key of this
-        event, key of then)`` for every stored category whose fields hold both keys."""
+    def links_to(self, then: LifecycleEvent, categories: Iterable[Category]) -> tuple[KeyLink, ...]:
+        """Where the entities of ``then`` are found from this event's: every field of a key of
+        this event and every field of a key of ``then`` that a stored category declares."""
         return tuple(
-            (category.name, own, theirs)
+            KeyLink(category.name, own, theirs, own_kind, their_kind)
             for category in sorted(categories, key=lambda c: c.name)
             if category.stored
-            for own in self.keys
-            if own in category.fields
-            for theirs in then.keys
-            if theirs in category.fields and theirs != own
+            for own_kind in self.keys
+            for own in category.subject_columns(own_kind)
+            for their_kind in then.keys
+            if their_kind != own_kind
+            for theirs in category.subject_columns(their_kind)
         )
 
     def expires_at(self, retention: Retention, event_time_us: int) -> int | None:
@@ -295,6 +331,70 @@ class Source:
 
 
 @dataclass(frozen=True)
+class SubjectLink:
+    """Rows of the categories ``to`` belong to a data subject when their field ``by`` holds the
+    value of ``by`` in one of the subject's own rows of the categories ``sources`` (resolved at
+    load), for requests naming a subject of one of ``kinds`` (empty: any kind).
+
+    A visit's corporate visitor information (``event_id``), an account's applications
+    (``sdk_app_id``): rows that hold no identifier of the subject, but were derived from its."""
+
+    name: str
+    by: str
+    to: tuple[str, ...]
+    sources: tuple[str, ...]
+    kinds: tuple[str, ...] = ()
+
+    def follows(self, kind: str) -> bool:
+        """True when a request of ``kind`` reaches further through this link."""
+        return not self.kinds or kind in self.kinds
+
+
+@dataclass(frozen=True)
+class Party:
+    """A third party that data comes from or is shared with (``records_of_processing.parties``):
+    the records of processing name it, so a category's source and recipients refer to it by
+    key and say the same thing everywhere."""
+
+    key: str
+    name: str  # as the policy names it: AroundDeal Holdings Limited
+    role: str
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """A party a category's data is shared with: which ``fields``, why, and the category the
+    party sends back (``returns``), whose region restrictions say what is never requested."""
+
+    party: str
+    fields: tuple[str, ...]
+    purpose: str
+    returns: str | None = None
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where a category's data comes from: ``origins`` are ``data_subject``, ``service`` or
+    parties; ``based_on`` the fields a party derives it from (which some category shares with
+    that party)."""
+
+    origins: tuple[str, ...]
+    description: str
+    based_on: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RecordsOfProcessing:
+    """What the records of processing (GDPR Art. 30) need beyond the categories: the controller,
+    what each module says of sharing, the kinds of data subjects and the third parties."""
+
+    controller: str
+    sharing: Mapping[str, str]  # module -> what it says of storage, sharing, sub-processors
+    data_subjects: Mapping[str, str]  # name -> who they are
+    parties: Mapping[str, Party]
+
+
+@dataclass(frozen=True)
 class Category:
     """One data category of the policy, with everything the pipelines need to handle it."""
 
@@ -309,14 +409,30 @@ class Category:
     store: str
     key: str | None = None
     field_groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    shared_with: tuple[str, ...] = ()
     forbidden_fields_in_regions: Mapping[str, frozenset[str]] = field(default_factory=dict)
     restricted_country_field: str | None = None
     fingerprints: Mapping[str, str] = field(default_factory=dict)  # stored field <- input field
+    # Records of processing (None/empty: not declared; the pipelines do not need them, the
+    # records of processing refuse a category without them).
+    data_subjects: tuple[str, ...] = ()
+    data_source: DataSource | None = None
+    recipients: tuple[Recipient, ...] | None = None
+    not_stored: tuple[str, ...] = ()
+    # field -> the subject kind it identifies (the policy's ``subjects.fields`` for the category)
+    subject_fields: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def stored(self) -> bool:
         return self.retention.rule != "never_store"
+
+    @property
+    def shared_with(self) -> tuple[str, ...]:
+        """The parties this category's data is shared with."""
+        return tuple(dict.fromkeys(r.party for r in self.recipients or ()))
+
+    def subject_columns(self, kind: str) -> tuple[str, ...]:
+        """The fields of this category that identify a subject of ``kind`` (may be none)."""
+        return tuple(f for f, k in self.subject_fields.items() if k == kind)
 
     def effective(
         self, region: str, record: Mapping[str, Any]
@@ -347,6 +463,15 @@ class Policy:
     lifecycle_events: Mapping[str, LifecycleEvent] = field(default_factory=dict)
     source: str = ""
     schema_dirs: tuple[str, ...] = ()  # searched for .avsc files before the package's own
+    subject_links: tuple[SubjectLink, ...] = ()  # subjects.links
+    records: RecordsOfProcessing | None = None  # records_of_processing
+
+    def subject_names(self, kind: str) -> frozenset[str]:
+        """Every name a value of ``kind`` is held under: the kind itself and each field a
+        category declares of it (``google_email`` for an e-mail, ``client_ip`` for an IP)."""
+        return frozenset(
+            {kind} | {f for c in self.categories.values() for f in c.subject_columns(kind)}
+        )
 
     @cached_property
     def _listed(self) -> dict[str, str]:
@@ -523,8 +648,10 @@ class _Validator:
                 "never_in_clear",
                 "dead_letters",
                 "minimum_age",
+                "subjects",
                 "lifecycle_events",
                 "sources",
+                "records_of_processing",
                 "categories",
             ),
             "",
@@ -548,7 +675,10 @@ class _Validator:
                         f"categories.{category.name}.fingerprints.{stored}",
                         f"{secret!r} must be a secret by never_in_clear.secret_terms",
                     )
+        records = self.records_of_processing(top.get("records_of_processing"))
+        self.records_references(records, categories, classifier)
         minimum_age = self.minimum_age(top.get("minimum_age"))
+        categories, subject_links = self.subjects(top.get("subjects"), categories)
         sources = self.sources(top.get("sources"), categories)
         lifecycle = self.lifecycle_events(top.get("lifecycle_events"), categories)
         return Policy(
@@ -563,6 +693,8 @@ class _Validator:
             sources=sources,
             lifecycle_events=lifecycle,
             source=self.source,
+            subject_links=subject_links,
+            records=records,
         )
 
     def regions(self, doc: Any) -> dict[str, Region]:
@@ -746,9 +878,9 @@ class _Validator:
             body = self.mapping(body, path)
             self.unknown_keys(body, ("key", "keys", "ends", "cascades_to"), path)
             if "key" in body:
-                self.error(f"{path}.key", "replaced by keys, a list of the fields it may name")
+                self.error(f"{path}.key", "replaced by keys, a list of the kinds it may name")
             if "keys" not in body:
-                self.error(f"{path}.keys", "missing: list the fields the event may name")
+                self.error(f"{path}.keys", "missing: list the subject kinds the event may name")
             raw_keys = body.get("keys")
             keys = self.names(raw_keys, f"{path}.keys", allow_empty="keys" not in body)
             ends = self.names(body.get("ends"), f"{path}.ends", allow_empty=False)
@@ -758,12 +890,15 @@ class _Validator:
             for i, key in enumerate(raw_keys if isinstance(raw_keys, list) else ()):
                 if key not in keys:
                     continue  # not a name: reported above
+                if key not in SUBJECT_KINDS:
+                    self.error(f"{path}.keys[{i}]", f"{key!r} is not a subject kind ({_KINDS})")
+                    continue
                 alone = LifecycleEvent(str(name), (key,), frozenset(ends))
                 if not any(alone.applies_to(c) for c in stored):
                     self.error(
                         f"{path}.keys[{i}]",
-                        f"{key!r} is not a field of any stored category whose retention this "
-                        "event ends",
+                        f"no stored category whose retention this event ends declares a field "
+                        f"of {key!r} (subjects.fields)",
                     )
             raw_cascades = body.get("cascades_to")
             cascades = self.names(raw_cascades, f"{path}.cascades_to")
@@ -798,6 +933,84 @@ class _Validator:
                 f"no stored category holds both a key of {event.name} "
                 f"({', '.join(event.keys)}) and one of {then} ({', '.join(events[then].keys)})",
             )
+
+    def subjects(
+        self, doc: Any, categories: Mapping[str, Category]
+    ) -> tuple[dict[str, Category], tuple[SubjectLink, ...]]:
+        """``subjects``: the categories with their ``subject_fields``, and the links.
+
+        A stored field named after a kind that is not declared is an error: a subject's
+        requests would silently never find it."""
+        body = self.mapping(doc or {}, "subjects")
+        self.unknown_keys(body, ("fields", "links"), "subjects")
+        declared = self.mapping(body.get("fields") or {}, "subjects.fields")
+        out = dict(categories)
+        for name, fields in declared.items():
+            path = f"subjects.fields.{name}"
+            category = categories.get(name) if isinstance(name, str) else None
+            if category is None:
+                self.error(path, f"unknown category {name!r}")
+                continue
+            if not category.stored:
+                self.error(path, f"{name!r} is never stored")
+                continue
+            kinds: dict[str, str] = {}
+            for column, kind in self.mapping(fields, path).items():
+                if column not in category.fields:
+                    self.error(f"{path}.{column}", f"{column!r} is not in the category fields")
+                elif not isinstance(kind, str) or kind not in SUBJECT_KINDS:
+                    self.error(f"{path}.{column}", f"{kind!r} is not a subject kind ({_KINDS})")
+                else:
+                    kinds[column] = kind
+            out[name] = dataclasses.replace(category, subject_fields=kinds)
+        for category in out.values():
+            for column in category.fields:
+                if column in SUBJECT_KINDS and column not in category.subject_fields:
+                    self.error(
+                        f"subjects.fields.{category.name}",
+                        f"{column!r} is named after a subject kind but not declared: declare "
+                        f"it ({column}: {column}), or requests for its subject never find it",
+                    )
+        links = tuple(
+            self.subject_link(str(name), link, out)
+            for name, link in self.mapping(body.get("links") or {}, "subjects.links").items()
+        )
+        return out, tuple(link for link in links if link is not None)
+
+    def subject_link(
+        self, name: str, doc: Any, categories: Mapping[str, Category]
+    ) -> SubjectLink | None:
+        path = f"subjects.links.{name}"
+        body = self.mapping(doc, path)
+        self.unknown_keys(body, ("from", "by", "to", "subjects"), path)
+        by = self.string(body.get("by"), f"{path}.by")
+        targets = self.names(body.get("to"), f"{path}.to", allow_empty=False)
+        explicit = self.names(body.get("from"), f"{path}.from")
+        kinds = self.names(body.get("subjects"), f"{path}.subjects")
+        before = len(self.errors)
+        for kind in kinds:
+            if kind not in SUBJECT_KINDS:
+                self.error(f"{path}.subjects", f"{kind!r} is not a subject kind ({_KINDS})")
+        for key, names in (("to", targets), ("from", explicit)):
+            for category in names:
+                found = categories.get(category)
+                if found is None or not found.stored:
+                    self.error(f"{path}.{key}", f"{category!r} is not a stored category")
+                elif by and by not in found.fields:
+                    self.error(f"{path}.{key}", f"{category!r} has no field {by!r}")
+        sources = explicit or tuple(
+            c.name
+            for c in sorted(categories.values(), key=lambda c: c.name)
+            if c.stored
+            and c.name not in targets
+            and by in c.fields
+            and any(c.subject_columns(k) for k in (kinds or SUBJECT_KINDS))
+        )
+        if not sources and len(self.errors) == before:
+            self.error(path, f"no stored category holds {by!r} and a field of its subjects")
+        if len(self.errors) > before:
+            return None
+        return SubjectLink(name, by, targets, sources, kinds)
 
     def sources(self, doc: Any, categories: Mapping[str, Category]) -> dict[str, Source]:
         sources: dict[str, Source] = {}
@@ -856,9 +1069,12 @@ class _Validator:
                 "legal_basis",
                 "retention",
                 "store",
-                "shared_with",
                 "restrictions",
                 "fingerprints",
+                "data_subjects",
+                "source",
+                "recipients",
+                "not_stored",
             ),
             path,
         )
@@ -935,8 +1151,165 @@ class _Validator:
             store=self.string(body.get("store"), f"{path}.store"),
             key=key,
             field_groups=groups,
-            shared_with=self.names(body.get("shared_with"), f"{path}.shared_with"),
             forbidden_fields_in_regions=forbidden,
             restricted_country_field=country_field,
             fingerprints=fingerprints,
+            data_subjects=self.names(body.get("data_subjects"), f"{path}.data_subjects"),
+            data_source=self.data_source(body.get("source"), f"{path}.source"),
+            recipients=self.recipients(body, path, fields),
+            not_stored=self.names(body.get("not_stored"), f"{path}.not_stored"),
         )
+
+    # -- records of processing ----------------------------------------------------------------
+    def records_of_processing(self, doc: Any) -> RecordsOfProcessing | None:
+        """``records_of_processing``: the controller, the modules' sharing, the kinds of data
+        subjects and the third parties (None when the policy has no such section)."""
+        if doc is None:
+            return None
+        path = "records_of_processing"
+        body = self.mapping(doc, path)
+        self.unknown_keys(body, ("controller", "sharing", "data_subjects", "parties"), path)
+        sharing = self.texts(body.get("sharing"), f"{path}.sharing")
+        for module in sorted(set(sharing) - set(MODULES)):
+            self.error(f"{path}.sharing.{module}", f"not a module ({', '.join(MODULES)})")
+        parties = {}
+        for key, raw in self.mapping(body.get("parties") or {}, f"{path}.parties").items():
+            ppath = f"{path}.parties.{key}"
+            if not isinstance(key, str) or not _NAME.match(key) or key in ORIGINS:
+                self.error(ppath, f"must be a snake_case name other than {', '.join(ORIGINS)}")
+            party = self.mapping(raw, ppath)
+            self.unknown_keys(party, ("name", "role"), ppath)
+            parties[str(key)] = Party(
+                str(key),
+                self.string(party.get("name"), f"{ppath}.name"),
+                self.string(party.get("role"), f"{ppath}.role"),
+            )
+        return RecordsOfProcessing(
+            controller=self.string(body.get("controller"), f"{path}.controller"),
+            sharing=sharing,
+            data_subjects=self.texts(body.get("data_subjects"), f"{path}.data_subjects"),
+            parties=parties,
+        )
+
+    def texts(self, doc: Any, path: str) -> dict[str, str]:
+        """A mapping of snake_case names to non-empty texts."""
+        out = {}
+        for key, text in self.mapping(doc or {}, path).items():
+            if not isinstance(key, str) or not _NAME.match(key):
+                self.error(f"{path}.{key}", "must be a snake_case name")
+            out[str(key)] = self.string(text, f"{path}.{key}")
+        return out
+
+    def data_source(self, doc: Any, path: str) -> DataSource | None:
+        if doc is None:
+            return None
+        body = self.mapping(doc, path)
+        self.unknown_keys(body, ("from", "based_on", "description"), path)
+        return DataSource(
+            origins=self.names(body.get("from"), f"{path}.from", allow_empty=False),
+            description=self.string(body.get("description"), f"{path}.description"),
+            based_on=self.names(body.get("based_on"), f"{path}.based_on"),
+        )
+
+    def recipients(
+        self, body: Mapping[str, Any], path: str, fields: tuple[str, ...]
+    ) -> tuple[Recipient, ...] | None:
+        """``recipients``: a list (``[]``: the module names none), or None when not declared."""
+        if "recipients" not in body:
+            return None
+        path = f"{path}.recipients"
+        raw = body["recipients"]
+        if not isinstance(raw, list):
+            self.error(path, "must be a list of recipients ([] when the module names none)")
+            return ()
+        out = []
+        for i, item in enumerate(raw):
+            rpath = f"{path}[{i}]"
+            entry = self.mapping(item, rpath)
+            self.unknown_keys(entry, ("party", "fields", "purpose", "returns"), rpath)
+            shared = self.names(entry.get("fields"), f"{rpath}.fields", allow_empty=False)
+            for f in shared:
+                if f not in fields:
+                    self.error(f"{rpath}.fields", f"{f!r} is not in the category fields")
+            returns = entry.get("returns")
+            out.append(
+                Recipient(
+                    party=self.string(entry.get("party"), f"{rpath}.party"),
+                    fields=shared,
+                    purpose=self.string(entry.get("purpose"), f"{rpath}.purpose"),
+                    returns=None if returns is None else self.string(returns, f"{rpath}.returns"),
+                )
+            )
+        return tuple(out)
+
+    def records_references(
+        self,
+        records: RecordsOfProcessing | None,
+        categories: Mapping[str, Category],
+        classifier: NameClassifier | None,
+    ) -> None:
+        """What the categories' records of processing name must exist: kinds of data subjects
+        and parties of ``records_of_processing``, returned categories the party is the source
+        of, fields a party derives from that it receives; and what is ``not_stored`` must be a
+        name the pipelines drop by meaning, so that the records of processing never claim more
+        than the pipelines do."""
+        subjects = records.data_subjects if records else {}
+        parties = records.parties if records else {}
+        received = {  # party -> the fields some category shares with it
+            r.party: set() for c in categories.values() for r in c.recipients or ()
+        }
+        for c in categories.values():
+            for r in c.recipients or ():
+                received[r.party].update(r.fields)
+        for c in categories.values():
+            path = f"categories.{c.name}"
+            for i, name in enumerate(c.data_subjects):
+                if name not in subjects:
+                    self.error(
+                        f"{path}.data_subjects[{i}]",
+                        f"{name!r} is not in records_of_processing.data_subjects",
+                    )
+            origins = c.data_source.origins if c.data_source else ()
+            for i, origin in enumerate(origins):
+                if origin not in ORIGINS and origin not in parties:
+                    self.error(
+                        f"{path}.source.from[{i}]",
+                        f"{origin!r} is neither {' nor '.join(ORIGINS)} nor a party of "
+                        "records_of_processing.parties",
+                    )
+            from_parties = [o for o in origins if o in parties]
+            for f in c.data_source.based_on if c.data_source else ():
+                if not any(f in received.get(party, ()) for party in from_parties):
+                    self.error(
+                        f"{path}.source.based_on",
+                        f"{f!r} is not shared with {' or '.join(from_parties) or 'a party'} "
+                        "by any category (recipients)",
+                    )
+            for i, r in enumerate(c.recipients or ()):
+                rpath = f"{path}.recipients[{i}]"
+                if r.party and r.party not in parties:
+                    self.error(
+                        f"{rpath}.party",
+                        f"{r.party!r} is not a party of records_of_processing.parties",
+                    )
+                if r.returns is None:
+                    continue
+                back = categories.get(r.returns)
+                if back is None:
+                    self.error(f"{rpath}.returns", f"unknown category {r.returns!r}")
+                elif back.data_source is None or r.party not in back.data_source.origins:
+                    self.error(
+                        f"{rpath}.returns",
+                        f"{r.returns}.source.from does not name {r.party!r}",
+                    )
+            for i, name in enumerate(c.not_stored):
+                if name in c.fields:
+                    self.error(f"{path}.not_stored[{i}]", f"{name!r} is in the category fields")
+                elif classifier is not None and not (
+                    classifier.is_a(SECRET, name) or classifier.is_a(MEDIA, name)
+                ):
+                    self.error(
+                        f"{path}.not_stored[{i}]",
+                        f"{name!r} is no secret or media name by never_in_clear: the pipelines "
+                        "would not drop it",
+                    )

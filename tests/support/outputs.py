@@ -38,6 +38,14 @@ def run_cli(
     return done
 
 
+def run_command(module: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``python -m <module> <args>`` of a command that runs no pipeline (no runner flags), as a
+    user types it: its exit status, standard output and error."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=120, cwd=cwd
+    )
+
+
 def read_rows(out: Path) -> dict[str, list[dict]]:
     """Every written row by format, with the partition directory it was found in."""
     rows: dict[str, list[dict]] = {"parquet": [], "avro": []}
