@@ -13,10 +13,11 @@ keys and application logs, plus dead letters. Event times spread over 60 days, t
 partition (two ingestion runs).
 
 Each job runs as a child process, like a user starts it (``--runner=FnApiRunner``), on a fresh
-copy of the same 1M-row output: a purge that deletes about half of the partitions, the erasure
-of one end user (``user_id``: a handful of rows), the erasure of one customer account (``uin``:
-hundreds of rows, with its applications' keys and logs), and a lifecycle run for 50 deleted
-accounts. Wall times include the interpreter and Beam start-up (about 1 to 2 s).
+copy of the same 1M-row output: a purge that deletes about half of the partitions, the access
+export and then the erasure of one end user (``user_id``: a handful of rows) and of one customer
+account (``uin``: hundreds of rows, with its applications' keys and logs), and a lifecycle run
+for 50 deleted accounts. An access export must hold exactly the rows the erasure then removes.
+Wall times include the interpreter and Beam start-up (about 1 to 2 s).
 """
 
 from __future__ import annotations
@@ -197,9 +198,27 @@ def main() -> None:
             json.dumps({"request_id": "BENCH-1", "received_at": RUN_TIME, field: value}) + "\n"
         )
         seconds, audit = timed(
+            "pipelines.access",
+            f"--output={out}",
+            f"--requests={requests}",
+            f"--export={WORK / f'export-{field}'}",
+            f"--run_time={RUN_TIME}",
+        )
+        (exported,) = audit["requests"]
+        print(
+            f"access one {field}: {seconds:.2f}s wall, {exported['rows_total']} rows and "
+            f"{exported['dead_letters']} dead letters exported from "
+            f"{audit['counts']['files_with_rows']} files (of {audit['counts']['files_scanned']})"
+        )
+        seconds, audit = timed(
             "pipelines.erase", f"--output={out}", f"--requests={requests}", f"--run_time={RUN_TIME}"
         )
         (request,) = audit["requests"]
+        if (exported["rows"], exported["dead_letters"]) != (
+            request["rows_erased"],
+            request["dead_letters_erased"],
+        ):
+            sys.exit(f"access exported {exported} but erase removed {request}")
         print(
             f"erase one {field}: {seconds:.2f}s wall, {request['rows_erased_total']} rows and "
             f"{request['dead_letters_erased']} dead letters erased in "

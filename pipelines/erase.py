@@ -14,15 +14,18 @@ Requests are JSON Lines, one per line, naming the subject by exactly one of ``us
     {"request_id": "DSR-4", "received_at": "2026-11-28T09:07:00Z",
      "business_phone": "+1 415 555 2671"}
 
-Values are compared normalised on both sides (``transforms.retention.matching``: e-mails
+A subject's rows are found in the fields the policy declares of its kind (``subjects.fields``),
+and values are compared normalised on both sides (``transforms.retention.matching``: e-mails
 case-insensitively, phone numbers in E.164, which needs the country code, LinkedIn URLs as their
-profile path). Every category and the dead letters are scanned (Parquet files for the
-identifying columns only); a file is rewritten only if it holds a row of a subject: the file
-minus those rows is staged with the file's own schema and codec and replaces it in one committed
-transaction (a file left empty is deleted), so every other row stays identical. Rows reached
-through the subject's own rows are erased too: the corporate visitor information of an IP's
-visits, and the temporary keys and application logs of an account's applications, wherever a
-stored row ties them to the account (``transforms.retention.erasure.links``).
+profile path, an IPv4 address and its IPv4-mapped form as one). Every category and the dead
+letters are scanned (Parquet files for the identifying columns only); a file is rewritten only
+if it holds a row of a subject: the file minus those rows is staged with the file's own schema
+and codec and replaces it in one committed transaction (a file left empty is deleted), so every
+other row stays identical. Rows reached through the subject's own rows are erased too, as the
+policy's ``subjects.links`` say: the corporate visitor information of an IP's visits, and the
+temporary keys and application logs of an account's applications, wherever a stored row ties
+them to the account (``transforms.retention.subjects``). ``pipelines.access`` exports exactly
+the rows this job removes: the same scan (``transforms.retention.erasure.FindSubjects``).
 
     ReadRequests -> ParseRequests -+-> CollectLinks (website_visit, every uin/sdk_app_id category)
                         |          |          |
@@ -42,7 +45,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -50,24 +53,17 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.launch import RunContext, cli_main, dead_letter_context, retention_context
 from pipelines.report import counters_of, counters_with_prefix
-from transforms.deadletter import ParDoWithDeadLetters
+from schemas.policy import SUBJECT_KINDS, Policy
 from transforms.read import ReadRecords
-from transforms.retention.erasure import (
-    SUBJECT_FIELDS,
-    CollectLinksFn,
-    IndexLinks,
-    Link,
-    ParseRequestFn,
-    ScanFileFn,
-    links,
-)
+from transforms.retention.erasure import FindSubjects, ScanFileFn, SubjectScan
 from transforms.retention.layout import (
     DATA,
+    has_partition_files,
     list_layout,
 )
+from transforms.retention.subjects import ParseRequestFn, link_source_categories
 from transforms.retention.txn import (
     Transaction,
-    added_action,
     read_json,
     sorted_actions,
     staged_change,
@@ -75,47 +71,65 @@ from transforms.retention.txn import (
     write_audit,
     write_json,
 )
-from transforms.sinks import WriteDeadLetters
 from transforms.timestamps import format_utc
 
-__all__ = ["EraseOptions", "EraseSubjects", "VerifyErasure", "main", "run", "summary"]
+__all__ = [
+    "MASKED",
+    "EraseConfig",
+    "EraseSubjects",
+    "SubjectRequestOptions",
+    "VerifyErasure",
+    "main",
+    "request_run",
+    "request_summary",
+    "run",
+    "scan_files",
+    "subject_scan",
+    "summary",
+    "with_files",
+]
 
+Config = TypeVar("Config", bound="EraseConfig")
 # Masked in the dead letters of rejected requests: a request must not copy its identifier.
-MASKED = tuple(sorted({c for columns in SUBJECT_FIELDS.values() for c in columns}))
+MASKED = tuple(sorted(SUBJECT_KINDS))
 
 
-class EraseOptions(PipelineOptions):
-    """``--requests``; ``--output``, ``--policy`` and ``--run_time`` are the common options."""
+class SubjectRequestOptions(PipelineOptions):
+    """``--requests`` (of ``pipelines.erase`` and ``pipelines.access``: one format); ``--output``,
+    ``--policy`` and ``--run_time`` are the common options."""
 
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
         parser.add_argument(
             "--requests",
             default=None,
-            help="Erasure requests: a file pattern of JSON Lines (local or any Beam filesystem), "
-            'e.g. {"request_id": "DSR-1", "received_at": "2026-11-28T09:00:00Z", '
-            '"business_email": "a@b.example"}.',
+            help="Data subject requests: a file pattern of JSON Lines (local or any Beam "
+            'filesystem), e.g. {"request_id": "DSR-1", "received_at": "2026-11-28T09:00:00Z", '
+            '"business_email": "a@b.example"}; one subject each, by user_id, uin, sdk_app_id, '
+            "business_email, business_phone, linkedin_url or ip.",
         )
 
 
 @dataclass(frozen=True)
 class EraseConfig:
+    """A job on data subject requests (erase; access extends it): its run, and the files of
+    the output root it scans, listed once the lock is held (``with_files``)."""
+
     run: RunContext
     root: str
     txn: Transaction
-    links: tuple[Link, ...] = ()
     files: tuple[dict[str, str], ...] = ()
     link_files: tuple[dict[str, str], ...] = ()
     unscanned: tuple[str, ...] = ()
 
 
-def _request_summary(request: Mapping[str, Any]) -> dict[str, Any]:
+def request_summary(request: Mapping[str, Any]) -> dict[str, Any]:
     """What the plan and the audit keep of a request: never the identifier itself."""
     return {
         "request_id": request["request_id"],
         "received_at": format_utc(request["received_at"]),
         "subject_field": request["field"],
-        "narrowed_to_sdk_app_id": bool(request.get("sdk_app_id")),
+        "narrowed_to_sdk_app_id": bool(request.get("scope")),
     }
 
 
@@ -126,14 +140,14 @@ def _write_plan(_: object, actions: list, links: dict, requests: list, path: str
             "actions": sorted_actions(actions),
             "links": links,
             "requests": sorted(
-                (_request_summary(r) for r in requests), key=lambda r: r["request_id"]
+                (request_summary(r) for r in requests), key=lambda r: r["request_id"]
             ),
         },
     )
 
 
-def _write_found(_: object, found: list, path: str) -> None:
-    write_json(path, {"found": sorted(found, key=lambda f: f["target"])})
+def _write_found(_: object, found: list, files_read: int, path: str) -> None:
+    write_json(path, {"found": sorted(found, key=lambda f: f["target"]), "files_read": files_read})
 
 
 class EraseSubjects(beam.PTransform):
@@ -146,35 +160,10 @@ class EraseSubjects(beam.PTransform):
     def expand(self, pbegin):
         c = self._config
         txn = c.txn
-        context = dead_letter_context(
-            c.run, ["request_id", "received_at", *MASKED], masked=MASKED, id_field="request_id"
-        )
-        raw = pbegin | "ReadRequests" >> ReadRecords(
-            c.run.input, "jsonl", max_line_bytes=c.run.max_line_bytes
-        )
-        requests, dead = raw | "ParseRequests" >> ParDoWithDeadLetters(
-            ParseRequestFn(context, c.run.bounds), "parse", context
-        )
+        found = pbegin | "FindSubjects" >> FindSubjects(subject_scan(c, "erase"))
+        requests, links, scanned = found["requests"], found["links"], found["found"]
         as_list = beam.pvalue.AsList(requests)
-        links = (
-            pbegin
-            | "LinkSourceFiles" >> beam.Create(list(c.link_files))
-            | "CollectLinks" >> beam.ParDo(CollectLinksFn(c.links), as_list)
-            | "IndexLinks" >> beam.CombineGlobally(IndexLinks())
-        )
-        scanned = (
-            pbegin
-            | "Files" >> beam.Create(list(c.files))
-            | "ScanFiles"
-            >> beam.ParDo(
-                ScanFileFn("erase", c.root, txn.rel_dir), as_list, beam.pvalue.AsSingleton(links)
-            )
-        )
-        letters = dead | "WriteDeadLetters" >> WriteDeadLetters(
-            txn.staged_root, run_token=f"er{c.run.run_id[:6]}"
-        )
-        added = letters | "AddActions" >> beam.Map(added_action, txn.staged_root, txn.rel_dir)
-        actions = (scanned, added) | "Actions" >> beam.Flatten()
+        actions = (scanned, found["added"]) | "Actions" >> beam.Flatten()
         _ = (
             pbegin
             | "PlanOnce" >> beam.Create([None])
@@ -187,6 +176,29 @@ class EraseSubjects(beam.PTransform):
                 txn.plan_path,
             )
         )
+
+
+def subject_scan(config: EraseConfig, mode: str, **options: Any) -> SubjectScan:
+    """The scan of a job's configuration in ``mode``. Rejected requests are dead letters
+    readable in their id and time only: every subject kind is masked, so that a rejected
+    request never copies its identifier."""
+    run = config.run
+    return SubjectScan(
+        policy=run.policy,
+        requests=run.input,
+        context=dead_letter_context(
+            run, ["request_id", "received_at", *MASKED], masked=MASKED, id_field="request_id"
+        ),
+        mode=mode,
+        run_token=f"{run.pipeline[:2]}{run.run_id[:6]}",  # er..., ac...
+        files=config.files,
+        link_files=config.link_files,
+        root=config.root,
+        txn_rel_dir=config.txn.rel_dir,
+        bounds=run.bounds,
+        max_line_bytes=run.max_line_bytes,
+        **options,
+    )
 
 
 class VerifyErasure(beam.PTransform):
@@ -213,51 +225,58 @@ class VerifyErasure(beam.PTransform):
             | "ParseRequests" >> beam.ParDo(ParseRequestFn(None, self._run.bounds))
         )
         links = pbegin | "Links" >> beam.Create([self._links])
-        found = (
-            pbegin
-            | "Files" >> beam.Create(self._files)
-            | "CountMatches"
-            >> beam.ParDo(
-                ScanFileFn("verify"),
-                beam.pvalue.AsList(requests),
-                beam.pvalue.AsSingleton(links),
-            )
+        files = pbegin | "Files" >> beam.Create(self._files)
+        # How many files the read-back covered, as data (not a metric: every runner has it).
+        files_read = files | "CountFiles" >> beam.combiners.Count.Globally()
+        found = files | "CountMatches" >> beam.ParDo(
+            ScanFileFn(self._run.policy, "verify"),
+            beam.pvalue.AsList(requests),
+            beam.pvalue.AsSingleton(links),
         )
         _ = (
             pbegin
             | "Once" >> beam.Create([None])
-            | "WriteFound" >> beam.Map(_write_found, beam.pvalue.AsList(found), self._path)
+            | "WriteFound"
+            >> beam.Map(
+                _write_found,
+                beam.pvalue.AsList(found),
+                beam.pvalue.AsSingleton(files_read),
+                self._path,
+            )
         )
+
+
+def request_run(options: PipelineOptions, pipeline: str) -> RunContext:
+    """The run of a job on ``--requests``, checked before any data is read."""
+    return retention_context(
+        options,
+        pipeline=pipeline,
+        pattern=options.view_as(SubjectRequestOptions).requests,
+        flag="--requests",
+    )
 
 
 def config_from(options: PipelineOptions) -> EraseConfig:
     """Resolve and validate everything before any data is read."""
-    run = retention_context(
-        options,
-        pipeline="erase",
-        pattern=options.view_as(EraseOptions).requests,
-        flag="--requests",
-    )
-    root = run.output
-    return EraseConfig(
-        run=run, root=root, txn=Transaction(root, run.run_id), links=links(run.policy)
-    )
+    run = request_run(options, "erase")
+    return EraseConfig(run=run, root=run.output, txn=Transaction(run.output, run.run_id))
 
 
-def _scan_files(root: str) -> tuple[tuple[dict[str, str], ...], tuple[str, ...]]:
+def scan_files(
+    root: str, policy: Policy
+) -> tuple[tuple[dict[str, str], ...], tuple[dict[str, str], ...], tuple[str, ...]]:
+    """Every file of the layout to scan, the ones the policy's links start from, and the
+    files of the layout that are no data (listed in the audit as not scanned)."""
     files = list_layout(root)
-    return (
-        tuple(f.element() for f in files if f.format),
-        tuple(f.rel for f in files if not f.format),
-    )
+    scanned = tuple(f.element() for f in files if f.format)
+    sources = link_source_categories(policy)
+    link_files = tuple(f for f in scanned if f["kind"] == DATA and f.get("category") in sources)
+    return scanned, link_files, tuple(f.rel for f in files if not f.format)
 
 
-def _with_files(config: EraseConfig) -> EraseConfig:
-    files, unscanned = _scan_files(config.root)
-    sources = {link.source for link in config.links}
-    link_files = tuple(
-        f for f in files if f["kind"] == DATA and f.get("category") in sources and f["format"]
-    )
+def with_files(config: Config) -> Config:
+    """``config`` with the files to scan, listed now (call it holding the lock)."""
+    files, link_files, unscanned = scan_files(config.root, config.run.policy)
     return dataclasses.replace(config, files=files, link_files=link_files, unscanned=unscanned)
 
 
@@ -265,6 +284,7 @@ def _per_request(
     requests: Sequence[Mapping[str, Any]],
     actions: Sequence[Mapping[str, Any]],
     found: Sequence[Mapping[str, Any]],
+    complete: bool,
 ) -> list[dict[str, Any]]:
     """One audit record per request: what was erased where, and what the read-back found."""
     records = []
@@ -290,10 +310,31 @@ def _per_request(
                 "rows_erased_total": sum(rows.values()),
                 "dead_letters_erased": letters,
                 "files": files,
-                "verification": {"rows_still_matching": remaining, "verified": remaining == 0},
+                "verification": {
+                    "rows_still_matching": remaining,
+                    "verified": remaining == 0 and complete,
+                },
             }
         )
     return records
+
+
+@dataclass(frozen=True)
+class ReadBack:
+    """What the verification read: the files listed after the apply, the files the read-back
+    covered, and whether the layout has files by a probe independent of the listing."""
+
+    files_listed: int
+    files_read: int
+    layout_has_files: bool
+
+    @property
+    def complete(self) -> bool:
+        """Every listed file was read back, and an empty listing is an empty layout (not a
+        root the listing misread, as ``out[x]`` once was)."""
+        return self.files_read == self.files_listed and (
+            self.files_listed > 0 or not self.layout_has_files
+        )
 
 
 def _audit(
@@ -301,10 +342,12 @@ def _audit(
     counters: Mapping[str, int],
     plan: Mapping[str, Any],
     found: Sequence[Mapping[str, Any]] | None,
+    read_back: ReadBack | None = None,
 ) -> dict[str, Any]:
     run = config.run
     actions = [a for a in plan["actions"] if a["op"] != "add"]
     remaining = None if found is None else sum(f["rows_removed"] for f in found)
+    complete = read_back is not None and read_back.complete
     return {
         **run.header(),
         "requests_input": run.input,
@@ -318,7 +361,7 @@ def _audit(
             "rows_erased": sum(a["rows_removed"] for a in actions if a["kind"] == DATA),
             "dead_letters_erased": sum(a["rows_removed"] for a in actions if a["kind"] != DATA),
         },
-        "requests": _per_request(plan["requests"], actions, found or []),
+        "requests": _per_request(plan["requests"], actions, found or [], complete),
         "files": {
             "rewritten": [a["target"] for a in actions if a["op"] == "replace"],
             "deleted": [a["target"] for a in actions if a["op"] == "delete"],
@@ -330,7 +373,9 @@ def _audit(
         else {
             "rows_still_matching": remaining,
             "files_still_matching": [f["target"] for f in found],
-            "verified": remaining == 0,
+            "files_listed": read_back.files_listed if read_back else None,
+            "files_read_back": read_back.files_read if read_back else None,
+            "verified": remaining == 0 and complete,
         },
     }
 
@@ -343,7 +388,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     config = config_from(options)
     started = utc_now_iso()
     with staged_change(config.txn, "erase") as change:
-        config = _with_files(config)
+        config = with_files(config)
         txn = config.txn
         pipeline = beam.Pipeline(options=options)
         _ = pipeline | "EraseSubjects" >> EraseSubjects(config)
@@ -359,27 +404,45 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         applied = change.commit_and_apply(plan["actions"], audit)
         if applied is not None:
             audit["apply"] = applied
-        files, _ = _scan_files(config.root)
+        files, _, _ = scan_files(config.root, config.run.policy)
         verify_path = FileSystems.join(txn.dir, "verify.json")
         check = beam.Pipeline(options=options)
         _ = check | "Verify" >> VerifyErasure(config.run, plan["links"], files, verify_path)
         check.run().wait_until_finish()
-        found = read_json(verify_path)["found"]
+        verify = read_json(verify_path)
+        found = verify["found"]
+        read_back = ReadBack(
+            files_listed=len(files),
+            files_read=verify["files_read"],
+            layout_has_files=has_partition_files(config.root),
+        )
         audit = {
             **audit,
             **{
                 k: v
-                for k, v in _audit(config, counters, plan, found).items()
+                for k, v in _audit(config, counters, plan, found, read_back).items()
                 if k in ("requests", "verification")
             },
             "finished_at": utc_now_iso(),
         }
         path = write_audit(config.root, "erase", config.run.run_id, audit)
     report = {**audit, "report_path": path}
-    if not audit["verification"]["verified"]:
+    verification = audit["verification"]
+    if verification["rows_still_matching"]:
         report["error"] = (
-            f"{audit['verification']['rows_still_matching']} rows still match an erasure "
-            f"request after the rewrite, in {audit['verification']['files_still_matching'][:5]}"
+            f"{verification['rows_still_matching']} rows still match an erasure "
+            f"request after the rewrite, in {verification['files_still_matching'][:5]}"
+        )
+    elif not verification["verified"]:
+        report["error"] = (
+            f"the read-back covered {verification['files_read_back']} of "
+            f"{verification['files_listed']} files listed under {config.root}"
+            + (
+                " although its partitions hold files: the listing missed them"
+                if not verification["files_listed"]
+                else ""
+            )
+            + "; nothing is verified"
         )
     return report
 

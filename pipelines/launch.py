@@ -214,8 +214,9 @@ def require_input(pattern: str, flag: str) -> list[Any]:
     return list(result.metadata_list)
 
 
-def require_writable_output(output: str) -> None:
-    """Fail at start-up when a local ``output`` is a file or cannot be created or written.
+def require_writable_output(output: str, flag: str = "--output") -> None:
+    """Fail at start-up when a local ``output`` (the value of ``flag``) is a file or cannot be
+    created or written.
 
     Nothing is created: a temporary file is opened (and removed) in ``output`` or in its
     nearest existing parent. On an object store (``gs://``, ``s3://``) there is no directory to
@@ -225,16 +226,16 @@ def require_writable_output(output: str) -> None:
         return
     path = Path(output).absolute()
     if path.exists() and not path.is_dir():
-        raise ValueError(f"--output {output} is a file, not a directory")
+        raise ValueError(f"{flag} {output} is a file, not a directory")
     existing = next(p for p in (path, *path.parents) if p.exists())
     if not existing.is_dir():
-        raise ValueError(f"--output {output}: {existing} is a file, not a directory")
+        raise ValueError(f"{flag} {output}: {existing} is a file, not a directory")
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        raise ValueError(f"--output {output} cannot be written ({existing}: {reason})") from None
+        raise ValueError(f"{flag} {output} cannot be written ({existing}: {reason})") from None
 
 
 def _is_local(path: str) -> bool:

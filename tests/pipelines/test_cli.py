@@ -22,7 +22,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 import pipelines.__main__ as embedded
-from pipelines import erase, ingest, lifecycle, purge, sdk_logs, telemetry, visits
+from pipelines import access, erase, ingest, lifecycle, purge, sdk_logs, telemetry, visits
 from pipelines.launch import configure_logging
 from pipelines.options import (
     IngestOptions,
@@ -45,7 +45,11 @@ CLIS: dict[str, tuple[object, tuple[type[PipelineOptions], ...]]] = {
     "pipelines.ingest": (ingest, (JobOptions, IngestOptions, ingest.CategoryOptions)),
     "pipelines.purge": (purge, (JobOptions, purge.PurgeOptions)),
     "pipelines.lifecycle": (lifecycle, (JobOptions, lifecycle.LifecycleOptions)),
-    "pipelines.erase": (erase, (JobOptions, erase.EraseOptions)),
+    "pipelines.erase": (erase, (JobOptions, erase.SubjectRequestOptions)),
+    "pipelines.access": (
+        access,
+        (JobOptions, erase.SubjectRequestOptions, access.AccessOptions),
+    ),
 }
 REPO = Path(__file__).resolve().parents[2]
 VISITS = bundled("sample/visits.jsonl")
@@ -112,7 +116,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
     fake = tmp / "site" / "google" / "cloud" / "storage"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text('raise ImportError("simulated: not installed")\n')
-    for job in ("purge", "lifecycle", "erase"):
+    for job in ("purge", "lifecycle", "erase", "access"):
         an_output_root(tmp / job)
     return {"tmp": tmp, "site": tmp / "site"}
 
@@ -163,6 +167,14 @@ def runs(world) -> dict[str, subprocess.CompletedProcess]:
     commands["no --output: erase"] = {
         "args": ("pipelines.erase", f"--requests={tmp / 'requests.jsonl'}"),
         "cwd": tmp / "erase",
+    }
+    commands["no --output: access"] = {
+        "args": (
+            "pipelines.access",
+            f"--requests={tmp / 'requests.jsonl'}",
+            f"--export={tmp / 'exports'}",
+        ),
+        "cwd": tmp / "access",
     }
     # Every command above stops before Beam runs anything: each sees Beam's import warning and
     # must not print it.
@@ -286,7 +298,7 @@ def test_debug_log_level_adds_the_traceback(runs):
 # ------------------------------------------------------------------ destructive jobs' target
 
 
-@pytest.mark.parametrize("job", ["purge", "lifecycle", "erase"])
+@pytest.mark.parametrize("job", ["purge", "lifecycle", "erase", "access"])
 def test_a_retention_job_without_output_touches_nothing(runs, world, job):
     done = runs[f"no --output: {job}"]
     assert done.returncode == 1

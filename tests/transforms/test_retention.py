@@ -24,7 +24,6 @@ from schemas.arrow import arrow_schema
 from schemas.avro import output_schema
 from schemas.policy import PolicyError, default_policy_path, load_policy, parse_policy
 from transforms.deadletter import RecordError
-from transforms.retention.erasure import Subjects, parse_request
 from transforms.retention.files import TableFile, write_lines
 from transforms.retention.layout import (
     NotAnOutputRootError,
@@ -34,6 +33,7 @@ from transforms.retention.layout import (
 )
 from transforms.retention.lifecycle import CategoryRules, IndexEvents, cascades, parse_event
 from transforms.retention.matching import ColumnIndex, ip_forms, normalise
+from transforms.retention.subjects import Subjects, parse_request
 from transforms.retention.txn import (
     LockHeldError,
     RetentionLock,
@@ -41,7 +41,7 @@ from transforms.retention.txn import (
     apply_actions,
     recover,
 )
-from transforms.sinks import HIVE_NULL_PARTITION, ParquetSink
+from transforms.sinks import HIVE_NULL_PARTITION, OPEN_ENDED_EXPIRY_DATE, ParquetSink
 from transforms.timestamps import TimeBounds, parse_event_time
 
 POLICY = load_policy()
@@ -65,6 +65,15 @@ DAY_US = 86_400_000_000
                 "a/b",
                 HIVE_NULL_PARTITION,
                 f"data_category=a%2Fb/expiry_date={HIVE_NULL_PARTITION}",
+            ),
+        ),
+        (
+            f"data_category=account_information/expiry_date={OPEN_ENDED_EXPIRY_DATE}/p.parquet",
+            (
+                "data",
+                "account_information",
+                "9999-12-31",
+                "data_category=account_information/expiry_date=9999-12-31",
             ),
         ),
         (
@@ -97,11 +106,20 @@ def test_a_partition_goes_on_its_expiry_date_and_unknown_dates_fail_closed():
     same_day = classify("data_category=c/expiry_date=2026-12-10/f")
     tomorrow = classify("data_category=c/expiry_date=2026-12-11/f")
     null = classify(f"data_category=c/expiry_date={HIVE_NULL_PARTITION}/f")
+    open_ended = classify(f"data_category=c/expiry_date={OPEN_ENDED_EXPIRY_DATE}/f")
     garbage = classify("data_category=c/expiry_date=2026-13-45/f")
     words = classify("data_category=c/expiry_date=yesterday/f")
     # "within N days" is at most N days: the partition of the expiry date goes on that date
     assert expired.expired(today) and same_day.expired(today) and not tomorrow.expired(today)
-    assert not null.expired(today) and null.recognised
+    # Open-ended partitions, today's and the Hive null partition of older outputs, are never
+    # due: explicitly, not because 9999-12-31 lies far ahead (a --now on it would reach it).
+    for partition in (null, open_ended):
+        assert partition.open_ended and partition.recognised
+        assert partition.expiry_date is None
+        for day in (today, dt.date(9999, 12, 31)):
+            assert not partition.expired(day)
+    assert not classify("data_category=c/expiry_date=9999-12-30/f").open_ended
+    assert classify("data_category=c/expiry_date=9999-12-30/f").expired(dt.date(9999, 12, 31))
     assert not garbage.expired(today) and not garbage.recognised
     assert not words.expired(today) and not words.recognised
 
@@ -143,7 +161,9 @@ def test_output_root_check_and_listing(tmp_path):
 def test_emails_match_whatever_their_case_and_padding(local, domain, pad):
     email = f"{local}@{domain}"
     stored = pa.table({"business_email": [f"{pad}{email.upper()}{pad}", "other@x.example", None]})
-    index = ColumnIndex({"business_email": {normalise(email.swapcase(), "email"): "R"}})
+    index = ColumnIndex(
+        {"business_email": {normalise(email.swapcase(), "email"): "R"}}, {"business_email": "email"}
+    )
     assert index.match(stored) == {0: {"business_email": "R"}}
 
 
@@ -155,6 +175,59 @@ def test_ip_forms_cover_the_mapped_spelling(address):
         assert str(ipaddress.IPv6Address(f"::ffff:{address}")) in forms
     elif address.ipv4_mapped is not None:
         assert str(address.ipv4_mapped) in forms
+
+
+def _host(address: ipaddress.IPv4Address | ipaddress.IPv6Address):
+    """The host an address names: an IPv4-mapped IPv6 address is its IPv4 address."""
+    mapped = getattr(address, "ipv4_mapped", None)
+    return mapped if mapped is not None else address
+
+
+@st.composite
+def ip_spellings(draw, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """The spellings an address is written in: an IPv4 address (or the one an IPv4-mapped
+    address maps) dotted, IPv4-mapped dotted (``::ffff:194.25.2.129``, the stored form) or in
+    hex (``::ffff:c219:281``); an IPv6 address compressed or exploded; any case, padded."""
+    host = _host(address)
+    if isinstance(host, ipaddress.IPv4Address):
+        mapped = ipaddress.IPv6Address(f"::ffff:{host}")
+        text = draw(
+            st.sampled_from(
+                [str(host), f"::ffff:{host}", f"::FFFF:{host}", mapped.exploded, str(mapped)]
+            )
+        )
+        if text == str(mapped):  # Python < 3.13 prints it in hex, later versions dotted
+            text = f"::ffff:{int(mapped) >> 16 & 0xFFFF:x}:{int(mapped) & 0xFFFF:x}"
+    else:
+        text = draw(st.sampled_from([str(host), host.exploded]))
+    return f"{draw(PADS)}{_case(draw, text)}{draw(PADS)}"
+
+
+@given(st.data(), st.lists(st.ip_addresses(), min_size=1, max_size=6))
+def test_any_spelling_of_an_ip_is_one_key_and_hosts_never_collide(data, addresses):
+    keys = [normalise(str(address), "ip") for address in addresses]
+    # one key per host: an IPv4 address and its IPv4-mapped form are one, others never
+    assert len(set(keys)) == len({_host(a) for a in addresses})
+    for address, key in zip(addresses, keys, strict=True):
+        assert key == str(_host(address))  # dotted IPv4, or RFC 5952 IPv6
+        assert normalise(key, "ip") == key
+        spelt = data.draw(ip_spellings(address))
+        assert normalise(spelt, "ip") == key
+        # a stored column holding that spelling is found by the key, whatever the request
+        stored = pa.table({"ip": [spelt, None, "not an ip"]})
+        assert ColumnIndex({"ip": {key: "R"}}, {"ip": "ip"}).match(stored) == {0: {"ip": "R"}}
+
+
+def test_a_request_for_an_ipv4_address_and_for_its_mapped_form_find_the_same_rows():
+    stored = pa.table({"ip": ["194.25.2.129", "::ffff:194.25.2.129", "::ffff:c219:281",
+                              "::194.25.2.129", "194.25.2.130", "2001:db8::1"]})  # fmt: skip
+    for request in ("194.25.2.129", "::ffff:194.25.2.129", "::FFFF:C219:281"):
+        index = ColumnIndex({"ip": {normalise(request, "ip"): "R"}}, {"ip": "ip"})
+        # the IPv4-compatible ::194.25.2.129 is another address (deprecated, not a mapping)
+        assert sorted(index.match(stored)) == [0, 1, 2], request
+    assert normalise("2001:DB8:0:0:0:0:0:1", "ip") == "2001:db8::1"
+    for text in ("194.25.2", "01.2.3.4", "example.com", "", "1.2.3.4/32"):
+        assert normalise(text, "ip") is None
 
 
 @settings(max_examples=50, deadline=None)
@@ -337,7 +410,8 @@ def test_stored_contact_values_are_matched_under_the_same_normalisation():
         {
             "business_phone": {normalise("0014155552671", "phone"): "P"},
             "linkedin_url": {normalise("LinkedIn.com/in/jane-DOE", "linkedin"): "L"},
-        }
+        },
+        {"business_phone": "phone", "linkedin_url": "linkedin"},
     )
     assert index.match(table) == {
         0: {"business_phone": "P", "linkedin_url": "L"},
@@ -517,6 +591,11 @@ def test_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
             {"event": "account_deleted", "uin": 1, "at": "9999-12-31T00:00:00Z"},
             "expiry_out_of_range",
         ),
+        # +30 days: 9999-12-31, the open-ended partition's date, is no real expiry either
+        (
+            {"event": "account_deleted", "uin": 1, "at": "9999-12-01T00:00:00Z"},
+            "expiry_out_of_range",
+        ),
         ({"event": "account_deleted", "uin": "\ud800", "at": 1}, "malformed_text:uin"),
         ({"event": "marketing_opt_out\udfff", "at": 1}, "malformed_text:event"),
         # an opt-out names its subject by exactly one of the policy's keys
@@ -680,23 +759,26 @@ def test_subjects_match_rows_and_dead_letters():
         parse_request({"request_id": "C", "received_at": 1, "uin": 100000009}),
         parse_request({"request_id": "D", "received_at": 1, "user_id": "u-7", "sdk_app_id": 5}),
     ]
-    subjects = Subjects(requests, {"corporate_visitor_info": {"event_id": {"v1": ["B"]}}})
-    table = pa.table(
+    subjects = Subjects(POLICY, requests, {"corporate_visitor_info": {"event_id": {"v1": ["B"]}}})
+    logs = pa.table(
         {
-            "event_id": ["v1", "v2", "v3", "v4", "v5"],
-            "business_email": [None, "ada@corp.example", None, None, None],
-            "client_ip": [None, None, "::ffff:203.0.113.9", None, None],
-            "user_id": [None, None, None, "u-7", "u-7"],
-            "sdk_app_id": [None, None, None, "5", "6"],
+            "event_id": ["v1", "v2", "v3", "v4", "v5", "v6"],
+            "client_ip": [None, None, "::ffff:203.0.113.9", None, None, "::ffff:cb00:7109"],
+            "user_id": [None, None, None, "u-7", "u-7", None],
+            "sdk_app_id": [None, None, None, "5", "6", None],
+            "uin": [None, " 100000009", None, None, None, None],
         }
     )
-    index = subjects.index_for("corporate_visitor_info")
-    wanted = subjects.columns_for("corporate_visitor_info")
-    matched = index.match(table.select([c for c in wanted if c in table.column_names]))
-    narrowing = table.column("sdk_app_id").take(sorted(matched)).to_pylist()
-    assert subjects.attribute(matched, narrowing) == {0: {"B"}, 1: {"A"}, 2: {"B"}, 3: {"D"}}
+    # the columns backend_log declares: an IP in either IPv4-mapped spelling, a user narrowed to
+    # application 5
+    assert subjects.columns_for("backend_log") == ["client_ip", "sdk_app_id", "uin", "user_id"]
+    assert subjects.rows("backend_log", logs) == {1: {"C"}, 2: {"B"}, 3: {"D"}, 5: {"B"}}
+    # the same columns in a category that does not declare them find nothing
+    assert subjects.rows("website_visit", logs) == {}
+    visitors = pa.table({"event_id": ["v1", "v2"], "business_email": [None, " ADA@corp.example"]})
+    assert subjects.rows("corporate_visitor_info", visitors) == {0: {"B"}, 1: {"A"}}
     # the link only applies to its target category
-    assert 0 not in subjects.index_for("website_visit").match(table.select(["event_id"]))
+    assert subjects.rows("website_visit", visitors.select(["event_id"])) == {}
 
     def letter(raw: str, **extra) -> bytes:
         return json.dumps({"source": "x", "error": "e", "raw": raw, **extra}).encode()
@@ -720,11 +802,11 @@ def test_dead_letter_lines_are_kept_byte_for_byte(tmp_path):
 
 def test_an_application_is_a_subject_of_its_own_and_still_narrows_a_user():
     app = parse_request({"request_id": "A", "received_at": 1, "sdk_app_id": 1400000001})
-    assert (app["field"], app["values"], app["sdk_app_id"]) == ("sdk_app_id", ["1400000001"], None)
+    assert (app["field"], app["value"], app["scope"]) == ("sdk_app_id", "1400000001", None)
     user = parse_request(
         {"request_id": "U", "received_at": 1, "user_id": "u-7", "sdk_app_id": "1400000001"}
     )
-    assert (user["field"], user["values"], user["sdk_app_id"]) == ("user_id", ["u-7"], "1400000001")
+    assert (user["field"], user["value"], user["scope"]) == ("user_id", "u-7", "1400000001")
 
 
 def test_subjects_by_phone_profile_and_application_in_rows_and_dead_letters():
@@ -735,19 +817,17 @@ def test_subjects_by_phone_profile_and_application_in_rows_and_dead_letters():
         ),
         parse_request({"request_id": "A", "received_at": 1, "sdk_app_id": 1400000001}),
     ]
-    subjects = Subjects(requests)
+    subjects = Subjects(POLICY, requests)
     table = pa.table(
         {
             "event_id": ["v1", "v2", "v3", "v4", "v5"],
             "business_phone": ["0014155552671", "+1 415 555 2672", None, None, None],
             "linkedin_url": [None, None, "uk.linkedin.com/in/Jane-Doe?x=1", None, None],
-            "sdk_app_id": [None, None, None, " 1400000001", "14000000010"],
         }
     )
-    index = subjects.index_for("corporate_visitor_info")
-    wanted = subjects.columns_for("corporate_visitor_info")
-    matched = index.match(table.select([c for c in wanted if c in table.column_names]))
-    assert subjects.attribute(matched, []) == {0: {"P"}, 2: {"L"}, 3: {"A"}}
+    assert subjects.rows("corporate_visitor_info", table) == {0: {"P"}, 2: {"L"}}
+    keys = pa.table({"sdk_app_id": [" 1400000001", "14000000010"]})
+    assert subjects.rows("customer_temporary_key", keys) == {0: {"A"}}
 
     def letter(raw: str) -> bytes:
         return json.dumps({"source": "x", "error": "e", "raw": raw}).encode()
@@ -783,7 +863,9 @@ def test_the_policy_names_every_key_of_an_event_and_where_applications_are_found
     assert {"console_configuration", "sdk_log", "sdk_appid"} <= set(linking)
     (cascade,) = cascades(POLICY)
     assert (cascade.event, cascade.then) == ("account_deleted", "service_terminated")
-    assert cascade.links == tuple((name, "uin", "sdk_app_id") for name in linking)
+    assert cascade.links == tuple(
+        (name, "uin", "sdk_app_id", "uin", "sdk_app_id") for name in linking
+    )
 
 
 def _policy_doc() -> dict:
@@ -796,17 +878,17 @@ def _policy_doc() -> dict:
         (
             {"marketing_opt_out": {"key": "business_email", "ends": ["until_opt_out"]}},
             [
-                "lifecycle_events.marketing_opt_out.key: replaced by keys, a list of the fields "
+                "lifecycle_events.marketing_opt_out.key: replaced by keys, a list of the kinds "
                 "it may name",
-                "lifecycle_events.marketing_opt_out.keys: missing: list the fields the event may "
-                "name",
+                "lifecycle_events.marketing_opt_out.keys: missing: list the subject kinds the "
+                "event may name",
             ],
         ),
         (
             {"marketing_opt_out": {"keys": ["business_email", "uin"], "ends": ["until_opt_out"]}},
             [
-                "lifecycle_events.marketing_opt_out.keys[1]: 'uin' is not a field of any stored "
-                "category whose retention this event ends"
+                "lifecycle_events.marketing_opt_out.keys[1]: no stored category whose retention "
+                "this event ends declares a field of 'uin' (subjects.fields)"
             ],
         ),
         (

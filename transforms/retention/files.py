@@ -235,6 +235,12 @@ class TableFile:
             return rows_with_micros(self._table.take(pa.array(rows, pa.int64())))
         return [{k: micros(v) for k, v in self._avro.records[r].items()} for r in rows]
 
+    def records(self, rows: Sequence[int]) -> list[dict[str, Any]]:
+        """Those rows as stored, for people to read (timestamps as datetimes, not micros)."""
+        if self._table is not None:
+            return self._table.take(pa.array(rows, pa.int64())).to_pylist()
+        return [dict(self._avro.records[r]) for r in rows]
+
     def write_without(self, path: str, drop: set[int]) -> int:
         """Write the file minus the rows ``drop`` to ``path``; returns the rows kept."""
         keep = [i for i in range(self.num_rows) if i not in drop]

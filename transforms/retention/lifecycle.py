@@ -1,28 +1,31 @@
 """Lifecycle events end open-ended retention: the rows they affect get their ``expires_at``.
 
-An event (``policy.lifecycle_events``) lists the record fields it may be keyed by and the
+An event (``policy.lifecycle_events``) lists the subject kinds it may be keyed by and the
 retention rules it ends: ``account_deleted`` (``uin``) ends account and service lifetime,
 ``service_terminated`` (``sdk_app_id``) ends service lifetime, ``marketing_opt_out`` (any one of
 ``business_email``, ``business_phone``, ``linkedin_url``) ends until-opt-out. One event names
-exactly one of its keys; the value is normalised as its column is compared
+exactly one of its keys; the value is normalised as its kind compares
 (``transforms.retention.matching``: an e-mail case-insensitively, a phone number in E.164, a
-LinkedIn URL as its profile path), and the stored column is compared under the same
-normalisation. A row is affected when its category can be ended by the event
-(:meth:`schemas.policy.LifecycleEvent.applies_to`), its key column holds the event's value and
-its ``retention_rule`` is one the event ends; its new expiry is
+LinkedIn URL as its profile path) and looked for, under the same normalisation, in the fields
+each category declares of that kind (the policy's ``subjects``, through
+``transforms.retention.subjects``, as erasure and access requests are). A row is affected when
+its category can be ended by the event (:meth:`schemas.policy.LifecycleEvent.applies_to`), a
+field of the key's kind holds the event's value and its ``retention_rule`` is one the event
+ends; its new expiry is
 :meth:`~schemas.policy.LifecycleEvent.expires_at` of the *current* policy's retention for that
 rule. When several events reach a row, the earliest expiry wins.
 
 An event may cascade (``cascades_to``): account deletion also ends the service of the account's
 applications (the policy: "when your account is deleted, we will delete this data within 7
 days" for temporary keys and application logs), whose rows carry only ``sdk_app_id``. A
-:class:`Cascade` says where those applications are found: every stored category whose fields
-hold both keys (console configuration, SDK logs, SDK APPIDs...), read from the policy, so that an
+:class:`Cascade` says where those applications are found: every stored category that declares a
+field of both keys (console configuration, SDK logs, SDK APPIDs...), so that an
 application no console configuration row names is still found; each gets a derived
 ``service_terminated`` event at the time of the account deletion.
 
-Only open-ended rows are looked at: they are all in the Hive null partition, which is what
-:class:`SplitFileFn` reads. A row whose new expiry is already due at the run time
+Only open-ended rows are looked at: they are all in the open-ended partition
+(``expiry_date=9999-12-31``, or Hive's null partition in outputs written before it), which is
+what :class:`SplitFileFn` reads. A row whose new expiry is already due at the run time
 (:func:`~transforms.retention.layout.due`: on or before the run's UTC date, the purge's rule) is
 deleted outright (an opt-out means "delete now"; an event reported late must not keep data past
 its expiry until the next purge); the others move to their ``expiry_date=`` partition, where the
@@ -38,20 +41,23 @@ from typing import Any
 
 import apache_beam as beam
 
-from schemas.policy import Category, LifecycleEvent, Policy, Retention
+from schemas.policy import SUBJECT_KINDS, Category, KeyLink, LifecycleEvent, Policy, Retention
 from transforms.counters import counter
 from transforms.deadletter import DeadLetterContext
 from transforms.parse import decode_json_line
 from transforms.rawinput import RecordError, check_text
 from transforms.retention.files import TableFile, read_parquet
 from transforms.retention.layout import due, full_path
-from transforms.retention.matching import ColumnIndex, column_kind, normalise
-from transforms.sinks import partition_path
+from transforms.retention.matching import ColumnIndex, normalise
+from transforms.retention.subjects import (
+    bounded_time,
+    declared_index,
+    read_columns,
+    subject_value,
+)
+from transforms.sinks import MAX_EXPIRY_MICROS, partition_path
 from transforms.timestamps import (
-    MAX_MICROS,
     TimeBounds,
-    TimestampError,
-    parse_event_time,
     utc_date,
 )
 
@@ -68,12 +74,12 @@ __all__ = [
     "parse_event",
 ]
 
-# {key column: {normalised value: {event name: earliest event time (epoch micros)}}}
+# {key kind: {normalised value: {event name: earliest event time (epoch micros)}}}
 EventIndex = dict[str, dict[str, dict[str, int]]]
 
 
 def event_keys(policy: Policy) -> tuple[str, ...]:
-    """Every field some lifecycle event of ``policy`` may be keyed by."""
+    """Every subject kind some lifecycle event of ``policy`` may be keyed by."""
     return tuple(sorted({k for event in policy.lifecycle_events.values() for k in event.keys}))
 
 
@@ -88,7 +94,8 @@ def parse_event(
     nothing: a phone number without its country code, a URL that is not a LinkedIn profile),
     ``missing_field:at``, ``malformed_timestamp:at``, ``event_time_out_of_range:at`` (outside
     the run's ``bounds``: an event in the future must not end retention now),
-    ``expiry_out_of_range`` (an event so late that an expiry it sets is past year 9999).
+    ``expiry_out_of_range`` (an event so late that an expiry it sets would fall on or after
+    9999-12-31, the date of the open-ended partition).
     """
     check_text(obj, ("event", "at", *event_keys(policy)))
     name = obj.get("event")
@@ -105,21 +112,11 @@ def parse_event(
     if len(given) > 1:
         raise RecordError("ambiguous_subject")
     (key,) = given
-    kind = column_kind(key)
-    raw = obj[key]
-    value = normalise(raw, kind) if isinstance(raw, str) or kind == "identifier" else None
+    value = subject_value(key, obj[key])
     if value is None:
         raise RecordError("malformed_field", key)
-    at = obj.get("at")
-    if at is None or at == "":
-        raise RecordError("missing_field", "at")
-    try:
-        at_us = parse_event_time(at)
-    except TimestampError:
-        raise RecordError("malformed_timestamp", "at") from None
-    if bounds is not None and at_us not in bounds:
-        raise RecordError("event_time_out_of_range", "at")
-    if at_us + _longest_grace(policy, event) > MAX_MICROS:
+    at_us = bounded_time(obj, "at", bounds)
+    if at_us + _longest_grace(policy, event) > MAX_EXPIRY_MICROS:
         raise RecordError("expiry_out_of_range")
     return {"event": name, "key": key, "value": value, "at": at_us}
 
@@ -199,18 +196,18 @@ class IndexEvents(beam.CombineFn):
 class Cascade:
     """``then`` follows ``event``, at its time, for every entity found with it.
 
-    ``links`` are ``(category, key of event, key of then)``: rows of that category holding the
-    event's value in the first column name an entity of ``then`` in the second
-    (:meth:`schemas.policy.LifecycleEvent.links_to`: every stored category with both fields).
+    ``links``: rows of a link's category holding the event's value in its field ``own`` name an
+    entity of ``then`` in its field ``theirs`` (:meth:`schemas.policy.LifecycleEvent.links_to`:
+    every stored category that declares a field of both keys).
     """
 
     event: str
     then: str
-    links: tuple[tuple[str, str, str], ...]
+    links: tuple[KeyLink, ...]
 
     @property
     def categories(self) -> frozenset[str]:
-        return frozenset(category for category, _, _ in self.links)
+        return frozenset(link.category for link in self.links)
 
 
 def cascades(policy: Policy) -> tuple[Cascade, ...]:
@@ -221,12 +218,6 @@ def cascades(policy: Policy) -> tuple[Cascade, ...]:
         for event in events.values()
         for then in event.cascades_to
     )
-
-
-def _read_columns(file: Mapping[str, str], columns: list[str]):
-    if file["format"] == "parquet":
-        return read_parquet(file["path"], columns)
-    return TableFile(file["path"], file["format"]).columns(columns)
 
 
 class ResolveCascadesFn(beam.DoFn):
@@ -243,38 +234,39 @@ class ResolveCascadesFn(beam.DoFn):
 
     def process(self, file: Mapping[str, str], index: EventIndex) -> Iterator[dict[str, Any]]:
         for cascade in self._cascades:
-            for category, own, theirs in cascade.links:
-                if category == file["category"]:
-                    yield from self._derive(file, index, cascade, own, theirs)
+            for link in cascade.links:
+                if link.category == file["category"]:
+                    yield from self._derive(file, index, cascade, link)
 
     def _derive(
-        self, file: Mapping[str, str], index: EventIndex, cascade: Cascade, own: str, theirs: str
+        self, file: Mapping[str, str], index: EventIndex, cascade: Cascade, link: KeyLink
     ) -> Iterator[dict[str, Any]]:
         happened = {
             value: times[cascade.event]
-            for value, times in index.get(own, {}).items()
+            for value, times in index.get(link.own_kind, {}).items()
             if cascade.event in times
         }
         if not happened:
             return
-        table = _read_columns(file, [own, theirs])
-        if theirs not in table.column_names:
+        table = read_columns(file, [link.own, link.theirs])
+        if link.theirs not in table.column_names:
             return
-        matched = ColumnIndex({own: happened}).match(table)
+        own = SUBJECT_KINDS[link.own_kind]
+        matched = ColumnIndex({link.own: happened}, {link.own: own}).match(table)
         if not matched:
             return
         rows = sorted(matched)
-        entities = table.column(theirs).take(rows).to_pylist()
+        entities = table.column(link.theirs).take(rows).to_pylist()
         for row, entity in zip(rows, entities, strict=True):
-            value = normalise(entity, column_kind(theirs))
+            value = normalise(entity, SUBJECT_KINDS[link.their_kind])
             if value is None:
                 continue
             self._derived[cascade.then].inc()
             yield {
                 "event": cascade.then,
-                "key": theirs,
+                "key": link.their_kind,
                 "value": value,
-                "at": matched[row][own],
+                "at": matched[row][link.own],
                 "derived_from": cascade.event,
             }
 
@@ -296,10 +288,24 @@ class CategoryRules:
         retentions = [category.retention] + [p.retention for p in category.purposes if p.retention]
         self._by_label = {r.label: r for r in retentions}
         self._by_rule = {r.rule: r for r in retentions}
+        self._declared = category
 
     @property
     def keys(self) -> frozenset[str]:
+        """The subject kinds the category's events are keyed by."""
         return frozenset(k for e in self.events.values() for k in e.keys)
+
+    def index(self, index: EventIndex) -> ColumnIndex:
+        """The events of ``index`` that can end rows of this category, over the fields it
+        declares of their keys (``transforms.retention.subjects``)."""
+        relevant = {
+            kind: {
+                value: {n: at for n, at in times.items() if n in self.events}
+                for value, times in index.get(kind, {}).items()
+            }
+            for kind in self.keys
+        }
+        return ColumnIndex(*declared_index(self._declared, relevant))
 
     def retention(self, label: object) -> Retention | None:
         if not isinstance(label, str):
@@ -320,9 +326,10 @@ class CategoryRules:
             return None
         best: tuple[int, str] | None = None
         for column, times in found.items():
+            kind = self._declared.subject_fields.get(column)
             for name, at in times.items():
                 event = self.events.get(name)
-                if event is None or column not in event.keys:
+                if event is None or kind not in event.keys:
                     continue
                 expires = event.expires_at(retention, at)
                 if expires is not None and (best is None or (expires, name) < best):
@@ -332,7 +339,7 @@ class CategoryRules:
 
 @beam.typehints.with_output_types(Any, parquet=Any, avro=Any)
 class SplitFileFn(beam.DoFn):
-    """A null-partition file -> the rows to move (tagged by format), and its action.
+    """A file of an open-ended partition -> the rows to move (tagged by format), and its action.
 
     The file's remaining rows are staged under the transaction (same relative path, the file's
     own schema and codec); the action says ``replace`` (rows remain) or ``delete`` (none
@@ -358,15 +365,7 @@ class SplitFileFn(beam.DoFn):
         key = (id(index), rules.category)
         if key not in self._indexes:
             self._indexes = {k: v for k, v in self._indexes.items() if k[0] == id(index)}
-            self._indexes[key] = ColumnIndex(
-                {
-                    column: {
-                        value: {n: at for n, at in times.items() if n in rules.events}
-                        for value, times in index.get(column, {}).items()
-                    }
-                    for column in rules.keys
-                }
-            )
+            self._indexes[key] = rules.index(index)
         return self._indexes[key]
 
     def process(self, file: Mapping[str, str], index: EventIndex) -> Iterator[Any]:
