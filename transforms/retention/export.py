@@ -85,7 +85,9 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _found(root: str, found: Sequence[Mapping[str, Any]], request_id: str) -> Iterator[dict]:
+def _found(
+    root: str, found: Sequence[Mapping[str, Any]], request_id: str, policy: Policy
+) -> Iterator[dict]:
     """The request's staged rows and dead letters, file by file (in the order of ``found``),
     each as exported: its header (category, purposes, legal basis, retention, expiry, file)
     then its fields."""
@@ -99,7 +101,7 @@ def _found(root: str, found: Sequence[Mapping[str, Any]], request_id: str) -> It
             if entry["kind"] == DATA:
                 yield _row_record(entry, item["row"])
             else:
-                yield _letter_record(entry, item["letter"])
+                yield _letter_record(entry, item["letter"], policy.dead_letter_retention.label)
 
 
 def _row_record(entry: Mapping[str, Any], row: Mapping[str, Any]) -> dict[str, Any]:
@@ -115,16 +117,17 @@ def _row_record(entry: Mapping[str, Any], row: Mapping[str, Any]) -> dict[str, A
     }
 
 
-def _letter_record(entry: Mapping[str, Any], letter: Any) -> dict[str, Any]:
-    """A dead letter: a record a pipeline could not process, kept to find out why. The policy
-    declares no purpose or legal basis of their own for them: none is invented here."""
+def _letter_record(entry: Mapping[str, Any], letter: Any, rule: str) -> dict[str, Any]:
+    """A dead letter: a record a pipeline could not process, kept to find out why (``rule``: the
+    policy's dead-letter retention). The policy declares no purpose or legal basis of their own
+    for them: none is invented here."""
     body = letter if isinstance(letter, dict) else {"raw": letter}
     return {
         "category": DEAD_LETTERS,
         "source": body.get("source") or entry["name"],
         "purposes": [],
         "legal_basis": None,
-        "retention_rule": None,
+        "retention_rule": rule,
         "expires_at": body.get("expires_at"),
         "stored_in": entry["target"],
         "fields": {k: v for k, v in body.items() if k not in ("expires_at",)},
@@ -262,7 +265,7 @@ def write_export(
     scan's entries, each with its staged file) and return its counts (no values)."""
     request_id = request["request_id"]
     by_category: dict[str, list[dict[str, Any]]] = {}
-    for record in _found(root, found, request_id):
+    for record in _found(root, found, request_id, policy):
         by_category.setdefault(record["category"], []).append(record)
     head = {
         "request_id": request_id,
