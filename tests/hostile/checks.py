@@ -370,6 +370,7 @@ _LAYOUT_FILES = (
     re.compile(r"^data_category=[^/]+/expiry_date=[^/]+/(?!\.)[^/]+\.(parquet|avro)$"),
     re.compile(r"^_dead_letter/source=[^/]+/expiry_date=[^/]+/(?!\.)[^/]+\.jsonl$"),
     re.compile(r"^_reports/(?!\.)[^/]+\.json$"),
+    re.compile(r"^_runs/(?!\.)[^/]+\.json$"),  # a run's record (its time and attempts)
 )
 
 
@@ -382,7 +383,8 @@ def leftovers(root: Path) -> list[str]:
             continue  # inside a directory already listed
         if path.is_dir():
             name = path.name
-            if name.startswith((".temp", ".tmp", "_retention")) or "spill" in name:
+            staging = rel.startswith("_runs/")  # a run's staging: gone once it commits
+            if staging or name.startswith((".temp", ".tmp", "_retention")) or "spill" in name:
                 found.append(rel + "/")
         elif not any(pattern.match(rel) for pattern in _LAYOUT_FILES):
             found.append(rel)
