@@ -17,11 +17,12 @@ from typing import Any
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.runner import PipelineResult
 
-from transforms.counters import NAMESPACE
+from transforms.counters import FALLBACK_PREFIX, NAMESPACE
 from transforms.retention.txn import write_audit
 
 __all__ = [
     "build_report",
+    "columnar_fallbacks",
     "counters_of",
     "counters_with_prefix",
     "dead_letter_ratio_error",
@@ -95,7 +96,18 @@ def build_report(
         "guard": counters_with_prefix(counters, "guard."),
         "fingerprinted": counters.get("fingerprinted", 0),
         "commit": counters_with_prefix(counters, "commit."),
+        "columnar_fallbacks": columnar_fallbacks(counters),
     }
+
+
+def columnar_fallbacks(counters: Mapping[str, int]) -> dict[str, dict[str, int]]:
+    """``{stage: {reason: rows}}`` of the rows columnar stages handed to their record path
+    (``transforms.counters.fallback``)."""
+    found: dict[str, dict[str, int]] = {}
+    for name, rows in counters_with_prefix(counters, FALLBACK_PREFIX).items():
+        stage, _, reason = name.partition(".")
+        found.setdefault(stage, {})[reason] = rows
+    return found
 
 
 def write_report(report: Mapping[str, Any], output_dir: str, run_id: str) -> str:
@@ -124,6 +136,10 @@ def _ratio(report: Mapping[str, Any]) -> str:
     return shown if limit is None else f"{shown} (max {limit:g})"
 
 
+def _fallbacks(report: Mapping[str, Any]) -> int:
+    return sum(sum(reasons.values()) for reasons in report.get("columnar_fallbacks", {}).values())
+
+
 def summary_lines(report: Mapping[str, Any]) -> list[str]:
     """A short human summary of a report, for the console."""
     counts = report["counts"]
@@ -133,7 +149,7 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
     name = report["pipeline"]
     lines = [
         f"[{name}] read={counts['read']} written: {written}",
-        f"[{name}] dead letters: {dead}; {_ratio(report)}",
+        f"[{name}] dead letters: {dead}; {_ratio(report)}; columnar fallbacks {_fallbacks(report)}",
     ]
     if report["regions"]:
         lines.append(f"[{name}] regions: {report['regions']} suppressed: {report['suppressed']}")
