@@ -19,9 +19,10 @@ record.
 pipelines do) or of single records (the default, for users and tests that work record by record:
 the records are batched with ``BatchElements`` and unbatched after the stage).
 
-Columnar batches: a batch is either a :class:`Batch` (a list of record dicts) or a
-:class:`TableBatch` (the same records as the columns of a ``pyarrow.Table``: a missing value is
-null). The parser emits tables where the schema maps to Arrow, and the visit stages (geolocate,
+Columnar batches: a batch is either a :class:`~transforms.elements.Batch` (a list of record
+dicts) or a :class:`~transforms.elements.TableBatch` (the same records as the columns of a
+``pyarrow.Table``: a missing value is null; both defined in ``transforms.elements``). The parser
+emits tables where the schema maps to Arrow, and the visit stages (geolocate,
 suppress, enrich, guard, tag) then work on whole columns with ``pyarrow.compute``: past the
 JSON decoder, a record is never a dict again on its way to the sinks. A stage without a
 columnar version (or a table its columnar version cannot decide exactly) goes record by record
@@ -40,6 +41,7 @@ import pyarrow as pa
 
 from transforms.counters import counter
 from transforms.deadletter import DeadLetterContext, ParDoWithDeadLetters, RecordError
+from transforms.elements import AnyBatch, Batch, TableBatch, records_of
 
 __all__ = [
     "BATCH_SIZE",
@@ -59,81 +61,6 @@ __all__ = [
 # visits measured ~0.9 µs per row cheaper end to end than 2048, 16384 no better), small enough
 # that a batch of visits (~2.5 MB of lines, about as much as a table) stays small in flight.
 BATCH_SIZE = 8192
-
-
-class AnyBatch:
-    """What travels between batched stages: a :class:`Batch` or a :class:`TableBatch` (the
-    element type of their PCollections, whose coder is :class:`BatchCoder`)."""
-
-    __slots__ = ()
-
-
-class Batch(list, AnyBatch):
-    """A batch of records (or of raw lines): a list with a coder of its own, :class:`BatchCoder`.
-
-    Why a type: Beam samples the encoded size of elements of every PCollection for its metrics
-    (the first ten, then fewer and fewer); the default coder walks every value of every record
-    of a batch for that, which cost ~15% of a run of the SDK-log pipeline.
-    """
-
-
-class TableBatch(AnyBatch):
-    """A batch of records as the columns of a ``pyarrow.Table`` (a field a record lacks is null).
-
-    Records of a table are read as ``table.to_pylist()``: dicts with every column as a key.
-    """
-
-    __slots__ = ("table",)
-
-    def __init__(self, table: pa.Table) -> None:
-        self.table = table
-
-    def __len__(self) -> int:
-        return self.table.num_rows
-
-    def __repr__(self) -> str:
-        return f"TableBatch({self.table.num_rows} rows: {', '.join(self.table.column_names)})"
-
-
-def records_of(batch: Any) -> list[Any]:
-    """The records of a batch of either kind, as a list (a table's rows as dicts)."""
-    return batch.table.to_pylist() if isinstance(batch, TableBatch) else batch
-
-
-class BatchCoder(beam.coders.Coder):
-    """Encodes a :class:`Batch` as a list and a :class:`TableBatch` as an Arrow IPC stream;
-    estimates a list's size from its first element and a table's from its buffers."""
-
-    def __init__(self) -> None:
-        self._items = beam.coders.FastPrimitivesCoder()
-
-    def encode(self, value: AnyBatch) -> bytes:
-        if isinstance(value, TableBatch):
-            sink = pa.BufferOutputStream()
-            with pa.ipc.new_stream(sink, value.table.schema) as writer:
-                writer.write_table(value.table)
-            return b"T" + sink.getvalue().to_pybytes()
-        return b"L" + self._items.encode(list(value))
-
-    def decode(self, encoded: bytes) -> AnyBatch:
-        if encoded[:1] == b"T":
-            return TableBatch(pa.ipc.open_stream(encoded[1:]).read_all())
-        return Batch(self._items.decode(encoded[1:]))
-
-    def estimate_size(self, value: AnyBatch) -> int:
-        if isinstance(value, TableBatch):
-            return value.table.nbytes + 1
-        return len(value) * self._items.estimate_size(value[0]) + 1 if value else 1
-
-    def is_deterministic(self) -> bool:
-        return False
-
-    def to_type_hint(self) -> type:
-        return AnyBatch
-
-
-for _kind in (AnyBatch, Batch, TableBatch):
-    beam.coders.registry.register_coder(_kind, BatchCoder)
 
 
 class CounterTally:

@@ -31,6 +31,7 @@ from typing import Any
 
 import apache_beam as beam
 
+from transforms.elements import AnyBatch, records_of
 from transforms.masking import Exposure, Masker, masked_json
 from transforms.rawinput import MAX_ID_CHARS, ReadFailure, RecordError, Withheld, has_surrogate
 from transforms.scanning import ALL_KINDS, scan_text
@@ -160,10 +161,7 @@ class _ExceptionToDeadLetter(beam.DoFn):
     def process(self, failed: tuple[Any, tuple[type, str, list[str]]]):
         element, (exc_type, _message, _traceback) = failed
         error = f"unexpected_error:{getattr(exc_type, '__name__', str(exc_type))}"
-        # A failed batch (transforms.batches, which imports this module) is one dead letter per
-        # record it held.
-        from transforms.batches import AnyBatch, records_of
-
+        # A failed batch is one dead letter per record it held.
         for item in records_of(element) if isinstance(element, (list, AnyBatch)) else (element,):
             yield self._context.letter(
                 stage=self._stage,

@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 from pipelines.options import bundled
 from schemas.arrow import arrow_schema
 from schemas.avro import category_columns, input_fields, output_schema
-from transforms.batches import AnyBatch, Batch, BatchCoder, TableBatch, records_of
 from transforms.columns import not_blank, present
 from transforms.deadletter import FromExceptions
+from transforms.elements import AnyBatch, Batch, BatchCoder, TableBatch, records_of
 from transforms.enrichment import FAILED, MATCHED, NO_MATCH, LookupResult
 from transforms.enrichment.enrich import JoinAroundDeal, RestrictContactsByCompanyCountry
 from transforms.geo import GeolocateFn
