@@ -48,9 +48,9 @@ from transforms.sinks import (
     micros_to_iso,
     partition_path,
 )
-from transforms.sinks.deadletters import LETTER_SCHEMA, DeadLetterLines, _LettersToTables
-from transforms.sinks.files import _AvroFile, _ParquetFile
-from transforms.sinks.runs import _destination, _destination_keys, _row_shards, _sort_run
+from transforms.sinks.deadletters import LETTER_SCHEMA, DeadLetterLines, LettersToTables
+from transforms.sinks.files import AvroFileWriter, ParquetFileWriter
+from transforms.sinks.runs import _row_shards, destination_keys, destination_of_key, sort_run
 from transforms.sinks.tables import (
     METRICS_NAMESPACE,
     DataTables,
@@ -301,7 +301,7 @@ def test_parquet_files_dictionary_encode_only_repetitive_columns(tmp_path):
     )
     path = tmp_path / "chosen.parquet"
     with open(path, "wb") as fh:
-        writer = _ParquetFile(fh, schema, "snappy", 300)
+        writer = ParquetFileWriter(fh, schema, "snappy", 300)
         writer.write(table)
         writer.close()
     meta = pq.ParquetFile(path).metadata
@@ -349,7 +349,7 @@ def test_avro_writer_writes_blocks_and_converts_millis(tmp_path):
     table = to_arrow_table(rows, arrow_schema(MILLIS_SCHEMA))
     path = tmp_path / "direct.avro"
     with open(path, "wb") as fh:
-        writer = _AvroFile(fh, MILLIS_SCHEMA, sync_interval=64)
+        writer = AvroFileWriter(fh, MILLIS_SCHEMA, sync_interval=64)
         writer.write(table.slice(0, 20))
         writer.write(table.slice(20).to_batches()[0])  # tables and record batches alike
         writer.close()
@@ -850,7 +850,7 @@ def test_dead_letters_with_lone_surrogates_spill_and_compact(tmp_path):
     out = tmp_path / "out"
     temp_dir = str(out / ".temp-sur-dead-letters")
     output = DeadLetterLines(1)
-    gather = _LettersToTables(rows_per_table=8, bytes_per_table=1 << 20)
+    gather = LettersToTables(rows_per_table=8, bytes_per_table=1 << 20)
     buffer = _BufferPartitions(output, temp_dir, 2000)
     for dofn in (gather, buffer):
         dofn.setup()
@@ -934,7 +934,7 @@ def test_letters_to_tables_cut_by_bytes_and_rows():
     """A table of lines holds at most ``bytes_per_table`` bytes (plus its last line) and
     ``rows_per_table`` letters; every letter is in one table, its line as written."""
     letters = [{**letter, "source": "visits"} for letter in _many_letters(200)]
-    gather = _LettersToTables(rows_per_table=16, bytes_per_table=1000)
+    gather = LettersToTables(rows_per_table=16, bytes_per_table=1000)
     gather.setup()
     gather.start_bundle()
     emitted = [v.value for letter in letters for v in gather.process(letter)]
@@ -1251,14 +1251,14 @@ def test_destination_keys_match_partition_path():
     instants = [micros(iso) for iso, _day in BOUNDARIES] + [None, 0, -1, 1, DAY_US, -DAY_US]
     instants += [micros("0001-01-01T00:00:00+00:00"), MAX_EXPIRY_MICROS]
     table = visit_table([visit(i, at) for i, at in enumerate(instants)])
-    keys = _destination_keys(table, 1, "event_id").to_pylist()
-    assert [_destination("visit", k, 1, partition_path)[1] for k in keys] == [
+    keys = destination_keys(table, 1, "event_id").to_pylist()
+    assert [destination_of_key("visit", k, 1, partition_path)[1] for k in keys] == [
         partition_path("visit", at) for at in instants
     ]
     # A real expiry on the open-ended partition's date never gets a directory.
-    (late,) = _destination_keys(visit_table([visit(0, MAX_EXPIRY_MICROS + 1)]), 1, "event_id")
+    (late,) = destination_keys(visit_table([visit(0, MAX_EXPIRY_MICROS + 1)]), 1, "event_id")
     with pytest.raises(ValueError, match="open-ended partition"):
-        _destination("visit", late.as_py(), 1, partition_path)
+        destination_of_key("visit", late.as_py(), 1, partition_path)
 
 
 @given(
@@ -1272,13 +1272,13 @@ def test_destination_keys_match_partition_path():
 def test_sorted_runs_agree_with_expiry_date(instants, cut):
     rows = [visit(i, at) for i, at in enumerate(instants)]
     tables = [visit_table(rows[k : k + cut]) for k in range(0, len(rows), cut)]
-    keys = [_destination_keys(t, 1, "event_id") for t in tables]
-    table, spans = _sort_run(tables, keys)
+    keys = [destination_keys(t, 1, "event_id") for t in tables]
+    table, spans = sort_run(tables, keys)
     assert [key for key, _offset, _size in spans] == sorted(
         {k for ks in keys for k in ks.to_pylist()}
     )
     for key, offset, size in spans:
-        day = _destination("visit", key, 1, partition_path)[1].rsplit("=", 1)[1]
+        day = destination_of_key("visit", key, 1, partition_path)[1].rsplit("=", 1)[1]
         piece = table.slice(offset, size)
         instants_here = piece.column("expires_at").cast(pa.int64()).to_pylist()
         assert {expiry_date(at) for at in instants_here} == {day}

@@ -30,9 +30,9 @@ from apache_beam.io.fileio import FileMetadata
 from apache_beam.io.filesystem import CompressionTypes
 
 from transforms.counters import counter
-from transforms.sinks.files import MIME_TYPES, _JsonLinesFile
-from transforms.sinks.layout import _check_micros, _check_shards, dead_letter_path, micros_to_iso
-from transforms.sinks.rows import DEFAULT_TABLE_ROWS, _GatherTables
+from transforms.sinks.files import MIME_TYPES, JsonLinesFileWriter
+from transforms.sinks.layout import check_micros, check_shards, dead_letter_path, micros_to_iso
+from transforms.sinks.rows import DEFAULT_TABLE_ROWS, GatherTables
 from transforms.sinks.tables import DEFAULT_BUFFER_BYTES, SpillAndCompact, TableOutput
 
 # The letters of a run share their expiry (the run time + the policy's period): formatting it
@@ -112,7 +112,7 @@ class DeadLetterLines(TableOutput):
     name = "dead-letters"
     formats = ("jsonl",)
     shard_key = "line"
-    row_counter = None  # counted by reason, in _LettersToTables
+    row_counter = None  # counted by reason, in LettersToTables
     directory = staticmethod(dead_letter_path)
 
     def __init__(self, shards: int) -> None:
@@ -124,11 +124,11 @@ class DeadLetterLines(TableOutput):
             raise TypeError(f"dead letters travel as tables of LETTER_SCHEMA, got {got}")
         return table
 
-    def writer(self, fmt: str, kind: str, handle) -> _JsonLinesFile:
-        return _JsonLinesFile(handle, "line")
+    def writer(self, fmt: str, kind: str, handle) -> JsonLinesFileWriter:
+        return JsonLinesFileWriter(handle, "line")
 
 
-class _LettersToTables(_GatherTables):
+class LettersToTables(GatherTables):
     """Dead-letter dicts -> ``(source, table of LETTER_SCHEMA)``; counts
     ``dead_letter.<reason>`` per letter. A letter is kept as its JSON line only, and a table
     is cut at ``bytes_per_table`` bytes of lines as well as at ``rows_per_table`` letters: a
@@ -148,7 +148,7 @@ class _LettersToTables(_GatherTables):
         source = row.get("source")
         expires_at = row.get("expires_at")
         if expires_at is not None:
-            _check_micros(expires_at, "expires_at")
+            check_micros(expires_at, "expires_at")
         line = dead_letter_json(row)
         # "" and None alike: Hive's null partition
         return ("" if source is None else str(source)), (expires_at, line), len(line)
@@ -183,7 +183,7 @@ class WriteDeadLetters(SpillAndCompact):
         buffer_bytes: int = DEFAULT_BUFFER_BYTES,
         remove_temp: bool = True,
     ) -> None:
-        output = DeadLetterLines(_check_shards(shards_per_partition))
+        output = DeadLetterLines(check_shards(shards_per_partition))
         super().__init__(
             output,
             output_dir,
@@ -194,5 +194,5 @@ class WriteDeadLetters(SpillAndCompact):
 
     def to_tables(self, pcoll: beam.PCollection, suffix: str) -> beam.PCollection:
         # A table of lines is a small part of the buffer it goes to (which spills at half).
-        gather = _LettersToTables(DEFAULT_TABLE_ROWS, max(1, self.buffer_bytes // 8))
+        gather = LettersToTables(DEFAULT_TABLE_ROWS, max(1, self.buffer_bytes // 8))
         return pcoll | f"ToTables{suffix}" >> beam.ParDo(gather)

@@ -43,7 +43,7 @@ _AVRO_CHUNK_ROWS = 4096
 _TEXT_CHUNK_ROWS = 4096
 
 
-def _check_parquet_codec(codec: str) -> str:
+def check_parquet_codec(codec: str) -> str:
     codec = codec.lower()
     if codec in ("none", "uncompressed"):
         return codec
@@ -56,13 +56,13 @@ def _check_parquet_codec(codec: str) -> str:
     return codec
 
 
-def _check_row_group_size(row_group_size: int) -> int:
+def check_row_group_size(row_group_size: int) -> int:
     if row_group_size < 1:
         raise ValueError(f"row_group_size must be >= 1, got {row_group_size}")
     return row_group_size
 
 
-def _check_avro_codec(codec: str) -> str:
+def check_avro_codec(codec: str) -> str:
     """Write one tiny block: fastavro only reports a missing codec library when used."""
     try:
         fastavro.writer(io.BytesIO(), {"type": "string"}, ["x"], codec=codec)
@@ -74,14 +74,14 @@ def _check_avro_codec(codec: str) -> str:
     return codec
 
 
-def _floor_div(values: Any, divisor: int) -> Any:
+def floor_div(values: Any, divisor: int) -> Any:
     """Integer floor division (Arrow's ``divide`` truncates toward zero); nulls stay null."""
     quotient = pc.divide(values, divisor)
     below = pc.less(values, pc.multiply(quotient, divisor))
     return pc.subtract(quotient, pc.cast(below, pa.int64()))
 
 
-def _micros_column(column: Any) -> Any:
+def micros_column(column: Any) -> Any:
     """Epoch microseconds (int64) of a timestamp or integer column."""
     if pa.types.is_timestamp(column.type):
         if column.type.unit != "us":
@@ -118,7 +118,7 @@ def _dictionary_columns(sample: pa.Table) -> list[str] | bool:
     return chosen
 
 
-class _ParquetFile:
+class ParquetFileWriter:
     """A Parquet file written from Arrow data in row groups of exactly ``row_group_size`` rows
     (the last one excepted): small inputs are coalesced, so memory is about one row group.
     The writer opens with the first row group, whose rows choose the dictionary-encoded
@@ -181,7 +181,7 @@ class ParquetSink(fileio.FileSink):
     writing a file of row dicts through ``fileio.WriteToFiles`` or by hand (the tests write
     sample partitions with it), with the same codec and row-group defaults. Rows are buffered
     up to ``row_group_size`` and converted column-wise (``schemas.arrow.to_arrow_table``), so
-    memory is bounded by one row group, and each row group goes to :class:`_ParquetFile`.
+    memory is bounded by one row group, and each row group goes to :class:`ParquetFileWriter`.
 
     ``flush`` finishes the file (Parquet has a footer); call it once, right before closing
     the handle (``WriteToFiles`` does).
@@ -193,10 +193,10 @@ class ParquetSink(fileio.FileSink):
         codec: str = DEFAULT_PARQUET_CODEC,
         row_group_size: int = DEFAULT_ROW_GROUP_SIZE,
     ) -> None:
-        self.row_group_size = _check_row_group_size(row_group_size)
-        self.codec = _check_parquet_codec(codec)
+        self.row_group_size = check_row_group_size(row_group_size)
+        self.codec = check_parquet_codec(codec)
         self.schema = schema
-        self._file: _ParquetFile | None = None
+        self._file: ParquetFileWriter | None = None
         self._rows: list[Mapping[str, Any]] = []
         self._closed = False
 
@@ -207,7 +207,7 @@ class ParquetSink(fileio.FileSink):
         )
 
     def open(self, fh) -> None:
-        self._file = _ParquetFile(fh, self.schema, self.codec, self.row_group_size)
+        self._file = ParquetFileWriter(fh, self.schema, self.codec, self.row_group_size)
         self._rows = []
         self._closed = False
 
@@ -249,16 +249,16 @@ def _avro_records(data: pa.Table | pa.RecordBatch, millis: frozenset[str]) -> li
     columns = []
     for name, column in zip(names, data.columns, strict=True):
         if pa.types.is_timestamp(column.type):
-            column = _micros_column(column)
+            column = micros_column(column)
             if name in millis:
-                column = _floor_div(column, 1000)
+                column = floor_div(column, 1000)
         elif pa.types.is_date32(column.type):
             column = pc.cast(column, pa.int32())
         columns.append(column.to_pylist())
     return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
 
 
-class _AvroFile:
+class AvroFileWriter:
     """An Avro container file written from Arrow data with fastavro.
 
     Blocks are buffered by fastavro up to ``sync_interval`` bytes and compressed with
@@ -297,7 +297,7 @@ class _AvroFile:
         """Nothing to release: fastavro holds no resource besides the handle."""
 
 
-class _JsonLinesFile:
+class JsonLinesFileWriter:
     """A JSON Lines file of the ``column`` of Arrow data: each value is one line, written
     UTF-8 as it is (the producer made it a JSON object), followed by a newline. Converted to
     Python ``_TEXT_CHUNK_ROWS`` values at a time (bounds the Python objects alive)."""

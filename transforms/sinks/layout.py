@@ -44,7 +44,7 @@ EXTENSIONS = {"parquet": ".parquet", "avro": ".avro", "jsonl": ".jsonl"}
 Destination = tuple[str, str, int, int]
 
 
-def _check_micros(value: object, what: str) -> int:
+def check_micros(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{what} must be int epoch microseconds or None, got {value!r}")
     return value
@@ -59,7 +59,7 @@ def expiry_date(expires_at_micros: int | None) -> str:
     an ``expiry_out_of_range`` dead letter, so this is a last check, not a route)."""
     if expires_at_micros is None:
         return OPEN_ENDED_EXPIRY_DATE
-    day = utc_date(_check_micros(expires_at_micros, "expires_at"))
+    day = utc_date(check_micros(expires_at_micros, "expires_at"))
     if expires_at_micros > MAX_EXPIRY_MICROS:
         raise ValueError(
             f"expires_at {expires_at_micros} is on or after {OPEN_ENDED_EXPIRY_DATE}, the date of "
@@ -70,7 +70,7 @@ def expiry_date(expires_at_micros: int | None) -> str:
 
 def micros_to_iso(micros: int) -> str:
     """ISO-8601 UTC string with a ``Z`` suffix (microseconds only when non-zero)."""
-    return format_utc(_check_micros(micros, "timestamp"))
+    return format_utc(check_micros(micros, "timestamp"))
 
 
 def _hive_value(value: object) -> str:
@@ -95,16 +95,16 @@ def dead_letter_path(source: str | None, expires_at: int | None) -> str:
     return f"{DEAD_LETTER_DIR}/source={_hive_value(source)}/expiry_date={expiry_date(expires_at)}"
 
 
-def _part_name(shard: int, shards: int, token: str) -> str:
+def part_name(shard: int, shards: int, token: str) -> str:
     """File name stem of a destination: the run token keeps a later run from overwriting it."""
     return f"part-{shard:05d}-of-{shards:05d}-{token}"
 
 
-def _new_token() -> str:
+def new_token() -> str:
     return uuid.uuid4().hex[:8]
 
 
-def _check_shards(shards: int | None) -> int:
+def check_shards(shards: int | None) -> int:
     if shards is None:
         return 1
     if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
@@ -112,7 +112,7 @@ def _check_shards(shards: int | None) -> int:
     return shards
 
 
-def _ensure_dir(path: str) -> None:
+def ensure_dir(path: str) -> None:
     """Create a partition directory before a file is renamed into it (renames do not)."""
     if not FileSystems.get_filesystem(path).has_dirs():
         return  # object stores: a key with slashes needs no directory

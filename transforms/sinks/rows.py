@@ -16,13 +16,13 @@ import pyarrow as pa
 from apache_beam.transforms.window import GlobalWindows
 
 from schemas.arrow import to_arrow_table
-from transforms.sinks.tables import WriteTables, _no_schema
+from transforms.sinks.tables import WriteTables, no_schema
 
 # Rows per table built from Python rows, per kind and bundle.
 DEFAULT_TABLE_ROWS = 8192
 
 
-class _GatherTables(beam.DoFn):
+class GatherTables(beam.DoFn):
     """Python rows -> ``(kind, table)`` per kind and bundle, of up to ``rows_per_table`` rows
     and, where :meth:`gather` knows the size of what it keeps, ``bytes_per_table`` bytes.
 
@@ -67,7 +67,7 @@ class _GatherTables(beam.DoFn):
             yield self._emit(kind, batch)
 
 
-class _RowsToTables(_GatherTables):
+class _RowsToTables(GatherTables):
     """Row dicts -> ``(category, table)`` of the category's Arrow schema."""
 
     def __init__(self, arrow: Mapping[str, pa.Schema], rows_per_table: int) -> None:
@@ -77,7 +77,7 @@ class _RowsToTables(_GatherTables):
     def gather(self, row: Any) -> tuple[str, Mapping[str, Any], int]:
         category = row.get("data_category") if isinstance(row, Mapping) else None
         if not isinstance(category, str) or category not in self.arrow:
-            raise _no_schema(
+            raise no_schema(
                 "WritePartitioned", category, self.arrow, f"event_id={_event_id(row)!r}"
             )
         return category, row, 0

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.sinks.files import _floor_div, _micros_column
+from transforms.sinks.files import floor_div, micros_column
 from transforms.sinks.layout import Destination
 
 _MICROS_PER_DAY = 86_400_000_000
@@ -31,7 +31,7 @@ _NULL_DAY = 1 << 32
 # Rows per record batch in a temp file.
 _RUN_BATCH_ROWS = 64 * 1024
 _IPC_MIME = "application/vnd.apache.arrow.file"
-_IPC_EXTENSION = ".arrow"
+IPC_EXTENSION = ".arrow"
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 # Where a destination's rows are in a temp file: (path, first record batch, batch count).
@@ -65,11 +65,11 @@ def _row_shards(table: pa.Table, shards: int, shard_key: str) -> pa.Array:
     return pa.array(out, pa.int64())
 
 
-def _destination_keys(table: pa.Table, shards: int, shard_key: str) -> pa.ChunkedArray:
+def destination_keys(table: pa.Table, shards: int, shard_key: str) -> pa.ChunkedArray:
     """One int64 per row: ``expiry day * shards + shard`` (the day of open-ended rows is
     ``_NULL_DAY``), computed with Arrow kernels; Python per row only when ``shards`` > 1."""
     if "expires_at" in table.column_names:
-        days = _floor_div(_micros_column(table.column("expires_at")), _MICROS_PER_DAY)
+        days = floor_div(micros_column(table.column("expires_at")), _MICROS_PER_DAY)
         days = pc.fill_null(days, _NULL_DAY)
     else:
         days = pc.fill_null(pa.nulls(table.num_rows, pa.int64()), _NULL_DAY)
@@ -78,7 +78,7 @@ def _destination_keys(table: pa.Table, shards: int, shard_key: str) -> pa.Chunke
     return days if isinstance(days, pa.ChunkedArray) else pa.chunked_array([days])
 
 
-def _destination(
+def destination_of_key(
     kind: str, key: int, shards: int, directory: Callable[[str, int | None], str]
 ) -> Destination:
     """The destination of a key; ``directory`` is ``layout.partition_path`` or
@@ -88,7 +88,7 @@ def _destination(
     return kind, directory(kind, expires_at), shard, shards
 
 
-def _sort_run(
+def sort_run(
     tables: Sequence[pa.Table], keys: Sequence[pa.ChunkedArray]
 ) -> tuple[pa.Table, list[tuple[int, int, int]]]:
     """The rows of ``tables`` sorted (stably) by destination key, and ``(key, offset, rows)``
@@ -111,7 +111,7 @@ def _sort_run(
     return table, spans
 
 
-def _write_run(path: str, table: pa.Table, spans: Sequence[tuple[int, int, int]]):
+def write_run(path: str, table: pa.Table, spans: Sequence[tuple[int, int, int]]):
     """Write a sorted run as an Arrow IPC *file* (random access: a destination's batches are
     read without the others'); returns ``(key, first batch, batch count)`` per key."""
     handle = FileSystems.create(
@@ -133,7 +133,7 @@ def _write_run(path: str, table: pa.Table, spans: Sequence[tuple[int, int, int]]
     return placed
 
 
-def _read_run(path: str, first: int, count: int) -> Iterator[pa.RecordBatch]:
+def read_run(path: str, first: int, count: int) -> Iterator[pa.RecordBatch]:
     handle = FileSystems.open(
         path, mime_type=_IPC_MIME, compression_type=CompressionTypes.UNCOMPRESSED
     )

@@ -36,30 +36,30 @@ from transforms.sinks.files import (
     DEFAULT_PARQUET_CODEC,
     DEFAULT_ROW_GROUP_SIZE,
     MIME_TYPES,
-    _AvroFile,
-    _check_avro_codec,
-    _check_parquet_codec,
-    _check_row_group_size,
-    _ParquetFile,
+    AvroFileWriter,
+    ParquetFileWriter,
+    check_avro_codec,
+    check_parquet_codec,
+    check_row_group_size,
 )
 from transforms.sinks.layout import (
     EXTENSIONS,
     FORMATS,
     Destination,
-    _check_shards,
-    _ensure_dir,
-    _new_token,
-    _part_name,
+    check_shards,
+    ensure_dir,
+    new_token,
+    part_name,
     partition_path,
 )
 from transforms.sinks.runs import (
-    _IPC_EXTENSION,
+    IPC_EXTENSION,
     RunSlice,
-    _destination,
-    _destination_keys,
-    _read_run,
-    _sort_run,
-    _write_run,
+    destination_keys,
+    destination_of_key,
+    read_run,
+    sort_run,
+    write_run,
 )
 
 _LOG = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def _check_expires_at(schema: pa.Schema, category: str) -> None:
         )
 
 
-def _no_schema(what: str, category: object, known: Iterable[str], detail: str) -> ValueError:
+def no_schema(what: str, category: object, known: Iterable[str], detail: str) -> ValueError:
     # Fail closed: the Guard dead-letters rows of unknown categories, so reaching here is a
     # wiring bug; writing the rows with a guessed schema would be worse.
     return ValueError(
@@ -153,12 +153,12 @@ class DataTables(TableOutput):
         for category, schema in self.arrow.items():
             _check_expires_at(schema, category)
         if "parquet" in formats:
-            _check_parquet_codec(parquet_codec)
-            _check_row_group_size(row_group_size)
+            check_parquet_codec(parquet_codec)
+            check_row_group_size(row_group_size)
         if "avro" in formats:
             for schema in self.schemas.values():
                 fastavro.parse_schema(dict(schema))
-            _check_avro_codec(avro_codec)
+            check_avro_codec(avro_codec)
         self.parquet_codec = parquet_codec
         self.avro_codec = avro_codec
         self.row_group_size = row_group_size
@@ -170,7 +170,7 @@ class DataTables(TableOutput):
         schema = self.arrow.get(kind) if isinstance(kind, str) else None
         if schema is None:
             rows = getattr(table, "num_rows", "?")
-            raise _no_schema("WriteTables", kind, self.arrow, f"{rows} rows")
+            raise no_schema("WriteTables", kind, self.arrow, f"{rows} rows")
         if isinstance(table, pa.RecordBatch):
             table = pa.Table.from_batches([table])
         if not isinstance(table, pa.Table):
@@ -195,13 +195,15 @@ class DataTables(TableOutput):
                 )
         return table
 
-    def writer(self, fmt: str, kind: str, handle) -> _ParquetFile | _AvroFile:
+    def writer(self, fmt: str, kind: str, handle) -> ParquetFileWriter | AvroFileWriter:
         if fmt == "parquet":
-            return _ParquetFile(handle, self.arrow[kind], self.parquet_codec, self.row_group_size)
+            return ParquetFileWriter(
+                handle, self.arrow[kind], self.parquet_codec, self.row_group_size
+            )
         parsed = self._avro.get(kind)
         if parsed is None:
             parsed = self._avro[kind] = fastavro.parse_schema(dict(self.schemas[kind]))
-        return _AvroFile(handle, self.schemas[kind], self.avro_codec, parsed=parsed)
+        return AvroFileWriter(handle, self.schemas[kind], self.avro_codec, parsed=parsed)
 
 
 class _BufferPartitions(beam.DoFn):
@@ -243,7 +245,7 @@ class _BufferPartitions(beam.DoFn):
             return
         tables, keys = self._buffer.setdefault(kind, ([], []))
         tables.append(table)
-        keys.append(_destination_keys(table, self.output.shards, self.output.shard_key))
+        keys.append(destination_keys(table, self.output.shards, self.output.shard_key))
         self.held += table.nbytes
         if self.held * 2 > self.buffer_bytes:
             yield from self._spill()
@@ -253,14 +255,16 @@ class _BufferPartitions(beam.DoFn):
         self.held = 0
         while buffered:
             kind, (tables, keys) = buffered.popitem()
-            table, spans = _sort_run(tables, keys)
+            table, spans = sort_run(tables, keys)
             del tables[:], keys[:]  # the sorted copy is all that is needed now
-            name = f"{self._bundle}-{self._runs:06d}{_IPC_EXTENSION}"
+            name = f"{self._bundle}-{self._runs:06d}{IPC_EXTENSION}"
             self._runs += 1
             self._spilled.inc()
             path = FileSystems.join(self.temp_dir, name)
-            for key, first, count in _write_run(path, table, spans):
-                destination = _destination(kind, key, self.output.shards, self.output.directory)
+            for key, first, count in write_run(path, table, spans):
+                destination = destination_of_key(
+                    kind, key, self.output.shards, self.output.directory
+                )
                 yield GlobalWindows.windowed_value_at_end_of_window(
                     (destination, (path, first, count))
                 )
@@ -288,7 +292,7 @@ class _Compact(beam.DoFn):
         destination, runs = element
         kind, rel_dir, shard, shards = destination
         runs = sorted(set(runs))  # the same row order whatever order the slices came in
-        name = _part_name(shard, shards, self.token)
+        name = part_name(shard, shards, self.token)
         formats = self.output.formats
         finals = {
             fmt: FileSystems.join(self.output_dir, rel_dir, name + EXTENSIONS[fmt])
@@ -300,7 +304,7 @@ class _Compact(beam.DoFn):
         }
         try:
             self._write(kind, runs, staged)
-            _ensure_dir(FileSystems.join(self.output_dir, rel_dir))
+            ensure_dir(FileSystems.join(self.output_dir, rel_dir))
             FileSystems.rename(list(staged.values()), [finals[fmt] for fmt in staged])
         except BaseException:
             leftovers = [path for path in staged.values() if FileSystems.exists(path)]
@@ -331,7 +335,7 @@ class _Compact(beam.DoFn):
                 handles.append(handle)
                 writers.append(self.output.writer(fmt, kind, handle))
             for path, first, count in runs:
-                for batch in _read_run(path, first, count):
+                for batch in read_run(path, first, count):
                     for writer in writers:
                         writer.write(batch)
             while writers:
@@ -395,7 +399,7 @@ class SpillAndCompact(beam.PTransform):
         super().__init__()
         self.output = output
         self.output_dir = output_dir
-        self.run_token = run_token or _new_token()
+        self.run_token = run_token or new_token()
         self.buffer_bytes = _check_buffer_bytes(buffer_bytes)
         self.remove_temp = remove_temp
 
@@ -476,7 +480,7 @@ class WriteTables(SpillAndCompact):
         output = DataTables(
             schemas,
             formats,
-            _check_shards(shards_per_partition),
+            check_shards(shards_per_partition),
             parquet_codec=parquet_codec,
             avro_codec=avro_codec,
             row_group_size=row_group_size,
