@@ -299,9 +299,15 @@ def test_erasure_removes_every_row_of_each_subject_and_nothing_else(out, tmp_pat
     for identifier in (email, IP, USER, "secret.person@example.com", "300.1.1.1", "9.9.9.9"):
         assert identifier.lower() not in audit_text.lower()
         assert identifier not in json.dumps(dead_letters(out, "erase"))
+    layout = [
+        *out.glob("data_category=*/expiry_date=*/*"),
+        *out.glob("_dead_letter/source=*/expiry_date=*/*"),
+    ]
     assert report["verification"] == {
         "files_still_matching": [],
         "rows_still_matching": 0,
+        "files_listed": len(layout),  # the read-back covered every file left
+        "files_read_back": len(layout),
         "verified": True,
     }
     audit = json.loads(audit_text)
