@@ -54,6 +54,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines.launch import RunContext, cli_main, dead_letter_context, retention_context
 from pipelines.report import counters_of, counters_with_prefix
 from schemas.policy import SUBJECT_KINDS, Policy
+from transforms.commit import pending_runs, staged_files
 from transforms.read import ReadRecords
 from transforms.retention.erasure import FindSubjects, ScanFileFn, SubjectScan
 from transforms.retention.layout import (
@@ -327,13 +328,18 @@ class ReadBack:
     files_listed: int
     files_read: int
     layout_has_files: bool
+    # Ingestion runs still writing under the root (transforms.commit): their staged files are
+    # read back too, but their spilled temp files cannot be, and they commit later.
+    pending_runs: tuple[str, ...] = ()
 
     @property
     def complete(self) -> bool:
-        """Every listed file was read back, and an empty listing is an empty layout (not a
-        root the listing misread, as ``out[x]`` once was)."""
-        return self.files_read == self.files_listed and (
-            self.files_listed > 0 or not self.layout_has_files
+        """Every listed file was read back, an empty listing is an empty layout (not a root the
+        listing misread, as ``out[x]`` once was), and no run's staging is pending."""
+        return (
+            self.files_read == self.files_listed
+            and (self.files_listed > 0 or not self.layout_has_files)
+            and not self.pending_runs
         )
 
 
@@ -375,6 +381,7 @@ def _audit(
             "files_still_matching": [f["target"] for f in found],
             "files_listed": read_back.files_listed if read_back else None,
             "files_read_back": read_back.files_read if read_back else None,
+            "pending_runs": list(read_back.pending_runs) if read_back else None,
             "verified": remaining == 0 and complete,
         },
     }
@@ -405,6 +412,9 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if applied is not None:
             audit["apply"] = applied
         files, _, _ = scan_files(config.root, config.run.policy)
+        # Staging is data: the files of runs still being written are read back too.
+        pending = tuple(pending_runs(config.root))
+        files += tuple(f.element() for f in staged_files(config.root) if f.format)
         verify_path = FileSystems.join(txn.dir, "verify.json")
         check = beam.Pipeline(options=options)
         _ = check | "Verify" >> VerifyErasure(config.run, plan["links"], files, verify_path)
@@ -415,6 +425,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             files_listed=len(files),
             files_read=verify["files_read"],
             layout_has_files=has_partition_files(config.root),
+            pending_runs=pending,
         )
         audit = {
             **audit,
@@ -432,6 +443,12 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         report["error"] = (
             f"{verification['rows_still_matching']} rows still match an erasure "
             f"request after the rewrite, in {verification['files_still_matching'][:5]}"
+        )
+    elif verification["pending_runs"]:
+        report["error"] = (
+            f"ingestion runs are still writing under {config.root} "
+            f"({', '.join(verification['pending_runs'][:5])}): what they stage is not verified; "
+            "run erase again once they have committed"
         )
     elif not verification["verified"]:
         report["error"] = (

@@ -47,6 +47,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.counters import counter
+from transforms.paths import literal_pattern, match
 from transforms.retention.layout import LayoutFile, full_path, is_local, list_layout
 from transforms.retention.txn import (
     Transaction,
@@ -141,7 +142,7 @@ class RunStaging:
     def has_staging(self) -> bool:
         if is_local(self.dir):
             return Path(self.dir).exists()
-        (result,) = FileSystems.match([FileSystems.join(self.dir, "**")], limits=[1])
+        (result,) = match([literal_pattern(self.dir, "**")], limits=[1])
         return bool(result.metadata_list)
 
 
@@ -321,7 +322,7 @@ def _run_names(root: str) -> list[str]:
         if not Path(base).is_dir():
             return []
         return sorted(p.name for p in Path(base).iterdir() if p.is_dir())
-    (result,) = FileSystems.match([FileSystems.join(base, "*", "**")])
+    (result,) = match([literal_pattern(base, "*", "**")])
     prefix = base.rstrip("/") + "/"
     return sorted({m.path[len(prefix) :].split("/", 1)[0] for m in result.metadata_list})
 

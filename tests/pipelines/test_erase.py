@@ -308,6 +308,7 @@ def test_erasure_removes_every_row_of_each_subject_and_nothing_else(out, tmp_pat
         "rows_still_matching": 0,
         "files_listed": len(layout),  # the read-back covered every file left
         "files_read_back": len(layout),
+        "pending_runs": [],
         "verified": True,
     }
     audit = json.loads(audit_text)

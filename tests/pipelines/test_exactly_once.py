@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import purge
+from pipelines import erase, purge
 from pipelines.options import bundled
 from tests.support.outputs import RUN_TIME, read_rows
 from transforms.commit import RUNS_DIR, file_token
@@ -203,3 +203,31 @@ def test_the_next_retention_job_removes_a_killed_runs_staging(visits_input, tmp_
     assert [p.name for p in (out / RUNS_DIR).iterdir() if p.is_dir()]
     purge.run([f"--output={out}", "--now=2026-11-29T00:00:00Z"])
     assert leftovers(out) == []
+
+
+def test_erase_reads_a_pending_runs_staging_and_does_not_call_it_verified(visits_input, tmp_path):
+    out = tmp_path / "out"
+    run_to_end(command(visits_input, out, f"--run_time={RUN_TIME}"))
+    other = tmp_path / "other.jsonl"
+    other.write_bytes(visits_input.read_bytes()[:200_000].rsplit(b"\n", 1)[0] + b"\n")
+    killed(command(other, out, f"--run_time={RUN_TIME}"), failpoint="before_commit")
+    # As if that run were still writing on another host: the sweep must leave it alone.
+    (record_path,) = [
+        p for p in (out / RUNS_DIR).glob("*.json") if (out / RUNS_DIR / p.stem).is_dir()
+    ]
+    record = json.loads(record_path.read_text())
+    record["attempts"][-1].update(
+        host="another-host", started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    )
+    record_path.write_text(json.dumps(record))
+    ip = json.loads(other.read_bytes().splitlines()[0])["ip"]
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text(
+        json.dumps({"request_id": "r1", "received_at": "2026-11-28T00:00:00Z", "ip": ip}) + "\n"
+    )
+    report = erase.run([f"--output={out}", f"--requests={requests}", f"--run_time={RUN_TIME}"])
+    verification = report["verification"]
+    assert verification["pending_runs"] == [record_path.stem]
+    staged = [f for f in verification["files_still_matching"] if f.startswith(f"{RUNS_DIR}/")]
+    assert staged and verification["rows_still_matching"] > 0
+    assert verification["verified"] is False and "error" in report

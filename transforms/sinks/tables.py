@@ -31,6 +31,7 @@ from apache_beam.transforms.window import GlobalWindow, GlobalWindows
 
 from schemas.arrow import arrow_schema, check_required
 from transforms.counters import counter
+from transforms.paths import delete_paths, literal_pattern, match
 from transforms.sinks.files import (
     DEFAULT_AVRO_CODEC,
     DEFAULT_PARQUET_CODEC,
@@ -310,7 +311,7 @@ class _Compact(beam.DoFn):
             leftovers = [path for path in staged.values() if FileSystems.exists(path)]
             if leftovers:
                 try:
-                    FileSystems.delete(leftovers)
+                    delete_paths(leftovers)
                 except OSError as err:  # best effort: the cleanup step warns about them
                     _LOG.warning("could not delete %s: %s", leftovers, err)
             raise
@@ -350,11 +351,11 @@ class _Compact(beam.DoFn):
 def _remove_temp_files(_count: int, temp_dir: str) -> None:
     """Delete the temp files and their directory once every destination is written."""
     try:
-        found = FileSystems.match([FileSystems.join(temp_dir, "*")])[0].metadata_list
+        found = match([literal_pattern(temp_dir, "*")])[0].metadata_list
         if found:
-            FileSystems.delete([m.path for m in found])
+            delete_paths([m.path for m in found])
         if FileSystems.get_filesystem(temp_dir).has_dirs() and FileSystems.exists(temp_dir):
-            FileSystems.delete([temp_dir])
+            delete_paths([temp_dir])
     except OSError as err:  # BeamIOError is an OSError; cleanup is best effort
         _LOG.warning("could not remove temp directory %s: %s", temp_dir, err)
 
