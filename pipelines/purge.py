@@ -39,6 +39,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
 from pipelines.launch import cli_main, retention_context
 from pipelines.options import run_time_micros
+from transforms.commit import pending_runs
 from transforms.retention.layout import (
     DATA,
     LayoutFile,
@@ -161,6 +162,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "counts": _counts(partitions),
             "unrecognised_partitions": _unrecognised(files),
             "pending_transactions": pending(root),
+            "pending_runs": pending_runs(root),
         }
     with staged_change(Transaction(root, run_id), "purge") as change:
         files = list_layout(root)
@@ -170,6 +172,10 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             counts=_counts(partitions),
             unrecognised_partitions=_unrecognised(files),
             recovered_transactions=change.recovered,
+            # Runs still writing: their staged rows are not in the layout yet, so this purge
+            # cannot delete them; what of them is due goes with the first purge after they
+            # commit (transforms.commit).
+            pending_runs=pending_runs(root),
         )
         applied = change.commit_and_apply(partitions, audit)
         if applied is not None:
@@ -193,6 +199,8 @@ def summary(report: dict[str, Any]) -> list[str]:
         lines.append(f"[purge] left alone (not a date): {rel_dir}")
     for txn in report.get("recovered_transactions", ()):
         lines.append(f"[purge] recovered transaction {txn['txn']}: {txn['outcome']}")
+    for name in report.get("pending_runs", ()):
+        lines.append(f"[purge] run {name} is still writing: the next purge covers what it adds")
     for txn in report.get("pending_transactions", ()):
         lines.append(f"[purge] pending transaction {txn} (the next real run recovers it)")
     return lines

@@ -231,3 +231,6 @@ def test_erase_reads_a_pending_runs_staging_and_does_not_call_it_verified(visits
     staged = [f for f in verification["files_still_matching"] if f.startswith(f"{RUNS_DIR}/")]
     assert staged and verification["rows_still_matching"] > 0
     assert verification["verified"] is False and "error" in report
+    # Purge cannot delete what is not committed yet, and says so.
+    purged = purge.run([f"--output={out}", "--now=2026-11-29T00:00:00Z"])
+    assert purged["pending_runs"] == [record_path.stem]
