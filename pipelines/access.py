@@ -60,15 +60,9 @@ from pipelines.launch import cli_main, require_writable_output
 from pipelines.report import counters_of, counters_with_prefix
 from transforms.retention.erasure import FindSubjects
 from transforms.retention.export import DIR_MODE, write_export
+from transforms.retention.jsonio import utc_now_iso, write_audit, write_json
 from transforms.retention.layout import is_local
-from transforms.retention.txn import (
-    Transaction,
-    sorted_actions,
-    staged_change,
-    utc_now_iso,
-    write_audit,
-    write_json,
-)
+from transforms.retention.txn import Transaction, sorted_actions, staged_change
 
 __all__ = ["AccessOptions", "ExportSubjects", "check_export_dir", "main", "run", "summary"]
 

@@ -57,21 +57,14 @@ from schemas.policy import SUBJECT_KINDS, Policy
 from transforms.commit import pending_runs, staged_files
 from transforms.read import ReadRecords
 from transforms.retention.erasure import FindSubjects, ScanFileFn, SubjectScan
+from transforms.retention.jsonio import read_json, utc_now_iso, write_audit, write_json
 from transforms.retention.layout import (
     DATA,
     has_partition_files,
     list_layout,
 )
 from transforms.retention.subjects import ParseRequestFn, link_source_categories
-from transforms.retention.txn import (
-    Transaction,
-    read_json,
-    sorted_actions,
-    staged_change,
-    utc_now_iso,
-    write_audit,
-    write_json,
-)
+from transforms.retention.txn import Transaction, sorted_actions, staged_change
 from transforms.timestamps import format_utc
 
 __all__ = [

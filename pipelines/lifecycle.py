@@ -56,6 +56,7 @@ from schemas.avro import output_schema
 from schemas.policy import Policy
 from transforms.deadletter import ParDoWithDeadLetters
 from transforms.read import ReadRecords
+from transforms.retention.jsonio import utc_now_iso, write_audit, write_json
 from transforms.retention.layout import (
     DATA,
     list_layout,
@@ -69,15 +70,7 @@ from transforms.retention.lifecycle import (
     cascades,
     event_keys,
 )
-from transforms.retention.txn import (
-    Transaction,
-    added_action,
-    sorted_actions,
-    staged_change,
-    utc_now_iso,
-    write_audit,
-    write_json,
-)
+from transforms.retention.txn import Transaction, added_action, sorted_actions, staged_change
 from transforms.sinks import WriteDeadLetters, WritePartitioned
 
 __all__ = [

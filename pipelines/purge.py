@@ -40,17 +40,13 @@ from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 from pipelines.launch import cli_main, retention_context
 from pipelines.options import run_time_micros
 from transforms.commit import pending_runs
+from transforms.retention.jsonio import utc_now_iso, write_audit
 from transforms.retention.layout import (
     DATA,
     LayoutFile,
     list_layout,
 )
-from transforms.retention.txn import (
-    Transaction,
-    staged_change,
-    utc_now_iso,
-    write_audit,
-)
+from transforms.retention.txn import Transaction, staged_change
 from transforms.retention.txn import pending_transactions as pending
 from transforms.timestamps import format_utc, utc_date
 

@@ -18,7 +18,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.runner import PipelineResult
 
 from transforms.counters import FALLBACK_PREFIX, NAMESPACE
-from transforms.retention.txn import write_audit
+from transforms.retention.jsonio import write_audit
 
 __all__ = [
     "build_report",

@@ -48,15 +48,10 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.counters import counter
 from transforms.paths import literal_pattern, match
+from transforms.retention.jsonio import read_json, utc_now_iso, write_json
 from transforms.retention.layout import LayoutFile, full_path, is_local, list_layout
-from transforms.retention.txn import (
-    Transaction,
-    apply_actions,
-    failpoint,
-    read_json,
-    utc_now_iso,
-    write_json,
-)
+from transforms.retention.lock import alive
+from transforms.retention.txn import Transaction, apply_actions, failpoint
 
 __all__ = [
     "RUNS_DIR",
@@ -154,16 +149,6 @@ def owner() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid(), "started_at": utc_now_iso()}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def attempt_state(record: Mapping[str, Any] | None, now: dt.datetime) -> str:
     """``live``, ``dead`` or ``unknown`` (cannot tell yet) for the last attempt of a record."""
     attempts = (record or {}).get("attempts") or []
@@ -172,7 +157,7 @@ def attempt_state(record: Mapping[str, Any] | None, now: dt.datetime) -> str:
     last = attempts[-1]
     if last.get("waits") and last.get("host") == socket.gethostname():
         pid = last.get("pid")
-        return "live" if isinstance(pid, int) and _alive(pid) else "dead"
+        return "live" if isinstance(pid, int) and alive(pid) else "dead"
     try:
         started = dt.datetime.fromisoformat(str(last.get("started_at")).replace("Z", "+00:00"))
     except ValueError:

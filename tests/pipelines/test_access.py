@@ -37,7 +37,7 @@ from tests.pipelines.test_erase import (  # noqa: F401 (golden: the module's out
 from tests.support.outputs import RUN_TIME, dead_letters, read_rows
 from transforms.retention.erasure import jsonable
 from transforms.retention.export import _cell
-from transforms.retention.txn import RetentionLock
+from transforms.retention.lock import RetentionLock
 
 pytestmark = pytest.mark.e2e
 TAGS = ("data_category", "purposes", "legal_basis", "retention_rule", "expires_at")

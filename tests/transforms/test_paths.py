@@ -15,13 +15,13 @@ from hypothesis import strategies as st
 from pipelines.erase import ReadBack
 from tests.support.objectstore import OBJECTS  # registers the memstore:// filesystem
 from transforms.paths import delete_paths, glob_escape, list_files, literal_pattern, match
+from transforms.retention.jsonio import delete_existing, delete_tree
 from transforms.retention.layout import (
     NotAnOutputRootError,
     check_output_root,
     has_partition_files,
     list_layout,
 )
-from transforms.retention.txn import delete_existing, delete_tree
 
 NAMES = ["out[x]", "out*", "out?", "a]b[c", "[!x]", "o[*?]t", "plain", "[", "]", "**"]
 PART = "data_category=sdk_log/expiry_date=2026-12-05/part-0.parquet"

@@ -32,15 +32,10 @@ from transforms.retention.layout import (
     list_layout,
 )
 from transforms.retention.lifecycle import CategoryRules, IndexEvents, cascades, parse_event
+from transforms.retention.lock import LockHeldError, RetentionLock
 from transforms.retention.matching import ColumnIndex, ip_forms, normalise
 from transforms.retention.subjects import Subjects, parse_request
-from transforms.retention.txn import (
-    LockHeldError,
-    RetentionLock,
-    Transaction,
-    apply_actions,
-    recover,
-)
+from transforms.retention.txn import Transaction, apply_actions, recover
 from transforms.sinks import HIVE_NULL_PARTITION, OPEN_ENDED_EXPIRY_DATE, ParquetSink
 from transforms.timestamps import TimeBounds, parse_event_time
 

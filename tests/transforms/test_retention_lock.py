@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from transforms.retention.txn import LockHeldError, RetentionLock
+from transforms.retention.lock import LockHeldError, RetentionLock
 
 ROUNDS = 40
 CTX = mp.get_context("fork")  # the children start at once, with everything imported
@@ -121,7 +121,7 @@ def test_a_job_that_died_while_taking_over_is_taken_over_in_turn(tmp_path):
     # what a contender that died mid-way leaves: its take-over file of the dead record
     probe = RetentionLock(str(tmp_path), "probe", "purge")
     taker = {**probe.doc, "run_id": "dead-taker", "pid": _dead_pid()}
-    from transforms.retention.txn import _record_id  # the name is the protocol's own
+    from transforms.retention.lock import _record_id  # the name is the protocol's own
 
     takeover = lock_path.with_name(f"lock.json.takeover-{_record_id(dead)}")
     takeover.write_text(json.dumps(taker))
@@ -134,7 +134,7 @@ def test_a_job_that_died_while_taking_over_is_taken_over_in_turn(tmp_path):
 def test_a_live_takeover_in_progress_refuses_the_others(tmp_path):
     """While a live job holds the take-over file of a dead record, others stop, naming it."""
     dead = _stale_lock(tmp_path)
-    from transforms.retention.txn import _record_id
+    from transforms.retention.lock import _record_id
 
     takeover = tmp_path / "_retention" / f"lock.json.takeover-{_record_id(dead)}"
     live = {
