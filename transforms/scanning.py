@@ -11,8 +11,12 @@ Kinds (:data:`ALL_KINDS`):
 
 * ``credential``: the value of a ``key=value``, ``key: value``, ``"key": "value"`` or ``key =>
   value`` pair whose key names a secret, and the password of ``scheme://user:password@host``. A
-  key names a secret when it ends with a secret word (password, passwd, pwd, pass, passphrase,
-  secret, token, key, sig, signature, cookie, otp, credential) where a word starts (after a
+  key names a secret when it ends with a secret word (password, passwd, pwd, pw, pass,
+  passphrase, secret, token, key, sig, signature, cookie, otp, credential, creds, jwt, pin, cvv,
+  and "password" in the EEA's other languages: passwort, kennwort, mot de passe, contraseña,
+  senha, wachtwoord, hasło, lösenord, salasana, passord, adgangskode; every secret term of the
+  policy is one, which a test checks, and letters with diacritics are read folded, one character
+  for one: ``Contraseña`` is the key ``Contrasena``) where a word starts (after a
   non-letter or at a camel-case hump: ``userSig``, ``user_sig``, ``USER-SIG``), or with a compound
   (``accesstoken``, ``apikey``, ``usersig``, ``privatekey`` ...), any case. A ``code`` is a secret
   after a qualifier (verification, verify, SMS, OTP, auth, confirmation, login, reset, MFA ...);
@@ -166,20 +170,33 @@ _KEY_REVERSED = re.compile(
 
 # A key names a secret when it ends with one of the words (where a word of the key starts), with
 # one of the compounds, or with "code" after one of the qualifiers.
+# "Password" in the languages of the EEA that producers' keys are written in (German, French,
+# Spanish, Portuguese, Dutch, Polish, Swedish, Finnish, Danish/Norwegian), ASCII-folded as keys
+# are: a key in another language is as secret as an English one.
+_PASSWORD_WORDS = (
+    *("passwort", "kennwort", "motdepasse", "passe", "contrasena", "senha", "wachtwoord"),
+    *("haslo", "losenord", "salasana", "passord", "adgangskode", "pw"),
+)
+# The same words as written (the detectors read them folded, the pre-filter as they are).
+_UNFOLDED_PASSWORD_WORDS = ("contraseña", "hasło", "lösenord")
 _SECRET_WORDS = (
     *("pass", "password", "passwords", "passwd", "pwd", "passphrase", "passcode"),
-    *("secret", "secrets", "token", "tokens", "key", "sig", "signature"),
-    *("cookie", "cookies", "otp", "totp", "credential", "credentials"),
+    *("secret", "secrets", "token", "tokens", "key", "sig", "signature", "privkey", "jwt"),
+    *("cookie", "cookies", "otp", "totp", "hotp", "credential", "credentials", "creds"),
+    *("bearer", "authentication", "pin", "cvv", "cvc"),
+    *_PASSWORD_WORDS,
 )
 _SECRET_COMPOUNDS = (
     *("password", "passwd", "pwd", "passphrase", "passcode", "secret", "token", "apikey"),
     *("credential", "credentials", "signature", "usersig", "cookie"),
     *("privatekey", "secretkey", "sessionkey", "accesskey"),
+    *(word for word in _PASSWORD_WORDS if len(word) > 5),
 )
 _CODE_QUALIFIERS = (
     *("verification", "verify", "verif", "sms", "otp", "auth", "authorization"),
     *("confirmation", "confirm", "security", "login", "access", "activation", "activate"),
-    *("reset", "mfa", "twofactor", "pin"),
+    *("reset", "mfa", "twofactor", "pin", "recovery", "one_time", "one time", "one-time"),
+    "onetime",
 )
 # Authorization headers and fields are the bearer detector's, not credential pairs.
 _AUTH_KEYS = ("auth", "authorization", "proxy-auth", "proxy-authorization")
@@ -196,7 +213,15 @@ _PHONE_GAP = rf"(?:[ \t]{{0,3}}(?:[:=#{_FULLWIDTH_COLON}]|\.:?)[ \t]{{0,3}}|[ \t
 _PHONE_ZH_GAP = rf"[ \t]{{0,3}}(?:[:={_FULLWIDTH_COLON}][ \t]{{0,3}})?"
 # Digits and separators as one bounded character run: no backtracking between digit groups.
 _PHONE_BODY = r"\(?[0-9][0-9 \t().+/-]{4,28}[0-9]"
-_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+# Lower-cases A-Z and folds the Latin letters with diacritics of the EEA's languages to their
+# base letter, one character for one (positions stay): the detectors read "contraseña", "hasło"
+# and "lösenord" as the ASCII keys of their vocabulary.
+_FOLDED = "áàâãäåāąćčçďéèêëēęěíìîïīłľĺńňñóòôõöøōőŕřśšşťúùûüūůűýÿźžż"
+_BASES = "aaaaaaaacccdeeeeeeeiiiiilllnnnoooooooorrssstuuuuuuuyyzzz"
+_ASCII_LOWER = str.maketrans(
+    string.ascii_uppercase + _FOLDED + _FOLDED.upper(),
+    string.ascii_lowercase + _BASES + _BASES,
+)
 
 
 def _alternation(words: Iterable[str]) -> str:
@@ -208,8 +233,18 @@ def _alternation(words: Iterable[str]) -> str:
     return "|".join(f"{re.escape(first)}(?:{'|'.join(r)})" for first, r in rests.items())
 
 
+_FOLD = str.maketrans(_FOLDED + _FOLDED.upper(), _BASES + _BASES.upper())
+
+
+def _folded(text: str) -> str:
+    """``text`` with the letters of :data:`_FOLDED` folded and case kept (positions stay): what
+    a key is read from, so that ``Contraseña`` is the camel-case word ``Contrasena``."""
+    return text if text.isascii() else text.translate(_FOLD)
+
+
 def _ascii_lower(text: str) -> str:
-    """``text`` with A-Z lower-cased and nothing else changed (so positions stay)."""
+    """``text`` with A-Z lower-cased and the letters of :data:`_FOLDED` folded (one character
+    for one, so positions stay)."""
     return text.lower() if text.isascii() else text.translate(_ASCII_LOWER)
 
 
@@ -335,7 +370,7 @@ def _looks_like_secret(value: str) -> bool:
 
 
 def _credential_spans(text: str, low: str) -> Iterator[Span]:
-    covered, reversed_text = 0, text[::-1]
+    covered, reversed_text = 0, _folded(text)[::-1]
     for hit in _SECRET_KEY_END.finditer(low):
         if hit.start() < covered:  # inside a value already redacted
             continue
@@ -609,6 +644,7 @@ def _prefilter_pattern() -> str:
     number = rf"(?:\+|%2[Bb]|00)?(?:[ \t]|%20){{0,2}}{body}"
     secret_key = (
         rf"(?:(?i:{_alternation((*_SECRET_WORDS, *_SECRET_COMPOUNDS, *_AUTH_KEYS))})"
+        rf"|(?i:{_alternation(_UNFOLDED_PASSWORD_WORDS)})"
         rf"|(?i:{_alternation(_CODE_QUALIFIERS)})[ _.-]{{0,3}}(?i:code))"
     )
     bare_code = r"(?:^|[^A-Za-z0-9_.-])(?i:code)"
@@ -641,9 +677,12 @@ def _prefilter_pattern() -> str:
 PREFILTER: re.Pattern[str] = re.compile(_prefilter_pattern(), re.ASCII)
 
 # The stems every secret key of the pre-filter contains (its secret words, compounds,
-# authorization keys, and "<qualifier> code"), and every phone key.
-_SECRET_STEMS = ("pass", "pwd", "secret", "token", "key", "sig", "cookie", "otp", "credential")
-_SECRET_STEMS += ("code", "auth")
+# authorization keys, and "<qualifier> code"), and every phone key: the coarse pre-filter and
+# the credential detector's gate both start from them (a test checks every word has its stem).
+_SECRET_STEMS = ("pass", "pw", "secret", "token", "key", "sig", "cookie", "otp", "cred")
+_SECRET_STEMS += ("code", "auth", "wort", "contrasen", "senha", "woord", "haslo", "losenord")
+_SECRET_STEMS += ("salasana", "kode", "jwt", "bearer", "pin", "cvv", "cvc", "contrase", "hasł")
+_SECRET_STEMS += ("senord",)
 _PHONE_STEMS = ("phone", "tel", "mobil", "cell", "fax", "whatsapp", "msisdn", "handy", "sms")
 
 
@@ -696,10 +735,7 @@ _NEEDLES = {
     "jwt": ("eyj",),
     "api_key": ("akia", "asia", "aiza", "gh", "xox", "k_live_", "k_test_", "sk-", "aws"),
     "bearer": ("auth", "bearer", "basic"),
-    "credential": (
-        *("pass", "pwd", "secret", "token", "key", "sig", "cookie", "otp", "credential", "code"),
-        "://",
-    ),
+    "credential": (*_SECRET_STEMS, "://"),
     "linkedin": ("linkedin.com/",),
     "email": ("@",),
     "phone": (

@@ -16,6 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from schemas.policy import load_policy
+from transforms import scanning
 from transforms.scanning import (
     ALL_KINDS,
     COARSE_PREFILTER,
@@ -660,3 +662,62 @@ def test_scan_array_agrees_with_scan_text_row_by_row(values, chunk_size):
 def test_a_secret_in_prose_is_redacted_and_prose_is_not(text, expected):
     assert text.startswith(scan_text(text)[0].split("[")[0])
     assert scan_text(text)[0].endswith(expected)
+
+
+# --- one vocabulary: the policy's secret terms and the scanner's keys ---------------------------
+
+
+@pytest.mark.parametrize("term", load_policy().name_terms["secret"])
+def test_every_secret_term_of_the_policy_is_a_key_the_scanner_redacts(term):
+    """A name the policy keeps out of every sink is a key whose value free text never keeps."""
+    key = term.lstrip("=").replace(" ", "_")
+    text, found = scan_text(f"{key}=Zq9xY8wqR2")
+    assert "Zq9xY8wqR2" not in text and found, key
+
+
+@pytest.mark.parametrize("word", [*scanning._PASSWORD_WORDS, *scanning._UNFOLDED_PASSWORD_WORDS])
+def test_every_password_word_of_the_scanner_is_a_secret_name_of_the_policy(word):
+    assert load_policy().is_secret_name(word), word
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "https://shop.example/login?Passwort=Geheim123&lang=de",
+        "kennwort: Geheim123",
+        "mot_de_passe=Secret99",
+        "Contraseña: Secreto99",
+        "senha=Segredo99",
+        "wachtwoord=Geheim123",
+        "hasło=Tajne1234",
+        "Lösenord=Hemligt12",
+        "salasana=Salainen1",
+        "new_pw: hunter22",
+        "the pin is 4711",
+    ],
+)
+def test_passwords_named_in_the_eeas_languages_are_redacted(text):
+    scanned, found = scan_text(text)
+    assert found == {"credential": 1}
+    assert not any(
+        secret in scanned
+        for secret in (
+            "Geheim123",
+            "Secret99",
+            "Secreto99",
+            "Segredo99",
+            "Tajne1234",
+            "Hemligt12",
+            "Salainen1",
+            "hunter22",
+            "4711",
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["café au lait", "Größe=42", "compass=north", "spin=3", "timecode=00:01:02", "ping: 20ms"],
+)
+def test_folding_finds_no_secret_where_there_is_none(text):
+    assert scan_text(text) == (text, {})
