@@ -4,6 +4,13 @@ Addresses are drawn from the networks the country database really assigns to eac
 that the generated visits exercise every region (EEA, EEA-not-EU, outermost regions, UK,
 Switzerland and other near-Europe non-EEA countries, the rest of the world, private/unknown).
 The same seed always gives the same bytes.
+
+By default a visit's address is drawn, with replacement, from a population of
+``VisitMix.distinct_ips`` addresses (the bundled sample's shape). ``VisitMix.exact_distinct``
+makes the population's addresses pairwise distinct (an IPv4-mapped spelling is the address it maps)
+and visits every one of them, so the visits have exactly that many distinct addresses, up to one
+per visit; ``VisitMix.bad_share`` turns that share of the visits into lines the data contract
+rejects. Both are off by default, so the bundled sample's bytes do not depend on them.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import maxminddb
 
 from schemas.policy import load_policy
 
-__all__ = ["AddressPool", "VisitMix", "snapshot_csv", "visit_lines"]
+__all__ = ["AddressPool", "VisitMix", "canonical", "snapshot_csv", "visit_lines"]
 
 # Country weights of the visitor population (the rest of the world dominates, as for a global
 # product; every region of the policy is represented).
@@ -71,6 +78,18 @@ AGENTS = (
     "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
 )
 PRIVATE = ("10.1.2.3", "192.168.0.7", "172.16.5.4", "127.0.0.1", "fd00::1", "fe80::1")
+# The ranges PRIVATE's addresses come from, for populations of pairwise distinct addresses.
+PRIVATE_NETWORKS = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "10.0.0.0/8",
+        "192.168.0.0/16",
+        "172.16.0.0/12",
+        "127.0.0.0/8",
+        "fd00::/8",
+        "fe80::/10",
+    )
+)
 
 
 class AddressPool:
@@ -99,6 +118,17 @@ class AddressPool:
         return str(network.network_address + offset)
 
 
+def _private_address(rng: random.Random) -> str:
+    network = rng.choice(PRIVATE_NETWORKS)
+    return str(network.network_address + rng.randrange(min(network.num_addresses, 1 << 32)))
+
+
+def canonical(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The address ``address`` spells (an IPv4-mapped IPv6 spelling is the IPv4 address)."""
+    ip = ipaddress.ip_address(address)
+    return getattr(ip, "ipv4_mapped", None) or ip
+
+
 @dataclass(frozen=True)
 class VisitMix:
     """Shape of the generated visits (defaults: the benchmark's realistic mix)."""
@@ -108,6 +138,11 @@ class VisitMix:
     contact_share: float = 0.30
     private_share: float = 0.01
     mapped_share: float = 0.005  # IPv4-mapped IPv6 spellings of IPv4 visitors
+    # True: the population's addresses are pairwise distinct and each is visited at least once
+    # (exactly distinct_ips distinct addresses, at most one per visit); private ones are drawn
+    # from the private ranges. False: a population drawn with replacement, as the sample's.
+    exact_distinct: bool = False
+    bad_share: float = 0.0  # visits written as lines the contract rejects (BAD_VISITS)
 
 
 def _timestamp(rng: random.Random, base: datetime) -> object:
@@ -124,34 +159,87 @@ def _timestamp(rng: random.Random, base: datetime) -> object:
 
 
 def ip_population(pool: AddressPool, mix: VisitMix, rng: random.Random) -> list[tuple[str, str]]:
-    """``mix.distinct_ips`` (address, country) pairs; private ones have country ``""``."""
+    """``mix.distinct_ips`` (address, country) pairs; private ones have country ``""``.
+
+    With ``mix.exact_distinct`` no two pairs spell the same address (a draw that repeats one is
+    drawn again).
+    """
     # a country the database assigns no network to (possible for tiny ones) is left out
     usable = {c: w for c, w in COUNTRY_WEIGHTS.items() if pool.v4.get(c)}
     countries = list(usable)
     weights = list(usable.values())
     out = []
-    for _ in range(mix.distinct_ips):
+    seen: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
+    attempts = 0
+    while len(out) < mix.distinct_ips:
+        attempts += 1
+        if mix.exact_distinct and attempts > 10 * mix.distinct_ips + 1000:
+            raise ValueError(f"cannot draw {mix.distinct_ips:,} distinct addresses")
         roll = rng.random()
         if roll < mix.private_share:
-            out.append((rng.choice(PRIVATE), ""))
-            continue
-        country = rng.choices(countries, weights)[0]
-        version = 6 if roll < mix.private_share + mix.ipv6_share else 4
-        address = pool.address(rng, country, version)
-        if version == 4 and rng.random() < mix.mapped_share:
-            address = f"::ffff:{address}"
+            if not mix.exact_distinct:
+                out.append((rng.choice(PRIVATE), ""))
+                continue
+            address, country = _private_address(rng), ""
+        else:
+            country = rng.choices(countries, weights)[0]
+            version = 6 if roll < mix.private_share + mix.ipv6_share else 4
+            address = pool.address(rng, country, version)
+            if version == 4 and rng.random() < mix.mapped_share:
+                address = f"::ffff:{address}"
+        if mix.exact_distinct:
+            key = canonical(address)
+            if key in seen:
+                continue
+            seen.add(key)
         out.append((address, country))
     return out
+
+
+# Lines the visits contract rejects, as producers send them: a field missing, an address that is
+# none, an event time before the pipelines' minimum or far past the run (a device clock at 0 or
+# years ahead). Every one is a JSON object of the contract's types, which any JSON reader takes.
+BAD_VISITS = ("no_ip", "bad_ip", "no_event_id", "epoch_zero", "future_time")
+
+
+def _spoil(visit: dict[str, object], rng: random.Random) -> None:
+    kind = rng.choice(BAD_VISITS)
+    if kind == "no_ip":
+        del visit["ip"]
+    elif kind == "bad_ip":
+        visit["ip"] = rng.choice(("999.{}.{}.1", "10.{}.{}", "{}.{}.x.1", "unknown-{}{}")).format(
+            rng.randrange(256), rng.randrange(256)
+        )
+    elif kind == "no_event_id":
+        del visit["event_id"]
+    elif kind == "epoch_zero":
+        visit["visited_at"] = rng.choice((0, "1970-01-01T00:00:00Z"))
+    else:
+        visit["visited_at"] = f"{rng.randrange(2030, 2100)}-01-01T00:00:00Z"
 
 
 def visit_lines(
     count: int, population: Sequence[tuple[str, str]], mix: VisitMix, seed: int
 ) -> Iterator[str]:
-    """``count`` JSON Lines visits over the given address population."""
+    """``count`` JSON Lines visits over the given address population.
+
+    With ``mix.exact_distinct`` every address of the population is visited (it must not hold
+    more than ``count``): a visit takes the next unvisited address with probability unvisited /
+    visits left, else one already visited, so new visitors keep arriving over the whole file.
+    """
     rng = random.Random(seed)
     base = datetime(2026, 10, 1, tzinfo=UTC)
+    if mix.exact_distinct and len(population) > count:
+        raise ValueError(f"{len(population):,} distinct addresses cannot fit {count:,} visits")
+    visited = 0
     for i in range(count):
-        address, _country = population[rng.randrange(len(population))]
+        if not mix.exact_distinct:
+            address, _country = population[rng.randrange(len(population))]
+        elif visited == 0 or rng.randrange(count - i) < len(population) - visited:
+            address, _country = population[visited]
+            visited += 1
+        else:
+            address, _country = population[rng.randrange(visited)]
         visit = {
             "event_id": f"v-{seed}-{i:08d}",
             "ip": address,
@@ -168,6 +256,8 @@ def visit_lines(
                 job_title=rng.choice(("CTO", "Engineer", "Product Manager")),
                 linkedin_url=f"https://linkedin.example/in/visitor{n}",
             )
+        if mix.bad_share and rng.random() < mix.bad_share:
+            _spoil(visit, rng)
         yield json.dumps(visit, separators=(",", ":"))
 
 
