@@ -41,7 +41,7 @@ from schemas.policy import Policy, load_policy
 from transforms.fingerprint import Fingerprint, KeySource, load_key
 from transforms.parse import Parse
 from transforms.read import ReadRecords
-from transforms.sinks import WriteDeadLetters
+from transforms.sinks import WriteDeadLetters, WriteTables
 from transforms.store import Store
 from transforms.tag import CategoryOutput
 
@@ -187,20 +187,17 @@ class IngestRecords(beam.PTransform):
             bounds=run.bounds,
         )
         if spec.fingerprints:
-            records = records | "Fingerprint" >> Fingerprint(
-                spec.name, spec.fingerprints, c.key, batched=True
-            )
+            records = records | "Fingerprint" >> Fingerprint(spec.name, spec.fingerprints, c.key)
+        schemas = {name: output_schema(name, run.policy.schema_dirs) for name in spec.categories}
         files, *store_dead = records | "Store" >> Store(
             policy=run.policy,
             outputs=spec.outputs,
-            schemas={name: output_schema(name, run.policy.schema_dirs) for name in spec.categories},
+            schemas=schemas,
             extra_keys=(),
-            formats=run.formats,
             context=dead_letters,
             run_time=run.run_time,
             exclusive=spec.exclusive,
-            batched=True,
-            **run.sink(),
+            sink=WriteTables(schemas=schemas, formats=run.formats, **run.sink()),
         )
         # Each stage's letters are spilled where they are produced (transforms.deadletter).
         letters = (*parse_dead, *store_dead) | "WriteDeadLetters" >> WriteDeadLetters(**run.sink())

@@ -27,11 +27,12 @@ from pipelines.launch import RunContext, cli_main, dead_letter_context, run_cont
 from pipelines.options import IngestOptions, JobOptions, bundled
 from schemas.avro import category_columns, input_fields, output_schema
 from schemas.policy import load_policy
-from transforms.enrichment import EnrichAroundDeal, add_flags, build_handler
+from transforms.enrichment import EnrichAroundDeal, build_handler
+from transforms.enrichment.snapshot import SnapshotHandler
 from transforms.geo import Geolocate, shared_lookup
 from transforms.parse import Parse
 from transforms.read import ReadRecords
-from transforms.sinks import WriteDeadLetters
+from transforms.sinks import WriteDeadLetters, WriteTables
 from transforms.store import Store
 from transforms.suppress import SuppressRestrictedContacts
 from transforms.tag import CategoryOutput
@@ -42,6 +43,7 @@ SOURCE = "visits"
 INPUT_SCHEMA = "visit_input"
 VISIT = "website_visit"
 CORPORATE = "corporate_visitor_info"
+DEFAULT_API_KEY_ENV = "AROUNDDEAL_API_KEY"
 
 
 class VisitsOptions(PipelineOptions):
@@ -59,11 +61,52 @@ class VisitsOptions(PipelineOptions):
             "--geo_cache_size",
             type=int,
             default=131072,
-            help="Entries of the per-process LRU cache in front of the GeoIP reader.",
+            help="Answers (one per address) the process caches in front of the GeoIP reader.",
         )
-        # Every enrichment provider's flags (--enrichment_snapshot, --enrichment_url...),
-        # declared by the providers themselves (transforms.enrichment.registry).
-        add_flags(parser)
+        parser.add_argument(
+            "--enrichment_snapshot",
+            default=None,
+            help="AroundDeal offline snapshot CSV (network CIDR + company and contact columns), "
+            "matched by longest prefix. Mutually exclusive with --enrichment_url.",
+        )
+        parser.add_argument(
+            "--enrichment_url",
+            default=None,
+            help="AroundDeal HTTP endpoint that takes batches of IPs (protocol: "
+            "transforms/enrichment/http_client.py). Mutually exclusive with --enrichment_snapshot.",
+        )
+        parser.add_argument(
+            "--enrichment_api_key_env",
+            default=DEFAULT_API_KEY_ENV,
+            help="Environment variable holding the AroundDeal API key (never pass the key itself "
+            f"on the command line). Default: {DEFAULT_API_KEY_ENV}.",
+        )
+        parser.add_argument(
+            "--enrichment_timeout",
+            type=float,
+            default=5.0,
+            help="Seconds one HTTP enrichment request may take in all (connect, headers and "
+            "body) before it is cut and retried.",
+        )
+        parser.add_argument(
+            "--enrichment_max_retries",
+            type=int,
+            default=3,
+            help="Retries of a failed HTTP enrichment request (timeouts, 429, 5xx), with "
+            "exponential backoff; after them the visits are written without enrichment.",
+        )
+        parser.add_argument(
+            "--enrichment_rate_limit",
+            type=float,
+            default=10.0,
+            help="Maximum HTTP enrichment requests per second, per worker process.",
+        )
+        parser.add_argument(
+            "--enrichment_batch_size",
+            type=int,
+            default=100,
+            help="IPs per HTTP enrichment request.",
+        )
 
 
 @dataclass(frozen=True)
@@ -73,7 +116,7 @@ class VisitsConfig:
     run: RunContext
     geoip_db: str
     geo_cache_size: int
-    enrichment: Any  # an EnrichmentHandler, or None when enrichment is off
+    enrichment: Any  # an EnrichmentSourceHandler, or None when enrichment is off
 
 
 class IngestVisits(beam.PTransform):
@@ -106,26 +149,25 @@ class IngestVisits(beam.PTransform):
             input_specs, visit.event_time, policy, dead_letters, batched=True, bounds=run.bounds
         )
         located = records | "Geolocate" >> Geolocate(
-            c.geoip_db, policy, cache_size=c.geo_cache_size, batched=True
+            c.geoip_db, policy, cache_size=c.geo_cache_size
         )
         minimised = located | "SuppressRestrictedContacts" >> SuppressRestrictedContacts(
-            (corporate,), policy.regions, batched=True
+            (corporate,), policy.regions
         )
         # Applied with or without a handler: its contact gate is what keeps a producer's
         # contact fields out unless the company's country is known and unrestricted.
         enriched = minimised | "EnrichAroundDeal" >> EnrichAroundDeal(
-            c.enrichment, company, contact, policy
+            c.enrichment, company, contact, policy, batched=True
         )
+        schemas = {o.category: output_schema(o.category) for o in outputs}
         files, *store_dead = enriched | "Store" >> Store(
             policy=policy,
             outputs=outputs,
-            schemas={o.category: output_schema(o.category) for o in outputs},
+            schemas=schemas,
             extra_keys=("country", "region"),
-            formats=run.formats,
             context=dead_letters,
             run_time=run.run_time,
-            batched=True,
-            **run.sink(),
+            sink=WriteTables(schemas=schemas, formats=run.formats, **run.sink()),
         )
         # Each stage's letters are spilled where they are produced (transforms.deadletter).
         letters = (*parse_dead, *store_dead) | "WriteDeadLetters" >> WriteDeadLetters(**run.sink())
@@ -147,14 +189,30 @@ def config_from(options: PipelineOptions) -> VisitsConfig:
     geoip_db = visits.geoip_db or bundled("country.mmdb")
     check_geoip_db(geoip_db, visits.geo_cache_size)
     corporate = policy.category(CORPORATE)
-    # The chosen provider's handler, checked now (a snapshot is loaded: a malformed line names
-    # itself; its index is shared with the workers of an in-process runner).
+    http = (
+        {
+            "batch_size": visits.enrichment_batch_size,
+            "api_key_env": visits.enrichment_api_key_env,
+            "read_timeout": visits.enrichment_timeout,
+            "request_timeout": visits.enrichment_timeout,
+            "max_attempts": visits.enrichment_max_retries + 1,
+            "requests_per_second": visits.enrichment_rate_limit,
+        }
+        if visits.enrichment_url
+        else {}
+    )
     handler = build_handler(
-        visits,
+        snapshot=visits.enrichment_snapshot,
+        url=visits.enrichment_url,
         company_fields=corporate.field_groups["company"],
         contact_fields=corporate.field_groups["contact"],
         policy=policy,
+        **http,
     )
+    if isinstance(handler, SnapshotHandler):
+        # Loads and checks the whole file now (a malformed line names itself); the index is
+        # shared with the workers of an in-process runner.
+        handler.contact_rows_dropped()
     return VisitsConfig(
         run=run, geoip_db=geoip_db, geo_cache_size=visits.geo_cache_size, enrichment=handler
     )

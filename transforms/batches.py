@@ -3,9 +3,11 @@
 Why: Beam charges a few microseconds per element per step (more under
 ``with_exception_handling``), which is more than most of our stages spend on a record. The
 pipelines therefore move *lists* of records: the reader yields batches of up to
-:data:`BATCH_SIZE` lines, and every stage (parse, geolocate, suppress, enrich, guard, tag) is a
-:class:`RecordStage`, a DoFn that takes one batch and loops over it in plain Python, then hands
-the next stage a new list. Counters are added up per batch and reported once per batch.
+:data:`BATCH_SIZE` lines, and every stage that decides per record (parse, geolocate, suppress,
+fingerprint, guard, tag) is a :class:`RecordStage`, a DoFn that takes one batch and hands the
+next stage a new one. Counters are added up per batch and reported once per batch. Enrichment
+(``transforms.enrichment``) is no RecordStage: it never rejects a record, and its lookups are
+batched by its provider; it takes and gives the same batches.
 
 The compliance logic stays per record (``RecordStage.one``), and so does the dead-letter
 contract: a record a stage rejects (:class:`~transforms.deadletter.RecordError`) or fails on (any
@@ -15,19 +17,21 @@ wraps every stage as a backstop for a failure outside the per-record loop, and
 :class:`~transforms.deadletter.FromExceptions` turns a failed batch into one dead letter per
 record.
 
-:class:`ApplyStage` applies a stage to a PCollection of batches (``batched=True``, what the
-pipelines do) or of single records (the default, for users and tests that work record by record:
-the records are batched with ``BatchElements`` and unbatched after the stage).
+:class:`ApplyStage` applies a stage to a PCollection of batches: each stage has one production
+mode. A test that thinks in records batches them around the stage
+(``tests.support.stages.on_records``).
 
 Columnar batches: a batch is either a :class:`~transforms.elements.Batch` (a list of record
 dicts) or a :class:`~transforms.elements.TableBatch` (the same records as the columns of a
 ``pyarrow.Table``: a missing value is null; both defined in ``transforms.elements``). The parser
-emits tables where the schema maps to Arrow, and the visit stages (geolocate,
-suppress, enrich, guard, tag) then work on whole columns with ``pyarrow.compute``: past the
-JSON decoder, a record is never a dict again on its way to the sinks. A stage without a
-columnar version (or a table its columnar version cannot decide exactly) goes record by record
-over ``table.to_pylist()``: the default :meth:`RecordStage.process_table`, the same per-record
-code and dead letters as a list.
+emits tables where the schema maps to Arrow, and the visit stages (geolocate, suppress,
+enrich, guard, tag) then work on whole columns with ``pyarrow.compute``: past the JSON
+decoder, a record is never a dict again on its way to the sinks. Where a columnar version
+cannot decide exactly, its rows go to the record path (``one`` over ``table.to_pylist()``: the
+same per-record code and dead letters as a list), and that is counted as a fallback
+(:func:`transforms.counters.fallback`: ``columnar_fallback.<stage>.<reason>`` in the run
+report, an error in strict mode), so that a fast path that stopped working shows. A stage
+without a columnar version falls back for every row of a table (``no_columnar_path``).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from typing import Any
 import apache_beam as beam
 import pyarrow as pa
 
-from transforms.counters import counter
+from transforms.counters import counter, fallback
 from transforms.deadletter import DeadLetterContext, ParDoWithDeadLetters, RecordError
 from transforms.elements import AnyBatch, Batch, TableBatch, records_of
 
@@ -105,6 +109,11 @@ class RecordStage(beam.DoFn):
         self._masker = None
         self.tally: CounterTally | None = None
 
+    @property
+    def context(self) -> DeadLetterContext | None:
+        """Where the stage's rejected records go (None: it rejects none)."""
+        return self._context
+
     def setup(self) -> None:
         self._masker = self._context.masker() if self._context is not None else None
         self.tally = CounterTally()
@@ -118,8 +127,14 @@ class RecordStage(beam.DoFn):
         return self.process_records(batch)
 
     def process_table(self, table: pa.Table) -> Iterator[Any]:
-        """A columnar batch. By default record by record (``to_pylist``, a :class:`Batch` out);
-        stages with a columnar version override it."""
+        """A columnar batch. Stages with a columnar version override it; by default every row
+        goes to the record path, counted as a fallback (``no_columnar_path``)."""
+        return self.fall_back(table, "no_columnar_path")
+
+    def fall_back(self, table: pa.Table, reason: str) -> Iterator[Any]:
+        """The rows of ``table`` through the record path (``to_pylist``, a :class:`Batch` out),
+        counted as the stage's fallback for ``reason`` (an error in strict mode)."""
+        fallback(self.stage, reason, table.num_rows)
         return self.process_records(Batch(table.to_pylist()))
 
     def process_records(self, batch: Batch) -> Iterator[Any]:
@@ -175,25 +190,25 @@ class Rebatch(beam.PTransform):
 
 
 class ApplyStage(beam.PTransform):
-    """Apply a :class:`RecordStage`; yields the good output, or ``(good, dead_letters)`` when the
-    stage has a dead-letter context.
+    """Apply a :class:`RecordStage` to a PCollection of batches; yields the good output (batches,
+    unless ``output_type`` says otherwise), or ``(good, dead_letters)`` when the stage has a
+    dead-letter context.
 
-    ``batched``: the input (and the output) is a PCollection of batches; otherwise of single
-    elements. ``output_type``: what the stage emits (batches of either kind unless it says
-    otherwise).
+    ``batched=False`` (single elements in and out, batched around the stage) remains only while
+    ``transforms.parse`` still has a mode on single records; it goes with that mode.
     """
 
     def __init__(
-        self, fn: RecordStage, *, batched: bool = False, output_type: Any = AnyBatch
+        self, fn: RecordStage, *, batched: bool = True, output_type: Any = AnyBatch
     ) -> None:
         super().__init__()
         self._fn = fn
         self._batched = batched
         self._output_type = output_type
 
-    def expand(self, pcoll):
+    def expand(self, pcoll: beam.PCollection) -> Any:
         batches = pcoll if self._batched else pcoll | "Batch" >> Rebatch()
-        context = self._fn._context
+        context = self._fn.context
         if context is None:
             good = batches | "Apply" >> beam.ParDo(self._fn).with_output_types(self._output_type)
         else:

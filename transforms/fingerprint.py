@@ -10,6 +10,9 @@ impossible to recompute (or brute-force) without it; the category/field prefix s
 same value in two places gives two unrelated fingerprints. The key is read on the worker from an
 environment variable or a secret file (never passed in the job graph, which runners log and
 store); :func:`load_key` is also called by the launcher so a missing key fails at startup.
+
+On a columnar batch the secret columns are dropped and the fingerprint columns set, so the
+batch stays a table for the guard and the tagger; the HMAC is per value either way.
 """
 
 from __future__ import annotations
@@ -17,14 +20,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.batches import ApplyStage, RecordStage
+from transforms.batches import ApplyStage, RecordStage, TableBatch
+from transforms.columns import column_or_nulls, with_column
 
 __all__ = ["Fingerprint", "FingerprintFn", "KeySource", "fingerprint", "load_key"]
 
@@ -88,17 +93,36 @@ class FingerprintFn(RecordStage):
         self.tally.add("fingerprinted", len(self._pairs))
         return out
 
+    def process_table(self, table: pa.Table) -> Iterator[TableBatch]:
+        """The columnar version: what :meth:`one` gives each row (the secret columns gone, each
+        fingerprint column set where it stands or appended), as one table."""
+        key, category = self._key, self._category
+        stored = {
+            name: pa.array(
+                [
+                    None if value is None else fingerprint(key, category, secret, value)
+                    for value in column_or_nulls(table, secret).to_pylist()
+                ],
+                pa.string(),
+            )
+            for name, secret in self._pairs.items()
+        }
+        table = table.drop_columns([c for c in table.column_names if c in self._secrets])
+        for name, values in stored.items():
+            table = with_column(table, name, values)
+        self.tally.add("fingerprinted", len(self._pairs) * table.num_rows)
+        self.tally.flush()
+        if table.num_rows:
+            yield TableBatch(table)
+
 
 class Fingerprint(beam.PTransform):
-    """Replace the policy's secret input fields by their keyed fingerprints (per record, or per
-    batch with ``batched``)."""
+    """Replace the policy's secret input fields by their keyed fingerprints, on a PCollection of
+    batches."""
 
-    def __init__(
-        self, category: str, pairs: Mapping[str, str], key: KeySource, *, batched: bool = False
-    ) -> None:
+    def __init__(self, category: str, pairs: Mapping[str, str], key: KeySource) -> None:
         super().__init__()
         self._fn = FingerprintFn(category, pairs, key)
-        self._batched = batched
 
-    def expand(self, records):
-        return records | "HmacSecrets" >> ApplyStage(self._fn, batched=self._batched)
+    def expand(self, batches: beam.PCollection) -> beam.PCollection:
+        return batches | "HmacSecrets" >> ApplyStage(self._fn)

@@ -16,9 +16,12 @@ record independently of how that stage was written, and routes a violation to th
 - ``undeclared_field``: a key outside the allow-list of the categories being written.
 
 On a columnar batch the invariants are computed on whole columns; the rows that break one go
-through the record-wise check, which gives their dead letters exactly as it would alone. A
-table with a column outside the allow-list goes record by record (every row then carries that
-key, as ``to_pylist`` gives it).
+through the record-wise check, which gives their dead letters exactly as it would alone (the
+columns decided them: no fallback). The columns cannot decide a table with a column outside the
+allow-list (every row then carries that key, as ``to_pylist`` gives it: ``undeclared_column``),
+or whose region or company country is not text (``region_not_text``,
+``company_country_not_text``): those go record by record, counted as
+``columnar_fallback.guard.<reason>``.
 """
 
 from __future__ import annotations
@@ -33,9 +36,9 @@ import pyarrow.compute as pc
 
 from schemas.policy import Category, Policy, filled_any
 from transforms.batches import ApplyStage, Batch, RecordStage, TableBatch
-from transforms.columns import column_or_nulls, forbidding_rows, present, text_column
+from transforms.columns import column_or_nulls, present, text_column
 from transforms.deadletter import DeadLetterContext, RecordError
-from transforms.suppress import forbidden_by_region
+from transforms.suppress import forbidden_by_region, forbidding_rows
 
 __all__ = ["Guard", "GuardFn", "violations"]
 
@@ -130,10 +133,10 @@ class GuardFn(RecordStage):
 
     def process_table(self, table: pa.Table) -> Iterator[Any]:
         if not self._allowed.issuperset(table.column_names):
-            return super().process_table(table)
+            return self.fall_back(table, "undeclared_column")
         breaking = self._breaking(table)
-        if breaking is None:
-            return super().process_table(table)
+        if isinstance(breaking, str):  # the reason the columns cannot decide
+            return self.fall_back(table, breaking)
         return self._split(table, breaking)
 
     def _split(self, table: pa.Table, breaking: pa.ChunkedArray) -> Iterator[Any]:
@@ -144,11 +147,12 @@ class GuardFn(RecordStage):
         if table.num_rows:
             yield TableBatch(table)
 
-    def _breaking(self, table: pa.Table) -> pa.ChunkedArray | None:
-        """Per row: does it break an invariant of :func:`violations` (None: Python must say)."""
+    def _breaking(self, table: pa.Table) -> pa.ChunkedArray | str:
+        """Per row: does it break an invariant of :func:`violations`; or, when Python must say,
+        why the columns cannot."""
         region = text_column(table, "region")
         if region is None:
-            return None
+            return "region_not_text"
         known = pa.array(sorted(self._policy.regions), pa.string())
         parts = []
         if self._forbidden:  # a region is required, and must be one the policy knows
@@ -162,7 +166,7 @@ class GuardFn(RecordStage):
         for country_field in self._country_fields:
             countries = text_column(table, country_field)
             if countries is None:
-                return None
+                return "company_country_not_text"
             by_region: dict[str, list[str | None]] = {}
             for code in pc.unique(countries).to_pylist():  # None included: UNKNOWN's
                 by_region.setdefault(self._policy.region_for(code), []).append(code)
@@ -177,8 +181,8 @@ class GuardFn(RecordStage):
 
 
 class Guard(beam.PTransform):
-    """Re-check the compliance invariants; yields ``(records, dead_letters)`` (of batches with
-    ``batched``)."""
+    """Re-check the compliance invariants on a PCollection of batches; yields ``(batches,
+    dead_letters)``."""
 
     def __init__(
         self,
@@ -186,12 +190,9 @@ class Guard(beam.PTransform):
         categories: Iterable[Category],
         extra_keys: Iterable[str],
         context: DeadLetterContext,
-        *,
-        batched: bool = False,
     ) -> None:
         super().__init__()
         self._fn = GuardFn(policy, categories, extra_keys, context)
-        self._batched = batched
 
-    def expand(self, records):
-        return records | "CheckInvariants" >> ApplyStage(self._fn, batched=self._batched)
+    def expand(self, batches: beam.PCollection) -> tuple[beam.PCollection, Any]:
+        return batches | "CheckInvariants" >> ApplyStage(self._fn)

@@ -10,11 +10,14 @@ of all of them (fail closed).
 On a columnar batch (``transforms.batches.TableBatch``) the same rule runs on whole columns: a
 forbidden field of a row that has any forbidden value becomes null (the record-wise version
 drops the key; a table has no per-row keys, and null is what every later stage reads as absent).
+A table whose ``region`` column is not text goes record by record, counted as the fallback
+``columnar_fallback.suppress.region_not_text``. :func:`forbidding_rows` (which rows a region
+forbids a field in) is the guard's too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from functools import reduce
 from typing import Any
 
@@ -24,9 +27,14 @@ import pyarrow.compute as pc
 
 from schemas.policy import Category
 from transforms.batches import ApplyStage, RecordStage, TableBatch
-from transforms.columns import count, forbidding_rows, present, text_column, with_column
+from transforms.columns import count, present, text_column, with_column
 
-__all__ = ["SuppressRestrictedContacts", "SuppressRestrictedFn", "forbidden_by_region"]
+__all__ = [
+    "SuppressRestrictedContacts",
+    "SuppressRestrictedFn",
+    "forbidden_by_region",
+    "forbidding_rows",
+]
 
 
 def forbidden_by_region(categories: Iterable[Category]) -> dict[str, frozenset[str]]:
@@ -36,6 +44,36 @@ def forbidden_by_region(categories: Iterable[Category]) -> dict[str, frozenset[s
         for region, fields in category.forbidden_fields_in_regions.items():
             out.setdefault(region, set()).update(fields)
     return {region: frozenset(fields) for region, fields in out.items()}
+
+
+def forbidding_rows(
+    regions: pa.ChunkedArray,
+    forbidden: Mapping[str, frozenset[str]],
+    known: Iterable[str],
+    fields: Iterable[str],
+) -> dict[str, pa.ChunkedArray]:
+    """Per field: the rows whose region forbids it. A region the policy does not know (None
+    included) forbids every field of ``forbidden`` (fail closed), as in the per-record stages.
+
+    ``regions`` must be a string (or all-null) column."""
+    known = frozenset(known)
+    every = frozenset().union(*forbidden.values()) if forbidden else frozenset()
+    distinct = [r for r in pc.unique(regions).to_pylist() if r is not None]
+    by_regions: dict[tuple[tuple[str, ...], bool], pa.ChunkedArray] = {}  # fields share masks
+    masks = {}
+    for field in fields:
+        unknown_forbids = field in every
+        forbidding = tuple(
+            r
+            for r in distinct
+            if (field in forbidden.get(r, frozenset()) if r in known else unknown_forbids)
+        )
+        key = (forbidding, unknown_forbids)
+        if key not in by_regions:
+            mask = pc.is_in(regions, value_set=pa.array(forbidding, pa.string()))
+            by_regions[key] = pc.or_(mask, pc.is_null(regions)) if unknown_forbids else mask
+        masks[field] = by_regions[key]
+    return masks
 
 
 class SuppressRestrictedFn(RecordStage):
@@ -59,10 +97,10 @@ class SuppressRestrictedFn(RecordStage):
         self.tally.add("suppressed.contact_fields", len(present))
         return {k: v for k, v in record.items() if k not in forbidden}
 
-    def process_table(self, table: pa.Table):
+    def process_table(self, table: pa.Table) -> Iterator[TableBatch]:
         regions = text_column(table, "region")
-        if regions is None:
-            return super().process_table(table)  # regions Python must judge one by one
+        if regions is None:  # regions Python must judge one by one
+            return self.fall_back(table, "region_not_text")
         fields = [f for f in sorted(self._all) if f in table.column_names]
         forbids = forbidding_rows(regions, self._forbidden, self._known, fields)
         found = {f: pc.and_(forbids[f], present(table.column(f))) for f in fields}
@@ -80,15 +118,12 @@ class SuppressRestrictedFn(RecordStage):
 
 
 class SuppressRestrictedContacts(beam.PTransform):
-    """Remove region-forbidden (corporate contact) fields from every record (or batch of
-    records, with ``batched``)."""
+    """Remove region-forbidden (corporate contact) fields from every record of a PCollection of
+    batches (``transforms.batches``)."""
 
-    def __init__(
-        self, categories: Iterable[Category], known_regions: Iterable[str], *, batched: bool = False
-    ) -> None:
+    def __init__(self, categories: Iterable[Category], known_regions: Iterable[str]) -> None:
         super().__init__()
         self._fn = SuppressRestrictedFn(forbidden_by_region(categories), known_regions)
-        self._batched = batched
 
-    def expand(self, records):
-        return records | "DropForbiddenFields" >> ApplyStage(self._fn, batched=self._batched)
+    def expand(self, batches: beam.PCollection) -> beam.PCollection:
+        return batches | "DropForbiddenFields" >> ApplyStage(self._fn)

@@ -19,12 +19,15 @@ would keep it past its retention.
 A row is projected onto exactly its category's columns, so nothing outside the schema reaches a
 sink even if an earlier stage let it through.
 
-Tables (the batched pipelines) are built column-wise: each field a batch needs is read once for the
-whole batch (:class:`BatchColumns`), and which output takes a row, its tags and its expiry are
-computed with ``pyarrow.compute``; ``Category.effective`` still decides the tags, once per
-distinct (region, conditional purposes) combination. Whenever the columns cannot decide exactly
-what the per-record code would (a value of another type than expected, an error), that output of
-that batch goes record by record, so a bad record still becomes its own dead letter.
+Tables are built column-wise: each field a batch needs is read once for the whole batch
+(:class:`~transforms.tag_columns.BatchColumns`), and which output takes a row, its tags and its
+expiry are computed with ``pyarrow.compute``; ``Category.effective`` still decides the tags, once
+per distinct (region, conditional purposes) combination. Whenever the columns cannot decide
+exactly what the per-record code would (a value of another type than expected, a value Arrow
+cannot convert: ``transforms.columns.ARROW_ERRORS``), that output of that batch goes record by
+record, so a bad record still becomes its own dead letter; that is counted as
+``columnar_fallback.tag.<reason>`` (an error in strict mode). The record-wise code (``TagFn.one``,
+:func:`tag_row`) is the reference the tests hold the tables to.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import dataclasses
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import reduce
-from typing import Any
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 import pyarrow as pa
@@ -50,13 +53,15 @@ from schemas.policy import (
     Route,
     filled_any,
 )
-from transforms.batches import AnyBatch, ApplyStage, Batch, RecordStage, TableBatch
-from transforms.columns import BatchColumns
+from transforms.batches import AnyBatch, ApplyStage, RecordStage, TableBatch
+from transforms.columns import ARROW_ERRORS
+from transforms.counters import fallback
 from transforms.deadletter import DeadLetterContext
 from transforms.rawinput import RecordError
 from transforms.sinks.layout import MAX_EXPIRY_MICROS
+from transforms.tag_columns import BatchColumns
 
-__all__ = ["CategoryOutput", "Tag", "TagFn", "tag_row"]
+__all__ = ["CategoryOutput", "ColumnTags", "Tag", "TagFn", "TagPolicy", "Tagger", "Tags", "tag_row"]
 
 
 @dataclass(frozen=True)
@@ -93,8 +98,21 @@ class CategoryOutput:
         return reduce(pc.and_, parts) if parts else columns.every
 
 
-# (purposes, retention_rule, expires_at) of a record for a category.
-Tags = tuple[list[str], str, int | None]
+class Tags(NamedTuple):
+    """The tags of a record for a category (:meth:`Tagger.tags`)."""
+
+    purposes: list[str]
+    retention_rule: str
+    expires_at: int | None  # epoch microseconds; None: open-ended
+
+
+class TagPolicy(NamedTuple):
+    """What ``Category.effective`` gives the records of one combination of what their tags
+    depend on (:meth:`Tagger.key`): shared by them, computed once."""
+
+    purposes: list[str]
+    retention_rule: str
+    retention: Retention
 
 
 @dataclass(frozen=True)
@@ -104,7 +122,7 @@ class ColumnTags:
     rows: pa.Array  # batch indices of the records that get a row
     dead: list[int]  # batch indices of the records whose expiry cannot be computed
     out_of_range: list[int]  # batch indices of the records whose expiry is past MAX_EXPIRY_MICROS
-    policies: list[tuple[list[str], str, Retention]]  # per distinct combination of tags
+    policies: list[TagPolicy]  # per distinct combination of tags
     combination: pa.Array  # per row: its index in ``policies``
     expires_at: pa.Array  # per row: int64 epoch microseconds, null when open-ended
 
@@ -147,7 +165,7 @@ class Tagger:
         self._jurisdictions = tuple(
             p.only_in_countries for p in category.purposes if p.only_in_countries
         )
-        self._memo: dict[Any, tuple[list[str], str, Any]] = {}
+        self._memo: dict[tuple[Any, ...], TagPolicy] = {}
 
     def key(self, record: Mapping[str, Any]) -> tuple[Any, ...]:
         """What the tags of ``record`` depend on: its region, per conditional purpose whether
@@ -161,36 +179,35 @@ class Tagger:
             *[country in countries for countries in self._jurisdictions],
         )
 
-    def _policy(self, key: tuple[Any, ...], record: Mapping[str, Any]) -> tuple[Any, ...]:
-        """``(purposes, retention_rule, Retention)`` of the records of ``key`` (``record`` is
-        one of them)."""
+    def _policy(self, key: tuple[Any, ...], record: Mapping[str, Any]) -> TagPolicy:
+        """The :class:`TagPolicy` of the records of ``key`` (``record`` is one of them)."""
         hit = self._memo.get(key)
         if hit is None:
             purposes, retention = self.category.effective(key[0], record)
-            hit = self._memo[key] = (list(purposes), retention.label, retention)
+            hit = self._memo[key] = TagPolicy(list(purposes), retention.label, retention)
         return hit
 
     def tags(self, record: Mapping[str, Any]) -> Tags:
-        """``(purposes, retention_rule, expires_at)`` of ``record``. The purposes list is shared
-        by the records with the same tags: copy it before changing it."""
-        purposes, label, retention = self._policy(self.key(record), record)
+        """The :class:`Tags` of ``record``. The purposes list is shared by the records with the
+        same tags: copy it before changing it."""
+        policy = self._policy(self.key(record), record)
         event_field = self.category.event_time
         event_time = record.get(event_field) if event_field else None
-        expires_at = retention.expires_at(event_time)
+        expires_at = policy.retention.expires_at(event_time)
         if expires_at is not None and expires_at > MAX_EXPIRY_MICROS:
             raise RecordError("expiry_out_of_range")
-        return purposes, label, expires_at
+        return Tags(policy.purposes, policy.retention_rule, expires_at)
 
     def row(self, record: Mapping[str, Any], tags: Tags | None = None) -> dict[str, Any]:
         """The output row of ``record``: its columns plus the policy tags (``tags`` if already
         computed)."""
-        purposes, rule, expires_at = tags or self.tags(record)
+        tags = tags or self.tags(record)
         row = {column: record.get(column) for column in self.columns}
         row["data_category"] = self.category.name
-        row["purposes"] = list(purposes)
+        row["purposes"] = list(tags.purposes)
         row["legal_basis"] = self.category.legal_basis
-        row["retention_rule"] = rule
-        row["expires_at"] = expires_at
+        row["retention_rule"] = tags.retention_rule
+        row["expires_at"] = tags.expires_at
         row["policy_version"] = self.policy_version
         return row
 
@@ -203,10 +220,10 @@ class Tagger:
         n = len(records)
         by_name: dict[str, Sequence[Any]] = {
             "data_category": [self.category.name] * n,
-            "purposes": [t[0] for t in tags],
+            "purposes": [t.purposes for t in tags],
             "legal_basis": [self.category.legal_basis] * n,
-            "retention_rule": [t[1] for t in tags],
-            "expires_at": [t[2] for t in tags],
+            "retention_rule": [t.retention_rule for t in tags],
+            "expires_at": [t.expires_at for t in tags],
             "policy_version": [self.policy_version] * n,
         }
         columns = frozenset(self.columns)
@@ -222,9 +239,9 @@ class Tagger:
             arrays.append(arrow_column(field, values))
         return pa.Table.from_arrays(arrays, schema=schema)
 
-    def column_tags(self, columns: BatchColumns, picked: pa.BooleanArray) -> ColumnTags | None:
-        """:meth:`tags` of the ``picked`` records of a batch, column-wise; None when the columns
-        cannot decide them (then ask :meth:`tags`, record by record).
+    def column_tags(self, columns: BatchColumns, picked: pa.BooleanArray) -> ColumnTags | str:
+        """:meth:`tags` of the ``picked`` records of a batch, column-wise; or, when the columns
+        cannot decide them (then ask :meth:`tags`, record by record), the reason.
 
         A record's combination (its region and conditional purpose flags, what :meth:`key` is)
         becomes one integer; ``Category.effective`` runs once per combination never seen before,
@@ -234,12 +251,12 @@ class Tagger:
         """
         regions = columns.regions()
         if regions is None:
-            return None
+            return "region_not_text"
         codes, region_names = regions
         flag_columns = [columns.filled_any(fields) for fields in self._conditional]
         flag_columns += [columns.is_in(COUNTRY_FIELD, c) for c in self._jurisdictions]
         if any(flags is None for flags in flag_columns):
-            return None
+            return "purpose_fields_undecided"
         bits = len(flag_columns)
         combination = pc.multiply(codes, 1 << bits) if bits else codes
         for bit, flags in enumerate(flag_columns):
@@ -247,11 +264,11 @@ class Tagger:
         event_field = self.category.event_time
         event_time = columns.inferred(event_field) if event_field else pa.nulls(columns.n)
         if event_time is None:
-            return None
+            return "event_time_not_int"
         if pa.types.is_null(event_time.type):
             event_time = pa.nulls(columns.n, pa.int64())
         elif not pa.types.is_int64(event_time.type):
-            return None  # not plain ints: let Python add them
+            return "event_time_not_int"  # not plain ints: let Python add them
 
         rows = pc.indices_nonzero(picked)
         combination = combination.take(rows)
@@ -264,15 +281,15 @@ class Tagger:
             if hit is None:
                 record = columns.records[rows[pc.index(combination, value).as_py()].as_py()]
                 if self.key(record) != key:  # cannot happen; if it does, Python decides
-                    return None
+                    return "key_mismatch"
                 hit = self._policy(key, record)
-            retention = hit[2]
+            retention = hit.retention
             if retention.rule == "fixed":
                 offsets.append(retention.expires_at(0))
             elif retention.open_ended:
                 offsets.append(None)
             else:
-                return None
+                return "retention_not_fixed"
             policies.append(hit)
         combination = pc.index_in(combination, value_set=distinct)
         offset = pa.array(offsets, type=pa.int64()).take(combination)
@@ -309,9 +326,9 @@ class Tagger:
 
         by_name = {
             "data_category": lambda f: constant(f, self.category.name),
-            "purposes": lambda f: per_policy(f, [p[0] for p in tags.policies]),
+            "purposes": lambda f: per_policy(f, [p.purposes for p in tags.policies]),
             "legal_basis": lambda f: constant(f, self.category.legal_basis),
-            "retention_rule": lambda f: per_policy(f, [p[1] for p in tags.policies]),
+            "retention_rule": lambda f: per_policy(f, [p.retention_rule for p in tags.policies]),
             "expires_at": expires_at,
             "policy_version": lambda f: constant(f, self.policy_version),
         }
@@ -345,8 +362,9 @@ class TagFn(RecordStage):
     """Rows of every output that applies, or with ``exclusive`` of the first one only (a routed
     source: one record, one category). A record no output takes is an error, never dropped.
 
-    With ``schemas`` (category -> Arrow schema) a batch becomes ``(category, pa.Table)``
-    elements instead of a batch of row dicts: what ``transforms.sinks.WriteTables`` takes.
+    A batch (of either kind) becomes ``(category, pa.Table)`` elements of the categories' Arrow
+    ``schemas``: what a sink of ``transforms.store.Store`` takes. The record path
+    (:meth:`one`, through ``process_records``: a batch of row dicts) is the reference.
     """
 
     stage = "tag"
@@ -358,7 +376,8 @@ class TagFn(RecordStage):
         outputs: Iterable[CategoryOutput],
         context: DeadLetterContext,
         exclusive: bool = False,
-        schemas: Mapping[str, pa.Schema] | None = None,
+        *,
+        schemas: Mapping[str, pa.Schema],
         run_time: int | None = None,
     ) -> None:
         super().__init__(context)
@@ -370,11 +389,11 @@ class TagFn(RecordStage):
             (o, Tagger(policy.category(o.category), o.columns, policy.version)) for o in outputs
         )
         self._exclusive = exclusive
-        self._schemas = dict(schemas) if schemas is not None else None
-        self._fields = _fields_to_convert(self._outputs, self._schemas or {})
+        self._schemas = dict(schemas)
+        self._fields = _fields_to_convert(self._outputs, self._schemas)
 
     def one(self, record: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """The rows of one record (the row mode; tables are built batch-wise)."""
+        """The rows of one record (the reference; tables are built batch-wise)."""
         chosen = [tagger for output, tagger in self._outputs if output.applies(record)]
         if self._exclusive:
             if not chosen:
@@ -383,7 +402,7 @@ class TagFn(RecordStage):
         rows = []
         for tagger in chosen:
             tags = tagger.tags(record)
-            if self._expired(tags[2]):
+            if self._expired(tags.expires_at):
                 self.tally.add(f"expired_on_arrival.{tagger.category.name}")
                 continue
             rows.append(tagger.row(record, tags))
@@ -398,9 +417,6 @@ class TagFn(RecordStage):
         return due_before is not None and expires_at is not None and expires_at < due_before
 
     def process(self, batch: AnyBatch) -> Iterator[Any]:
-        if self._schemas is None:
-            yield from super().process(batch)
-            return
         if batch:
             yield from self._tables(batch)
         self.tally.flush()
@@ -421,9 +437,10 @@ class TagFn(RecordStage):
             candidates = remaining if self._exclusive else columns.every
             try:
                 applies = output.mask(columns)
-            except Exception:
+            except ARROW_ERRORS:
                 applies = None
             if applies is None:
+                fallback(self.stage, "route_undecided", candidates.true_count)
                 picked, rest = yield from self._split(columns.records, candidates, output)
             else:
                 picked = pc.and_(candidates, applies)
@@ -478,9 +495,10 @@ class TagFn(RecordStage):
         """The table of the ``picked`` records for ``category``, and their dead letters."""
         try:
             tags = tagger.column_tags(columns, picked)
-        except Exception:
-            tags = None
-        if tags is None:  # record by record
+        except ARROW_ERRORS:
+            tags = "arrow_error"
+        if isinstance(tags, str):  # the reason the columns cannot decide: record by record
+            fallback(self.stage, tags, picked.true_count)
             rows = pc.indices_nonzero(picked).to_pylist()
             yield from self._rows_table(category, tagger, [columns.records[i] for i in rows])
             return
@@ -497,7 +515,8 @@ class TagFn(RecordStage):
             return
         try:
             table = tagger.column_table(columns, tags, self._schemas[category])
-        except Exception:  # a value the schema cannot hold: record by record
+        except _UNCONVERTIBLE:  # a value the schema cannot hold: record by record
+            fallback(self.stage, "value_not_convertible", len(tags.rows))
             rows = tags.rows.to_pylist()
             yield from self._rows_table(category, tagger, [columns.records[i] for i in rows])
             return
@@ -510,10 +529,10 @@ class TagFn(RecordStage):
         """The table of ``records`` built record-wise; records whose tags fail are dead."""
         tags = yield from self._each(tagger.tags, records)
         kept = [(r, t) for r, t in zip(records, tags, strict=True) if t is not _FAILED]
-        expired = sum(1 for _, t in kept if self._expired(t[2]))
+        expired = sum(1 for _, t in kept if self._expired(t.expires_at))
         if expired:
             self.tally.add(f"expired_on_arrival.{category}", expired)
-            kept = [(r, t) for r, t in kept if not self._expired(t[2])]
+            kept = [(r, t) for r, t in kept if not self._expired(t.expires_at)]
         if kept:
             yield from self._table(category, tagger, [r for r, _ in kept], [t for _, t in kept])
 
@@ -540,6 +559,10 @@ _DAY = 86_400_000_000  # microseconds
 
 # What TagFn._each gives for a record its function raised on.
 _FAILED = object()
+
+# What building a table column-wise raises for a value its schema cannot hold: ValueError from
+# ``schemas.arrow`` (which wraps Arrow's conversion errors), or Arrow's own.
+_UNCONVERTIBLE = (ValueError, *ARROW_ERRORS)
 
 
 def _fields_to_convert(
@@ -594,11 +617,8 @@ def _salvage(
 
 
 class Tag(beam.PTransform):
-    """Records -> tagged rows of every category they feed; yields ``(rows, dead_letters)``.
-
-    ``batched``: batches of records in; out come ``(category, pa.Table)`` elements of the
-    categories' Arrow ``schemas`` (required then), ready for ``WriteTables``.
-    """
+    """Batches of records -> ``(category, pa.Table)`` elements of every category they feed, of
+    the categories' Arrow ``schemas``; yields ``(tables, dead_letters)``."""
 
     def __init__(
         self,
@@ -607,21 +627,12 @@ class Tag(beam.PTransform):
         context: DeadLetterContext,
         exclusive: bool = False,
         *,
-        batched: bool = False,
-        schemas: Mapping[str, pa.Schema] | None = None,
+        schemas: Mapping[str, pa.Schema],
         run_time: int | None = None,
     ) -> None:
         super().__init__()
-        if batched and schemas is None:
-            raise ValueError("a batched Tag writes tables: give the categories' Arrow schemas")
-        self._fn = TagFn(
-            policy, outputs, context, exclusive, schemas if batched else None, run_time
-        )
-        self._batched = batched
+        self._fn = TagFn(policy, outputs, context, exclusive, schemas=schemas, run_time=run_time)
 
-    def expand(self, records):
-        # Batched, the output is (category, table) pairs, not batches.
-        output_type = Any if self._batched else Batch
-        return records | "StampPolicy" >> ApplyStage(
-            self._fn, batched=self._batched, output_type=output_type
-        )
+    def expand(self, batches: beam.PCollection) -> tuple[beam.PCollection, Any]:
+        # The output is (category, table) pairs, not batches.
+        return batches | "StampPolicy" >> ApplyStage(self._fn, output_type=Any)

@@ -21,13 +21,15 @@ from hypothesis import strategies as st
 from pipelines.ingest import spec_for
 from schemas.arrow import arrow_schema, to_arrow_table
 from schemas.avro import category_columns, output_schema
-from transforms.batches import ApplyStage, RecordStage
-from transforms.columns import BatchColumns
+from tests.support.stages import on_records
+from transforms.batches import ApplyStage, Batch, RecordStage
+from transforms.counters import STRICT_COLUMNAR_ENV, ColumnarFallbackError
 from transforms.deadletter import DEAD_LETTER_TAG, RecordError
 from transforms.rawinput import Withheld
 from transforms.read import ReadRecords, byte_ranges, read_line_batches
 from transforms.sinks import MAX_EXPIRY_MICROS
 from transforms.tag import CategoryOutput, TagFn, Tagger
+from transforms.tag_columns import BatchColumns
 from transforms.timestamps import parse_event_time
 
 T = 1_790_000_000 * 1_000_000
@@ -76,13 +78,18 @@ def test_a_stage_without_dead_letters_lets_exceptions_through():
         _run(_Halve(), [2, 0])
 
 
-@pytest.mark.parametrize("batched", [False, True])
-def test_apply_stage_per_record_and_batched(dl_context, batched):
-    elements = [[2, 3, 4], [6, 0]] if batched else [2, 3, 4, 6, 0]
+@pytest.mark.parametrize("records", [False, True])
+def test_apply_stage_on_batches_and_on_records(dl_context, records):
+    """A stage applies to batches; ``on_records`` batches plain records around it."""
     with TestPipeline(runner="FnApiRunner") as p:
-        good, dead = p | beam.Create(elements) | ApplyStage(_Halve(dl_context), batched=batched)
-        flat = good | "Flat" >> beam.FlatMap(lambda b: b) if batched else good
-        assert_that(flat, equal_to([1, 2, 3]), label="Good")
+        if records:
+            elements = p | beam.Create([2, 3, 4, 6, 0])
+            good, dead = on_records(elements, ApplyStage(_Halve(dl_context)))
+        else:
+            elements = p | beam.Create([Batch([2, 3, 4]), Batch([6, 0])])
+            good, dead = elements | ApplyStage(_Halve(dl_context))
+            good = good | "Flat" >> beam.FlatMap(lambda b: b)
+        assert_that(good, equal_to([1, 2, 3]), label="Good")
         assert_that(
             dead | "AllLetters" >> beam.Flatten() | beam.Map(lambda d: d["error"]),
             equal_to(["odd", "unexpected_error:ZeroDivisionError"]),
@@ -100,9 +107,7 @@ class _FailsOutsideTheLoop(RecordStage):
 def test_a_failed_batch_is_one_dead_letter_per_record(dl_context):
     records = [{"event_id": "a"}, {"event_id": "b"}]
     with TestPipeline(runner="FnApiRunner") as p:
-        _good, dead = (
-            p | beam.Create([records]) | ApplyStage(_FailsOutsideTheLoop(dl_context), batched=True)
-        )
+        _good, dead = p | beam.Create([records]) | ApplyStage(_FailsOutsideTheLoop(dl_context))
         assert_that(
             dead | "AllLetters" >> beam.Flatten() | beam.Map(lambda d: (d["event_id"], d["error"])),
             equal_to(
@@ -291,7 +296,7 @@ def test_tag_fn_builds_tables_and_dead_letters_what_a_table_cannot_hold(policy, 
     )
 
 
-# Table mode decides column-wise (transforms.columns.BatchColumns) what the row mode decides
+# Table mode decides column-wise (transforms.tag_columns.BatchColumns) what the row mode decides
 # record by record. Random batches of three shapes: visits (two outputs, one of them when_any, a
 # conditional purpose), and the routed sources sdk_logs (when_present) and telemetry
 # (when_equals), exclusive.
@@ -367,10 +372,11 @@ def _batches(shape):
 
 
 def _tag(policy, dl_context, shape, batch, *, tables=True, run_time=None):
-    """Outputs, dead letters and counter increments of a TagFn over ``batch``."""
+    """Outputs, dead letters and counter increments of a TagFn over ``batch``: its tables, or
+    (``tables=False``) the rows of its record path, the reference."""
     outputs, exclusive = _shape(policy, shape)
     schemas = {o.category: arrow_schema(output_schema(o.category)) for o in outputs}
-    fn = TagFn(policy, outputs, dl_context, exclusive, schemas if tables else None, run_time)
+    fn = TagFn(policy, outputs, dl_context, exclusive, schemas=schemas, run_time=run_time)
     fn.setup()
     counts = Counter()
     add = fn.tally.add
@@ -381,7 +387,7 @@ def _tag(policy, dl_context, shape, batch, *, tables=True, run_time=None):
 
     fn.tally.add = count
     good, dead = [], []
-    for out in fn.process(batch):
+    for out in fn.process(batch) if tables else fn.process_records(Batch(batch)):
         (dead.append(out.value) if isinstance(out, beam.pvalue.TaggedOutput) else good.append(out))
     return good, dead, counts, schemas
 
@@ -428,7 +434,7 @@ def test_column_wise_tagging_is_record_by_record_tagging(policy, dl_context, sha
     run_time = data.draw(_RUN_TIMES)
     with pytest.MonkeyPatch.context() as mp:  # the columns decide nothing: record by record
         mp.setattr(CategoryOutput, "mask", lambda self, columns: None)
-        mp.setattr(Tagger, "column_tags", lambda self, columns, picked: None)
+        mp.setattr(Tagger, "column_tags", lambda self, columns, picked: "test")
         expected, expected_dead, expected_counts, _ = _tag(
             policy, dl_context, shape, batch, run_time=run_time
         )
@@ -441,11 +447,7 @@ def test_column_wise_tagging_is_record_by_record_tagging(policy, dl_context, sha
 
 
 def test_a_plain_batch_is_tagged_column_wise(policy, dl_context, monkeypatch):
-    def record_by_record(*args):
-        raise AssertionError("the columns should have decided")
-
-    monkeypatch.setattr(TagFn, "_rows_table", record_by_record)
-    monkeypatch.setattr(TagFn, "_split", record_by_record)
+    monkeypatch.setenv(STRICT_COLUMNAR_ENV, "1")  # the columns decide: no fallback
     visit = {"ip": "1.2.3.4", "visited_at": T, "region": "OTHER"}
     contact = {"contact_name": "Jane", "business_email": "jane@corp.example", "country": "US"}
     batch = [
@@ -473,6 +475,32 @@ def test_a_plain_batch_is_tagged_column_wise(policy, dl_context, monkeypatch):
         ("d", "unexpected_error:ValueError")  # no event time: no fixed expiry
     ]
     assert counts == {"tagged.website_visit": 5, "tagged.corporate_visitor_info": 4}
+
+
+def test_a_tag_fallback_is_counted_and_strict_mode_makes_it_an_error(
+    policy, dl_context, monkeypatch
+):
+    """A region that is no text: the columns cannot decide, the record path does (the same
+    rows), and that is counted by reason; in strict mode it is an error."""
+    import transforms.counters
+
+    counts = Counter()
+
+    class _Counter:
+        def __init__(self, name):
+            self.name = name
+
+        def inc(self, n=1):
+            counts[self.name] += n
+
+    monkeypatch.setattr(transforms.counters, "counter", _Counter)
+    batch = [{"event_id": "a", "ip": "1.2.3.4", "visited_at": T, "region": b"OTHER"}]
+    tables, dead, _, _ = _tag(policy, dl_context, "visits", batch)
+    assert [c for c, _ in tables] == ["website_visit"] and dead == []
+    assert counts == {"columnar_fallback.tag.region_not_text": 1}
+    monkeypatch.setenv(STRICT_COLUMNAR_ENV, "1")
+    with pytest.raises(ColumnarFallbackError, match="tag: 1 rows"):
+        _tag(policy, dl_context, "visits", batch)
 
 
 def test_batch_columns_look_again_at_empty_values():

@@ -3,6 +3,9 @@
 The record-wise code is the reference (it has its own tests); here each stage runs over the
 same records once as a list and once as an Arrow table, and must give the same good records
 (a key the record path drops is a null in a table), the same dead letters and the same counters.
+And on clean tables, as Parse emits them, each stage must decide in columns: strict mode
+(``TRTC_STRICT_COLUMNAR=1``) makes any fallback to the record path an error, and the output must
+still be a table, so a columnar path that is switched off fails here.
 """
 
 from __future__ import annotations
@@ -22,11 +25,14 @@ from hypothesis import strategies as st
 from pipelines.options import bundled
 from schemas.arrow import arrow_schema
 from schemas.avro import category_columns, input_fields, output_schema
+from transforms.batches import RecordStage
 from transforms.columns import not_blank, present
+from transforms.counters import STRICT_COLUMNAR_ENV, ColumnarFallbackError
 from transforms.deadletter import FromExceptions
 from transforms.elements import AnyBatch, Batch, BatchCoder, TableBatch, records_of
 from transforms.enrichment import FAILED, MATCHED, NO_MATCH, LookupResult
 from transforms.enrichment.enrich import JoinAroundDeal, RestrictContactsByCompanyCountry
+from transforms.fingerprint import FingerprintFn, KeySource
 from transforms.geo import GeolocateFn
 from transforms.guard import GuardFn
 from transforms.parse import ParseFn
@@ -339,3 +345,134 @@ def test_column_emptiness_is_python_emptiness(values):
     array = pa.array(values, pa.string())
     assert not_blank(array).to_pylist() == [v is not None and bool(v.strip()) for v in values]
     assert present(array).to_pylist() == [v not in (None, "") for v in values]
+
+
+# ------------------------------------------------------------------ clean tables, strict mode
+
+CONTACT = {"contact_name": "Jane", "business_email": "jane@corp.example", "job_title": "CTO"}
+
+
+def _clean_visits() -> pa.Table:
+    """Visits as Parse emits them (the record schema of ``visit_input``): addresses in and out of
+    the EEA/UK, private ones, contact fields or none."""
+    ips = ["81.2.69.160", "8.8.8.8", "2001:4860:4860::8888", "10.0.0.1", "193.99.144.80"]
+    records = [
+        {
+            "event_id": f"e-{i}",
+            "ip": ip,
+            "visited_at": T + i,
+            "url": "https://example.com/",
+            **(CONTACT if i % 2 else {}),
+        }
+        for i, ip in enumerate(ips * 4)
+    ]
+    return pa.Table.from_pylist(
+        records, schema=record_schema(input_fields("visit_input"), "visited_at")
+    )
+
+
+@pytest.fixture
+def strict(monkeypatch):
+    monkeypatch.setenv(STRICT_COLUMNAR_ENV, "1")
+
+
+def _on_table(fn, table: pa.Table) -> tuple[list[Any], list[Any]]:
+    """(good outputs, dead letters) of a fresh stage over one table."""
+    fn.setup()
+    good, dead = [], []
+    for out in fn.process(TableBatch(table)):
+        (dead if isinstance(out, beam.pvalue.TaggedOutput) else good).append(out)
+    return good, dead
+
+
+def _located(policy) -> pa.Table:
+    ((located,), _) = _on_table(GeolocateFn(bundled("country.mmdb"), policy), _clean_visits())
+    return located.table
+
+
+def test_geolocate_decides_a_clean_table_in_columns(policy, strict):
+    (out,), dead = _on_table(GeolocateFn(bundled("country.mmdb"), policy), _clean_visits())
+    assert isinstance(out, TableBatch) and dead == []
+    assert set(out.table.column("region").to_pylist()) == {"EEA_UK", "OTHER", "UNKNOWN"}
+
+
+def test_suppress_decides_a_clean_table_in_columns(policy, corporate, strict, counted):
+    fn = SuppressRestrictedFn(forbidden_by_region([corporate]), policy.regions)
+    (out,), dead = _on_table(fn, _located(policy))
+    assert isinstance(out, TableBatch) and dead == []
+    assert counted["suppressed.records"] > 0  # it had work to do
+
+
+def test_guard_decides_a_clean_table_in_columns(policy, corporate, dl_context, strict):
+    visit = policy.category("website_visit")
+    table = _located(policy)
+    fn = SuppressRestrictedFn(forbidden_by_region([corporate]), policy.regions)
+    ((suppressed,), _) = _on_table(fn, table)
+    # contacts of an OTHER visitor stay only with a company of an unrestricted country
+    company = pa.array(["US"] * suppressed.table.num_rows, pa.string())
+    table = suppressed.table.append_column("company_country", company)
+    fn = GuardFn(policy, (visit, corporate), ("country", "region"), dl_context)
+    good, dead = _on_table(fn, table)
+    assert [type(g) for g in good] == [TableBatch] and dead == []
+    assert good[0].table.num_rows == table.num_rows
+
+
+def test_guard_sends_the_rows_that_break_an_invariant_to_the_record_path(
+    policy, corporate, dl_context, strict
+):
+    """The columns decide which rows break one (no fallback); their dead letters come from the
+    record-wise check."""
+    visit = policy.category("website_visit")
+    fn = GuardFn(policy, (visit, corporate), ("country", "region"), dl_context)
+    good, dead = _on_table(fn, _located(policy))  # contacts not suppressed: forbidden_field
+    assert [type(g) for g in good] == [TableBatch]
+    assert {d.value["error"] for d in dead} >= {"guard:forbidden_field"}
+
+
+def test_tag_decides_a_clean_table_in_columns(policy, corporate, dl_context, strict):
+    company = tuple(corporate.field_groups["company"]) + tuple(corporate.field_groups["contact"])
+    outputs = (
+        CategoryOutput("website_visit", category_columns("website_visit")),
+        CategoryOutput(
+            "corporate_visitor_info", category_columns("corporate_visitor_info"), when_any=company
+        ),
+    )
+    schemas = {o.category: arrow_schema(output_schema(o.category)) for o in outputs}
+    table = _located(policy)
+    good, dead = _on_table(TagFn(policy, outputs, dl_context, schemas=schemas), table)
+    assert dead == []
+    assert sorted(c for c, _ in good) == ["corporate_visitor_info", "website_visit"]
+    assert dict(good)["website_visit"].num_rows == table.num_rows
+
+
+def test_fingerprint_decides_a_clean_table_in_columns(policy, strict, monkeypatch, counted):
+    monkeypatch.setenv("TEST_FP_KEY", "0123456789abcdef0123456789abcdef")
+    records = [
+        {"event_id": "a", "sdk_app_id": "1", "private_key": "pk-1"},
+        {"event_id": "b", "sdk_app_id": "2", "private_key": None},
+    ]
+    schema = pa.schema([(k, pa.string()) for k in records[0]])
+
+    def make():
+        return FingerprintFn(
+            "customer_temporary_key",
+            {"private_key_fingerprint": "private_key"},
+            KeySource(env="TEST_FP_KEY"),
+        )
+
+    (out,), _ = _on_table(make(), pa.Table.from_pylist(records, schema=schema))
+    assert isinstance(out, TableBatch)
+    listed, tabled = _both(make, records, schema, counted)
+    assert tabled == listed
+
+
+class _RecordsOnly(RecordStage):
+    stage = "records_only"
+
+    def one(self, record):
+        return record
+
+
+def test_a_stage_without_a_columnar_path_falls_back_and_strict_mode_refuses_it(strict):
+    with pytest.raises(ColumnarFallbackError, match=r"records_only: 2 rows.*no_columnar_path"):
+        _on_table(_RecordsOnly(), pa.table({"event_id": ["a", "b"]}))

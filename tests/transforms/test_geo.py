@@ -9,6 +9,8 @@ Three kinds of database are read with the real geoip2/libmaxminddb reader:
 from __future__ import annotations
 
 import copy
+import gc
+import ipaddress
 from pathlib import Path
 
 import apache_beam as beam
@@ -40,13 +42,14 @@ from tests.support.mmdb import (
     build_enterprise_mmdb,
     build_mmdb,
 )
+from tests.support.stages import on_records
 from transforms import geo
 from transforms.geo import (
     CountryLookup,
     Geolocate,
     GeolocateFn,
-    _public_address,
-    clear_shared_lookups,
+    lookup_address,
+    open_lookup,
     shared_lookup,
 )
 
@@ -87,14 +90,6 @@ BUILDERS = {
 }
 
 
-@pytest.fixture
-def registry():
-    """The test starts and ends without shared readers."""
-    clear_shared_lookups()
-    yield
-    clear_shared_lookups()
-
-
 @pytest.fixture(scope="module")
 def bundled() -> CountryLookup:
     lookup = CountryLookup(BUNDLED)
@@ -132,7 +127,7 @@ def test_geo_has_no_country_list_and_no_region_rule_of_its_own():
         ("XK", None, REGION_UNKNOWN),
     ],
 )
-def test_database_answers_are_placed_by_the_policy(registry, tmp_path, answer, country, region):
+def test_database_answers_are_placed_by_the_policy(tmp_path, answer, country, region):
     db = build_mmdb(
         tmp_path / "answers.mmdb",
         {"11.0.0.0/8": {"country": {"iso_code": answer}}},
@@ -153,7 +148,7 @@ def test_the_bundled_database_answers_zz_somewhere_and_it_is_unknown(bundled):
     assert POLICY.region_for(bundled.country(ip)) == REGION_UNKNOWN
 
 
-def test_geo_labels_by_the_policys_region_names(registry, written_db):
+def test_geo_labels_by_the_policys_region_names(written_db):
     """A policy that declares another restricted region: geo names it, counts it under its own
     name, and no longer calls its countries EEA_UK or OTHER."""
     doc = yaml.safe_load(Path(default_policy_path()).read_text())
@@ -164,11 +159,11 @@ def test_geo_labels_by_the_policys_region_names(registry, written_db):
     forbidden["CH_FADP"] = list(forbidden["EEA_UK"])
     policy = parse_policy(doc)
     with TestPipeline(runner="FnApiRunner") as pipeline:
-        located = (
-            pipeline
-            | beam.Create([_visit("ch", ip="2a02:d000::1"), _visit("gb", ip="81.2.69.1")])
-            | "Geolocate" >> Geolocate(str(written_db), policy, cache_size=8)
-            | beam.Map(lambda r: (r["event_id"], r["region"]))
+        visits = pipeline | beam.Create(
+            [_visit("ch", ip="2a02:d000::1"), _visit("gb", ip="81.2.69.1")]
+        )
+        located = on_records(visits, Geolocate(str(written_db), policy, cache_size=8)) | beam.Map(
+            lambda r: (r["event_id"], r["region"])
         )
         assert_that(located, equal_to([("ch", "CH_FADP"), ("gb", REGION_EEA_UK)]))
     result = pipeline.result
@@ -315,6 +310,54 @@ def test_non_public_addresses_are_never_looked_up(written_db, ip):
         assert lookup.country(ip) is None
 
 
+# The ranges this Python's stdlib calls global that no database can place either; everywhere
+# else geo's table decides as ``ipaddress``'s properties do (see transforms/geo.py on why a table).
+STDLIB_CALLS_GLOBAL = [
+    ipaddress.ip_network(n)
+    for n in (
+        "192.0.0.0/24",  # IETF protocol assignments: the stdlib lists a /29 and a /31 of it
+        "192.88.99.0/24",  # deprecated 6to4 relay anycast (RFC 7526)
+        "2001::/23",  # IETF protocol assignments: Pythons from 3.12.4 call parts of it global
+        "3fff::/20",  # documentation (RFC 9637): Pythons before 3.13 do not list it
+    )
+]
+
+
+def _stdlib_cannot_place(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """The stdlib's properties (and the ranges above), after the unwrapping geo does."""
+    if address.version == 6 and (address.ipv4_mapped or address.sixtofour):
+        address = address.ipv4_mapped or address.sixtofour
+    return (
+        not address.is_global
+        or address.is_reserved
+        or address.is_multicast
+        or (address.version == 6 and address.is_site_local)
+        or any(address in n for n in STDLIB_CALLS_GLOBAL if n.version == address.version)
+    )
+
+
+def _table_boundaries() -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """First and last address of every range of geo's table, and their neighbours."""
+    found = []
+    for cidr in geo.NON_PUBLIC_V4 + geo.NON_PUBLIC_V6:
+        net = ipaddress.ip_network(cidr)
+        first, last = int(net.network_address), int(net.broadcast_address)
+        near = (first - 1, first, first + 1, last - 1, last, last + 1)
+        kind = type(net.network_address)
+        found += [kind(i) for i in near if 0 <= i < 2**net.max_prefixlen]
+    return found
+
+
+@pytest.mark.parametrize("address", _table_boundaries(), ids=str)
+def test_the_table_decides_as_the_stdlib_at_its_boundaries(address):
+    assert (lookup_address(str(address)) is None) == _stdlib_cannot_place(address)
+
+
+@given(st.ip_addresses())
+def test_the_table_decides_as_the_stdlib(address):
+    assert (lookup_address(str(address)) is None) == _stdlib_cannot_place(address)
+
+
 @pytest.mark.parametrize(
     "ip",
     [
@@ -377,13 +420,12 @@ def test_ipv6_against_an_ipv4_only_database_is_none(tmp_path):
 # --- cache -------------------------------------------------------------------------------------
 
 
-def test_cache_hits_and_same_answers(written_db):
+def test_one_cached_answer_per_address_and_the_same_answers(written_db):
     ips = ["81.2.69.142", "10.0.0.1", "nonsense", "2a02:d180::1", "13.0.0.1"] * 3
     with CountryLookup(written_db, cache_size=0) as plain, CountryLookup(written_db, 8) as cached:
         assert [cached.country(ip) for ip in ips] == [plain.country(ip) for ip in ips]
-        info = cached.cache_info()
-        assert (info.hits, info.misses, info.maxsize) == (10, 5, 8)
-        assert plain.cache_info() is None
+        assert cached.countries(ips) == [plain.country(ip) for ip in ips]
+        assert cached.cached() == 5 and plain.cached() == 0
 
 
 def test_negative_cache_size_is_refused(written_db):
@@ -450,14 +492,24 @@ class _PrefixedLocalFileSystem(LocalFileSystem):
         return super().open(path.removeprefix(self.PREFIX), mime_type, compression_type)
 
 
-def test_shared_lookup_is_one_reader_per_path_and_cache_size(registry, written_db):
+def test_shared_lookup_is_one_reader_per_process_for_its_path_and_cache_size(written_db):
     first = shared_lookup(str(written_db), 16)
     assert shared_lookup(str(written_db), 16) is first
-    assert shared_lookup(str(written_db), 32) is not first
-    assert first.path == str(written_db)
+    assert first.path == str(written_db) and first.cache_size == 16
+    other = shared_lookup(str(written_db), 32)
+    assert other is not first and other.cache_size == 32
+    assert first.country("81.2.69.142") == "GB"  # a lookup handed out stays usable
 
 
-def test_shared_lookup_copies_remote_databases_once(registry, written_db):
+def test_geolocate_stages_of_a_process_share_one_reader(written_db):
+    fns = [GeolocateFn(str(written_db), POLICY, cache_size=4) for _ in range(3)]
+    for i, fn in enumerate(fns):
+        fn.setup()
+        list(fn.process([_visit(f"v{i}", ip=f"81.2.69.{i}")]))
+    assert shared_lookup(str(written_db), 4).cached() == 3  # each stage's answer, in one cache
+
+
+def test_a_remote_database_is_copied_once_per_reader_and_goes_with_it(written_db):
     remote = _PrefixedLocalFileSystem.PREFIX + str(written_db)
     lookup = shared_lookup(remote, 16)
     local = Path(lookup.path)
@@ -465,10 +517,15 @@ def test_shared_lookup_copies_remote_databases_once(registry, written_db):
     assert local.read_bytes() == written_db.read_bytes()
     assert lookup.country("81.2.69.142") == "GB"
     assert shared_lookup(remote, 16) is lookup
-    assert Path(shared_lookup(remote, 32).path) == local  # copied once, whatever the cache size
+    copy_of_another = open_lookup(remote, 8)
+    second = Path(copy_of_another.path)
+    assert second != local and second.exists()
+    del copy_of_another
+    gc.collect()
+    assert not second.exists()  # the copy went with its reader
 
 
-def test_shared_lookup_missing_file_fails_loudly(registry, tmp_path):
+def test_shared_lookup_missing_file_fails_loudly(tmp_path):
     with pytest.raises(FileNotFoundError):
         shared_lookup(str(tmp_path / "missing.mmdb"))
 
@@ -508,7 +565,7 @@ EXPECTED = {
 }
 
 
-def test_geolocate_composite(registry, written_db):
+def test_geolocate_composite(written_db):
     originals = copy.deepcopy(VISITS)
     expected = [
         {
@@ -520,7 +577,7 @@ def test_geolocate_composite(registry, written_db):
     ]
     pipeline = TestPipeline(runner="FnApiRunner")
     visits = pipeline | "Create" >> beam.Create(VISITS)
-    located = visits | "Geolocate" >> Geolocate(str(written_db), POLICY)
+    located = on_records(visits, Geolocate(str(written_db), POLICY), "Geolocate")
     assert_that(located, equal_to(expected))
     # The same elements feed both branches in a fused stage: a mutation would show here.
     assert_that(visits, equal_to(originals), label="InputsUnchanged")
@@ -535,7 +592,7 @@ def test_geolocate_composite(registry, written_db):
     assert originals == VISITS
 
 
-def test_geolocate_fn_yields_a_new_dict(registry, written_db):
+def test_geolocate_fn_yields_a_new_dict(written_db):
     fn = GeolocateFn(str(written_db), POLICY, cache_size=4)
     fn.setup()
     record = _visit("gb", ip="81.2.69.142")
@@ -546,14 +603,14 @@ def test_geolocate_fn_yields_a_new_dict(registry, written_db):
     assert out == {**before, "country": "GB", "region": REGION_EEA_UK}
 
 
-def test_geolocate_label_and_parameters(registry, written_db):
+def test_geolocate_label_and_parameters(written_db):
     transform = Geolocate(str(written_db), POLICY, cache_size=8)
     with TestPipeline(runner="FnApiRunner") as pipeline:
-        located = (
-            pipeline
-            | beam.Create([_visit("ch", ip="2a02:d000::1"), _visit("gb", ip="81.2.69.1")])
-            | "Geolocate" >> transform
-            | beam.Map(lambda r: (r["event_id"], r["region"]))
+        visits = pipeline | beam.Create(
+            [_visit("ch", ip="2a02:d000::1"), _visit("gb", ip="81.2.69.1")]
+        )
+        located = on_records(visits, transform, "Geolocate") | beam.Map(
+            lambda r: (r["event_id"], r["region"])
         )
         assert_that(located, equal_to([("ch", REGION_OTHER), ("gb", REGION_EEA_UK)]))
     assert _has_label(pipeline, "Geolocate/LookupCountry")
@@ -595,14 +652,6 @@ def test_ipv4_mapped_gives_the_same_answer_as_ipv4(bundled, addr):
     assert bundled.country(f"::ffff:{addr}") == bundled.country(str(addr))
 
 
-@given(st.ip_addresses())
-def test_no_answer_for_what_the_stdlib_calls_non_global(bundled, addr):
-    if addr.version == 6 and (addr.ipv4_mapped or addr.sixtofour):
-        return  # looked up as the embedded IPv4 address (tested above)
-    if not addr.is_global or addr.is_multicast:
-        assert bundled.country(str(addr)) is None
-
-
 @given(st.ip_addresses(network="10.0.0.0/8") | st.ip_addresses(network="fc00::/7"))
 def test_private_ranges_are_none(bundled, addr):
     assert bundled.country(str(addr)) is None
@@ -620,7 +669,7 @@ def test_lookups_agree_with_geoip2_models(path, method):
         networks = [n for n, _ in maxminddb.open_database(str(path))]
         for network in networks:
             ip = str(network.network_address)
-            if _public_address(ip) != ip:
+            if lookup_address(ip) != ip:
                 continue  # non-public ranges are UNKNOWN on purpose, whatever the file says
             try:
                 expected = getattr(reader, method)(ip).country.iso_code

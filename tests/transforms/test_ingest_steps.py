@@ -11,8 +11,11 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from schemas.avro import category_columns, input_fields
+from schemas.arrow import arrow_schema
+from schemas.avro import category_columns, input_fields, output_schema
 from schemas.policy import MinimumAge
+from tests.support.stages import on_records
+from transforms.batches import Rebatch
 from transforms.deadletter import DEAD_LETTER_TAG
 from transforms.fingerprint import Fingerprint, KeySource, fingerprint, load_key
 from transforms.parse import ParseFn
@@ -49,14 +52,13 @@ def test_fingerprint_composite_never_keeps_the_secret(monkeypatch):
     monkeypatch.setenv("TEST_FP_KEY", KEY.decode())
     record = {"event_id": "k1", "sdk_app_id": "1", "private_key": "-----BEGIN PRIVATE KEY-----x"}
     with TestPipeline(runner="FnApiRunner") as p:
-        out = (
-            p
-            | beam.Create([record])
-            | Fingerprint(
+        out = on_records(
+            p | beam.Create([record]),
+            Fingerprint(
                 "customer_temporary_key",
                 {"private_key_fingerprint": "private_key"},
                 KeySource(env="TEST_FP_KEY"),
-            )
+            ),
         )
         expected = fingerprint(KEY, "customer_temporary_key", "private_key", record["private_key"])
         assert_that(
@@ -110,10 +112,20 @@ def test_routing_is_exclusive_and_ordered(policy, dl_context):
         {"event_id": "a", "logged_at": 0, "sdk_app_id": "1", "client_ip": "1.2.3.4"},
         {"event_id": "b", "logged_at": 0, "sdk_app_id": "1", "client_ip": None},
     ]
+    schemas = {o.category: arrow_schema(output_schema(o.category)) for o in outputs}
     with TestPipeline(runner="FnApiRunner") as p:
-        rows, dead = p | beam.Create(records) | Tag(policy, outputs, dl_context, exclusive=True)
+        batches = p | beam.Create(records) | Rebatch()
+        tables, dead = batches | Tag(policy, outputs, dl_context, exclusive=True, schemas=schemas)
+        rows = tables | "Rows" >> beam.FlatMap(lambda pair: pair[1].to_pylist())
         assert_that(
-            rows | beam.Map(lambda r: (r["event_id"], r["data_category"], r["expires_at"])),
+            rows
+            | beam.Map(
+                lambda r: (
+                    r["event_id"],
+                    r["data_category"],
+                    round(r["expires_at"].timestamp() * 1_000_000),
+                )
+            ),
             equal_to(
                 [("a", "backend_log", 14 * 86_400_000_000), ("b", "sdk_log", 14 * 86_400_000_000)]
             ),

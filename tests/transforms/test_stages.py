@@ -1,4 +1,5 @@
-"""SuppressRestrictedContacts, Guard and Tag: the compliance invariants, record by record."""
+"""SuppressRestrictedContacts, Guard and Tag: the compliance invariants, record by record (the
+composites, which take batches, through ``tests.support.stages.on_records``)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ from apache_beam.testing.util import assert_that, equal_to
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.avro import category_columns
+from schemas.arrow import arrow_schema
+from schemas.avro import category_columns, output_schema
 from schemas.policy import load_policy
+from tests.support.stages import on_records
+from transforms.batches import Rebatch
 from transforms.guard import Guard, violations
 from transforms.suppress import (
     SuppressRestrictedContacts,
@@ -103,10 +107,9 @@ def test_guard_composite_routes_violations_to_masked_dead_letters(policy, corpor
     visit_cat = policy.category("website_visit")
     records = [visit("OTHER", company_country="US", **CONTACT), visit("EEA_UK", **CONTACT)]
     with TestPipeline(runner="FnApiRunner") as p:
-        good, dead = (
-            p
-            | beam.Create(records)
-            | Guard(policy, (visit_cat, corporate), ("country", "region"), dl_context)
+        good, dead = on_records(
+            p | beam.Create(records),
+            Guard(policy, (visit_cat, corporate), ("country", "region"), dl_context),
         )
         assert_that(
             good | "Ids" >> beam.Map(lambda r: r["event_id"]), equal_to(["e-OTHER"]), label="Good"
@@ -167,8 +170,11 @@ def test_tag_composite_splits_categories(policy, corporate, dl_context):
         visit("EEA_UK"),
         {**visit("OTHER"), "event_id": "no-time", "visited_at": None},
     ]
+    schemas = {o.category: arrow_schema(output_schema(o.category)) for o in outputs}
     with TestPipeline(runner="FnApiRunner") as p:
-        rows, dead = p | beam.Create(records) | Tag(policy, outputs, dl_context)
+        batches = p | beam.Create(records) | Rebatch()
+        tables, dead = batches | Tag(policy, outputs, dl_context, schemas=schemas)
+        rows = tables | "Rows" >> beam.FlatMap(lambda pair: pair[1].to_pylist())
         assert_that(
             rows | "Keys" >> beam.Map(lambda r: (r["data_category"], r["event_id"])),
             equal_to(
@@ -191,10 +197,9 @@ def test_tag_composite_splits_categories(policy, corporate, dl_context):
 
 def test_suppress_composite(policy, corporate):
     with TestPipeline(runner="FnApiRunner") as p:
-        out = (
-            p
-            | beam.Create([visit("EEA_UK", **CONTACT)])
-            | SuppressRestrictedContacts([corporate], policy.regions)
+        out = on_records(
+            p | beam.Create([visit("EEA_UK", **CONTACT)]),
+            SuppressRestrictedContacts([corporate], policy.regions),
         )
         assert_that(out | beam.Map(lambda r: sorted(set(CONTACT) & r.keys())), equal_to([[]]))
 
