@@ -27,8 +27,7 @@ from pipelines.launch import RunContext, cli_main, dead_letter_context, run_cont
 from pipelines.options import IngestOptions, JobOptions, bundled
 from schemas.avro import category_columns, input_fields, output_schema
 from schemas.policy import load_policy
-from transforms.enrichment import EnrichAroundDeal, build_handler
-from transforms.enrichment.snapshot import SnapshotHandler
+from transforms.enrichment import EnrichAroundDeal, add_flags, build_handler
 from transforms.geo import Geolocate, shared_lookup
 from transforms.parse import Parse
 from transforms.read import ReadRecords
@@ -43,7 +42,6 @@ SOURCE = "visits"
 INPUT_SCHEMA = "visit_input"
 VISIT = "website_visit"
 CORPORATE = "corporate_visitor_info"
-DEFAULT_API_KEY_ENV = "AROUNDDEAL_API_KEY"
 
 
 class VisitsOptions(PipelineOptions):
@@ -63,50 +61,9 @@ class VisitsOptions(PipelineOptions):
             default=131072,
             help="Answers (one per address) the process caches in front of the GeoIP reader.",
         )
-        parser.add_argument(
-            "--enrichment_snapshot",
-            default=None,
-            help="AroundDeal offline snapshot CSV (network CIDR + company and contact columns), "
-            "matched by longest prefix. Mutually exclusive with --enrichment_url.",
-        )
-        parser.add_argument(
-            "--enrichment_url",
-            default=None,
-            help="AroundDeal HTTP endpoint that takes batches of IPs (protocol: "
-            "transforms/enrichment/http_client.py). Mutually exclusive with --enrichment_snapshot.",
-        )
-        parser.add_argument(
-            "--enrichment_api_key_env",
-            default=DEFAULT_API_KEY_ENV,
-            help="Environment variable holding the AroundDeal API key (never pass the key itself "
-            f"on the command line). Default: {DEFAULT_API_KEY_ENV}.",
-        )
-        parser.add_argument(
-            "--enrichment_timeout",
-            type=float,
-            default=5.0,
-            help="Seconds one HTTP enrichment request may take in all (connect, headers and "
-            "body) before it is cut and retried.",
-        )
-        parser.add_argument(
-            "--enrichment_max_retries",
-            type=int,
-            default=3,
-            help="Retries of a failed HTTP enrichment request (timeouts, 429, 5xx), with "
-            "exponential backoff; after them the visits are written without enrichment.",
-        )
-        parser.add_argument(
-            "--enrichment_rate_limit",
-            type=float,
-            default=10.0,
-            help="Maximum HTTP enrichment requests per second, per worker process.",
-        )
-        parser.add_argument(
-            "--enrichment_batch_size",
-            type=int,
-            default=100,
-            help="IPs per HTTP enrichment request.",
-        )
+        # Every enrichment provider's flags (--enrichment_snapshot, --enrichment_url...),
+        # declared by the providers themselves (transforms.enrichment.registry).
+        add_flags(parser)
 
 
 @dataclass(frozen=True)
@@ -116,7 +73,7 @@ class VisitsConfig:
     run: RunContext
     geoip_db: str
     geo_cache_size: int
-    enrichment: Any  # an EnrichmentSourceHandler, or None when enrichment is off
+    enrichment: Any  # an EnrichmentHandler, or None when enrichment is off
 
 
 class IngestVisits(beam.PTransform):
@@ -157,7 +114,7 @@ class IngestVisits(beam.PTransform):
         # Applied with or without a handler: its contact gate is what keeps a producer's
         # contact fields out unless the company's country is known and unrestricted.
         enriched = minimised | "EnrichAroundDeal" >> EnrichAroundDeal(
-            c.enrichment, company, contact, policy, batched=True
+            c.enrichment, company, contact, policy
         )
         schemas = {o.category: output_schema(o.category) for o in outputs}
         files, *store_dead = enriched | "Store" >> Store(
@@ -189,30 +146,14 @@ def config_from(options: PipelineOptions) -> VisitsConfig:
     geoip_db = visits.geoip_db or bundled("country.mmdb")
     check_geoip_db(geoip_db, visits.geo_cache_size)
     corporate = policy.category(CORPORATE)
-    http = (
-        {
-            "batch_size": visits.enrichment_batch_size,
-            "api_key_env": visits.enrichment_api_key_env,
-            "read_timeout": visits.enrichment_timeout,
-            "request_timeout": visits.enrichment_timeout,
-            "max_attempts": visits.enrichment_max_retries + 1,
-            "requests_per_second": visits.enrichment_rate_limit,
-        }
-        if visits.enrichment_url
-        else {}
-    )
+    # The chosen provider's handler, checked now (a snapshot is loaded: a malformed line names
+    # itself; its index is shared with the workers of an in-process runner).
     handler = build_handler(
-        snapshot=visits.enrichment_snapshot,
-        url=visits.enrichment_url,
+        visits,
         company_fields=corporate.field_groups["company"],
         contact_fields=corporate.field_groups["contact"],
         policy=policy,
-        **http,
     )
-    if isinstance(handler, SnapshotHandler):
-        # Loads and checks the whole file now (a malformed line names itself); the index is
-        # shared with the workers of an in-process runner.
-        handler.contact_rows_dropped()
     return VisitsConfig(
         run=run, geoip_db=geoip_db, geo_cache_size=visits.geo_cache_size, enrichment=handler
     )

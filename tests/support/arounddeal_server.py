@@ -1,6 +1,6 @@
 """A scriptable AroundDeal stand-in: a real HTTP server on 127.0.0.1, in a background thread.
 
-It speaks the protocol of :mod:`transforms.enrichment.http_client` and records every request
+It speaks the protocol of :mod:`transforms.enrichment.http_protocol` and records every request
 (headers, decoded body, server-side arrival time) so that tests can assert on what the client
 actually sent: that restricted IPs never asked for contact data, that the API key header was
 there, how far apart the requests were.
@@ -40,7 +40,6 @@ __all__ = [
     "RecordedRequest",
 ]
 
-# The field lists as the policy declares them (tests do not depend on the policy loader).
 # The field lists are the policy's (one source of truth), not copies.
 _CORPORATE = load_policy().category("corporate_visitor_info")
 COMPANY_FIELDS = _CORPORATE.field_groups["company"]

@@ -1,13 +1,17 @@
-"""EnrichAroundDeal: the join rules, the company-country rule, build_handler, and the composite
-in a TestPipeline (FnApiRunner) with both handlers, counters included."""
+"""EnrichAroundDeal: the join rules, the company-country rule, build_handler, the composite in
+a TestPipeline (FnApiRunner) with both handlers, counters included, its columnar fallbacks (none
+on clean input, in strict mode) and the call deadline."""
 
 from __future__ import annotations
 
+import argparse
 import copy
 import csv
+import time
 from pathlib import Path
 
 import apache_beam as beam
+import pyarrow as pa
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
@@ -20,14 +24,16 @@ from tests.support.arounddeal_server import (
     Action,
     AroundDealServer,
 )
+from tests.support.stages import on_records
+from transforms.counters import STRICT_COLUMNAR_ENV, ColumnarFallbackError
+from transforms.elements import AnyBatch, TableBatch
 from transforms.enrichment import FAILED, MATCHED, NO_MATCH, LookupResult
-from transforms.enrichment.enrich import (
-    EnrichAroundDeal,
-    JoinAroundDeal,
-    RestrictContactsByCompanyCountry,
-    build_handler,
-)
-from transforms.enrichment.http_client import MODE_COMPANY, MODE_COMPANY_CONTACT, HttpHandler
+from transforms.enrichment.country import RestrictContactsByCompanyCountry
+from transforms.enrichment.enrich import CallDeadlineError, EnrichAroundDeal, LookupAndJoin
+from transforms.enrichment.http_client import HttpHandler
+from transforms.enrichment.http_protocol import MODE_COMPANY, MODE_COMPANY_CONTACT
+from transforms.enrichment.join import JoinAroundDeal
+from transforms.enrichment.registry import add_flags, build_handler
 from transforms.enrichment.snapshot import SnapshotHandler
 
 KEY_ENV = "AROUNDDEAL_PIPELINE_TEST_KEY"
@@ -179,20 +185,49 @@ def test_contacts_from_the_record_without_a_known_company_country_are_dropped_an
 # -- build_handler ---------------------------------------------------------------------------
 
 
-def test_build_handler_picks_the_source() -> None:
+def flags(*argv: str) -> argparse.Namespace:
+    """The providers' flags as the visits command line parses them."""
+    parser = argparse.ArgumentParser()
+    add_flags(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_build_handler_picks_the_source(tmp_path: Path) -> None:
     kwargs = {"company_fields": COMPANY_FIELDS, "contact_fields": CONTACT_FIELDS, "policy": POLICY}
-    assert build_handler(None, None, **kwargs) is None
-    assert build_handler("", "", **kwargs) is None
-    snapshot = build_handler("gs://bucket/arounddeal.csv", None, batch_size=50, **kwargs)
+    assert build_handler(flags(), **kwargs) is None
+    assert build_handler(flags("--enrichment_snapshot=", "--enrichment_url="), **kwargs) is None
+    path = write_snapshot(tmp_path / "ad.csv")
+    snapshot = build_handler(flags(f"--enrichment_snapshot={path}"), **kwargs)
     assert isinstance(snapshot, SnapshotHandler)
-    assert snapshot.batch_size == 50
-    http = build_handler(None, "https://api.test/v1/lookup", requests_per_second=2.5, **kwargs)
+    assert snapshot.contact_rows_dropped() == 1  # loaded and checked when built
+    http = build_handler(
+        flags(
+            "--enrichment_url=https://api.test/v1/lookup",
+            "--enrichment_rate_limit=2.5",
+            "--enrichment_max_retries=1",
+            "--enrichment_batch_size=7",
+        ),
+        **kwargs,
+    )
     assert isinstance(http, HttpHandler)
-    assert http.requests_per_second == 2.5
-    with pytest.raises(ValueError, match="not both"):
-        build_handler("a.csv", "https://api.test/v1/lookup", **kwargs)
-    with pytest.raises(ValueError, match="HTTP options"):
-        build_handler("a.csv", None, requests_per_second=2.5, **kwargs)
+    assert (http.requests_per_second, http.max_attempts, http.batch_size) == (2.5, 2, 7)
+    with pytest.raises(ValueError, match="one source"):
+        build_handler(
+            flags(f"--enrichment_snapshot={path}", "--enrichment_url=https://api.test/v1/lookup"),
+            **kwargs,
+        )
+
+
+def test_a_malformed_snapshot_fails_when_the_handler_is_built(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("network,company_name\n10.0.0.0/8,x\n")
+    with pytest.raises(ValueError, match="missing columns"):
+        build_handler(
+            flags(f"--enrichment_snapshot={bad}"),
+            company_fields=COMPANY_FIELDS,
+            contact_fields=CONTACT_FIELDS,
+            policy=POLICY,
+        )
 
 
 # -- the composite in a pipeline -------------------------------------------------------------
@@ -232,13 +267,13 @@ def expected() -> list[dict]:
     ]
 
 
+def enrich(handler) -> EnrichAroundDeal:
+    return EnrichAroundDeal(handler, COMPANY_FIELDS, CONTACT_FIELDS, POLICY)
+
+
 def run_enrich(handler) -> dict[str, int]:
     pipeline = TestPipeline(runner="FnApiRunner")
-    out = (
-        pipeline
-        | beam.Create(records())
-        | "EnrichAroundDeal" >> EnrichAroundDeal(handler, COMPANY_FIELDS, CONTACT_FIELDS, POLICY)
-    )
+    out = on_records(pipeline | beam.Create(records()), enrich(handler))
     assert_that(out, equal_to(expected()))
     result = pipeline.run()
     result.wait_until_finish()
@@ -329,11 +364,7 @@ def test_failed_lookups_still_flow_through_the_pipeline(monkeypatch: pytest.Monk
         )
         pipeline = TestPipeline(runner="FnApiRunner")
         inputs = records()
-        out = (
-            pipeline
-            | beam.Create(inputs)
-            | EnrichAroundDeal(handler, COMPANY_FIELDS, CONTACT_FIELDS, POLICY)
-        )
+        out = on_records(pipeline | beam.Create(inputs), enrich(handler))
         # Every record comes out, unenriched: company fields empty (the input's own value wins),
         # and without the input's contact fields, since no company country is known.
         unenriched = [
@@ -355,11 +386,7 @@ def test_without_a_handler_only_the_company_country_rule_applies() -> None:
         {**visit("e2", "203.0.113.8", "OTHER"), **CONTACT},
     ]
     with TestPipeline(runner="FnApiRunner") as pipeline:
-        out = (
-            pipeline
-            | beam.Create(inputs)
-            | EnrichAroundDeal(None, COMPANY_FIELDS, CONTACT_FIELDS, POLICY)
-        )
+        out = on_records(pipeline | beam.Create(inputs), enrich(None))
         assert_that(
             out,
             equal_to(
@@ -369,3 +396,118 @@ def test_without_a_handler_only_the_company_country_rule_applies() -> None:
                 ]
             ),
         )
+
+
+# -- tables: the production path, and its fallbacks --------------------------------------------
+
+
+def table_of(rows: list[dict]) -> pa.Table:
+    """Rows as Parse and Geolocate hand them on: every field a string column."""
+    names = list(dict.fromkeys(name for row in rows for name in row))
+    return pa.Table.from_pylist(rows, schema=pa.schema([(n, pa.string()) for n in names]))
+
+
+def run_on_table(handler, table: pa.Table, *, rows: list[dict], kind: str) -> dict[str, int]:
+    """Runs the stage on one table; asserts the rows out (null values aside) and the kind of
+    batch out; returns the counters."""
+    pipeline = TestPipeline(runner="FnApiRunner")
+    out = (
+        pipeline
+        | beam.Create([TableBatch(table)]).with_output_types(AnyBatch)
+        | "EnrichAroundDeal" >> enrich(handler)
+    )
+    got = out | beam.FlatMap(
+        lambda b: b.table.to_pylist() if isinstance(b, TableBatch) else list(b)
+    )
+    assert_that(got | beam.Map(without_nulls), equal_to(normal(rows)), label="Rows")
+    assert_that(out | beam.Map(lambda b: type(b).__name__), equal_to([kind]), label="Kind")
+    result = pipeline.run()
+    result.wait_until_finish()
+    return counters(result)
+
+
+def without_nulls(row: dict) -> dict:
+    return {k: v for k, v in row.items() if v is not None}
+
+
+def normal(rows: list[dict]) -> list[dict]:
+    """Rows without their null values (a table has a column where a record has no key),
+    in event order."""
+    return sorted(map(without_nulls, rows), key=lambda row: row["event_id"])
+
+
+def clean_records() -> list[dict]:
+    """As Parse emits them: no company column (every other test record)."""
+    return [r for r in records() if "company_name" not in r]
+
+
+def test_a_clean_table_is_enriched_in_columns_with_no_fallback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Strict mode turns any fallback to the record path into a failure: the snapshot's column
+    lookup, the join and the contact gate decide a clean table in columns, with the rows and
+    counters of the record path."""
+    monkeypatch.setenv(STRICT_COLUMNAR_ENV, "1")
+    handler = SnapshotHandler(
+        write_snapshot(tmp_path / "ad.csv"), COMPANY_FIELDS, CONTACT_FIELDS, POLICY
+    )
+    wanted = [r for r in expected() if r["event_id"] != "input-wins"]
+    found = run_on_table(handler, table_of(clean_records()), rows=wanted, kind="TableBatch")
+    assert not [name for name in found if name.startswith("columnar_fallback.")]
+    assert found["enrichment.matched"] == 4 and found["enrichment.no_match"] == 2
+
+
+def test_a_table_with_company_columns_falls_back_and_is_counted(tmp_path: Path) -> None:
+    """The record's own company values win: the join cannot do that in columns, so the table
+    goes record by record, counted by reason (and refused in strict mode)."""
+    handler = SnapshotHandler(
+        write_snapshot(tmp_path / "ad.csv"), COMPANY_FIELDS, CONTACT_FIELDS, POLICY
+    )
+    found = run_on_table(handler, table_of(records()), rows=expected(), kind="Batch")
+    assert found["columnar_fallback.enrich.company_columns"] == len(records())
+
+
+def test_strict_mode_refuses_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(STRICT_COLUMNAR_ENV, "1")
+    table = TableBatch(table_of(records()))
+    responses = [matched(US_CO)] * table.table.num_rows
+    with pytest.raises(ColumnarFallbackError, match=r"enrich: 7 rows.*company_columns"):
+        join().batch(table, responses)
+
+
+# -- the call deadline ------------------------------------------------------------------------
+
+
+class SlowHandler:
+    """A handler that breaks its own deadline."""
+
+    batch_size = 0
+
+    def __init__(self) -> None:
+        self.entered = self.exited = 0
+
+    def max_call_seconds(self) -> float:
+        return 0.2
+
+    def __enter__(self) -> SlowHandler:
+        self.entered += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.exited += 1
+
+    def lookup(self, requests):
+        time.sleep(1.0)
+        return [None] * len(requests)
+
+
+def test_a_call_past_its_deadline_fails_the_bundle_at_the_deadline() -> None:
+    handler = SlowHandler()
+    fn = LookupAndJoin(handler, join())
+    fn.setup()
+    started = time.monotonic()
+    with pytest.raises(CallDeadlineError, match=r"within 0\.2s"):
+        list(fn.process([visit("e1", "203.0.113.7", "OTHER")]))
+    assert time.monotonic() - started < 0.9  # not when the call ends
+    fn.teardown()
+    assert (handler.entered, handler.exited) == (1, 1)

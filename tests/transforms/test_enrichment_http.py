@@ -1,4 +1,6 @@
-"""HttpHandler against a real HTTP server on 127.0.0.1 (tests/support/arounddeal_server.py).
+"""HttpHandler against a real HTTP server on 127.0.0.1 (tests/support/arounddeal_server.py): the
+protocol, the cache, urllib3's retries held to the batch's budget, the deadlines, the rate limit
+and the secrets.
 
 Nothing here measures wall-clock speed: spacing and back-off are asserted on the arrival times
 the server records, and short timeouts keep the whole module quick."""
@@ -20,13 +22,9 @@ from tests.support.arounddeal_server import (
     AroundDealServer,
 )
 from transforms.enrichment import FAILED, MATCHED, NO_MATCH
-from transforms.enrichment.http_client import (
-    MODE_COMPANY,
-    MODE_COMPANY_CONTACT,
-    HttpHandler,
-    TokenBucket,
-    parse_retry_after,
-)
+from transforms.enrichment.http_client import HttpHandler
+from transforms.enrichment.http_protocol import MODE_COMPANY, MODE_COMPANY_CONTACT
+from transforms.enrichment.http_resilience import BatchRetry, TokenBucket
 
 KEY_ENV = "AROUNDDEAL_TEST_KEY"
 KEY = "test-key-3f9c1a"
@@ -90,9 +88,9 @@ def visit(ip: str | None, region: str | None = "OTHER", n: int = 0) -> dict:
 
 
 def results_of(handler: HttpHandler, records: list[dict]):
-    pairs = handler(records)
-    assert [r for r, _ in pairs] == records
-    return [res for _, res in pairs]
+    results = handler.lookup(records)
+    assert len(results) == len(records)
+    return results
 
 
 # -- protocol --------------------------------------------------------------------------------
@@ -169,15 +167,6 @@ def test_ipv4_mapped_addresses_are_sent_as_ipv4(server: AroundDealServer) -> Non
         (result,) = results_of(handler, [visit("::ffff:203.0.113.7")])
     assert server.requests[0].items[0]["ip"] == "203.0.113.7"
     assert result.fields["company_name"] == "Acme"
-
-
-def test_single_record_call_returns_one_pair(server: AroundDealServer) -> None:
-    record = visit("203.0.113.7")
-    with make_handler(server.url, batch_size=7) as handler:
-        assert handler.batch_elements_kwargs() == {"min_batch_size": 7, "max_batch_size": 7}
-        same, result = handler(record)
-    assert same is record
-    assert result.status == MATCHED
 
 
 def test_incomplete_response_marks_missing_items_failed(server: AroundDealServer) -> None:
@@ -459,10 +448,12 @@ def test_rate_limit_spaces_requests(server: AroundDealServer) -> None:
     assert_spaced(times, rate)
 
 
-def test_rate_limit_is_shared_by_handlers_of_the_process(server: AroundDealServer) -> None:
+def test_rate_limit_is_shared_by_the_copies_of_a_handler(server: AroundDealServer) -> None:
+    """Beam makes one copy of the handler per DoFn instance (by pickling it): the copies in a
+    process share one limit (``apache_beam.utils.shared.Shared``)."""
     rate = 20.0
-    options = {"requests_per_second": rate, "burst": 1, "cache_size": 0}
-    first, second = make_handler(server.url, **options), make_handler(server.url, **options)
+    handler = make_handler(server.url, requests_per_second=rate, burst=1, cache_size=0)
+    first, second = pickle.loads(pickle.dumps(handler)), pickle.loads(pickle.dumps(handler))
     with first, second:
         for n in range(3):
             results_of(first, [visit("203.0.113.7", n=n)])
@@ -555,15 +546,25 @@ def test_worst_case_exceeds_the_budget() -> None:
     assert handler.max_call_seconds() > 10.0
 
 
+class Answer:
+    """A response as ``Retry`` reads it: its headers."""
+
+    def __init__(self, retry_after: str | None) -> None:
+        self.headers = {} if retry_after is None else {"Retry-After": retry_after}
+
+
 @pytest.mark.parametrize(
     ("header", "expected"),
     [("3", 3.0), ("0.25", 0.25), ("-5", 0.0), (None, None), ("soon", None), ("nan", None)],
 )
-def test_parse_retry_after(header, expected) -> None:
-    assert parse_retry_after(header) == expected
+def test_retry_after_is_read_leniently(header, expected) -> None:
+    """Fractional seconds count (servers send them); what cannot be read is no Retry-After,
+    so the backoff applies."""
+    assert BatchRetry().get_retry_after(Answer(header)) == expected
 
 
-def test_parse_retry_after_http_date() -> None:
-    now = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
-    assert parse_retry_after("Wed, 01 Jan 2025 12:00:30 GMT", now=now) == 30.0
-    assert parse_retry_after("Wed, 01 Jan 2025 11:00:00 GMT", now=now) == 0.0
+def test_retry_after_as_an_http_date_is_seconds_from_now() -> None:
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    assert BatchRetry().get_retry_after(Answer(when)) == pytest.approx(30, abs=2)
+    past = format_datetime(datetime.now(UTC) - timedelta(hours=1), usegmt=True)
+    assert BatchRetry().get_retry_after(Answer(past)) == 0

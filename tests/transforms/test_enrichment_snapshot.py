@@ -1,5 +1,6 @@
 """SnapshotHandler: longest-prefix match on a real CSV, the restricted/unrestricted responses,
-load-time validation, the per-process registry, and a property test of the prefix index."""
+load-time validation, the index shared by a handler's copies, and a property test of the prefix
+index."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 
 from schemas.policy import load_policy
 from tests.support.arounddeal_server import COMPANY_FIELDS, CONTACT_FIELDS
-from transforms.enrichment import MATCHED, NO_MATCH, LookupResult, ipv4_int, parse_ip
+from transforms.enrichment.lookup import MATCHED, NO_MATCH, LookupResult, ipv4_int, parse_ip
 from transforms.enrichment.snapshot import (
     PrefixIndex,
     SnapshotError,
@@ -81,7 +82,7 @@ def visit(ip: str | None, region: str | None = "OTHER", **extra) -> dict:
 
 
 def lookup(handler: SnapshotHandler, ip: str | None, region: str | None = "OTHER") -> LookupResult:
-    _, result = handler(visit(ip, region))
+    (result,) = handler.lookup([visit(ip, region)])
     return result
 
 
@@ -179,18 +180,14 @@ def test_empty_cells_are_absent(snapshot_path: str) -> None:
     assert result.fields == {"company_name": "Sparse"}
 
 
-def test_batch_call_returns_pairs_in_order(snapshot_path: str) -> None:
+def test_a_call_answers_every_record_in_order(snapshot_path: str) -> None:
     records = [visit("10.1.2.3"), visit("11.0.0.1"), visit("10.9.9.9", "EEA_UK")]
     with handler_for(snapshot_path, batch_size=3) as handler:
-        assert handler.batch_elements_kwargs() == {"min_batch_size": 3, "max_batch_size": 3}
-        pairs = handler(records)
-    assert [r for r, _ in pairs] == records
-    assert [res.status for _, res in pairs] == [MATCHED, NO_MATCH, MATCHED]
-    assert pairs[2][1].fields["company_name"] == "Eight"
-
-
-def test_no_batching_when_batch_size_zero(snapshot_path: str) -> None:
-    assert handler_for(snapshot_path, batch_size=0).batch_elements_kwargs() == {}
+        results = handler.lookup(records)
+        columns = handler.lookup_columns([r["ip"] for r in records], [False, False, True])
+    assert [res.status for res in results] == [MATCHED, NO_MATCH, MATCHED]
+    assert results[2].fields["company_name"] == "Eight"
+    assert columns == results  # the column lookup is the record lookup
 
 
 def test_gzip_snapshot_is_read_through_filesystems(tmp_path: Path) -> None:
@@ -293,16 +290,22 @@ def test_header_only_is_an_empty_index(tmp_path: Path) -> None:
 # -- sharing ---------------------------------------------------------------------------------
 
 
-def test_index_is_shared_per_process_and_reloaded_when_the_file_changes(tmp_path: Path) -> None:
+def test_index_is_shared_by_the_copies_and_reloaded_when_the_file_changes(
+    tmp_path: Path,
+) -> None:
+    """Beam makes one copy of the handler per DoFn instance (by pickling it): the copies in a
+    process share one index (``apache_beam.utils.shared.Shared``), loaded again for a file
+    rewritten since."""
     path = write_csv(tmp_path / "shared.csv", ROWS)
-    first, second = handler_for(path), handler_for(path)
+    handler = handler_for(path)
+    old = handler.load()  # as the pipeline's configuration does: kept for the run
+    first, second = pickle.loads(pickle.dumps(handler)), pickle.loads(pickle.dumps(handler))
     with first, second:
-        assert first._snapshot is second._snapshot
-        old = first._snapshot
+        assert first._snapshot is second._snapshot is old
     write_csv(tmp_path / "shared.csv", [*ROWS, {"network": "172.16.0.0/12", "company_name": "New"}])
     stat = Path(path).stat()
     os.utime(path, (stat.st_atime, stat.st_mtime + 10))
-    with handler_for(path) as third:
+    with pickle.loads(pickle.dumps(handler)) as third:
         assert third._snapshot is not old
         assert lookup(third, "172.16.1.1").fields["company_name"] == "New"
 

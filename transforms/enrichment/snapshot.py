@@ -6,36 +6,42 @@ columns the policy declares; an empty cell is None. Columns the policy does not 
 ignored (allow-list). A malformed file fails when it is loaded, with a message naming the line:
 we would rather stop than enrich from a half-read snapshot.
 
-The index is built once per worker process and shared by every DoFn instance (a lock-protected
-registry keyed by the file's path, size and modification time), because a snapshot can hold
-millions of networks and Beam creates one handler copy per DoFn instance.
+The index is built once per worker process and shared by every copy of the handler (Beam makes
+one per DoFn instance) through Beam's :class:`~apache_beam.utils.shared.Shared`, because a
+snapshot can hold millions of networks. The handle is made with the handler and travels with its
+copies; the file's size and modification time are its tag, so a long-lived worker (Flink task
+manager, a test session) reloads a rewritten file instead of serving a stale index. The handler
+the pipeline is configured with keeps its index for the run, so an in-process runner's workers
+find it loaded.
 
 "We do not receive or process EEA and UK based companies corporate contact information": the
 loader keeps the contact columns of a row only when its company's country is known and of no
 restricted region (``Policy.region_for`` of ``company_country`` is ``OTHER``). The contact cells
 of every other row (EEA/UK companies in any spelling, companies of no known country) are dropped
-as the file is read, never indexed, and counted (:meth:`SnapshotHandler.contact_rows_dropped`,
-which ``EnrichAroundDeal`` reports once per run as ``enrichment.snapshot_contact_rows_dropped``).
+as the file is read, never indexed, and counted (:meth:`SnapshotHandler.run_counters`, which
+``EnrichAroundDeal`` reports once per run as ``enrichment.snapshot_contact_rows_dropped``).
 
 Restricted visitors (region != ``OTHER``) get the company columns only: the contact columns of
 the matching row are never read for them.
+
+The provider (:class:`SnapshotProvider`) is chosen by ``--enrichment_snapshot``.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import functools
 import ipaddress
 import logging
-import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.transforms.enrichment import EnrichmentSourceHandler
+from apache_beam.utils.shared import Shared
 
 from schemas.policy import OTHER_REGION, Policy
-from transforms.enrichment import (
+from transforms.enrichment.lookup import (
     COMPANY_COUNTRY_FIELD,
     IP_FIELD,
     MATCHED,
@@ -47,9 +53,19 @@ from transforms.enrichment import (
     is_restricted,
     parse_ip,
 )
+from transforms.enrichment.providers import EnrichmentFields
 from transforms.memo import BoundedMemo
 
-__all__ = ["NETWORK_COLUMN", "PrefixIndex", "SnapshotError", "SnapshotHandler", "load_snapshot"]
+__all__ = [
+    "NETWORK_COLUMN",
+    "PrefixIndex",
+    "Snapshot",
+    "SnapshotError",
+    "SnapshotHandler",
+    "SnapshotProvider",
+    "load_snapshot",
+    "normalize_network",
+]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -146,7 +162,7 @@ class PrefixIndex:
         return None
 
 
-class _Snapshot:
+class Snapshot:
     """A loaded snapshot: the index (values are ``((company, contact), line)``), the column
     order of the row tuples, and the number of rows whose contact cells were dropped."""
 
@@ -160,7 +176,7 @@ class _Snapshot:
 
 def load_snapshot(
     path: str, company_fields: Sequence[str], contact_fields: Sequence[str], policy: Policy
-) -> _Snapshot:
+) -> Snapshot:
     """Reads and indexes the CSV at ``path``, without the contact cells of companies that are
     not ``OTHER`` by ``policy``; raises :class:`SnapshotError` naming the line."""
     columns = (*company_fields, *contact_fields)
@@ -202,7 +218,7 @@ def _text_lines(raw: Any) -> Iterator[str]:
 
 def _index_rows(
     path: str, reader: Any, columns: tuple[str, ...], n_company: int, policy: Policy
-) -> _Snapshot:
+) -> Snapshot:
     header = next(reader, None)
     if header is None:
         raise SnapshotError(f"enrichment snapshot {path}: empty file (no header)")
@@ -266,45 +282,19 @@ def _index_rows(
         len(index),
         dropped,
     )
-    return _Snapshot(index, columns, dropped)
+    return Snapshot(index, columns, dropped)
 
 
-_REGISTRY: dict[tuple[Any, ...], _Snapshot] = {}
-_REGISTRY_LOCK = threading.Lock()
-
-
-def _shared_snapshot(
-    path: str, company_fields: tuple[str, ...], contact_fields: tuple[str, ...], policy: Policy
-) -> _Snapshot:
-    """The process-wide snapshot for ``path``, loaded on first use.
-
-    The key includes the file's size and modification time so that a long-lived worker (Flink
-    task manager, a test session) never serves a stale index for a rewritten file.
-    """
+def _file_tag(path: str) -> tuple[int, float]:
+    """The file's size and modification time: a rewritten snapshot is loaded again."""
     try:
         matches = FileSystems.match([path])[0].metadata_list
-    except Exception as e:
+    except Exception as e:  # FileSystems raises BeamIOError, IOError, ... per filesystem
         raise SnapshotError(f"enrichment snapshot {path}: cannot stat: {e}") from e
     if not matches:
         raise SnapshotError(f"enrichment snapshot {path}: no such file")
     meta = matches[0]
-    key = (
-        path,
-        company_fields,
-        contact_fields,
-        policy.version,
-        meta.size_in_bytes,
-        meta.last_updated_in_seconds,
-    )
-    with _REGISTRY_LOCK:
-        snapshot = _REGISTRY.get(key)
-        if snapshot is None:
-            snapshot = load_snapshot(path, company_fields, contact_fields, policy)
-            # Drop indexes of older versions of the same file; they can be large.
-            for old in [k for k in _REGISTRY if k[:4] == key[:4]]:
-                del _REGISTRY[old]
-            _REGISTRY[key] = snapshot
-        return snapshot
+    return meta.size_in_bytes, meta.last_updated_in_seconds
 
 
 # Entries of the per-handler memo of lookups (address, restricted) -> result.
@@ -322,8 +312,10 @@ _NO_MATCH = {
 }
 
 
-class SnapshotHandler(EnrichmentSourceHandler[Any, Any]):
+class SnapshotHandler:
     """Looks visit records up in an offline AroundDeal snapshot (see the module docstring).
+
+    An ``EnrichmentHandler`` with a column lookup (``transforms.enrichment.providers``).
 
     Args:
       path: the CSV, read through Beam's FileSystems (local path, ``gs://...``, ...).
@@ -331,15 +323,12 @@ class SnapshotHandler(EnrichmentSourceHandler[Any, Any]):
       contact_fields: the contact columns, returned for unrestricted visitors only, and loaded
         only for companies whose country ``policy`` places in ``OTHER``.
       policy: places the companies' countries.
-      batch_size: records per call. RequestResponseIO runs each call in a new thread, so
-        batching is what keeps that overhead off the per-record path.
+      batch_size: request records per :meth:`lookup` call; 0 (the default): a whole batch of
+        the pipeline, since lookups are in memory.
 
-    Called with one record it returns ``(record, LookupResult)``; with a list (batching, the
-    normal case) a list of those, in order. It never raises for a record: a missing or invalid
-    IP is a ``NO_MATCH`` with ``invalid_ip=True``.
+    It never raises for a record: a missing or invalid IP is a ``NO_MATCH`` with
+    ``invalid_ip=True``.
     """
-
-    use_custom_types = True
 
     def __init__(
         self,
@@ -347,7 +336,7 @@ class SnapshotHandler(EnrichmentSourceHandler[Any, Any]):
         company_fields: Iterable[str],
         contact_fields: Iterable[str],
         policy: Policy,
-        batch_size: int = 500,
+        batch_size: int = 0,
     ) -> None:
         if not path:
             raise ValueError("SnapshotHandler: path is required")
@@ -358,17 +347,29 @@ class SnapshotHandler(EnrichmentSourceHandler[Any, Any]):
         self.contact_fields = tuple(contact_fields)
         self.policy = policy
         self.batch_size = batch_size
-        self._snapshot: _Snapshot | None = None
+        # One handle per handler: its pickled copies (one per DoFn instance) share the index.
+        self._shared = Shared()
+        self._snapshot: Snapshot | None = None
         # Results by address, one memo per restricted flag (the result for an address is a pure
         # function of (address, restricted) while the snapshot does not change): visitors'
         # addresses repeat. Made on entry (they call this instance), never pickled.
         self._memo: tuple[BoundedMemo, BoundedMemo] | None = None
         self._matched: dict[tuple[int, bool], LookupResult] = {}
 
-    def __enter__(self) -> SnapshotHandler:
-        self._snapshot = _shared_snapshot(
-            self.path, self.company_fields, self.contact_fields, self.policy
+    def load(self) -> Snapshot:
+        """The index, loaded (or found loaded in this process) and kept by this handler until
+        :meth:`__exit__`; raises :class:`SnapshotError` for a file that cannot be used."""
+        tag = _file_tag(self.path)
+        self._snapshot = self._shared.acquire(
+            functools.partial(
+                load_snapshot, self.path, self.company_fields, self.contact_fields, self.policy
+            ),
+            tag=tag,
         )
+        return self._snapshot
+
+    def __enter__(self) -> SnapshotHandler:
+        self.load()
         self._memo = tuple(
             BoundedMemo(functools.partial(self._lookup_ip, restricted=r), MEMO_SIZE)
             for r in (False, True)
@@ -389,49 +390,39 @@ class SnapshotHandler(EnrichmentSourceHandler[Any, Any]):
         return {**self.__dict__, "_snapshot": None, "_memo": None, "_matched": {}}
 
     def __str__(self) -> str:
-        # RequestResponseIO names its metrics namespace after str(caller).
         return "SnapshotHandler"
 
     def contact_rows_dropped(self) -> int:
         """Rows of the file whose contact cells the loader dropped (loads it if need be)."""
-        snapshot = self._snapshot or _shared_snapshot(
-            self.path, self.company_fields, self.contact_fields, self.policy
-        )
-        return snapshot.contact_rows_dropped
+        return (self._snapshot or self.load()).contact_rows_dropped
 
-    def batch_elements_kwargs(self) -> Mapping[str, Any]:
-        if not self.batch_size:
-            return {}
-        return {"min_batch_size": self.batch_size, "max_batch_size": self.batch_size}
+    def run_counters(self) -> Mapping[str, int]:
+        """What the loader kept out of the index, a fact of the file: counted once per run."""
+        return {"enrichment.snapshot_contact_rows_dropped": self.contact_rows_dropped()}
 
     def max_call_seconds(self) -> float:
-        """Upper bound for one call, given to Enrichment as its timeout (lookups are in memory)."""
+        """The deadline of one call (lookups are in memory: generous for a whole batch)."""
         return 120.0
 
-    def get_cache_key(self, request: Any) -> str:
-        # Enrichment's Redis cache must not be used: it would persist visitor IPs beyond the run.
-        raise NotImplementedError("the AroundDeal snapshot handler does not support a Redis cache")
-
-    def __call__(self, request: Any, *args: Any, **kwargs: Any) -> Any:
-        if self._snapshot is None:
+    def lookup(self, requests: Sequence[Mapping[str, Any]]) -> list[LookupResult]:
+        """One result per request record (``ip`` and ``region``), in order."""
+        if self._memo is None:
             self.__enter__()
-        if isinstance(request, list):
-            return [(r, self._lookup(r)) for r in request]
-        return request, self._lookup(request)
+        memo = self._memo
+        out = []
+        for request in requests:
+            ip, restricted = request.get(IP_FIELD), is_restricted(request)
+            out.append(memo[restricted][ip] if isinstance(ip, str) else _INVALID_IP[restricted])
+        return out
 
     def lookup_columns(self, ips: Sequence[Any], restricted: Sequence[bool]) -> list[LookupResult]:
         """The results for rows given as columns (a table's ``ip`` values and whether each
-        visitor is restricted): what calling with one request record per row gives, without
-        a record per row."""
-        if self._snapshot is None:
+        visitor is restricted): what :meth:`lookup` gives for one request record per row,
+        without a record per row."""
+        if self._memo is None:
             self.__enter__()
         memo = self._memo
         return [memo[r][ip] for ip, r in zip(ips, restricted, strict=True)]
-
-    def _lookup(self, record: dict[str, Any]) -> LookupResult:
-        assert self._memo is not None
-        ip, restricted = record.get(IP_FIELD), is_restricted(record)
-        return self._memo[restricted][ip] if isinstance(ip, str) else _INVALID_IP[restricted]
 
     def _lookup_ip(self, ip: Any, restricted: bool) -> LookupResult:
         return (
@@ -461,3 +452,30 @@ class SnapshotHandler(EnrichmentSourceHandler[Any, Any]):
         result = LookupResult(MATCHED, fields, contact_requested=not restricted, source_calls=1)
         self._matched[(id(hit), restricted)] = result
         return result
+
+
+_FLAG_HELP = (
+    "AroundDeal offline snapshot CSV (network CIDR + company and contact columns), matched by "
+    "longest prefix. Mutually exclusive with --enrichment_url."
+)
+
+
+class SnapshotProvider:
+    """The offline snapshot as an enrichment source: ``--enrichment_snapshot PATH``."""
+
+    name = "snapshot"
+    flag = "enrichment_snapshot"
+
+    def add_flags(self, parser: argparse.ArgumentParser) -> None:
+        """``--enrichment_snapshot``."""
+        parser.add_argument("--enrichment_snapshot", default=None, help=_FLAG_HELP)
+
+    def build(self, options: Any, fields: EnrichmentFields) -> SnapshotHandler:
+        """The handler, with the whole file loaded and checked now (a malformed line names
+        itself before any data is read); the index it keeps is found by the workers of an
+        in-process runner."""
+        handler = SnapshotHandler(
+            options.enrichment_snapshot, fields.company_fields, fields.contact_fields, fields.policy
+        )
+        handler.load()
+        return handler
