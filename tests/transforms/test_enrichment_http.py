@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import itertools
 import pickle
+import socket
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -21,7 +23,7 @@ from tests.support.arounddeal_server import (
     Action,
     AroundDealServer,
 )
-from transforms.enrichment import FAILED, MATCHED, NO_MATCH
+from transforms.enrichment import FAILED, MATCHED, NO_MATCH, LookupResult
 from transforms.enrichment.http_client import HttpHandler
 from transforms.enrichment.http_protocol import MODE_COMPANY, MODE_COMPANY_CONTACT
 from transforms.enrichment.http_resilience import BatchRetry, TokenBucket
@@ -389,16 +391,21 @@ def test_https_and_loopback_http_are_accepted(url: str) -> None:
     assert make_handler(url).url == url
 
 
+def timed_lookup(url: str, **overrides) -> tuple[LookupResult, float]:
+    """One visitor looked up by a fresh handler: its result and the seconds it took."""
+    started = time.monotonic()
+    with make_handler(url, **overrides) as handler:
+        (result,) = results_of(handler, [visit("203.0.113.7")])
+    return result, time.monotonic() - started
+
+
 def test_a_slow_drip_response_is_cut_at_the_request_deadline() -> None:
     """A large Content-Length, then one byte a second: every socket read returns in time, so
     only a deadline over the whole response (connect + headers + body) ends it."""
     with AroundDealServer(COMPANIES, default_action=Action(drip=0.2)) as server:
-        started = time.monotonic()
-        with make_handler(
+        result, elapsed = timed_lookup(
             server.url, read_timeout=0.5, request_timeout=1.0, max_attempts=2, deadline=30.0
-        ) as handler:
-            (result,) = results_of(handler, [visit("203.0.113.7")])
-        elapsed = time.monotonic() - started
+        )
         assert len(server.requests) == 2  # the deadline is a timeout: retried once
     assert result.status == FAILED
     assert result.source_calls == 2
@@ -407,12 +414,9 @@ def test_a_slow_drip_response_is_cut_at_the_request_deadline() -> None:
 
 def test_the_batch_deadline_bounds_every_attempt_and_wait() -> None:
     with AroundDealServer(COMPANIES, default_action=Action(drip=0.2)) as server:
-        started = time.monotonic()
-        with make_handler(
+        result, elapsed = timed_lookup(
             server.url, read_timeout=0.5, request_timeout=1.0, max_attempts=10, deadline=2.5
-        ) as handler:
-            (result,) = results_of(handler, [visit("203.0.113.7")])
-        elapsed = time.monotonic() - started
+        )
     assert result.status == FAILED
     assert elapsed < 2.5 + 1.0, elapsed
 
@@ -425,6 +429,49 @@ def test_the_connection_is_usable_after_a_cut_response() -> None:
             (again,) = results_of(handler, [visit("203.0.113.8")])
     assert result.status == MATCHED and result.retries == 1
     assert again.status == MATCHED and again.retries == 0
+
+
+class SilentServer:
+    """A TCP server on 127.0.0.1 that accepts connections and never says a word: a TLS
+    handshake with it never ends."""
+
+    def __enter__(self) -> SilentServer:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._accepted: list[socket.socket] = []
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            self.connections += 1
+            self._accepted.append(conn)
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self._listener.getsockname()[1]}/v1/visitors/lookup"
+
+    def __exit__(self, *exc: object) -> None:
+        self._listener.close()
+        for conn in self._accepted:
+            conn.close()
+
+
+def test_an_https_handshake_is_under_the_request_deadline_and_counted() -> None:
+    """urllib3 connects an HTTPS connection before its request: the attempt (its deadline, its
+    count) starts there."""
+    with SilentServer() as silent:
+        result, elapsed = timed_lookup(
+            silent.url, connect_timeout=5.0, read_timeout=5.0, request_timeout=0.5, max_attempts=2
+        )
+        assert silent.connections == 2
+    assert result.status == FAILED
+    assert (result.source_calls, result.retries) == (2, 1)
+    assert elapsed < 2 * 0.5 + 1.0, elapsed
 
 
 # -- rate limit ------------------------------------------------------------------------------

@@ -253,18 +253,43 @@ class _BoundedResponse(http.client.HTTPResponse):
 
 class _Watched:
     """Connection mixin: each request is an attempt of the thread's exchange, whose deadline
-    bounds the sockets it opens or reuses; its bodies are bounded."""
+    bounds the sockets it opens or reuses; its bodies are bounded.
+
+    An attempt starts at whichever comes first: ``connect`` (urllib3 connects an HTTPS
+    connection before the request, so that the TLS handshake is under the deadline too) or
+    ``request`` (a plain HTTP connection connects inside it; a pooled one is connected)."""
 
     response_class = _BoundedResponse
+    _connected_first = False  # this attempt started in connect(), before its request
+    _in_request = False
+
+    def _start_attempt(self) -> None:
+        exchange = _Exchange.current()
+        if exchange is None:
+            return
+        seconds = exchange.start_attempt()
+        if isinstance(self.timeout, (int, float)):  # connect within the attempt too
+            self.timeout = min(self.timeout, seconds)
+
+    def connect(self) -> None:
+        if not self._in_request:
+            self._start_attempt()
+            self._connected_first = True
+        super().connect()
 
     def request(self, *args: Any, **kwargs: Any) -> None:
+        if self._connected_first:
+            self._connected_first = False
+        else:
+            self._start_attempt()
         exchange = _Exchange.current()
         if exchange is not None:
-            seconds = exchange.start_attempt()
-            if isinstance(self.timeout, (int, float)):  # connect within the attempt too
-                self.timeout = min(self.timeout, seconds)
             exchange.watch(self.sock)  # a pooled connection's socket (None: connects in there)
-        return super().request(*args, **kwargs)
+        self._in_request = True
+        try:
+            return super().request(*args, **kwargs)
+        finally:
+            self._in_request = False
 
     def _new_conn(self) -> socket.socket:
         sock = super()._new_conn()
