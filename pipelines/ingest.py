@@ -40,7 +40,7 @@ from schemas.avro import (
 from schemas.policy import Policy, load_policy
 from transforms.fingerprint import Fingerprint, KeySource, load_key
 from transforms.parse import Parse
-from transforms.read import ReadRecords
+from transforms.read import ReadBatches
 from transforms.sinks import WriteDeadLetters, WriteTables
 from transforms.store import Store
 from transforms.tag import CategoryOutput
@@ -175,15 +175,15 @@ class IngestRecords(beam.PTransform):
         run, spec = c.run, c.spec
         dead_letters = dead_letter_context(run, [s.name for s in spec.input_specs])
 
-        raw = pbegin | "Read" >> ReadRecords(
-            run.input, run.input_format, batched=True, max_line_bytes=run.max_line_bytes
+        raw = pbegin | "Read" >> ReadBatches(
+            run.input, run.input_format, max_line_bytes=run.max_line_bytes
         )
         records, parse_dead = raw | "ParseValidate" >> Parse(
             spec.input_specs,
             spec.event_time,
             run.policy,
             dead_letters,
-            batched=True,
+            input_format=run.input_format,
             bounds=run.bounds,
         )
         if spec.fingerprints:

@@ -52,6 +52,7 @@ from pipelines.runs import Attempt, begin_attempt, check_run_id, recorded_run_ti
 from schemas.policy import Policy, PolicyError, load_policy
 from transforms.commit import CommitRun, RunStaging, sweep
 from transforms.deadletter import DeadLetterContext
+from transforms.inputformats import FORMATS, resolve_input_format
 from transforms.masking import Exposure
 from transforms.rawinput import DEFAULT_MAX_LINE_BYTES
 from transforms.retention.layout import check_output_root, normalise_root
@@ -156,7 +157,7 @@ def run_context(
     common = options.view_as(JobOptions)
     ingest = options.view_as(IngestOptions)
     if not ingest.input:
-        raise ValueError("--input is required (a file pattern of JSON Lines or Avro records)")
+        raise ValueError(f"--input is required (a file pattern of {'/'.join(FORMATS)} files)")
     formats = output_formats(ingest.output_format)
     ratio = max_dead_letter_ratio(ingest)
     limit = max_line_bytes(common)
@@ -181,7 +182,7 @@ def run_context(
         pipeline=pipeline,
         primary_categories=primary_categories,
         input=ingest.input,
-        input_format=ingest.input_format,
+        input_format=resolve_input_format(ingest.input, ingest.input_format),
         output=output,
         formats=formats,
         policy=policy,

@@ -28,8 +28,8 @@ from importlib import resources
 
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
+from transforms.inputformats import DEFAULT_FORMAT, FORMATS, input_format_choices
 from transforms.rawinput import DEFAULT_MAX_LINE_BYTES
-from transforms.read import INPUT_FORMATS
 from transforms.timestamps import TimeBounds, TimestampError, parse_event_time
 
 __all__ = [
@@ -298,14 +298,15 @@ class IngestOptions(PipelineOptions):
         parser.add_argument(
             "--input",
             help="Input file pattern, local or on any Beam filesystem (gs://bucket/v/*.jsonl): "
-            "JSON Lines or Avro files, one record each. Required.",
+            f"files of one input format ({', '.join(FORMATS)}), one record each. Required.",
         )
         parser.add_argument(
             "--input_format",
-            choices=INPUT_FORMATS,
+            choices=input_format_choices(),
             default="auto",
-            help="jsonl or avro; auto (default) reads *.avro patterns as Avro, anything else as "
-            "JSON Lines.",
+            help=f"{', '.join(FORMATS)}; auto (default) reads a pattern by its suffix ("
+            + ", ".join(f"*{s} as {f.name}" for f in FORMATS.values() for s in f.suffixes)
+            + f"), anything else as {DEFAULT_FORMAT}.",
         )
         parser.add_argument(
             "--format",

@@ -30,7 +30,7 @@ from schemas.policy import load_policy
 from transforms.enrichment import EnrichAroundDeal, add_flags, build_handler
 from transforms.geo import Geolocate, shared_lookup
 from transforms.parse import Parse
-from transforms.read import ReadRecords
+from transforms.read import ReadBatches
 from transforms.sinks import WriteDeadLetters, WriteTables
 from transforms.store import Store
 from transforms.suppress import SuppressRestrictedContacts
@@ -99,11 +99,16 @@ class IngestVisits(beam.PTransform):
             CategoryOutput(CORPORATE, category_columns(CORPORATE), when_any=company + contact),
         )
 
-        raw = pbegin | "Read" >> ReadRecords(
-            run.input, run.input_format, batched=True, max_line_bytes=run.max_line_bytes
+        raw = pbegin | "Read" >> ReadBatches(
+            run.input, run.input_format, max_line_bytes=run.max_line_bytes
         )
         records, parse_dead = raw | "ParseValidate" >> Parse(
-            input_specs, visit.event_time, policy, dead_letters, batched=True, bounds=run.bounds
+            input_specs,
+            visit.event_time,
+            policy,
+            dead_letters,
+            input_format=run.input_format,
+            bounds=run.bounds,
         )
         located = records | "Geolocate" >> Geolocate(
             c.geoip_db, policy, cache_size=c.geo_cache_size

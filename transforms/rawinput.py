@@ -16,16 +16,21 @@ that the reader, the parser, the dead-letter builder and the retention jobs shar
   it. No raw text.
 - :class:`RecordError`: a stage's rejection of one record with a reason code; it lives here,
   without Beam, because pure modules (validation, the retention parsers) raise it.
+- :func:`decode_json_line`: a JSON Lines line to its object, or the reason it is none; here,
+  without Beam, because ingestion (Parse), lifecycle events and erase requests all read lines.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any
+
+import orjson
 
 __all__ = [
     "DEFAULT_MAX_LINE_BYTES",
@@ -36,8 +41,10 @@ __all__ = [
     "Withheld",
     "WithheldBuilder",
     "check_text",
+    "decode_json_line",
     "find_id",
     "has_surrogate",
+    "may_hold_a_long_integer",
     "nesting_exceeds",
 ]
 
@@ -192,9 +199,77 @@ def check_text(obj: Mapping[str, Any], fields: Iterable[str]) -> None:
 
 @dataclass(frozen=True)
 class ReadFailure:
-    """An Avro file that stopped decoding after ``records`` records (``error``: the exception
-    type): the reader's last element for that file, a dead letter at Parse."""
+    """A file that stopped decoding after ``records`` records (``error``: the exception type; a
+    corrupt Avro or Parquet file): the reader's last element for that file, a dead letter at
+    Parse (``unreadable_file:<error>``)."""
 
     path: str
     records: int
     error: str
+
+
+# orjson reads an integer beyond 64 bits as a float (json keeps the exact integer): a float of at
+# least this magnitude may be one.
+_BEYOND_INT64 = 2.0**63
+_FLOAT_OR_CONTAINER = frozenset({float, list, dict})
+
+
+def decode_json_line(line: bytes | str | Withheld | ReadFailure) -> dict[str, Any]:
+    """One JSON Lines line to a JSON object, or :class:`RecordError`.
+
+    What the reader hands on instead of a line is rejected with its reason: a line over the
+    size limit (``line_too_large``) and a file that stopped decoding (``unreadable_file:<error>``).
+
+    A line nesting deeper than :data:`MAX_DEPTH` is ``too_deep`` before any decoder sees it (both
+    recurse). orjson decodes the common case in one C call; json (the contract's reference)
+    decides everything orjson refuses, and re-reads a line where orjson may have read an integer
+    as a float, so that the result is always json's."""
+    if line.__class__ is Withheld:
+        raise RecordError("line_too_large", event_id=line.event_id)
+    if line.__class__ is ReadFailure:
+        raise RecordError("unreadable_file", line.error)
+    if nesting_exceeds(line):
+        raise RecordError("too_deep")
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        obj = _decode_slowly(line)
+    if not isinstance(obj, dict):
+        raise RecordError("not_an_object")
+    if may_hold_a_long_integer(obj.values()):
+        return _decode_slowly(line)  # an object again: orjson read one
+    return obj
+
+
+def may_hold_a_long_integer(values: Collection[Any]) -> bool:
+    """True when orjson may have read one of ``values`` (at any depth) from an integer beyond
+    64 bits: it reads those as floats, where json keeps the integer."""
+    if _FLOAT_OR_CONTAINER.isdisjoint(map(type, values)):
+        return False  # the common case, decided in C
+    for value in values:
+        kind = value.__class__
+        if kind is float:
+            if not -_BEYOND_INT64 < value < _BEYOND_INT64:
+                return True
+        elif kind is list:
+            if may_hold_a_long_integer(value):
+                return True
+        elif kind is dict and may_hold_a_long_integer(value.values()):
+            return True
+    return False
+
+
+def _decode_slowly(line: bytes | str) -> Any:
+    """What orjson refused: say why, or decode it with json, which is laxer (NaN, lone
+    surrogates, integers beyond 64 bits) and is the contract's reference."""
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RecordError("invalid_encoding") from None
+    if not line.strip():
+        raise RecordError("empty_line")
+    try:
+        return json.loads(line)
+    except ValueError:
+        raise RecordError("invalid_json") from None

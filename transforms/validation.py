@@ -1,43 +1,49 @@
-"""Validation: a decoded record against its source's input schema, record by record or a batch
-at a time in columns.
+"""Validation: a decoded record against its source's input schema, in two implementations.
 
 The schema is the contract (``transforms.parse`` says what it means: allow-list, requiredness,
-types, the event time, IP addresses in canonical form). :func:`field_value` is the reference for
-one field; :func:`validate_record` the reference for a record. Both fast versions, compiled per
-schema, are held to it by property tests:
+types, the event time, IP addresses in canonical form).
 
-- :func:`compile_validator`: one record to one dict, common values decided inline;
-- :func:`compile_columns`: a batch of decoded objects to Arrow columns of :func:`record_schema`,
-  with the same inline decisions (event times by Arrow kernels, :func:`event_time_column`); a
-  row any of them cannot decide is left to the reference.
+- The reference, record by record: :func:`field_value` for one field, :func:`validate_record`
+  (:func:`validate_planned` with the schema's :func:`field_plan`) for a record. Parse uses it for
+  every row the columns leave, and it gives their dead letters.
+- :func:`compile_columns`, what production runs: a batch of decoded objects to Arrow columns of
+  :func:`record_schema`, common values decided inline (event times by Arrow kernels,
+  :func:`event_time_column`), compiled per schema; a row it cannot decide is left to the
+  reference. A property test holds every row it keeps to the reference's record.
+
+The compiled code's source is registered with ``linecache`` under a name of its own, so that a
+traceback through it shows its lines.
 """
 
 from __future__ import annotations
 
+import enum
+import hashlib
 import ipaddress
+import linecache
 import socket
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from datetime import datetime
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from schemas.avro import FieldSpec
-from transforms.deadletter import RecordError
 from transforms.memo import BoundedMemo
+from transforms.rawinput import RecordError
 from transforms.timestamps import (
     MAX_EPOCH_MS,
     MIN_EPOCH_MS,
     TimestampError,
-    iso_micros,
     parse_event_time,
 )
 
 __all__ = [
+    "FieldKind",
     "FieldPlan",
     "canonical_ip",
     "compile_columns",
-    "compile_validator",
     "event_time_column",
     "field_plan",
     "field_value",
@@ -80,26 +86,40 @@ def canonical_ip(value: str) -> str:
     return _CANONICAL_IPS[value]
 
 
-# How validate_record treats a field (see FieldPlan).
-_OTHER, _STRING, _IDENTIFIER, _TIME = range(4)
+class FieldKind(enum.Enum):
+    """How a field is validated: the event time, a plain string, an identifier (string or
+    integer, kept as text), or by its spec (IP addresses, enums, numbers, flags...)."""
 
-# (name, required, kind, spec): the checks of one field, unpacked once per schema rather than
-# looked up on the FieldSpec for every field of every record (that lookup cost as much as the
-# checks themselves).
-FieldPlan = tuple[str, bool, int, FieldSpec]
+    TIME = "time"
+    STRING = "string"
+    IDENTIFIER = "identifier"
+    OTHER = "other"
+
+
+_TIME, _STRING, _IDENTIFIER = FieldKind.TIME, FieldKind.STRING, FieldKind.IDENTIFIER
+
+
+class FieldPlan(NamedTuple):
+    """The checks of one field, unpacked once per schema rather than looked up on the
+    FieldSpec for every field of every record (that lookup cost as much as the checks)."""
+
+    name: str
+    required: bool
+    kind: FieldKind
+    spec: FieldSpec
 
 
 def field_plan(specs: Sequence[FieldSpec], event_time_field: str | None) -> tuple[FieldPlan, ...]:
     """The validation plan of a schema (what :func:`validate_planned` takes)."""
 
-    def kind(spec: FieldSpec) -> int:
+    def kind(spec: FieldSpec) -> FieldKind:
         if spec.name == event_time_field:
-            return _TIME
+            return FieldKind.TIME
         if spec.plain_string:
-            return _STRING
-        return _IDENTIFIER if spec.identifier else _OTHER
+            return FieldKind.STRING
+        return FieldKind.IDENTIFIER if spec.identifier else FieldKind.OTHER
 
-    return tuple((spec.name, spec.required, kind(spec), spec) for spec in specs)
+    return tuple(FieldPlan(spec.name, spec.required, kind(spec), spec) for spec in specs)
 
 
 def validate_record(
@@ -114,8 +134,8 @@ def validate_record(
 
 def validate_planned(obj: Mapping[str, Any], plan: Sequence[FieldPlan]) -> dict[str, Any]:
     """:func:`validate_record` with the schema's plan computed beforehand: the reference that
-    :func:`compile_validator`'s fast version is held to."""
-    return {field[0]: field_value(field, obj.get(field[0])) for field in plan}
+    :func:`compile_columns` is held to, and what Parse validates the rows it leaves with."""
+    return {field.name: field_value(field, obj.get(field.name)) for field in plan}
 
 
 def field_value(field: FieldPlan, value: Any) -> Any:
@@ -125,14 +145,14 @@ def field_value(field: FieldPlan, value: Any) -> Any:
         if required:
             raise RecordError("missing_field", name)
         return None
-    if kind == _TIME:
+    if kind is _TIME:
         try:
             return parse_event_time(value)
         except TimestampError:
             raise RecordError("malformed_timestamp", name) from None
-    if kind == _STRING and value.__class__ is str:
+    if kind is _STRING and value.__class__ is str:
         return value
-    if kind == _IDENTIFIER and (value.__class__ is str or value.__class__ is int):
+    if kind is _IDENTIFIER and (value.__class__ is str or value.__class__ is int):
         return value if value.__class__ is str else str(value)  # = coerce()
     if not spec.accepts(value):
         raise RecordError("malformed_field", name)
@@ -146,24 +166,20 @@ def field_value(field: FieldPlan, value: Any) -> Any:
 
 def _inline(i: int, field: FieldPlan, fallback: str) -> str:
     """The expression of field ``i``'s value ``v`` where the common cases decide it, else
-    ``fallback`` (an expression too). What :func:`field_value` gives for those cases."""
-    _name, required, kind, spec = field
+    ``fallback`` (an expression too). What :func:`field_value` gives for those cases. Not for
+    the event time: :func:`event_time_column` decides a whole column of those."""
+    required, kind, spec = field.required, field.kind, field.spec
     fast = "v.__class__ is str" + (" and v" if required else "")
     absent = "" if required else "None if v is None else "
     types = set(spec.avro_types)
-    if kind == _STRING:
+    if kind is _STRING:
         value = f"v if {fast} else {fallback}"
-    elif kind == _IDENTIFIER:
+    elif kind is _IDENTIFIER:
         value = f"v if {fast} else str(v) if v.__class__ is int else {fallback}"
-    elif kind == _TIME:
-        value = (
-            "v * 1000 if v.__class__ is int and MIN_MS <= v <= MAX_MS"
-            f" else (v.__class__ is str and iso(v)) or {fallback}"
-        )
     elif spec.format == "ip":
         value = f"(v.__class__ is str and known_ip.get(v)) or {fallback}"
     elif spec.format is None and types == {"enum"}:
-        value = f"v if v.__class__ is str and v in p{i}[3].symbols else {fallback}"
+        value = f"v if v.__class__ is str and v in p{i}.spec.symbols else {fallback}"
     elif spec.format is None and types and types <= {"double", "float"}:
         value = f"v if v.__class__ is float else float(v) if v.__class__ is int else {fallback}"
     elif spec.format is None and types and types <= {"long", "int"}:
@@ -173,42 +189,6 @@ def _inline(i: int, field: FieldPlan, fallback: str) -> str:
     else:
         value = fallback
     return absent + value
-
-
-def _namespace(plan: Sequence[FieldPlan]) -> dict[str, Any]:
-    namespace: dict[str, Any] = {
-        "slow": field_value,
-        "known_ip": _CANONICAL_IPS,
-        "MIN_MS": MIN_EPOCH_MS,
-        "MAX_MS": MAX_EPOCH_MS,
-        "iso": iso_micros,
-    }
-    namespace.update({f"p{i}": field for i, field in enumerate(plan)})
-    return namespace
-
-
-def compile_validator(plan: Sequence[FieldPlan]) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
-    """:func:`validate_planned` for one schema as straight-line code, built once per worker.
-
-    Why: validation is the largest cost of parsing, and most of it was the loop itself (one
-    iteration per field of every record) and calls for values that need no check. The generated
-    function reads each field and keeps the common values inline (:func:`_inline`): an absent
-    optional field, a non-empty string where a string is declared, an int identifier turned to
-    text, an IP address already seen in canonical form (the process cache of
-    :func:`canonical_ip`), an event time in epoch milliseconds within range or a well-formed
-    ISO-8601 string (``iso_micros``), a number, flag or symbol of its declared type. Everything
-    else goes to :func:`field_value`, the code the reference uses; a property test holds the two
-    to the same results and errors.
-    """
-    namespace = _namespace(plan)
-    lines = ["def validate(obj):", "    get = obj.get"]
-    for i, field in enumerate(plan):
-        lines.append(f"    v = get({field[0]!r})")
-        lines.append(f"    f{i} = {_inline(i, field, f'slow(p{i}, v)')}")
-    lines.append("    return {" + ", ".join(f"{f[0]!r}: f{i}" for i, f in enumerate(plan)) + "}")
-    # Only repr() of the schema's field names reaches the code: no value is ever evaluated.
-    exec("\n".join(lines), namespace)
-    return namespace["validate"]
 
 
 # What a column of compile_columns holds for a value its inline cases cannot decide.
@@ -244,8 +224,9 @@ def _iso_micros_column(text: pa.Array) -> pa.Array:
 def event_time_column(values: list[Any], required: bool) -> tuple[pa.Array, list[int]]:
     """The event times of a batch as ``(int64 epoch microseconds, undecided positions)``: what
     :func:`~transforms.timestamps.parse_event_time` gives for epoch milliseconds and for
-    well-formed ISO-8601 strings, computed by Arrow kernels; a value these do not decide (a
-    time zone spelled otherwise, a bad date, another type) is left to the reference."""
+    well-formed ISO-8601 strings, computed by Arrow kernels, and for datetimes (a Parquet
+    timestamp, an Avro logical type); a value these do not decide (a time zone spelled
+    otherwise, a bad date, another type) is left to the reference."""
     text = pa.array([v if v.__class__ is str else None for v in values], pa.string())
     try:
         millis = pa.array([v if v.__class__ is int else None for v in values], pa.int64())
@@ -263,7 +244,14 @@ def event_time_column(values: list[Any], required: bool) -> tuple[pa.Array, list
     if not required:  # an absent optional time is a null, decided
         present = pa.array([v is not None for v in values], pa.bool_())
         undecided = pc.and_(undecided, present)
-    return micros, pc.indices_nonzero(undecided).to_pylist()
+    positions = pc.indices_nonzero(undecided).to_pylist()
+    stamps = {i: parse_event_time(values[i]) for i in positions if values[i].__class__ is datetime}
+    if not stamps:
+        return micros, positions
+    column = micros.to_pylist()
+    for i, stamp in stamps.items():
+        column[i] = stamp
+    return pa.array(column, pa.int64()), [i for i in positions if i not in stamps]
 
 
 def _known_or_undecided(value: Any) -> Any:
@@ -274,6 +262,19 @@ def _known_or_undecided(value: Any) -> Any:
         return UNDECIDED
 
 
+def _not_text(objs: list[dict[str, Any]], names: Sequence[str]) -> set[int]:
+    """The positions of the objects where one of the fields ``names`` holds neither text nor
+    None: what Arrow refuses in a string column. Those rows are left to the reference."""
+    return {
+        j
+        for j, obj in enumerate(objs)
+        if any(obj.get(name).__class__ not in _TEXT_OR_NONE for name in names)
+    }
+
+
+_TEXT_OR_NONE = (str, type(None))
+
+
 def compile_columns(
     plan: Sequence[FieldPlan], schema: pa.Schema
 ) -> Callable[[list[dict[str, Any]]], tuple[pa.Table, list[int]]]:
@@ -282,50 +283,58 @@ def compile_columns(
     and the positions of the other rows, for the reference to decide one by one.
 
     Plain string fields are read by Arrow at once (a struct array over the dicts: only a str or
-    None converts, so one value of another type sends the whole batch to the reference), and a
-    required one must not be "" (a row that is goes to the reference); every other field is a
+    None converts; when a value of another type makes Arrow refuse the batch, the rows holding
+    one go to the reference and the rest are read again), and a required one must not be ""
+    (a row that is goes to the reference); every other field is a
     list comprehension of :func:`_inline`'s expression, with :data:`UNDECIDED` where the
     reference must look. Same answers as :func:`validate_planned` for the rows it keeps: a
     property test holds it to it.
     """
-    namespace = _namespace(plan)
-    namespace.update(
-        {
-            "UNDECIDED": UNDECIDED,
-            "ip_or_undecided": _known_or_undecided,
-            "event_times": event_time_column,
-            "pa": pa,
-            "pc": pc,
-        }
-    )
-    plain = [(i, f) for i, f in enumerate(plan) if f[2] == _STRING]
-    others = [(i, f) for i, f in enumerate(plan) if f[2] != _STRING]
-    namespace["plain"] = pa.struct([schema.field(f[0]) for _, f in plain])
-    namespace["schema"] = schema
+    namespace: dict[str, Any] = {
+        "UNDECIDED": UNDECIDED,
+        "known_ip": _CANONICAL_IPS,
+        "ip_or_undecided": _known_or_undecided,
+        "event_times": event_time_column,
+        "not_text": _not_text,
+        "pa": pa,
+        "pc": pc,
+        "schema": schema,
+    }
+    namespace.update({f"p{i}": field for i, field in enumerate(plan)})
+    plain = [(i, f) for i, f in enumerate(plan) if f.kind is _STRING]
+    others = [(i, f) for i, f in enumerate(plan) if f.kind is not _STRING]
+    namespace["plain"] = pa.struct([schema.field(f.name) for _, f in plain])
     lines = ["def columns(objs):", "    bad = set()"]
     if plain:
-        lines.append("    plain_arrays = pa.array(objs, type=plain).flatten()")
+        namespace["plain_names"] = tuple(f.name for _, f in plain)
+        lines.append("    try:")
+        lines.append("        plain_arrays = pa.array(objs, type=plain).flatten()")
+        lines.append("    except (pa.ArrowTypeError, pa.ArrowInvalid):")
+        lines.append("        odd = not_text(objs, plain_names)")
+        lines.append("        bad.update(odd)")
+        lines.append("        objs_as_text = [{} if j in odd else o for j, o in enumerate(objs)]")
+        lines.append("        plain_arrays = pa.array(objs_as_text, type=plain).flatten()")
         for k, (_i, field) in enumerate(plain):
-            if field[1]:  # required: "" is missing
+            if field.required:  # "" is missing
                 lines.append(f"    empty = pc.equal(plain_arrays[{k}], '').fill_null(True)")
                 lines.append("    if empty.true_count:")
                 lines.append("        bad.update(pc.indices_nonzero(empty).to_pylist())")
     for i, field in others:
-        values = f"[o.get({field[0]!r}) for o in objs]"
-        if field[2] == _TIME:
-            lines.append(f"    c{i}, undecided = event_times({values}, {field[1]!r})")
+        values = f"[o.get({field.name!r}) for o in objs]"
+        if field.kind is _TIME:
+            lines.append(f"    c{i}, undecided = event_times({values}, {field.required!r})")
             lines.append("    bad.update(undecided)")
             continue
-        fallback = "ip_or_undecided(v)" if field[3].format == "ip" else "UNDECIDED"
+        fallback = "ip_or_undecided(v)" if field.spec.format == "ip" else "UNDECIDED"
         lines.append(f"    c{i} = [{_inline(i, field, fallback)} for v in {values}]")
         lines.append(f"    if UNDECIDED in c{i}:")
         lines.append(f"        bad.update(j for j, v in enumerate(c{i}) if v is UNDECIDED)")
         lines.append(f"        c{i} = [None if v is UNDECIDED else v for v in c{i}]")
     arrays = []
     for i, field in enumerate(plan):
-        if field[2] == _STRING:
+        if field.kind is _STRING:
             arrays.append(f"plain_arrays[{[j for j, _ in plain].index(i)}]")
-        elif field[2] == _TIME:
+        elif field.kind is _TIME:
             arrays.append(f"c{i}")
         else:
             arrays.append(f"pa.array(c{i}, type=schema.field({i}).type)")
@@ -334,8 +343,21 @@ def compile_columns(
     lines.append("        keep = [j not in bad for j in range(len(objs))]")
     lines.append("        table = table.filter(pa.array(keep, type=pa.bool_()))")
     lines.append("    return table, sorted(bad)")
-    exec("\n".join(lines), namespace)
-    return namespace["columns"]
+    # Only repr() of the schema's field names reaches the code: no value is ever evaluated.
+    return _compiled("columns", "\n".join(lines) + "\n", namespace)
+
+
+def _compiled(name: str, source: str, namespace: dict[str, Any]) -> Callable[..., Any]:
+    """The function ``name`` defined by ``source``, compiled under a file name of its own that
+    ``linecache`` holds the source of: a traceback through generated code shows its lines
+    (``exec`` of a string alone shows none). The name is the source's hash: the same schema
+    compiles to the same entry on every worker, whatever the order of compilation."""
+    digest = hashlib.sha256(source.encode()).hexdigest()[:12]
+    filename = f"<transforms.validation {name} {digest}>"
+    # mtime None: linecache.checkcache keeps an entry it cannot stat (the documented way).
+    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+    exec(compile(source, filename, "exec"), namespace)
+    return namespace[name]
 
 
 _ARROW_TYPES = {

@@ -1,9 +1,8 @@
-"""Batches: a stage over a batch rejects records one by one; the batched reader reads every line
-once; the table tagger writes what the row tagger would."""
+"""Batches: a stage over a batch rejects records one by one; the table tagger writes what the
+row tagger would. (The reader's tests are in ``test_read``.)"""
 
 from __future__ import annotations
 
-import gzip
 from collections import Counter
 from types import MappingProxyType
 
@@ -11,8 +10,6 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from apache_beam.io.filesystem import CompressionTypes, FileMetadata
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from hypothesis import given, settings
@@ -25,8 +22,6 @@ from tests.support.stages import on_records
 from transforms.batches import ApplyStage, Batch, RecordStage
 from transforms.counters import STRICT_COLUMNAR_ENV, ColumnarFallbackError
 from transforms.deadletter import DEAD_LETTER_TAG, RecordError
-from transforms.rawinput import Withheld
-from transforms.read import ReadRecords, byte_ranges, read_line_batches
 from transforms.sinks import MAX_EXPIRY_MICROS
 from transforms.tag import CategoryOutput, TagFn, Tagger
 from transforms.tag_columns import BatchColumns
@@ -114,123 +109,6 @@ def test_a_failed_batch_is_one_dead_letter_per_record(dl_context):
                 [("a", "unexpected_error:RuntimeError"), ("b", "unexpected_error:RuntimeError")]
             ),
         )
-
-
-# ------------------------------------------------------------------------------- reading
-
-
-def _expected_lines(data: bytes, max_line_bytes: int) -> list:
-    """The contract of the reader: the lines without their ending ("\n" or "\r\n"), no extra
-    line after a final newline, a line longer than the limit (CR included) as its summary, the
-    file's byte order mark not part of its first line."""
-    expected = data.split(b"\n")
-    last = expected.pop()
-    if last:
-        expected.append(last)
-    lines = [
-        Withheld.of(line)
-        if len(line) > max_line_bytes
-        else line[:-1]
-        if line.endswith(b"\r")
-        else line
-        for line in expected
-    ]
-    if lines and isinstance(lines[0], bytes) and lines[0].startswith(b"\xef\xbb\xbf"):
-        lines[0] = lines[0][3:]
-    return lines
-
-
-_LINES = st.lists(
-    st.binary(max_size=12).map(lambda b: b.replace(b"\n", b""))
-    | st.sampled_from([b"ab\r", b"\xef\xbb\xbf{}"]),
-    max_size=30,
-)
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    lines=_LINES,
-    chunk=st.integers(min_value=1, max_value=64),
-    final_newline=st.booleans(),
-    batch_size=st.integers(min_value=1, max_value=5),
-    max_line_bytes=st.integers(min_value=1, max_value=14),
-)
-def test_byte_ranges_read_every_line_exactly_once(
-    tmp_path_factory, lines, chunk, final_newline, batch_size, max_line_bytes
-):
-    data = b"\n".join(lines) + (b"\n" if final_newline and lines else b"")
-    path = tmp_path_factory.mktemp("ranges") / "in.jsonl"
-    path.write_bytes(data)
-    meta = FileMetadata(str(path), len(data))
-    read = []
-    for p, start, end in byte_ranges(meta, "jsonl", chunk):
-        with open(p, "rb") as fh:
-            for batch in read_line_batches(
-                fh, start, end, batch_size, max_line_bytes, piece_bytes=3
-            ):
-                assert 1 <= len(batch) <= batch_size
-                read.extend(batch)
-    assert read == _expected_lines(data, max_line_bytes)
-
-
-@settings(max_examples=100, deadline=None)
-@given(lines=_LINES, final_newline=st.booleans(), max_line_bytes=st.integers(1, 14))
-def test_a_compressed_file_streams_the_same_lines(
-    tmp_path_factory, lines, final_newline, max_line_bytes
-):
-    data = b"\n".join(lines) + (b"\n" if final_newline and lines else b"")
-    path = tmp_path_factory.mktemp("stream") / "in.jsonl.gz"
-    path.write_bytes(gzip.compress(data))
-    with FileSystems.open(str(path), compression_type=CompressionTypes.AUTO) as fh:
-        batches = read_line_batches(fh, 0, None, 4, max_line_bytes, piece_bytes=5)
-        read = [line for batch in batches for line in batch]  # lines cross pieces
-    assert read == _expected_lines(data, max_line_bytes)
-
-
-def test_an_oversized_line_is_never_held_whole(tmp_path):
-    big = b'{"event_id": "big-1", "url": "' + b"x" * 5_000_000 + b'"}'
-    data = b'{"event_id": "a"}\n' + big + b"\n" + b'\xef\xbb\xbf{"event_id": "b"}\n'
-    path = tmp_path / "in.jsonl"
-    path.write_bytes(b"\xef\xbb\xbf" + data)
-    meta = FileMetadata(str(path), len(data) + 3)
-    read = []
-    for p, start, end in byte_ranges(meta, "jsonl", 1 << 20):
-        with open(p, "rb") as fh:
-            for batch in read_line_batches(fh, start, end, 100, 1 << 20):
-                read.extend(batch)
-    # the file's BOM is not part of its first line; a BOM inside the file is the line's own
-    assert read == [b'{"event_id": "a"}', Withheld.of(big), b'\xef\xbb\xbf{"event_id": "b"}']
-    assert read[1].event_id == "big-1" and read[1].length == len(big)
-
-
-def test_a_compressed_file_is_one_range(tmp_path):
-    path = tmp_path / "in.jsonl.gz"
-    path.write_bytes(gzip.compress(b"a\nb\n"))
-    meta = FileMetadata(str(path), 10**9)
-    assert list(byte_ranges(meta, "jsonl", 1)) == [(str(path), 0, None)]
-
-
-def test_batched_read_matches_the_per_line_read(tmp_path):
-    lines = [f'{{"n": {i}}}'.encode() for i in range(500)] + [b"", b"\xff\xfe"]
-    (tmp_path / "a.jsonl").write_bytes(b"\n".join(lines[:300]) + b"\n")
-    (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(b"\n".join(lines[300:])))
-    pattern = str(tmp_path / "*.jsonl*")
-    with TestPipeline(runner="FnApiRunner") as p:
-        batched = (
-            p
-            | "Batched" >> ReadRecords(pattern, batched=True, chunk_bytes=512, batch_size=7)
-            | beam.FlatMap(lambda b: b)
-        )
-        single = p | "Single" >> ReadRecords(pattern)
-        assert_that(batched, equal_to(lines), label="BatchedAll")
-        assert_that(single, equal_to(lines), label="SingleAll")
-
-
-def test_batched_read_of_no_file_fails(tmp_path):
-    pipeline = TestPipeline(runner="FnApiRunner")
-    _ = pipeline | ReadRecords(str(tmp_path / "missing-*.jsonl"), batched=True)
-    with pytest.raises(Exception, match=r"Empty match"):
-        pipeline.run().wait_until_finish()
 
 
 # ------------------------------------------------------------------------------- tagging

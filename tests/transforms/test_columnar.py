@@ -35,7 +35,6 @@ from transforms.enrichment.enrich import JoinAroundDeal, RestrictContactsByCompa
 from transforms.fingerprint import FingerprintFn, KeySource
 from transforms.geo import GeolocateFn
 from transforms.guard import GuardFn
-from transforms.parse import ParseFn
 from transforms.suppress import SuppressRestrictedFn, forbidden_by_region
 from transforms.tag import CategoryOutput, TagFn
 from transforms.validation import record_schema
@@ -271,41 +270,6 @@ def test_tag_table_is_tag_records(policy, contact_fields, dl_context, counted, d
                 dead.append(out.value["error"])
         tables.append(({k: sorted(v) for k, v in written.items()}, sorted(dead), dict(counted)))
     assert tables[1] == tables[0]
-
-
-def test_parse_emits_a_table_of_the_record_schema(policy, dl_context):
-    specs = input_fields("visit_input")
-    lines = [
-        b'{"event_id": "a", "ip": "8.8.8.8", "visited_at": 1790000000000, "url": "/x"}',
-        b'{"event_id": "b", "ip": "::FFFF:8.8.8.8", "visited_at": "2026-09-21T14:13:20Z"}',
-        b'{"event_id": "c", "ip": "8.8.8.8"}',
-    ]
-    columnar = ParseFn(specs, "visited_at", policy, dl_context, columnar=True)
-    columnar.setup()
-    plain = ParseFn(specs, "visited_at", policy, dl_context)
-    plain.setup()
-    table_out = list(columnar.process(Batch(lines)))
-    list_out = list(plain.process(Batch(lines)))
-    (table,) = [o for o in table_out if isinstance(o, TableBatch)]
-    assert table.table.schema == record_schema(specs, "visited_at")
-    assert records_of(table) == next(o for o in list_out if isinstance(o, Batch))
-    assert [o.value["error"] for o in table_out if not isinstance(o, AnyBatch)] == [
-        "missing_field:visited_at"
-    ]
-
-
-def test_parse_keeps_a_list_when_a_value_does_not_fit_the_table(policy, dl_context):
-    from schemas.avro import FieldSpec
-
-    specs = (FieldSpec("event_id", True, ("string",)), FieldSpec("n", False, ("long",)))
-    fn = ParseFn(specs, None, policy, dl_context, columnar=True)
-    fn.setup()
-    (out,) = fn.process(Batch([b'{"event_id": "a", "n": 1}']))
-    assert isinstance(out, TableBatch)
-    (out,) = fn.process(Batch([b'{"event_id": "a", "n": 123456789012345678901234567890}']))
-    assert isinstance(out, Batch) and out == [
-        {"event_id": "a", "n": 123456789012345678901234567890}
-    ]
 
 
 def test_record_schema_of_a_field_of_several_types_is_none():
