@@ -192,29 +192,19 @@ class Rebatch(beam.PTransform):
 class ApplyStage(beam.PTransform):
     """Apply a :class:`RecordStage` to a PCollection of batches; yields the good output (batches,
     unless ``output_type`` says otherwise), or ``(good, dead_letters)`` when the stage has a
-    dead-letter context.
-
-    ``batched=False`` (single elements in and out, batched around the stage) remains only while
-    ``transforms.parse`` still has a mode on single records; it goes with that mode.
+    dead-letter context. (Tests that think in single records use
+    ``tests.support.stages.on_records``.)
     """
 
-    def __init__(
-        self, fn: RecordStage, *, batched: bool = True, output_type: Any = AnyBatch
-    ) -> None:
+    def __init__(self, fn: RecordStage, *, output_type: Any = AnyBatch) -> None:
         super().__init__()
         self._fn = fn
-        self._batched = batched
         self._output_type = output_type
 
-    def expand(self, pcoll: beam.PCollection) -> Any:
-        batches = pcoll if self._batched else pcoll | "Batch" >> Rebatch()
+    def expand(self, batches: beam.PCollection) -> Any:
         context = self._fn.context
         if context is None:
-            good = batches | "Apply" >> beam.ParDo(self._fn).with_output_types(self._output_type)
-        else:
-            good, dead = batches | "Apply" >> ParDoWithDeadLetters(
-                self._fn, self._fn.stage, context, output_type=self._output_type
-            )
-        if not self._batched:
-            good = good | "Unbatch" >> Unbatch()
-        return good if context is None else (good, dead)
+            return batches | "Apply" >> beam.ParDo(self._fn).with_output_types(self._output_type)
+        return batches | "Apply" >> ParDoWithDeadLetters(
+            self._fn, self._fn.stage, context, output_type=self._output_type
+        )

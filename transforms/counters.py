@@ -26,8 +26,13 @@ FALLBACK_PREFIX = "columnar_fallback."
 STRICT_COLUMNAR_ENV = "TRTC_STRICT_COLUMNAR"
 
 
-class ColumnarFallbackError(RuntimeError):
-    """A columnar stage fell back to its record path in strict mode."""
+class ColumnarFallbackError(BaseException):
+    """A columnar stage fell back to its record path in strict mode.
+
+    A ``BaseException``, not an ``Exception``: it is no error of a record, so neither a stage's
+    per-record handler nor Beam's ``with_exception_handling`` (which the dead-letter outputs are
+    built on, and which catches ``Exception``) may turn it into a dead letter. It fails the
+    bundle, and so the run, which is what strict mode is for."""
 
 
 def counter(name: str) -> Metrics.DelegatingCounter:

@@ -311,4 +311,4 @@ class Parse(beam.PTransform):
         )
 
     def expand(self, raw):
-        return raw | "Validate" >> ApplyStage(self._fn, batched=True)
+        return raw | "Validate" >> ApplyStage(self._fn)

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from pipelines.options import bundled
 from schemas.arrow import arrow_schema
 from schemas.avro import category_columns, input_fields, output_schema
-from transforms.batches import RecordStage
+from transforms.batches import ApplyStage, RecordStage
 from transforms.columns import not_blank, present
 from transforms.counters import STRICT_COLUMNAR_ENV, ColumnarFallbackError
 from transforms.deadletter import FromExceptions
@@ -440,3 +440,18 @@ class _RecordsOnly(RecordStage):
 def test_a_stage_without_a_columnar_path_falls_back_and_strict_mode_refuses_it(strict):
     with pytest.raises(ColumnarFallbackError, match=r"records_only: 2 rows.*no_columnar_path"):
         _on_table(_RecordsOnly(), pa.table({"event_id": ["a", "b"]}))
+
+
+def test_strict_mode_fails_the_pipeline_rather_than_dead_lettering_the_batch(strict, dl_context):
+    """Strict mode must stop a run: the dead-letter handlers of the stages do not catch it."""
+
+    class _Lettered(_RecordsOnly):
+        def __init__(self) -> None:
+            super().__init__(dl_context)
+
+    table = pa.table({"event_id": ["a", "b"]})
+    with (
+        pytest.raises(ColumnarFallbackError, match="strict mode"),
+        TestPipeline(runner="FnApiRunner") as p,
+    ):
+        _ = p | beam.Create([TableBatch(table)]) | ApplyStage(_Lettered())

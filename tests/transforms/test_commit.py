@@ -17,6 +17,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines.runs import begin_attempt, check_run_id
+from schemas.arrow import arrow_schema
 from transforms.commit import (
     STALE_AFTER,
     CommitRun,
@@ -27,7 +28,6 @@ from transforms.commit import (
     file_token,
     sweep,
 )
-from schemas.arrow import arrow_schema
 from transforms.sinks import WriteTables
 
 SCHEMA = {
