@@ -194,23 +194,26 @@ def test_another_run_time_replaces_the_run(visits_input, reference, tmp_path):
     assert len(tokens) == 1
 
 
-def test_the_next_retention_job_removes_a_killed_runs_staging(visits_input, tmp_path):
+def committed_then_killed(visits_input: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """An output root with one committed run and the staging of a second, killed before its
+    commit (part of the same visits); returns the root and the second run's input."""
     out = tmp_path / "out"
     run_to_end(command(visits_input, out, f"--run_time={RUN_TIME}"))
     other = tmp_path / "other.jsonl"
     other.write_bytes(visits_input.read_bytes()[:200_000].rsplit(b"\n", 1)[0] + b"\n")
     killed(command(other, out, f"--run_time={RUN_TIME}"), failpoint="before_commit")
+    return out, other
+
+
+def test_the_next_retention_job_removes_a_killed_runs_staging(visits_input, tmp_path):
+    out, _ = committed_then_killed(visits_input, tmp_path)
     assert [p.name for p in (out / RUNS_DIR).iterdir() if p.is_dir()]
     purge.run([f"--output={out}", "--now=2026-11-29T00:00:00Z"])
     assert leftovers(out) == []
 
 
 def test_erase_reads_a_pending_runs_staging_and_does_not_call_it_verified(visits_input, tmp_path):
-    out = tmp_path / "out"
-    run_to_end(command(visits_input, out, f"--run_time={RUN_TIME}"))
-    other = tmp_path / "other.jsonl"
-    other.write_bytes(visits_input.read_bytes()[:200_000].rsplit(b"\n", 1)[0] + b"\n")
-    killed(command(other, out, f"--run_time={RUN_TIME}"), failpoint="before_commit")
+    out, other = committed_then_killed(visits_input, tmp_path)
     # As if that run were still writing on another host: the sweep must leave it alone.
     (record_path,) = [
         p for p in (out / RUNS_DIR).glob("*.json") if (out / RUNS_DIR / p.stem).is_dir()
