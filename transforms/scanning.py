@@ -682,7 +682,7 @@ PREFILTER: re.Pattern[str] = re.compile(_prefilter_pattern(), re.ASCII)
 _SECRET_STEMS = ("pass", "pw", "secret", "token", "key", "sig", "cookie", "otp", "cred")
 _SECRET_STEMS += ("code", "auth", "wort", "contrasen", "senha", "woord", "haslo", "losenord")
 _SECRET_STEMS += ("salasana", "kode", "jwt", "bearer", "pin", "cvv", "cvc", "contrase", "hasł")
-_SECRET_STEMS += ("senord",)
+_SECRET_STEMS += ("senord", *_UNFOLDED_PASSWORD_WORDS)  # as written: "ñ" is no [A-Za-z]
 _PHONE_STEMS = ("phone", "tel", "mobil", "cell", "fax", "whatsapp", "msisdn", "handy", "sms")
 
 
