@@ -161,8 +161,9 @@ def run_context(
     formats = output_formats(ingest.output_format)
     ratio = max_dead_letter_ratio(ingest)
     limit = max_line_bytes(common)
-    inputs = require_input(ingest.input, "--input")
-    output = common.output or DEFAULT_OUTPUT
+    pattern = input_pattern(ingest.input)
+    inputs = require_input(pattern, "--input")
+    output = output_root(common.output or DEFAULT_OUTPUT)
     require_writable_output(output)
     run_id = check_run_id(ingest.run_id) if ingest.run_id else ""
     run_id = run_id or run_identity(
@@ -181,8 +182,8 @@ def run_context(
     return RunContext(
         pipeline=pipeline,
         primary_categories=primary_categories,
-        input=ingest.input,
-        input_format=resolve_input_format(ingest.input, ingest.input_format),
+        input=pattern,
+        input_format=resolve_input_format(pattern, ingest.input_format),
         output=output,
         formats=formats,
         policy=policy,
@@ -193,6 +194,24 @@ def run_context(
         run_id=run_id,
         staging=staging,
     )
+
+
+def output_root(path: str) -> str:
+    """The output root in one spelling: a local one absolute (``out``, ``out/`` and ``./out``
+    are one root, whose files the commit and the retention jobs find by their path under it),
+    an object store's without a trailing slash."""
+    if _is_local(path):
+        return str(Path(normalise_root(path)).resolve())
+    return normalise_root(path)
+
+
+def input_pattern(pattern: str) -> str:
+    """``pattern`` as Beam's local filesystem matches it: a bare ``*.jsonl`` (no directory)
+    matches nothing there, so a local pattern without one is read in the working directory
+    (``./*.jsonl``), as a shell would."""
+    if _is_local(pattern) and "/" not in pattern:
+        return f"./{pattern}"
+    return pattern
 
 
 def require_input(pattern: str, flag: str) -> list[Any]:
@@ -333,9 +352,10 @@ def retention_context(
     if flag is not None:
         if not pattern:
             raise ValueError(f"{flag} is required (a file pattern of JSON Lines records)")
+        pattern = input_pattern(pattern)
         require_input(pattern, flag)
     policy = load_policy(common.policy)
-    root = normalise_root(common.output)
+    root = output_root(common.output)
     check_output_root(root)
     # What killed ingestion runs left: committed ones are finished, the rest removed, before
     # this job reads or changes the layout (transforms.commit).

@@ -3,7 +3,9 @@
 An ingestion run is named by ``--run_id``, by default a hash of what decides its output: the
 files its ``--input`` matches (path, size, modification time), the policy version, and the
 values of the job's own flags other than ``--run_time``, ``--run_id`` and ``--log_level``
-(Beam's runner options do not change what is written, so they are not part of it). Its run time
+(Beam's runner options do not change what is written, so they are not part of it), taken however
+they are spelt: a local path is hashed resolved, and ``--output``, ``--input`` and ``--policy``
+are in it as the root the record lives in, the matched files and the version. Its run time
 is fixed by its first attempt (``--run_time``, or the time of that attempt) and recorded under
 ``_runs/`` (``transforms.commit``); a rerun without ``--run_time`` takes it from there, so a run
 killed and started again is the same run, dead letters' expiry included. An explicit
@@ -23,6 +25,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
@@ -34,8 +37,11 @@ from transforms.timestamps import TimestampError, format_utc, parse_event_time
 
 __all__ = ["IDENTITY_EXCLUDED", "Attempt", "begin_attempt", "check_run_id", "run_identity"]
 
-# Flags that do not change what a run writes, or that name the run itself.
-IDENTITY_EXCLUDED = frozenset({"run_time", "run_id", "log_level"})
+# Flags that do not change what a run writes, that name the run itself, or that the identity
+# holds in a form that does not depend on how they are spelt: --output (the run record lives in
+# the root, so a run is always of its root), --input (its matched files are hashed) and
+# --policy (its version is hashed). `out`, `out/` and `./out` are one root.
+IDENTITY_EXCLUDED = frozenset({"run_time", "run_id", "log_level", "output", "input", "policy"})
 _RUN_ID = re.compile(r"[A-Za-z0-9_.]{1,64}")
 
 
@@ -65,9 +71,10 @@ def run_identity(
         view = options.view_as(cls)
         for action in flags_of([cls]).values():
             if action.dest not in IDENTITY_EXCLUDED:
-                values[action.dest] = getattr(view, action.dest, None)
+                values[action.dest] = _spelling_free(getattr(view, action.dest, None))
     files = sorted(
-        [m.path, int(m.size_in_bytes or 0), float(m.last_updated_in_seconds or 0)] for m in inputs
+        [_spelling_free(m.path), int(m.size_in_bytes or 0), float(m.last_updated_in_seconds or 0)]
+        for m in inputs
     )
     doc = {
         "pipeline": pipeline,
@@ -77,6 +84,14 @@ def run_identity(
     }
     encoded = json.dumps(doc, sort_keys=True, default=str).encode("utf-8")
     return hashlib.sha256(encoded).hexdigest()[:16]
+
+
+def _spelling_free(value: Any) -> Any:
+    """A local file's path as one absolute, resolved path (``in.jsonl``, ``./in.jsonl`` and
+    ``/data/in.jsonl`` name one file); any other value as it is."""
+    if isinstance(value, str) and "://" not in value and Path(value).exists():
+        return str(Path(value).resolve())
+    return value
 
 
 def recorded_run_time(staging: RunStaging) -> int | None:

@@ -237,3 +237,33 @@ def test_erase_reads_a_pending_runs_staging_and_does_not_call_it_verified(visits
     # Purge cannot delete what is not committed yet, and says so.
     purged = purge.run([f"--output={out}", "--now=2026-11-29T00:00:00Z"])
     assert purged["pending_runs"] == [record_path.stem]
+
+
+def test_the_same_run_however_its_paths_are_spelt(tmp_path):
+    """`out`, `out/`, `./out`, `../x/out` and the absolute root are one root, and `*.jsonl` and
+    the file's own name one input: one run, replaced each time, never added to."""
+    work = tmp_path / "x"
+    work.mkdir()
+    (work / "logs.jsonl").write_bytes(Path(bundled("sample/sdk_logs.jsonl")).read_bytes())
+    for spelling_in, spelling_out in [
+        ("*.jsonl", "out"),
+        ("logs.jsonl", "out/"),
+        ("./logs.jsonl", "./out"),
+        (str(work / "logs.jsonl"), "../x/out"),
+        ("*.jsonl", str(work / "out")),
+    ]:
+        done = subprocess.run(
+            [
+                *(sys.executable, "-m", "pipelines.sdk_logs", f"--input={spelling_in}"),
+                *(f"--output={spelling_out}", "--run_time=2026-12-20T00:00:00Z"),
+            ],
+            cwd=work,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert len(list((work / "out" / "_reports").glob("sdk_logs-*.json"))) == 1
+    rows = read_rows(work / "out")["parquet"]
+    assert len(rows) == len({row["event_id"] for row in rows}) > 0
+    assert leftovers(work / "out") == []

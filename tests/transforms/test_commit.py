@@ -246,3 +246,34 @@ def test_an_attempt_after_a_killed_one_keeps_its_record_and_clears_its_staging(t
     assert not Path(staging.staged_root).exists()
     saved = staging.read_record()
     assert saved["run_time"] == "1970-01-06T00:00:00Z" and len(saved["attempts"]) == 2
+
+
+def test_a_run_is_the_same_however_its_paths_are_spelt(tmp_path, monkeypatch):
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines.launch import input_pattern
+    from pipelines.options import IngestOptions, JobOptions
+    from pipelines.runs import run_identity
+
+    (tmp_path / "in.jsonl").write_text("{}\n")
+    monkeypatch.chdir(tmp_path)
+
+    def identity(*argv: str) -> str:
+        options = PipelineOptions(list(argv))
+        (inputs,) = FileSystems.match([input_pattern(options.view_as(IngestOptions).input)])
+        return run_identity(
+            options,
+            pipeline="visits",
+            policy_version="v1",
+            inputs=inputs.metadata_list,
+            option_classes=(JobOptions, IngestOptions),
+        )
+
+    spellings = {
+        identity(f"--input={i}", f"--output={o}")
+        for i in ("in.jsonl", "./in.jsonl", str(tmp_path / "in.jsonl"), "*.jsonl")
+        for o in ("out", "out/", "./out", str(tmp_path / "out"))
+    }
+    assert len(spellings) == 1
+    assert identity("--input=in.jsonl", "--format=avro") not in spellings  # what it writes
