@@ -658,7 +658,8 @@ def _prefilter_pattern() -> str:
         (
             rf"(?:@|%40)[0-9._-]{{0,62}}{_LETTER_OR_NON_ASCII}",
             r":[^\x00-\x20/?#@]{1,64}@",
-            rf"{secret_key}{key_end}{sp}{sep}{value}",
+            # a backslash may escape the separator (the detectors read ``\%3D`` decoded)
+            rf"{secret_key}{key_end}{sp}\\?{sep}{value}",
             rf"{secret_key}(?:[ \t]|%20){{1,3}}(?i:is|was)(?:[ \t]|%20){{1,3}}[^\s]",
             rf"{bare_code}{key_end}{sp}{sep}{oauth_code}",
             rf"{phone_key}{key_end}{sp}{number}",
@@ -698,7 +699,7 @@ def _coarse_pattern() -> str:
         (
             r"@|%40",
             rf"(?i:{'|'.join(_SECRET_STEMS)})[A-Za-z_. -]{{0,24}}"
-            rf"(?:{key_end}(?:[:=]|%3[ADad])|(?:[ \t]|%20){{1,3}}(?i:is|was))",
+            rf"(?:{key_end}\\?(?:[:=]|%3[ADad])|(?:[ \t]|%20){{1,3}}(?i:is|was))",
             rf"(?i:{'|'.join(_PHONE_STEMS)})[^A-Za-z0-9]{{0,12}}"
             r"(?:(?i:number|no|num|nr)[^A-Za-z0-9]{0,12})?[(+0-9]",
             r"手机|电话",

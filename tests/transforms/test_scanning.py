@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from schemas.policy import load_policy
@@ -633,6 +633,8 @@ rows = st.lists(st.one_of(st.none(), mixed_text), max_size=20)
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows, st.integers(min_value=1, max_value=5))
+# found by this test: a backslash before an escaped separator passed no pre-filter
+@example(["password\\%3Dpassword"], 1)
 def test_scan_array_agrees_with_scan_text_row_by_row(values, chunk_size):
     chunks = [values[i : i + chunk_size] for i in range(0, len(values), chunk_size)]
     column = pa.chunked_array([pa.array(chunk, pa.string()) for chunk in chunks], pa.string())
