@@ -7,8 +7,8 @@ everything the transforms import at run time is a dependency here, and every dat
 
 from setuptools import find_packages, setup
 
-# Pinned to one exact release so that the job graph, the Enrichment/RequestResponseIO behaviour we
-# rely on (use_custom_types join, batching through BatchElements) and the engines we test against
+# Pinned to one exact release so that the job graph, the runner behaviour we rely on (the
+# FnApiRunner's fusion and Flatten, measured in bench/RESULTS.md) and the engines we test against
 # (Prism built from the Go module of the same version, the Flink job server jar, the Dataflow SDK
 # container image) all agree. 2.77.0 is the newest release with CPython 3.11 wheels; moving it is a
 # deliberate change together with deploy/ and the engine tests.
@@ -31,9 +31,6 @@ setup(
     install_requires=[
         BEAM,
         "fastavro>=1.9",
-        # Beam's Enrichment/RequestResponseIO imports google.api_core, which the base
-        # apache-beam install does not bring.
-        "google-api-core>=2,<3",
         "geoip2>=4.8",
         "maxminddb>=2.5",
         # JSON Lines decoding is the parser's largest cost: orjson is ~4x faster than json.
@@ -41,7 +38,9 @@ setup(
         "phonenumbers>=8.13",
         "pyarrow>=14",
         "pyyaml>=6",
-        "requests>=2.31",
+        # The AroundDeal HTTP client (transforms/enrichment/http_resilience.py): connection
+        # pools and Retry with backoff_jitter and backoff_max, both new in urllib3 2.
+        "urllib3>=2,<3",
     ],
     extras_require={
         "test": [
