@@ -31,6 +31,10 @@ setup(
     install_requires=[
         BEAM,
         "fastavro>=1.9",
+        # The design's country-lookup library. The pipelines read its databases through
+        # maxminddb, the C reader geoip2 is built on (a geoip2 model per lookup cost several
+        # times the lookup: transforms/geo.py); tests/transforms/test_geo.py holds every answer
+        # to geoip2's.
         "geoip2>=4.8",
         "maxminddb>=2.5",
         # JSON Lines decoding is the parser's largest cost: orjson is ~4x faster than json.
@@ -41,6 +45,7 @@ setup(
         # The AroundDeal HTTP client (transforms/enrichment/http_resilience.py): connection
         # pools and Retry with backoff_jitter and backoff_max, both new in urllib3 2.
         "urllib3>=2,<3",
+        "certifi>=2023.7.22",  # the CA bundle the HTTP client verifies TLS with
     ],
     extras_require={
         "test": [
