@@ -48,23 +48,34 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.erase import (
-    EraseConfig,
+from pipelines.launch import cli_main, require_writable_output
+from pipelines.staged_job import staged_pipeline
+from pipelines.subject_jobs import (
+    SubjectJobConfig,
     SubjectRequestOptions,
-    request_run,
+    config_from,
+    request_counts,
     request_summary,
+    requests_line,
     subject_scan,
     with_files,
 )
-from pipelines.launch import cli_main, require_writable_output
-from pipelines.report import counters_of, counters_with_prefix
 from transforms.retention.erasure import FindSubjects
 from transforms.retention.export import DIR_MODE, write_export
-from transforms.retention.jsonio import utc_now_iso, write_audit, write_json
+from transforms.retention.jsonio import write_json
 from transforms.retention.layout import is_local
-from transforms.retention.txn import Transaction, sorted_actions, staged_change
+from transforms.retention.txn import sorted_actions, stage_plan
 
-__all__ = ["AccessOptions", "ExportSubjects", "check_export_dir", "main", "run", "summary"]
+__all__ = [
+    "AccessConfig",
+    "AccessOptions",
+    "ExportSubjects",
+    "access_config",
+    "check_export_dir",
+    "main",
+    "run",
+    "summary",
+]
 
 
 class AccessOptions(PipelineOptions):
@@ -82,7 +93,7 @@ class AccessOptions(PipelineOptions):
 
 
 @dataclass(frozen=True)
-class AccessConfig(EraseConfig):
+class AccessConfig(SubjectJobConfig):
     export: Path = Path()  # --export, checked (check_export_dir)
 
 
@@ -113,13 +124,11 @@ def check_export_dir(export: str | None, root: str) -> Path:
     return path
 
 
-def config_from(options: PipelineOptions) -> AccessConfig:
+def access_config(options: PipelineOptions) -> AccessConfig:
     """Resolve and validate everything before any data is read."""
-    run = request_run(options, "access")
-    export = check_export_dir(options.view_as(AccessOptions).export, run.output)
-    return AccessConfig(
-        run=run, root=run.output, txn=Transaction(run.output, run.run_id), export=export
-    )
+    job = config_from(options, "access")
+    export = check_export_dir(options.view_as(AccessOptions).export, job.root)
+    return AccessConfig(run=job.run, root=job.root, txn=job.txn, export=export)
 
 
 def _write_plan(_: object, found: list, added: list, requests: list, path: str) -> None:
@@ -154,21 +163,16 @@ class ExportSubjects(beam.PTransform):
         self._config = config
 
     def expand(self, pbegin):
-        c = self._config
         found = pbegin | "FindSubjects" >> FindSubjects(
-            subject_scan(c, "export", job="access", unique_ids=True)
+            subject_scan(self._config, "export", job="access", unique_ids=True)
         )
-        _ = (
-            pbegin
-            | "PlanOnce" >> beam.Create([None])
-            | "WritePlan"
-            >> beam.Map(
-                _write_plan,
-                beam.pvalue.AsList(found["found"]),
-                beam.pvalue.AsList(found["added"]),
-                beam.pvalue.AsList(found["requests"]),
-                c.txn.plan_path,
-            )
+        _ = stage_plan(
+            pbegin,
+            self._config.txn,
+            _write_plan,
+            beam.pvalue.AsList(found["found"]),
+            beam.pvalue.AsList(found["added"]),
+            beam.pvalue.AsList(found["requests"]),
         )
 
 
@@ -186,10 +190,8 @@ def _audit(
         "requests_input": config.run.input,
         "export_dir": str(config.export),
         "counts": {
-            "requests_read": counters.get("access.requests_read", 0),
-            "requests_valid": counters.get("access.requests_valid", 0),
+            **request_counts("access", counters),
             "requests_exported": len(exports),
-            "dead_lettered": counters_with_prefix(counters, "dead_letter."),
             "files_scanned": len(config.files),
             "files_with_rows": len({f["target"] for f in found}),
             "rows_exported": sum(e["rows_total"] for e in exports.values()),
@@ -217,15 +219,10 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Export what is held about the subject of each request of ``--requests``; returns the
     audit (plus its path)."""
     options = PipelineOptions(list(argv or []))
-    config = config_from(options)
-    started = utc_now_iso()
-    with staged_change(config.txn, "access") as change:
-        config = with_files(config)
-        pipeline = beam.Pipeline(options=options)
-        _ = pipeline | "ExportSubjects" >> ExportSubjects(config)
-        result = pipeline.run()
-        result.wait_until_finish()
-        plan = config.txn.read_plan()
+    with staged_pipeline(
+        options, access_config(options), "access", with_files, ExportSubjects
+    ) as job:
+        config, plan = job.config, job.plan
         if not config.export.exists():
             config.export.parent.mkdir(parents=True, exist_ok=True)
             config.export.mkdir(mode=DIR_MODE)
@@ -242,17 +239,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             )
             for request in plan["requests"]
         }
-        audit = {
-            **_audit(config, counters_of(result), plan, exports),
-            "started_at": started,
-            "recovered_transactions": change.recovered,
-        }
-        applied = change.commit_and_apply(plan["actions"], audit)
-        if applied is not None:
-            audit["apply"] = applied
-        audit["finished_at"] = utc_now_iso()
-        path = write_audit(config.root, "access", config.run.run_id, audit)
-    return {**audit, "report_path": path}
+        audit = job.commit(plan["actions"], _audit(config, job.counters, plan, exports))
+        return job.report(audit)
 
 
 def _count(n: int, one: str, many: str | None = None) -> str:
@@ -261,10 +249,8 @@ def _count(n: int, one: str, many: str | None = None) -> str:
 
 def summary(report: Mapping[str, Any]) -> list[str]:
     counts = report["counts"]
-    dead = ", ".join(f"{k}={v}" for k, v in counts["dead_lettered"].items()) or "none"
     lines = [
-        f"[access] requests read={counts['requests_read']} valid={counts['requests_valid']} "
-        f"dead letters: {dead}",
+        requests_line("access", counts),
         f"[access] exported {counts['requests_exported']} requests to {report['export_dir']}: "
         f"{counts['rows_exported']} rows and {counts['dead_letters_exported']} dead letters, "
         f"from {counts['files_with_rows']} of {counts['files_scanned']} files scanned",

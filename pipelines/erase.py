@@ -42,89 +42,43 @@ dead letter with its reason, its identifier masked. If anything still matches, t
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.launch import RunContext, cli_main, dead_letter_context, retention_context
-from pipelines.report import counters_of, counters_with_prefix
-from schemas.policy import SUBJECT_KINDS, Policy
+from pipelines.launch import RunContext, cli_main
+from pipelines.staged_job import staged_pipeline
+from pipelines.subject_jobs import (
+    SubjectJobConfig,
+    SubjectRequestOptions,
+    config_from,
+    request_counts,
+    request_summary,
+    requests_line,
+    scan_files,
+    subject_scan,
+    with_files,
+)
 from transforms.commit import pending_runs, staged_files
 from transforms.read import ReadRecords
-from transforms.retention.erasure import FindSubjects, ScanFileFn, SubjectScan
-from transforms.retention.jsonio import read_json, utc_now_iso, write_audit, write_json
-from transforms.retention.layout import (
-    DATA,
-    has_partition_files,
-    list_layout,
-)
-from transforms.retention.subjects import ParseRequestFn, link_source_categories
-from transforms.retention.txn import Transaction, sorted_actions, staged_change
-from transforms.timestamps import format_utc
+from transforms.retention.erasure import FindSubjects, ScanFileFn
+from transforms.retention.jsonio import read_json, write_json
+from transforms.retention.layout import DATA, has_partition_files
+from transforms.retention.subjects import ParseRequestFn
+from transforms.retention.txn import sorted_actions, stage_plan
 
 __all__ = [
-    "MASKED",
-    "EraseConfig",
     "EraseSubjects",
-    "SubjectRequestOptions",
+    "ReadBack",
     "VerifyErasure",
     "main",
-    "request_run",
-    "request_summary",
     "run",
-    "scan_files",
-    "subject_scan",
     "summary",
-    "with_files",
 ]
-
-Config = TypeVar("Config", bound="EraseConfig")
-# Masked in the dead letters of rejected requests: a request must not copy its identifier.
-MASKED = tuple(sorted(SUBJECT_KINDS))
-
-
-class SubjectRequestOptions(PipelineOptions):
-    """``--requests`` (of ``pipelines.erase`` and ``pipelines.access``: one format); ``--output``,
-    ``--policy`` and ``--run_time`` are the common options."""
-
-    @classmethod
-    def _add_argparse_args(cls, parser) -> None:
-        parser.add_argument(
-            "--requests",
-            default=None,
-            help="Data subject requests: a file pattern of JSON Lines (local or any Beam "
-            'filesystem), e.g. {"request_id": "DSR-1", "received_at": "2026-11-28T09:00:00Z", '
-            '"business_email": "a@b.example"}; one subject each, by user_id, uin, sdk_app_id, '
-            "business_email, business_phone, linkedin_url or ip.",
-        )
-
-
-@dataclass(frozen=True)
-class EraseConfig:
-    """A job on data subject requests (erase; access extends it): its run, and the files of
-    the output root it scans, listed once the lock is held (``with_files``)."""
-
-    run: RunContext
-    root: str
-    txn: Transaction
-    files: tuple[dict[str, str], ...] = ()
-    link_files: tuple[dict[str, str], ...] = ()
-    unscanned: tuple[str, ...] = ()
-
-
-def request_summary(request: Mapping[str, Any]) -> dict[str, Any]:
-    """What the plan and the audit keep of a request: never the identifier itself."""
-    return {
-        "request_id": request["request_id"],
-        "received_at": format_utc(request["received_at"]),
-        "subject_field": request["field"],
-        "narrowed_to_sdk_app_id": bool(request.get("scope")),
-    }
 
 
 def _write_plan(_: object, actions: list, links: dict, requests: list, path: str) -> None:
@@ -147,52 +101,21 @@ def _write_found(_: object, found: list, files_read: int, path: str) -> None:
 class EraseSubjects(beam.PTransform):
     """Requests -> staged rewrites of every file holding a subject's rows, and the plan."""
 
-    def __init__(self, config: EraseConfig) -> None:
+    def __init__(self, config: SubjectJobConfig) -> None:
         super().__init__()
         self._config = config
 
     def expand(self, pbegin):
-        c = self._config
-        txn = c.txn
-        found = pbegin | "FindSubjects" >> FindSubjects(subject_scan(c, "erase"))
-        requests, links, scanned = found["requests"], found["links"], found["found"]
-        as_list = beam.pvalue.AsList(requests)
-        actions = (scanned, found["added"]) | "Actions" >> beam.Flatten()
-        _ = (
-            pbegin
-            | "PlanOnce" >> beam.Create([None])
-            | "WritePlan"
-            >> beam.Map(
-                _write_plan,
-                beam.pvalue.AsList(actions),
-                beam.pvalue.AsSingleton(links),
-                as_list,
-                txn.plan_path,
-            )
+        found = pbegin | "FindSubjects" >> FindSubjects(subject_scan(self._config, "erase"))
+        actions = (found["found"], found["added"]) | "Actions" >> beam.Flatten()
+        _ = stage_plan(
+            pbegin,
+            self._config.txn,
+            _write_plan,
+            beam.pvalue.AsList(actions),
+            beam.pvalue.AsSingleton(found["links"]),
+            beam.pvalue.AsList(found["requests"]),
         )
-
-
-def subject_scan(config: EraseConfig, mode: str, **options: Any) -> SubjectScan:
-    """The scan of a job's configuration in ``mode``. Rejected requests are dead letters
-    readable in their id and time only: every subject kind is masked, so that a rejected
-    request never copies its identifier."""
-    run = config.run
-    return SubjectScan(
-        policy=run.policy,
-        requests=run.input,
-        context=dead_letter_context(
-            run, ["request_id", "received_at", *MASKED], masked=MASKED, id_field="request_id"
-        ),
-        mode=mode,
-        run_token=f"{run.pipeline[:2]}{run.run_id[:6]}",  # er..., ac...
-        files=config.files,
-        link_files=config.link_files,
-        root=config.root,
-        txn_rel_dir=config.txn.rel_dir,
-        bounds=run.bounds,
-        max_line_bytes=run.max_line_bytes,
-        **options,
-    )
 
 
 class VerifyErasure(beam.PTransform):
@@ -238,40 +161,6 @@ class VerifyErasure(beam.PTransform):
                 self._path,
             )
         )
-
-
-def request_run(options: PipelineOptions, pipeline: str) -> RunContext:
-    """The run of a job on ``--requests``, checked before any data is read."""
-    return retention_context(
-        options,
-        pipeline=pipeline,
-        pattern=options.view_as(SubjectRequestOptions).requests,
-        flag="--requests",
-    )
-
-
-def config_from(options: PipelineOptions) -> EraseConfig:
-    """Resolve and validate everything before any data is read."""
-    run = request_run(options, "erase")
-    return EraseConfig(run=run, root=run.output, txn=Transaction(run.output, run.run_id))
-
-
-def scan_files(
-    root: str, policy: Policy
-) -> tuple[tuple[dict[str, str], ...], tuple[dict[str, str], ...], tuple[str, ...]]:
-    """Every file of the layout to scan, the ones the policy's links start from, and the
-    files of the layout that are no data (listed in the audit as not scanned)."""
-    files = list_layout(root)
-    scanned = tuple(f.element() for f in files if f.format)
-    sources = link_source_categories(policy)
-    link_files = tuple(f for f in scanned if f["kind"] == DATA and f.get("category") in sources)
-    return scanned, link_files, tuple(f.rel for f in files if not f.format)
-
-
-def with_files(config: Config) -> Config:
-    """``config`` with the files to scan, listed now (call it holding the lock)."""
-    files, link_files, unscanned = scan_files(config.root, config.run.policy)
-    return dataclasses.replace(config, files=files, link_files=link_files, unscanned=unscanned)
 
 
 def _per_request(
@@ -337,7 +226,7 @@ class ReadBack:
 
 
 def _audit(
-    config: EraseConfig,
+    config: SubjectJobConfig,
     counters: Mapping[str, int],
     plan: Mapping[str, Any],
     found: Sequence[Mapping[str, Any]] | None,
@@ -351,9 +240,7 @@ def _audit(
         **run.header(),
         "requests_input": run.input,
         "counts": {
-            "requests_read": counters.get("erase.requests_read", 0),
-            "requests_valid": counters.get("erase.requests_valid", 0),
-            "dead_lettered": counters_with_prefix(counters, "dead_letter."),
+            **request_counts("erase", counters),
             "files_scanned": len(config.files),
             "files_rewritten": sum(1 for a in actions if a["op"] == "replace"),
             "files_deleted": sum(1 for a in actions if a["op"] == "delete"),
@@ -385,30 +272,16 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     The audit carries ``error`` when the read-back still finds a row of a subject."""
     options = PipelineOptions(list(argv or []))
-    config = config_from(options)
-    started = utc_now_iso()
-    with staged_change(config.txn, "erase") as change:
-        config = with_files(config)
-        txn = config.txn
-        pipeline = beam.Pipeline(options=options)
-        _ = pipeline | "EraseSubjects" >> EraseSubjects(config)
-        result = pipeline.run()
-        result.wait_until_finish()
-        counters = counters_of(result)
-        plan = txn.read_plan()
-        audit = {
-            **_audit(config, counters, plan, None),
-            "started_at": started,
-            "recovered_transactions": change.recovered,
-        }
-        applied = change.commit_and_apply(plan["actions"], audit)
-        if applied is not None:
-            audit["apply"] = applied
+    with staged_pipeline(
+        options, config_from(options, "erase"), "erase", with_files, EraseSubjects
+    ) as job:
+        config, counters, plan = job.config, job.counters, job.plan
+        audit = job.commit(plan["actions"], _audit(config, counters, plan, None))
         files, _, _ = scan_files(config.root, config.run.policy)
         # Staging is data: the files of runs still being written are read back too.
         pending = tuple(pending_runs(config.root))
         files += tuple(f.element() for f in staged_files(config.root) if f.format)
-        verify_path = FileSystems.join(txn.dir, "verify.json")
+        verify_path = FileSystems.join(config.txn.dir, "verify.json")
         check = beam.Pipeline(options=options)
         _ = check | "Verify" >> VerifyErasure(config.run, plan["links"], files, verify_path)
         check.run().wait_until_finish()
@@ -420,18 +293,17 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             layout_has_files=has_partition_files(config.root),
             pending_runs=pending,
         )
-        audit = {
-            **audit,
-            **{
-                k: v
-                for k, v in _audit(config, counters, plan, found, read_back).items()
-                if k in ("requests", "verification")
-            },
-            "finished_at": utc_now_iso(),
-        }
-        path = write_audit(config.root, "erase", config.run.run_id, audit)
-    report = {**audit, "report_path": path}
-    verification = audit["verification"]
+        report = job.report(
+            {
+                **audit,
+                **{
+                    k: v
+                    for k, v in _audit(config, counters, plan, found, read_back).items()
+                    if k in ("requests", "verification")
+                },
+            }
+        )
+    verification = report["verification"]
     if verification["rows_still_matching"]:
         report["error"] = (
             f"{verification['rows_still_matching']} rows still match an erasure "
@@ -459,10 +331,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 def summary(report: Mapping[str, Any]) -> list[str]:
     counts = report["counts"]
-    dead = ", ".join(f"{k}={v}" for k, v in counts["dead_lettered"].items()) or "none"
     lines = [
-        f"[erase] requests read={counts['requests_read']} valid={counts['requests_valid']} "
-        f"dead letters: {dead}",
+        requests_line("erase", counts),
         f"[erase] erased {counts['rows_erased']} rows and {counts['dead_letters_erased']} dead "
         f"letters: {counts['files_rewritten']} files rewritten, {counts['files_deleted']} "
         f"deleted, of {counts['files_scanned']} scanned",
@@ -484,7 +354,7 @@ def summary(report: Mapping[str, Any]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    cli_main(run, argv, summary=summary)
+    cli_main(run, argv, summary=summary, options=[SubjectRequestOptions])
 
 
 if __name__ == "__main__":

@@ -51,12 +51,13 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.launch import RunContext, cli_main, dead_letter_context, retention_context
-from pipelines.report import counters_of, counters_with_prefix
+from pipelines.report import counters_with_prefix
+from pipelines.staged_job import staged_pipeline
 from schemas.avro import output_schema
 from schemas.policy import Policy
 from transforms.deadletter import ParDoWithDeadLetters
 from transforms.read import ReadRecords
-from transforms.retention.jsonio import utc_now_iso, write_audit, write_json
+from transforms.retention.jsonio import write_json
 from transforms.retention.layout import (
     DATA,
     list_layout,
@@ -70,7 +71,7 @@ from transforms.retention.lifecycle import (
     cascades,
     event_keys,
 )
-from transforms.retention.txn import Transaction, added_action, sorted_actions, staged_change
+from transforms.retention.txn import Transaction, added_action, sorted_actions, stage_plan
 from transforms.sinks import WriteDeadLetters, WritePartitioned
 
 __all__ = [
@@ -180,11 +181,7 @@ class ApplyLifecycleEvents(beam.PTransform):
             | "AddActions" >> beam.Map(added_action, txn.staged_root, txn.rel_dir)
         )
         actions = (split.actions, added) | "Actions" >> beam.Flatten()
-        _ = (
-            pbegin
-            | "PlanOnce" >> beam.Create([None])
-            | "WritePlan" >> beam.Map(_write_plan, beam.pvalue.AsList(actions), txn.plan_path)
-        )
+        _ = stage_plan(pbegin, txn, _write_plan, beam.pvalue.AsList(actions))
 
 
 def config_from(options: PipelineOptions) -> LifecycleConfig:
@@ -271,26 +268,11 @@ def _audit(
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Apply the lifecycle events of ``--events``; returns the audit record (plus its path)."""
     options = PipelineOptions(list(argv or []))
-    config = config_from(options)
-    started = utc_now_iso()
-    with staged_change(config.txn, "lifecycle") as change:
-        config = _with_files(config)
-        pipeline = beam.Pipeline(options=options)
-        _ = pipeline | "ApplyLifecycleEvents" >> ApplyLifecycleEvents(config)
-        result = pipeline.run()
-        result.wait_until_finish()
-        actions = config.txn.read_plan()["actions"]
-        audit = {
-            **_audit(config, counters_of(result), actions),
-            "started_at": started,
-            "recovered_transactions": change.recovered,
-        }
-        applied = change.commit_and_apply(actions, audit)
-        if applied is not None:
-            audit["apply"] = applied
-        audit["finished_at"] = utc_now_iso()
-        path = write_audit(config.root, "lifecycle", config.run.run_id, audit)
-    return {**audit, "report_path": path}
+    with staged_pipeline(
+        options, config_from(options), "lifecycle", _with_files, ApplyLifecycleEvents
+    ) as job:
+        actions = job.plan["actions"]
+        return job.report(job.commit(actions, _audit(job.config, job.counters, actions)))
 
 
 def summary(report: Mapping[str, Any]) -> list[str]:

@@ -40,7 +40,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 from pipelines.launch import cli_main, retention_context
 from pipelines.options import run_time_micros
 from transforms.commit import pending_runs
-from transforms.retention.jsonio import utc_now_iso, write_audit
+from transforms.retention.jsonio import utc_now_iso
 from transforms.retention.layout import (
     DATA,
     LayoutFile,
@@ -173,12 +173,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             # commit (transforms.commit).
             pending_runs=pending_runs(root),
         )
-        applied = change.commit_and_apply(partitions, audit)
-        if applied is not None:
-            audit["apply"] = applied
-        audit["finished_at"] = utc_now_iso()
-        path = write_audit(root, "purge", run_id, audit)
-    return {**audit, "report_path": path}
+        return change.write_report(change.commit_and_record(partitions, audit))
 
 
 def summary(report: dict[str, Any]) -> list[str]:

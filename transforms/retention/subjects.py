@@ -55,6 +55,7 @@ from transforms.retention.matching import (
     ip_forms,
     normalise,
 )
+from transforms.retention.nested import leaves
 from transforms.timestamps import TimeBounds, TimestampError, parse_event_time
 
 __all__ = [
@@ -473,11 +474,9 @@ class IndexLinks(beam.CombineFn):
     def merge_accumulators(self, accumulators) -> Links:
         merged: Links = {}
         for links in accumulators:
-            for target, columns in links.items():
-                for column, values in columns.items():
-                    for value, ids in values.items():
-                        for request_id in ids:
-                            self.add_input(merged, (target, column, value, request_id))
+            for target, column, value, ids in leaves(links, 3):
+                for request_id in ids:
+                    self.add_input(merged, (target, column, value, request_id))
         return merged
 
     def extract_output(self, links: Links) -> Links:

@@ -35,12 +35,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.paths import literal_pattern, match
@@ -65,6 +66,7 @@ __all__ = [
     "failpoint",
     "recover",
     "sorted_actions",
+    "stage_plan",
     "staged_change",
 ]
 
@@ -137,6 +139,17 @@ def added_action(result: Any, staged_root: str, txn_rel_dir: str) -> dict[str, A
     folder of a transaction: its path there is its path in the layout."""
     rel = result.file_name[len(staged_root.rstrip("/")) + 1 :]
     return {"op": "add", "target": rel, "staged": f"{txn_rel_dir}/staged/{rel}"}
+
+
+def stage_plan(pbegin: Any, txn: Transaction, write: Callable[..., None], *results: Any) -> Any:
+    """The plan of ``txn``, written from within the job's pipeline once its ``results`` (side
+    inputs) are complete: ``write(None, *results, txn.plan_path)``, run once (the steps
+    ``PlanOnce`` and ``WritePlan``)."""
+    return (
+        pbegin
+        | "PlanOnce" >> beam.Create([None])
+        | "WritePlan" >> beam.Map(write, *results, txn.plan_path)
+    )
 
 
 def sorted_actions(actions: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -260,6 +273,24 @@ class StagedChange:
         self.txn.commit({"pipeline": self.pipeline, "actions": list(actions), "audit": audit})
         self.committed = True
         return apply_actions(self.txn.root, actions)
+
+    def commit_and_record(
+        self, actions: Sequence[Mapping[str, Any]], audit: dict[str, Any]
+    ) -> dict[str, Any]:
+        """:meth:`commit_and_apply`, with what applying did recorded in ``audit`` as ``apply``
+        (when there was something to change); returns ``audit``."""
+        applied = self.commit_and_apply(actions, audit)
+        if applied is not None:
+            audit["apply"] = applied
+        return audit
+
+    def write_report(self, audit: Mapping[str, Any]) -> dict[str, Any]:
+        """``audit``, finished now, written as ``_reports/<pipeline>-<run_id>.json`` (still
+        under the lock: the record is part of the change); returns it with its path, the
+        job's report."""
+        audit = {**audit, "finished_at": utc_now_iso()}
+        path = write_audit(self.txn.root, self.pipeline, self.txn.id, audit)
+        return {**audit, "report_path": path}
 
 
 @contextmanager
