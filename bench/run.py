@@ -64,7 +64,6 @@ import email.utils
 import hashlib
 import inspect
 import json
-import random
 import resource
 import shutil
 import subprocess
@@ -79,16 +78,8 @@ import psutil
 
 import tools.synthetic
 from pipelines.options import bundled
-from tools.synthetic import (
-    COUNTRY_WEIGHTS,
-    AddressPool,
-    VisitMix,
-    ip_population,
-    sdk_log_lines,
-    snapshot_csv,
-    telemetry_lines,
-    visit_lines,
-)
+from tools.inputs import write_lines, write_source, write_visits
+from tools.synthetic import VisitMix
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "bench" / "work"
@@ -123,15 +114,6 @@ class Measure:
             f"records/s={self.rate:,.0f}  cpu={self.cpu:.1f}s  peak_rss={self.peak / MIB:,.0f} MiB"
         )
         return line if self.reconciled else f"{line}  NOT RECONCILED"
-
-
-def _write(path: Path, lines: Iterable[str]) -> None:
-    """Stream ``lines`` to ``path`` (never all in memory); the file appears only when complete."""
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w") as fh:
-        for line in lines:
-            fh.write(line + "\n")
-    tmp.rename(path)
 
 
 def _broken_time(value: object) -> str:
@@ -176,26 +158,25 @@ def generate(
         bad = WORK / f"{case}-{records}-ips{distinct_ips}-{SEED}-{version}-{rewrite}.jsonl"
         if not bad.exists():
             with data.open() as lines:
-                _write(bad, bad_time_lines(line.rstrip("\n") for line in lines))
+                write_lines(bad, bad_time_lines(line.rstrip("\n") for line in lines))
         # Every line is rejected on purpose: the run must not stop at the dead-letter ratio.
         return bad, [*extra, "--max_dead_letter_ratio=1"]
     pipeline = case
     if pipeline != "visits":
         data = WORK / f"{pipeline}-{records}-{SEED}-{version}.jsonl"
-        if not data.exists():
-            generator = sdk_log_lines if pipeline == "sdk_logs" else telemetry_lines
-            _write(data, generator(records, SEED))
-        return data, []
+        return write_source(data, pipeline, records, SEED), []
     mix = visit_mix(records, distinct_ips)
     data = WORK / f"{pipeline}-{records}-ips{distinct_ips}-{SEED}-{version}.jsonl"
     snapshot = WORK / f"snapshot-{networks}-{mix.distinct_ips}-{SEED}-{version}.csv"
-    if not (data.exists() and snapshot.exists()):
-        pool = AddressPool(bundled("country.mmdb"), list(COUNTRY_WEIGHTS))
-        population = ip_population(pool, mix, random.Random(SEED))
-        if not data.exists():
-            _write(data, visit_lines(records, population, mix, SEED))
-        if not snapshot.exists():
-            snapshot.write_text(snapshot_csv(population, networks, SEED))
+    write_visits(
+        data,
+        snapshot,
+        records=records,
+        mix=mix,
+        networks=networks,
+        seed=SEED,
+        mmdb=bundled("country.mmdb"),
+    )
     return data, [f"--enrichment_snapshot={snapshot}"]
 
 

@@ -56,8 +56,8 @@ from pipelines.subject_jobs import (
     config_from,
     request_counts,
     request_summary,
-    requests_line,
     subject_scan,
+    summary_lines,
     with_files,
 )
 from transforms.retention.erasure import FindSubjects
@@ -247,24 +247,26 @@ def _count(n: int, one: str, many: str | None = None) -> str:
     return f"{n} {one if n == 1 else many or one + 's'}"
 
 
+def _held(request: Mapping[str, Any]) -> str:
+    if not request["data_held"]:
+        return "nothing held"
+    return (
+        f"{_count(request['rows_total'], 'row')} in "
+        f"{_count(len(request['rows']), 'category', 'categories')}, "
+        f"{_count(request['dead_letters'], 'dead letter')}"
+    )
+
+
 def summary(report: Mapping[str, Any]) -> list[str]:
     counts = report["counts"]
-    lines = [
-        requests_line("access", counts),
-        f"[access] exported {counts['requests_exported']} requests to {report['export_dir']}: "
+    return summary_lines(
+        "access",
+        report,
+        f"exported {counts['requests_exported']} requests to {report['export_dir']}: "
         f"{counts['rows_exported']} rows and {counts['dead_letters_exported']} dead letters, "
         f"from {counts['files_with_rows']} of {counts['files_scanned']} files scanned",
-    ]
-    for request in report["requests"]:
-        held = (
-            f"{_count(request['rows_total'], 'row')} in "
-            f"{_count(len(request['rows']), 'category', 'categories')}, "
-            f"{_count(request['dead_letters'], 'dead letter')}"
-            if request["data_held"]
-            else "nothing held"
-        )
-        lines.append(f"[access] {request['request_id']} ({request['subject_field']}): {held}")
-    return lines
+        _held,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -58,9 +58,9 @@ from pipelines.subject_jobs import (
     config_from,
     request_counts,
     request_summary,
-    requests_line,
     scan_files,
     subject_scan,
+    summary_lines,
     with_files,
 )
 from transforms.commit import pending_runs, staged_files
@@ -329,28 +329,29 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return report
 
 
+def _erased(request: Mapping[str, Any]) -> str:
+    return (
+        f"{request['rows_erased_total']} rows, {request['dead_letters_erased']} dead letters,"
+        f" {len(request['files'])} files; remaining after read-back: "
+        f"{request['verification']['rows_still_matching']}"
+    )
+
+
 def summary(report: Mapping[str, Any]) -> list[str]:
     counts = report["counts"]
-    lines = [
-        requests_line("erase", counts),
-        f"[erase] erased {counts['rows_erased']} rows and {counts['dead_letters_erased']} dead "
-        f"letters: {counts['files_rewritten']} files rewritten, {counts['files_deleted']} "
-        f"deleted, of {counts['files_scanned']} scanned",
-    ]
-    for request in report["requests"]:
-        check = request["verification"]
-        lines.append(
-            f"[erase] {request['request_id']} ({request['subject_field']}): "
-            f"{request['rows_erased_total']} rows, {request['dead_letters_erased']} dead letters,"
-            f" {len(request['files'])} files; remaining after read-back: "
-            f"{check['rows_still_matching']}"
-        )
     verification = report["verification"]
-    lines.append(
+    return [
+        *summary_lines(
+            "erase",
+            report,
+            f"erased {counts['rows_erased']} rows and {counts['dead_letters_erased']} dead "
+            f"letters: {counts['files_rewritten']} files rewritten, {counts['files_deleted']} "
+            f"deleted, of {counts['files_scanned']} scanned",
+            _erased,
+        ),
         f"[erase] verification: {verification['rows_still_matching']} rows still match "
-        f"({'verified' if verification['verified'] else 'NOT VERIFIED'})"
-    )
-    return lines
+        f"({'verified' if verification['verified'] else 'NOT VERIFIED'})",
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -10,7 +10,7 @@ its own: the rewrite and its read-back (erase), the exports (access).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -32,9 +32,9 @@ __all__ = [
     "config_from",
     "request_counts",
     "request_summary",
-    "requests_line",
     "scan_files",
     "subject_scan",
+    "summary_lines",
     "with_files",
 ]
 
@@ -103,13 +103,23 @@ def request_counts(job: str, counters: Mapping[str, int]) -> dict[str, Any]:
     }
 
 
-def requests_line(job: str, counts: Mapping[str, Any]) -> str:
-    """The summary's line of the requests read, the valid ones and the dead letters."""
+def summary_lines(
+    job: str, report: Mapping[str, Any], totals: str, outcome: Callable[[Mapping[str, Any]], str]
+) -> list[str]:
+    """The summary of a job on requests: the requests read, the valid ones and the dead
+    letters; the job's ``totals``; then per request its id, its kind of subject and its
+    ``outcome``."""
+    counts = report["counts"]
     dead = ", ".join(f"{k}={v}" for k, v in counts["dead_lettered"].items()) or "none"
-    return (
+    return [
         f"[{job}] requests read={counts['requests_read']} valid={counts['requests_valid']} "
-        f"dead letters: {dead}"
-    )
+        f"dead letters: {dead}",
+        f"[{job}] {totals}",
+        *(
+            f"[{job}] {r['request_id']} ({r['subject_field']}): {outcome(r)}"
+            for r in report["requests"]
+        ),
+    ]
 
 
 def subject_scan(config: SubjectJobConfig, mode: str, **options: Any) -> SubjectScan:

@@ -15,11 +15,9 @@ import json
 import random
 from pathlib import Path
 
+from tools.inputs import visitor_addresses, write_lines
 from tools.synthetic import (
-    COUNTRY_WEIGHTS,
-    AddressPool,
     VisitMix,
-    ip_population,
     sdk_log_lines,
     snapshot_csv,
     telemetry_lines,
@@ -150,10 +148,6 @@ TELEMETRY_EDGE_CASES: list[dict] = [
 ]
 
 
-def write_lines(path: Path, lines: list[str]) -> None:
-    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mmdb", default=str(DATA / "country.mmdb"))
@@ -162,9 +156,8 @@ def main() -> None:
     args = parser.parse_args()
 
     mix = VisitMix(distinct_ips=120)
-    pool = AddressPool(args.mmdb, list(COUNTRY_WEIGHTS))
     rng = random.Random(SEED)
-    population = ip_population(pool, mix, rng)
+    pool, population = visitor_addresses(args.mmdb, mix, rng)
     fill = {"de": pool.address(rng, "DE", 4), "us": pool.address(rng, "US", 4)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import random
 import shutil
 import subprocess
 import sys
@@ -30,16 +29,8 @@ import pyarrow.parquet as pq
 
 from pipelines.__main__ import SAMPLE_RUN_TIME
 from pipelines.options import bundled
-from tools.synthetic import (
-    COUNTRY_WEIGHTS,
-    AddressPool,
-    VisitMix,
-    ip_population,
-    sdk_log_lines,
-    snapshot_csv,
-    telemetry_lines,
-    visit_lines,
-)
+from tools.inputs import write_source, write_visits
+from tools.synthetic import VisitMix
 
 WORK = Path(__file__).resolve().parent.parent / "bench" / "work" / "digest"
 SEED = 20261120
@@ -93,29 +84,23 @@ def digest_root(root: Path) -> dict[str, Any]:
     }
 
 
-def _write(path: Path, lines: Iterable[str]) -> None:
-    with path.open("w") as fh:
-        for line in lines:
-            fh.write(line + "\n")
-
-
 def generated_inputs(records: int) -> dict[str, tuple[Path, list[str]]]:
     """The generated input of each pipeline (made once per size) and its extra flags."""
     WORK.mkdir(parents=True, exist_ok=True)
     inputs = {}
-    for name, lines in (("sdk_logs", sdk_log_lines), ("telemetry", telemetry_lines)):
-        path = WORK / f"{name}-{records}.jsonl"
-        if not path.exists():
-            _write(path, lines(records, SEED))
-        inputs[name] = (path, [])
+    for name in ("sdk_logs", "telemetry"):
+        inputs[name] = (write_source(WORK / f"{name}-{records}.jsonl", name, records, SEED), [])
     visits = WORK / f"visits-{records}.jsonl"
     snapshot = WORK / f"snapshot-{records}.csv"
-    if not (visits.exists() and snapshot.exists()):
-        mix = VisitMix()
-        pool = AddressPool(bundled("country.mmdb"), list(COUNTRY_WEIGHTS))
-        population = ip_population(pool, mix, random.Random(SEED))
-        _write(visits, visit_lines(records, population, mix, SEED))
-        snapshot.write_text(snapshot_csv(population, 3_000, SEED))
+    write_visits(
+        visits,
+        snapshot,
+        records=records,
+        mix=VisitMix(),
+        networks=3_000,
+        seed=SEED,
+        mmdb=bundled("country.mmdb"),
+    )
     inputs["visits"] = (visits, [f"--enrichment_snapshot={snapshot}"])
     return inputs
 

@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
@@ -149,15 +150,15 @@ class Service:
         self._proc = None
 
 
+@dataclass
 class PipelineRun:
     """The outcome of one ``python -m <pipeline>`` run."""
 
-    def __init__(self, cmd: list[str], returncode: int, stdout: str, stderr: str, seconds: float):
-        self.cmd = cmd
-        self.returncode = returncode
-        self.stdout = stdout
-        self.stderr = stderr
-        self.seconds = seconds
+    cmd: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
 
     def describe(self) -> str:
         return (

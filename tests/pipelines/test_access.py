@@ -10,7 +10,6 @@ policy adds is exported and erased with no code change.
 from __future__ import annotations
 
 import collections
-import copy
 import json
 import stat
 import subprocess
@@ -18,10 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from pipelines import access, erase, ingest, lifecycle
-from schemas.policy import default_policy_path
 from tests.pipelines.test_erase import (  # noqa: F401 (golden: the module's output fixture)
     APP,
     COMMON,
@@ -32,11 +29,12 @@ from tests.pipelines.test_erase import (  # noqa: F401 (golden: the module's out
     golden,
     requests,
     visitor_email,
-    write_jsonl,
 )
+from tests.support.feeds import write_jsonl
 from tests.support.outputs import RUN_TIME, dead_letters, read_rows
+from tests.support.policies import webinar_policy
 from transforms.retention.erasure import jsonable
-from transforms.retention.export import _cell
+from transforms.retention.export import csv_cell
 from transforms.retention.lock import RetentionLock
 
 pytestmark = pytest.mark.e2e
@@ -269,55 +267,38 @@ def test_the_command_line_runs_the_job_and_refuses_unknown_flags(out, tmp_path):
 
 
 def test_csv_cells_never_run_as_spreadsheet_formulas():
-    assert _cell('=HYPERLINK("http://x")') == '\'=HYPERLINK("http://x")'
-    assert [_cell(v) for v in ("+1 415", "@x", "-x", "plain")] == ["'+1 415", "'@x", "'-x", "plain"]
-    assert [_cell(v) for v in (-1, None, ["a"], {"k": 1})] == ["-1", "", '["a"]', '{"k": 1}']
+    assert csv_cell('=HYPERLINK("http://x")') == '\'=HYPERLINK("http://x")'
+    assert [csv_cell(v) for v in ("+1 415", "@x", "-x", "plain")] == [
+        "'+1 415",
+        "'@x",
+        "'-x",
+        "plain",
+    ]
+    assert [csv_cell(v) for v in (-1, None, ["a"], {"k": 1})] == ["-1", "", '["a"]', '{"k": 1}']
 
 
 # --------------------------------------------------------- a new category, no code change
 
 
-def webinar_policy(tmp_path: Path, retention: dict) -> Path:
+def webinar_contacts(tmp_path: Path, retention: dict) -> Path:
     """A temporary policy with a category holding ``contact_email``, declared a
     ``business_email``, and its .avsc next to it."""
-    policy = copy.deepcopy(yaml.safe_load(Path(default_policy_path()).read_text()))
-    policy["categories"]["webinar_contact"] = {
-        "module": "privacy_policy",
-        "description": "Contacts who registered to a product webinar.",
-        "event_time": "registered_at",
-        "fields": ["event_id", "registered_at", "contact_email", "webinar"],
-        "purposes": ["event_management"],
-        "legal_basis": "consent",
-        "retention": retention,
-        "store": "data_lake",
-    }
-    policy["subjects"]["fields"]["webinar_contact"] = {"contact_email": "business_email"}
-    (tmp_path / "avro").mkdir()
-    (tmp_path / "avro" / "webinar_contact.avsc").write_text(
-        json.dumps(
-            {
-                "type": "record",
-                "name": "WebinarContact",
-                "fields": [
-                    {"name": "event_id", "type": "string"},
-                    {
-                        "name": "registered_at",
-                        "type": {"type": "long", "logicalType": "timestamp-micros"},
-                    },
-                    {"name": "contact_email", "type": "string", "format": "email"},
-                    {"name": "webinar", "type": "string"},
-                ],
-            }
-        )
+    return webinar_policy(
+        tmp_path,
+        "webinar_contact",
+        description="Contacts who registered to a product webinar.",
+        fields={
+            "contact_email": {"type": "string", "format": "email"},
+            "webinar": {"type": "string"},
+        },
+        subject_fields={"contact_email": "business_email"},
+        retention=retention,
     )
-    path = tmp_path / "policy.yaml"
-    path.write_text(yaml.safe_dump(policy))
-    return path
 
 
 def test_a_new_category_with_a_subject_field_is_exported_and_erased(tmp_path):
     """Ingested, exported and erased by the e-mail its ``contact_email`` holds."""
-    path = webinar_policy(tmp_path, {"rule": "fixed", "days": 30})
+    path = webinar_contacts(tmp_path, {"rule": "fixed", "days": 30})
     at = "2026-11-20T12:00:00Z"
     data = write_jsonl(
         tmp_path / "in.jsonl",
@@ -375,7 +356,7 @@ def test_a_new_category_with_a_subject_field_is_exported_and_erased(tmp_path):
 
 def test_an_opt_out_ends_a_new_categorys_rows_through_its_declared_field(tmp_path):
     """The lifecycle job finds the opt-out's e-mail in ``contact_email`` as erasure does."""
-    path = webinar_policy(tmp_path, {"rule": "until_opt_out"})
+    path = webinar_contacts(tmp_path, {"rule": "until_opt_out"})
     data = write_jsonl(
         tmp_path / "in.jsonl",
         [

@@ -21,14 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import erase, ingest, sdk_logs, visits
+from pipelines import erase, ingest, sdk_logs
 from pipelines.options import bundled
 from schemas.policy import load_policy
-from tests.support.outputs import RUN_TIME, dead_letters, read_rows, run_sample
+from tests.support.feeds import assert_input_flag_checked, ingest_contact_visits, write_jsonl
+from tests.support.outputs import COMMON, dead_letters, read_rows, run_sample
 from transforms.retention.txn import FAILPOINT_ENV
 
 pytestmark = pytest.mark.e2e
-COMMON = ["--runner=FnApiRunner", f"--run_time={RUN_TIME}"]
 INGEST = [*COMMON, "--format=both"]  # the golden output is written in Parquet and Avro
 POLICY = load_policy()
 KEY = "fingerprint-key-for-tests-0123456789"
@@ -71,21 +71,6 @@ EXTRA_LOGS = [
 ]  # fmt: skip
 
 
-# Visitors kept for direct marketing whose only contact is a phone number or a LinkedIn URL.
-SNAPSHOT = (
-    "network,company_name,company_domain,company_industry,company_country,company_size,"
-    "contact_name,business_email,business_phone,business_location,business_function,"
-    "seniority_level,job_title,linkedin_url,business_skills\n"
-    "192.195.32.0/24,Acme,acme.example,software,US,51-200,,,,,,,,,\n"
-)
-CONTACTS = {
-    "p-phone": {"business_phone": "+1 (415) 555-2671"},
-    "p-linkedin": {"linkedin_url": "https://www.linkedin.com/in/Jane-Doe/?trk=public_profile"},
-    "p-other-phone": {"business_phone": "+1 415 555 2672"},
-    "p-other-linkedin": {"linkedin_url": "https://uk.linkedin.com/in/jane-doe-2"},
-}
-
-
 def accounts(email: str) -> dict[str, list[dict]]:
     return {
         "account_information": [
@@ -110,11 +95,6 @@ def accounts(email: str) -> dict[str, list[dict]]:
     }  # fmt: skip
 
 
-def write_jsonl(path: Path, records: list) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
-    return path
-
-
 def visitor_email() -> str:
     """The most frequent business e-mail of the bundled AroundDeal snapshot's contacts."""
     rows = Path(bundled("sample/arounddeal_snapshot.csv")).read_text().splitlines()
@@ -133,20 +113,7 @@ def golden(tmp_path_factory) -> Path:
         [f"--input={write_jsonl(tmp / 'x.jsonl', EXTRA_LOGS)}", f"--output={out}", *INGEST]
     )
     run_sample("visits", out, "--format=both")
-    visitors = [
-        {"event_id": eid, "ip": f"192.195.32.{i + 10}", "visited_at": "2026-11-20T10:00:00Z",
-         **contact}
-        for i, (eid, contact) in enumerate(CONTACTS.items())
-    ]  # fmt: skip
-    (tmp / "snapshot.csv").write_text(SNAPSHOT)
-    visits.run(
-        [
-            f"--input={write_jsonl(tmp / 'contacts.jsonl', visitors)}",
-            f"--enrichment_snapshot={tmp / 'snapshot.csv'}",
-            f"--output={out}",
-            *INGEST,
-        ]
-    )
+    ingest_contact_visits(tmp, out, *INGEST)
     with pytest.MonkeyPatch.context() as env:
         env.setenv("TRTC_FINGERPRINT_KEY", KEY)
         for category, records in accounts(visitor_email()).items():
@@ -431,10 +398,9 @@ def test_killed_erasure_and_rerun_end_in_the_right_state(out, feed_and_reference
 
 def test_configuration_errors_stop_before_anything_is_touched(out, tmp_path):
     before = hashes(out)
-    with pytest.raises(SystemExit, match="--requests: no file matches"):
-        erase.main([f"--output={out}", f"--requests={tmp_path / 'none-*.jsonl'}", *COMMON])
-    with pytest.raises(SystemExit, match="--requests is required"):
-        erase.main([f"--output={out}", *COMMON])
+    assert_input_flag_checked(
+        erase.main, "--requests", tmp_path / "none-*.jsonl", f"--output={out}", *COMMON
+    )
     feed = write_jsonl(tmp_path / "r.jsonl", requests(visitor_email()))
     with pytest.raises(SystemExit, match="does not look like an output root"):
         erase.main([f"--output={tmp_path}", f"--requests={feed}", *COMMON])

@@ -6,16 +6,13 @@ decompressed and decoded, dead letters and reports included.
 
 from __future__ import annotations
 
-import copy
-import json
 import os
-from pathlib import Path
 
 import pytest
-import yaml
 
-from schemas.policy import default_policy_path
+from tests.support.feeds import write_jsonl
 from tests.support.outputs import dead_letters, decoded_text, read_rows, report, run_cli
+from tests.support.policies import webinar_policy
 from transforms.fingerprint import fingerprint
 
 pytestmark = pytest.mark.e2e
@@ -24,11 +21,6 @@ USER_SIG = "eJyrVkrxUSERSIG-never-stored"
 AUDIO = "UklGRiQAAABXQVZF-media-never-stored"
 PRIVATE_KEY = "-----BEGIN PRIVATE KEY-----MIIEvQ-never-stored"
 KEY = "fingerprint-key-for-tests-0123456789"
-
-
-def write_jsonl(path: Path, records: list) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -315,45 +307,19 @@ def test_visit_categories_are_refused_naming_the_visits_pipeline(tmp_path, categ
 
 def test_a_new_category_is_a_yaml_and_schema_change_only(tmp_path):
     """Define a category in a temporary policy (+ its .avsc next to it) and ingest it."""
-    policy = yaml.safe_load(Path(default_policy_path()).read_text())
-    policy = copy.deepcopy(policy)
-    policy["categories"]["webinar_registration"] = {
-        "module": "privacy_policy",
-        "description": "Registrations to a product webinar.",
-        "event_time": "registered_at",
-        "fields": ["event_id", "registered_at", "uin", "webinar", "attended"],
-        "purposes": ["event_management"],
-        "legal_basis": "consent",
-        "retention": {"rule": "fixed", "days": 30},
-        "store": "data_lake",
-    }
     # its uin identifies the customer (erasure, access, account deletion find it there)
-    policy["subjects"]["fields"]["webinar_registration"] = {"uin": "uin"}
-    (tmp_path / "avro").mkdir()
-    (tmp_path / "avro" / "webinar_registration.avsc").write_text(
-        json.dumps(
-            {
-                "type": "record",
-                "name": "WebinarRegistration",
-                "fields": [
-                    {"name": "event_id", "type": "string"},
-                    {
-                        "name": "registered_at",
-                        "type": {"type": "long", "logicalType": "timestamp-micros"},
-                    },
-                    {
-                        "name": "uin",
-                        "type": ["null", "string"],
-                        "default": None,
-                        "format": "identifier",
-                    },
-                    {"name": "webinar", "type": "string"},
-                    {"name": "attended", "type": ["null", "boolean"], "default": None},
-                ],
-            }
-        )
+    webinar_policy(
+        tmp_path,
+        "webinar_registration",
+        description="Registrations to a product webinar.",
+        fields={
+            "uin": {"type": ["null", "string"], "default": None, "format": "identifier"},
+            "webinar": {"type": "string"},
+            "attended": {"type": ["null", "boolean"], "default": None},
+        },
+        subject_fields={"uin": "uin"},
+        retention={"rule": "fixed", "days": 30},
     )
-    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(policy))
     data = write_jsonl(
         tmp_path / "in.jsonl",
         [

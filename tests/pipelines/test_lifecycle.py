@@ -19,15 +19,20 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import ingest, lifecycle, purge, visits
+from pipelines import ingest, lifecycle, purge
 from schemas.policy import load_policy
-from tests.support.outputs import RUN_TIME, dead_letters, read_rows, run_sample
+from tests.support.feeds import (
+    CONTACTS,
+    assert_input_flag_checked,
+    ingest_contact_visits,
+    write_jsonl,
+)
+from tests.support.outputs import COMMON, RUN_TIME, dead_letters, read_rows, run_sample
 from transforms.retention.txn import FAILPOINT_ENV
 from transforms.sinks import HIVE_NULL_PARTITION, OPEN_ENDED_EXPIRY_DATE
 from transforms.timestamps import format_utc, parse_event_time, utc_date
 
 pytestmark = pytest.mark.e2e
-COMMON = ["--runner=FnApiRunner", f"--run_time={RUN_TIME}"]
 POLICY = load_policy()
 KEY = "fingerprint-key-for-tests-0123456789"
 
@@ -80,30 +85,11 @@ INPUTS["sdk_log"] = [
      "uin": LINKED, "user_id": "u-1", "message": "enter room"},
 ]  # fmt: skip
 
-# Visitors kept for direct marketing (US visitor, US company) whose only contact is a phone
-# number or a LinkedIn URL, as AroundDeal or the page spelt them; the snapshot has no contacts.
-SNAPSHOT = (
-    "network,company_name,company_domain,company_industry,company_country,company_size,"
-    "contact_name,business_email,business_phone,business_location,business_function,"
-    "seniority_level,job_title,linkedin_url,business_skills\n"
-    "192.195.32.0/24,Acme,acme.example,software,US,51-200,,,,,,,,,\n"
-)
-CONTACTS = {
-    "p-phone": {"business_phone": "+1 (415) 555-2671"},
-    "p-linkedin": {"linkedin_url": "https://www.linkedin.com/in/Jane-Doe/?trk=public_profile"},
-    "p-other-phone": {"business_phone": "+1 415 555 2672"},
-    "p-other-linkedin": {"linkedin_url": "https://www.linkedin.com/in/jane-doe-2"},
-}
 
 ACCOUNT_DELETED = "2026-11-28T10:00:00Z"
 TERMINATED = "2026-11-27T00:00:00Z"
 TERMINATED_LONG_AGO = "2026-11-01T00:00:00Z"  # + 7 days is before the run time
 OPTED_OUT = "2026-11-28T00:00:00Z"
-
-
-def write_jsonl(path: Path, records: list) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -125,20 +111,7 @@ def golden(tmp_path_factory) -> Path:
                 ]
             )
     run_sample("visits", out)
-    visitors = [
-        {"event_id": eid, "ip": f"192.195.32.{i + 10}", "visited_at": "2026-11-20T10:00:00Z",
-         **contact}
-        for i, (eid, contact) in enumerate(CONTACTS.items())
-    ]  # fmt: skip
-    (tmp / "snapshot.csv").write_text(SNAPSHOT)
-    visits.run(
-        [
-            f"--input={write_jsonl(tmp / 'contacts.jsonl', visitors)}",
-            f"--enrichment_snapshot={tmp / 'snapshot.csv'}",
-            f"--output={out}",
-            *COMMON,
-        ]
-    )
+    ingest_contact_visits(tmp, out, *COMMON)
     return out
 
 
@@ -484,8 +457,7 @@ def test_killed_lifecycle_and_rerun_end_in_the_right_state(
 
 def test_configuration_errors_stop_before_anything_is_touched(out, tmp_path):
     before = data_state(out)
-    with pytest.raises(SystemExit, match="--events: no file matches"):
-        lifecycle.main([f"--output={out}", f"--events={tmp_path / 'none-*.jsonl'}", *COMMON])
-    with pytest.raises(SystemExit, match="--events is required"):
-        lifecycle.main([f"--output={out}", *COMMON])
+    assert_input_flag_checked(
+        lifecycle.main, "--events", tmp_path / "none-*.jsonl", f"--output={out}", *COMMON
+    )
     assert data_state(out) == before and not (out / "_retention").exists()

@@ -23,7 +23,7 @@ from pipelines import purge
 from schemas.arrow import arrow_schema
 from schemas.avro import category_columns, output_schema
 from schemas.policy import load_policy
-from tests.support.outputs import RUN_TIME, read_rows, run_sample
+from tests.support.outputs import read_rows, run_sample
 from transforms.retention.txn import FAILPOINT_ENV
 from transforms.sinks import (
     HIVE_NULL_PARTITION,
@@ -37,7 +37,6 @@ from transforms.tag import tag_row
 from transforms.timestamps import format_utc, parse_event_time, utc_date
 
 pytestmark = pytest.mark.e2e
-COMMON = ["--runner=FnApiRunner", f"--run_time={RUN_TIME}"]
 POLICY = load_policy()
 
 

@@ -11,6 +11,8 @@ import fastavro
 import pyarrow.parquet as pq
 
 RUN_TIME = "2026-11-29T00:00:00Z"
+# The flags of a pipeline run in a test: the local runner, the pinned run time.
+COMMON = ["--runner=FnApiRunner", f"--run_time={RUN_TIME}"]
 
 
 def run_sample(pipeline: str, out: Path, *extra: str) -> dict:
@@ -27,7 +29,7 @@ def run_cli(
 ) -> subprocess.CompletedProcess:
     """``python -m <args>`` on the FnApiRunner with a pinned run time."""
     done = subprocess.run(
-        [sys.executable, "-m", *args, "--runner=FnApiRunner", f"--run_time={RUN_TIME}"],
+        [sys.executable, "-m", *args, *COMMON],
         capture_output=True,
         text=True,
         timeout=300,

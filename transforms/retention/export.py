@@ -45,6 +45,7 @@ __all__ = [
     "DEAD_LETTERS",
     "DIR_MODE",
     "FILE_MODE",
+    "csv_cell",
     "make_private_dir",
     "write_export",
 ]
@@ -134,7 +135,7 @@ def _letter_record(entry: Mapping[str, Any], letter: Any, rule: str) -> dict[str
     }
 
 
-def _cell(value: Any) -> str:
+def csv_cell(value: Any) -> str:
     """A CSV cell: lists and objects as JSON, None empty, and text a spreadsheet would run as a
     formula made inert with a leading apostrophe (records.json keeps the exact value)."""
     if value is None:
@@ -248,7 +249,7 @@ def _write_csv(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         for record in records:
-            writer.writerow({k: _cell(v) for k, v in _flat(record).items()})
+            writer.writerow({k: csv_cell(v) for k, v in _flat(record).items()})
 
 
 def write_export(

@@ -68,6 +68,7 @@ __all__ = [
     "bounded_time",
     "declared_index",
     "link_source_categories",
+    "one_subject",
     "parse_request",
     "read_columns",
     "subject_value",
@@ -92,6 +93,23 @@ def subject_value(kind: str, raw: Any) -> str | None:
     if isinstance(raw, bool) or (comparison != IDENTIFIER and not isinstance(raw, str)):
         return None
     return normalise(raw, comparison)
+
+
+def one_subject(obj: Mapping[str, Any], given: Sequence[str]) -> tuple[str, str]:
+    """The one subject a request or an event names: of the keys ``given`` (those ``obj``
+    holds), exactly one, and its value as its kind compares (:func:`subject_value`).
+
+    Raises ``missing_subject`` (none), ``ambiguous_subject`` (more than one) or
+    ``malformed_field:<key>`` (a value that names nobody)."""
+    if not given:
+        raise RecordError("missing_subject")
+    if len(given) > 1:
+        raise RecordError("ambiguous_subject")
+    (key,) = given
+    value = subject_value(key, obj[key])
+    if value is None:
+        raise RecordError("malformed_field", key)
+    return key, value
 
 
 def declared_index(
@@ -174,16 +192,7 @@ def parse_request(
     received_at = bounded_time(obj, "received_at", bounds)
     given = [k for k in SUBJECT_KINDS if obj.get(k) not in (None, "")]
     scoped = [k for k in given if SUBJECT_SCOPES.get(k) in given]
-    if scoped:
-        given = scoped
-    if not given:
-        raise RecordError("missing_subject")
-    if len(given) > 1:
-        raise RecordError("ambiguous_subject")
-    (kind,) = given
-    value = subject_value(kind, obj[kind])
-    if value is None:
-        raise RecordError("malformed_field", kind)
+    kind, value = one_subject(obj, scoped or given)
     scope = SUBJECT_SCOPES.get(kind)
     return {
         "request_id": request_id,
