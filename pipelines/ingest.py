@@ -41,7 +41,7 @@ from schemas.policy import Policy, load_policy
 from transforms.fingerprint import Fingerprint, KeySource, load_key
 from transforms.parse import Parse
 from transforms.read import ReadBatches
-from transforms.sinks import WriteDeadLetters, WriteTables
+from transforms.sinks import WriteDeadLetters
 from transforms.store import Store
 from transforms.tag import CategoryOutput
 
@@ -197,7 +197,7 @@ class IngestRecords(beam.PTransform):
             context=dead_letters,
             run_time=run.run_time,
             exclusive=spec.exclusive,
-            sink=WriteTables(schemas=schemas, formats=run.formats, **run.sink()),
+            sink=run.table_sink(schemas),
         )
         # Each stage's letters are spilled where they are produced (transforms.deadletter).
         letters = (*parse_dead, *store_dead) | "WriteDeadLetters" >> WriteDeadLetters(**run.sink())

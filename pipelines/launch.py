@@ -18,7 +18,7 @@ import logging
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -35,6 +35,7 @@ from pipelines.options import (
     CommandFlags,
     IngestOptions,
     JobOptions,
+    StorageOptions,
     event_time_bounds,
     max_dead_letter_ratio,
     output_formats,
@@ -56,6 +57,9 @@ from transforms.inputformats import FORMATS, resolve_input_format
 from transforms.masking import Exposure
 from transforms.rawinput import DEFAULT_MAX_LINE_BYTES
 from transforms.retention.layout import check_output_root, normalise_root
+from transforms.sinks.marker import check_root_layout
+from transforms.sinks.registry import DEFAULT_SINK, sink_named
+from transforms.sinks.storage import HIVE, StorageLayout, layout_named
 from transforms.timestamps import TimeBounds, format_utc
 
 __all__ = [
@@ -103,6 +107,8 @@ class RunContext:
     # Of an ingestion run: where its attempts stage their files until the commit
     # (transforms.commit); None for a retention job, which journals its own changes.
     staging: RunStaging | None = None
+    layout: StorageLayout = HIVE  # --layout, checked against the root's
+    sink_name: str = DEFAULT_SINK  # --sink, a registered one (transforms.sinks.registry)
 
     def header(self) -> dict[str, Any]:
         """The identity every report and audit record of the run starts with."""
@@ -116,15 +122,24 @@ class RunContext:
         }
 
     def sink(self) -> dict[str, Any]:
-        """Keyword arguments of the run's sinks (``Store``, ``WriteDeadLetters``): write into
-        the staging folder, name the files after the run, leave the temp files to the commit."""
+        """Keyword arguments of the run's sinks (:meth:`table_sink`, ``WriteDeadLetters``):
+        write into the staging folder, in the run's storage layout, name the files after the
+        run, leave the temp files to the commit."""
         if self.staging is None:
-            return {"output_dir": self.output}
+            return {"output_dir": self.output, "layout": self.layout}
         return {
             "output_dir": self.staging.staged_root,
             "run_token": self.run_id,
             "remove_temp": False,
+            "layout": self.layout,
         }
+
+    def table_sink(self, schemas: Mapping[str, Mapping[str, Any]]) -> beam.PTransform:
+        """The sink of the run's data (``Store(sink=...)``): the one ``--sink`` selects from
+        ``transforms.sinks.registry``, for the categories of ``schemas`` in the run's
+        formats, with :meth:`sink`'s arguments. The pipelines build their sink here and never
+        name one, so a new sink is a registration, not an edit of every pipeline."""
+        return sink_named(self.sink_name).sink(schemas=schemas, formats=self.formats, **self.sink())
 
     def commit(self, categories: Iterable[str]) -> CommitRun:
         """The run's commit of the files its sinks staged (the data of ``categories`` and the
@@ -148,7 +163,9 @@ def run_context(
     option_classes: Sequence[type[PipelineOptions]] = (),
 ) -> RunContext:
     """The :class:`RunContext` of an ingestion run's common flags, checked before any data is
-    read: ``--input`` must match files, ``--output`` must be a directory that can be written.
+    read: ``--input`` must match files, ``--output`` must be a directory that can be written,
+    ``--sink`` and ``--layout`` must be registered, and the layout must be the root's
+    (``transforms.sinks.marker``).
 
     The run's id is ``--run_id`` or the hash of its identity (``pipelines.runs``), over the
     values of ``JobOptions``, ``IngestOptions`` and the job's own ``option_classes``; its run
@@ -156,6 +173,7 @@ def run_context(
     FileSystems.set_options(options)
     common = options.view_as(JobOptions)
     ingest = options.view_as(IngestOptions)
+    storage = options.view_as(StorageOptions)
     if not ingest.input:
         raise ValueError(f"--input is required (a file pattern of {'/'.join(FORMATS)} files)")
     formats = output_formats(ingest.output_format)
@@ -165,6 +183,9 @@ def run_context(
     inputs = require_input(pattern, "--input")
     output = output_root(common.output or DEFAULT_OUTPUT)
     require_writable_output(output)
+    sink_name = sink_named(storage.sink).name
+    layout = layout_named(storage.layout)
+    check_root_layout(output, layout)
     run_id = check_run_id(ingest.run_id) if ingest.run_id else ""
     run_id = run_id or run_identity(
         options,
@@ -173,7 +194,7 @@ def run_context(
         inputs=inputs,
         option_classes=(JobOptions, IngestOptions, *option_classes),
     )
-    staging = RunStaging(output, pipeline, run_id)
+    staging = RunStaging(output, pipeline, run_id, layout)
     if common.run_time:
         run_time = run_time_micros(common.run_time)
     else:
@@ -193,6 +214,8 @@ def run_context(
         max_dead_letter_ratio=ratio,
         run_id=run_id,
         staging=staging,
+        layout=layout,
+        sink_name=sink_name,
     )
 
 
@@ -398,7 +421,8 @@ def run_pipeline(
 @dataclass(frozen=True)
 class Cli:
     """A job's command line: how it is called, what ``--help`` says, and its options classes
-    (``JobOptions``, which every job has, first; ``CommandFlags`` for a command that runs no
+    (``JobOptions``, which every job has, first; ``StorageOptions`` after ``IngestOptions``,
+    which every ingestion job has with it; ``CommandFlags`` for a command that runs no
     pipeline, whose command line takes no Beam option: ``beam`` False)."""
 
     prog: str
@@ -420,10 +444,13 @@ class Cli:
                 and value.__module__ == module.__name__
             ]
         name = module.__spec__.name if module.__spec__ else module.__name__
+        classes = [o for o in options if o not in (JobOptions, StorageOptions)]
+        if IngestOptions in classes:
+            classes.insert(classes.index(IngestOptions) + 1, StorageOptions)
         return cls(
             prog=f"python -m {name.removesuffix('.__main__')}",
             description=module.__doc__ or "",
-            options=(JobOptions, *(o for o in options if o is not JobOptions)),
+            options=(JobOptions, *classes),
         )
 
     @classmethod

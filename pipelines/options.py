@@ -3,7 +3,9 @@
 Beam builds its argument parser from the *direct* subclasses of ``PipelineOptions``, so each flag
 is declared in exactly one such class: ``JobOptions`` (every job: ``--output``, ``--policy``,
 ``--log_level``...), ``IngestOptions`` (every ingestion pipeline: ``--input``, ``--format``...),
-and a sibling class per job (``VisitsOptions``, ``PurgeOptions``...). Declaring a flag in two
+``StorageOptions`` (every ingestion pipeline too: ``--layout``, ``--sink``; apart from
+``IngestOptions`` because they are not part of a run's identity, ``pipelines.runs``), and a
+sibling class per job (``VisitsOptions``, ``PurgeOptions``...). Declaring a flag in two
 classes would make argparse fail as soon as both are imported (``python -m pipelines``).
 
 Beam's own parser drops what it does not know with a warning, so a misspelled flag
@@ -30,6 +32,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentP
 
 from transforms.inputformats import DEFAULT_FORMAT, FORMATS, input_format_choices
 from transforms.rawinput import DEFAULT_MAX_LINE_BYTES
+from transforms.sinks.registry import DEFAULT_SINK, sinks
+from transforms.sinks.storage import DEFAULT_LAYOUT, layouts
 from transforms.timestamps import TimeBounds, TimestampError, parse_event_time
 
 __all__ = [
@@ -39,6 +43,7 @@ __all__ = [
     "CommandFlags",
     "IngestOptions",
     "JobOptions",
+    "StorageOptions",
     "beam_flags",
     "bundled",
     "closest_flag",
@@ -331,3 +336,33 @@ class IngestOptions(PipelineOptions):
             "other than --run_time, so the same command run again is the same run. A run's "
             "files are named after it and a rerun replaces them: it never adds to them.",
         )
+
+
+class StorageOptions(PipelineOptions):
+    """Flags of every ingestion pipeline that choose how its data is stored: ``--layout`` and
+    ``--sink``, both from a registry (``transforms.sinks.storage``,
+    ``transforms.sinks.registry``), so a layout or a sink registered by your own code is
+    listed and selectable with no change here.
+
+    Not part of the run's identity (``pipelines.runs.run_identity`` hashes ``IngestOptions``):
+    an output root has one layout (a run in another is refused), and the same run written by
+    another sink replaces its files like any rerun. Their values are checked by
+    ``pipelines.launch.run_context`` (not by argparse ``choices``), before any data is read."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        # The help lists what is registered when the command line is parsed.
+        layout = (
+            f"Storage layout of the partitions under --output: {', '.join(layouts())} (default "
+            f"{DEFAULT_LAYOUT}: data_category=<c>/expiry_date=<YYYY-MM-DD>/). The first run "
+            "records a layout other than hive in <output>/_layout.json; a run in another "
+            "layout than its root's is refused, and the retention jobs read the root in its "
+            "recorded layout."
+        )
+        sink = (
+            "Sink of the data: "
+            + "; ".join(f"{s.name}: {s.description}" for s in sinks())
+            + f" (default {DEFAULT_SINK}). Dead letters are always JSON Lines."
+        )
+        parser.add_argument("--layout", default=DEFAULT_LAYOUT, help=layout)
+        parser.add_argument("--sink", default=DEFAULT_SINK, help=sink)

@@ -51,6 +51,7 @@ from transforms.retention.stores import (
     ES_PREFIX,
     S3_MAX_RULES,
     ObjectRoot,
+    PartitionDir,
     bigquery_ddl,
     category_dir,
     dead_letter_dir,
@@ -59,6 +60,7 @@ from transforms.retention.stores import (
     layout_dirs,
     s3_lifecycle,
 )
+from transforms.sinks.storage import DATA, DEAD_LETTER, layout_named, layouts
 
 __all__ = [
     "RETENTION_JOB_SOURCES",
@@ -81,6 +83,7 @@ _FLAG_TARGETS = {
     "output": ("gcs", "s3"),
     "first": ("gcs", "s3"),
     "days": ("gcs", "s3"),
+    "layout": ("gcs", "s3"),
     "dataset": ("bigquery",),
 }
 # The examples docs/retention.md shows: the bundled sample's run date, a one-day window.
@@ -127,6 +130,14 @@ class StorageRulesFlags:
             default=None,
             help=f"gcs and s3: how many dates the rules name (default {DEFAULT_DAYS}): s3, the "
             "horizon after --from (at most 1,000 rules in all); gcs, the dates up to --from.",
+        )
+        parser.add_argument(
+            "--layout",
+            default=None,
+            help="gcs and s3: the storage layout of the root, as its _layout.json names it ("
+            + ", ".join(layouts())
+            + "; default hive, the layout of a root without one): the rules' prefixes are "
+            "spelt in it.",
         )
         parser.add_argument(
             "--dataset",
@@ -187,14 +198,19 @@ def _json_value(value: Any, indent: int) -> str:
 
 
 def object_store_rules(
-    policy: Policy, target: str, output: str | None, first: dt.date, days: int
+    policy: Policy,
+    target: str,
+    output: str | None,
+    first: dt.date,
+    days: int,
+    layout: str | None = None,
 ) -> dict[str, Any]:
     """The lifecycle configuration of ``target`` (gcs or s3) for the root ``output``."""
     if not output:
         raise ValueError(f"--output is required with --target {target}: the root the rules are for")
     scheme = "gs" if target == "gcs" else "s3"
     root = ObjectRoot.parse(output, scheme)
-    dirs = layout_dirs(policy, dead_letter_sources(policy))
+    dirs = layout_dirs(policy, dead_letter_sources(policy), layout_named(layout or "hive"))
     build = gcs_lifecycle if target == "gcs" else s3_lifecycle
     return build(root, dirs, first, days)
 
@@ -205,7 +221,8 @@ def generate(args: argparse.Namespace) -> str:
     policy = load_policy(args.policy)
     if args.target in ("gcs", "s3"):
         days = DEFAULT_DAYS if args.days is None else args.days
-        doc = object_store_rules(policy, args.target, args.output, _first_day(args.first), days)
+        first = _first_day(args.first)
+        doc = object_store_rules(policy, args.target, args.output, first, days, args.layout)
         return _json(doc)
     if args.target == "bigquery":
         return bigquery_ddl(policy, args.dataset or DEFAULT_DATASET, _stored(policy))
@@ -297,14 +314,15 @@ def _example_rules(target: str) -> str:
     first = dt.date.fromisoformat(EXAMPLE["from"])
     output = EXAMPLE["gs" if target == "gcs" else "s3"]
     root = ObjectRoot.parse(output, "gs" if target == "gcs" else "s3")
-    dirs = [category_dir("sdk_log"), dead_letter_dir("sdk_logs")]
+    dirs = [PartitionDir(DATA, "sdk_log"), PartitionDir(DEAD_LETTER, "sdk_logs")]
     doc = (gcs_lifecycle if target == "gcs" else s3_lifecycle)(root, dirs, first, 2)
+    shown = [category_dir("sdk_log"), dead_letter_dir("sdk_logs")]
     command = (
         f"python -m pipelines.storage_rules --target {target} --output {output} "
         f"--from {EXAMPLE['from']} --days 2"
     )
     return (
-        f"```sh\n{command}\n```\n\nThe rules it writes for {_listing_code(dirs)} (and the "
+        f"```sh\n{command}\n```\n\nThe rules it writes for {_listing_code(shown)} (and the "
         f"same for every other directory):\n\n```json\n{_json(doc)}```\n"
     )
 

@@ -31,7 +31,7 @@ from transforms.enrichment import EnrichAroundDeal, add_flags, build_handler
 from transforms.geo import Geolocate, shared_lookup
 from transforms.parse import Parse
 from transforms.read import ReadBatches
-from transforms.sinks import WriteDeadLetters, WriteTables
+from transforms.sinks import WriteDeadLetters
 from transforms.store import Store
 from transforms.suppress import SuppressRestrictedContacts
 from transforms.tag import CategoryOutput
@@ -129,7 +129,7 @@ class IngestVisits(beam.PTransform):
             extra_keys=("country", "region"),
             context=dead_letters,
             run_time=run.run_time,
-            sink=WriteTables(schemas=schemas, formats=run.formats, **run.sink()),
+            sink=run.table_sink(schemas),
         )
         # Each stage's letters are spilled where they are produced (transforms.deadletter).
         letters = (*parse_dead, *store_dead) | "WriteDeadLetters" >> WriteDeadLetters(**run.sink())

@@ -19,6 +19,12 @@ folder. The journal, its atomic commit record and its idempotent apply are the r
 (``transforms.retention.txn``), so a commit the runner retries, or one a kill interrupted, ends
 in the same state as one that ran straight through.
 
+The commit also records the run's storage layout at the root (``transforms.sinks.marker``):
+the first run of a non-Hive layout writes ``_layout.json`` before its files appear, and a run
+whose layout is not the root's is refused before anything is applied (the launcher refuses it
+first, before any data is read). The layout travels in the commit record, so a commit rolled
+forward by another job records it too.
+
 Why not Beam's ``WriteToFiles``/``WriteToParquet`` finalisation: each sink commits on its own,
 so the data could become visible without its dead letters, and a rerun adds files beside the
 earlier attempt's instead of replacing them.
@@ -52,6 +58,8 @@ from transforms.retention.jsonio import read_json, utc_now_iso, write_json
 from transforms.retention.layout import LayoutFile, full_path, is_local, list_layout
 from transforms.retention.lock import alive
 from transforms.retention.txn import Transaction, apply_actions, failpoint
+from transforms.sinks.marker import check_root_layout, layout_of_root, write_marker
+from transforms.sinks.storage import DEFAULT_LAYOUT, HIVE, StorageLayout, layout_named
 
 __all__ = [
     "RUNS_DIR",
@@ -91,11 +99,13 @@ def file_token(name: str) -> str | None:
 
 @dataclass(frozen=True)
 class RunStaging:
-    """Where one run of a pipeline stages, journals and records itself under ``root``."""
+    """Where one run of a pipeline stages, journals and records itself under ``root``, and
+    the storage layout its files are in."""
 
     root: str
     pipeline: str
     run_id: str
+    layout: StorageLayout = HIVE
 
     @property
     def name(self) -> str:
@@ -173,7 +183,7 @@ def _previous_files(staging: RunStaging, kinds: Mapping[str, Iterable[str]]) -> 
     in a partition of a category or dead-letter source this pipeline writes."""
     wanted = {kind: set(names) for kind, names in kinds.items()}
     found = []
-    for f in list_layout(staging.root):
+    for f in list_layout(staging.root, staging.layout):
         if f.partition.name not in wanted.get(f.partition.kind, ()):
             continue
         if file_token(f.rel.rsplit("/", 1)[-1]) == staging.run_id:
@@ -211,8 +221,12 @@ def commit_run(
     stands. Returns the numbers of files committed and of earlier files replaced or deleted."""
     txn = staging.transaction()
     if FileSystems.exists(txn.commit_path):
-        actions = read_json(txn.commit_path).get("actions", [])
+        doc = read_json(txn.commit_path)
+        actions = doc.get("actions", [])
+        layout = layout_named(doc.get("layout", DEFAULT_LAYOUT), f"the commit of {staging.name}")
     else:
+        layout = staging.layout
+        check_root_layout(staging.root, layout)  # refused before anything is committed
         previous = _previous_files(staging, kinds)
         actions = _plan(staging, written, previous)
         txn.commit(
@@ -220,9 +234,11 @@ def commit_run(
                 "pipeline": staging.pipeline,
                 "run_id": staging.run_id,
                 "committed_at": utc_now_iso(),
+                "layout": layout.name,
                 "actions": actions,
             }
         )
+    write_marker(staging.root, layout)  # before any file of the layout appears
     apply_actions(staging.root, actions)
     summary = {
         "files": sum(a["op"] in ("add", "replace") for a in actions),
@@ -288,9 +304,10 @@ def staged_files(root: str) -> list[LayoutFile]:
     ``rel`` is its path under the root (``_runs/<run>/staged/<layout path>``), so that erasure
     reads them like the partitions' files."""
     found = []
+    layout = layout_of_root(root)
     for name in _run_names(root):
         staged = _staging_of(root, name).staged_root
-        for f in list_layout(staged):
+        for f in list_layout(staged, layout):
             found.append(
                 LayoutFile(f.path, f"{RUNS_DIR}/{name}/staged/{f.rel}", f.partition, f.size)
             )

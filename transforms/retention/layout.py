@@ -1,6 +1,10 @@
 """The output layout as the retention jobs see it (README "Output layout", ``transforms.sinks``).
 
-Only these files belong to the layout, and only they are ever deleted or rewritten::
+A root is in one storage layout (``transforms.sinks.storage``), the one its marker names, or
+Hive's when it has none (``transforms.sinks.marker``): every function here that takes a root
+reads that root in its own layout, so purge, lifecycle, erase and access follow a second
+layout with no change of their own. Only the files of the layout are ever deleted or
+rewritten; in the Hive layout::
 
     data_category=<category>/expiry_date=<YYYY-MM-DD>/<file>
     _dead_letter/source=<source>/expiry_date=<YYYY-MM-DD>/<file>
@@ -23,21 +27,23 @@ runs on local paths, ``gs://`` and ``s3://``.
 
 from __future__ import annotations
 
-import datetime as dt
-import re
-import urllib.parse
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.paths import is_local, list_files, literal_pattern, match
-from transforms.sinks import (
-    DEAD_LETTER_DIR,
-    EXTENSIONS,
-    HIVE_NULL_PARTITION,
-    OPEN_ENDED_EXPIRY_DATE,
+from transforms.paths import is_local, list_files
+from transforms.sinks import DEAD_LETTER_DIR, EXTENSIONS
+from transforms.sinks.marker import LAYOUT_MARKER, any_file, layout_of_root, recorded_layout
+from transforms.sinks.storage import (
+    DATA,
+    DEAD_LETTER,
+    HIVE,
+    OPEN_ENDED_VALUES,
+    Partition,
+    StorageLayout,
+    due,
 )
 
 __all__ = [
@@ -47,6 +53,7 @@ __all__ = [
     "LayoutFile",
     "NotAnOutputRootError",
     "Partition",
+    "StorageLayout",
     "check_output_root",
     "classify",
     "due",
@@ -59,74 +66,12 @@ __all__ = [
     "require_matches",
 ]
 
-DATA = "data"
-DEAD_LETTER = "dead_letter"
 REPORTS_DIR = "_reports"
 FORMATS_BY_EXTENSION = {extension: fmt for fmt, extension in EXTENSIONS.items()}
-
-_LAYOUT = re.compile(
-    r"^(?P<dir>(?:data_category=(?P<category>[^/]+)|"
-    + re.escape(DEAD_LETTER_DIR)
-    + r"/source=(?P<source>[^/]+))/expiry_date=(?P<expiry>[^/]+))/(?P<rest>.+)$"
-)
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-# The expiry_date values of open-ended partitions: the layout's, and the Hive null partition
-# that outputs written before it hold. Never due.
-OPEN_ENDED_VALUES = frozenset({OPEN_ENDED_EXPIRY_DATE, HIVE_NULL_PARTITION})
-
-
-def due(expiry_date: dt.date, today: dt.date) -> bool:
-    """The schedule's one rule: data goes on its expiry date (UTC), never later.
-
-    "Within N days" means at most N days, so a row is deleted on the UTC date of its
-    ``expires_at`` (the day its partition is named after), not after it: the purge deletes the
-    partitions due on the date of its ``--now``, and the lifecycle job deletes at once a row
-    whose new expiry is due on the date of its run time. A purge run daily at 00:00 UTC thus
-    never keeps a row past its ``expires_at``.
-    """
-    return expiry_date <= today
 
 
 class NotAnOutputRootError(ValueError):
     """The directory does not look like an output root of these pipelines."""
-
-
-@dataclass(frozen=True)
-class Partition:
-    """One ``expiry_date=`` partition: of a data category or of a dead-letter source."""
-
-    kind: str  # DATA or DEAD_LETTER
-    name: str  # the category or the source, unescaped
-    expiry: str  # the directory value: a date, an OPEN_ENDED_VALUES one, or unrecognised
-    rel_dir: str  # relative to the root, as written (escaped)
-
-    @property
-    def open_ended(self) -> bool:
-        """Rows with no fixed expiry: ``9999-12-31``, or the legacy Hive null partition."""
-        return self.expiry in OPEN_ENDED_VALUES
-
-    @property
-    def expiry_date(self) -> dt.date | None:
-        """The partition's date; None for open-ended partitions (``9999-12-31`` names "no
-        date", it is not one) and for unrecognised values."""
-        if self.open_ended or not _DATE.match(self.expiry):
-            return None
-        try:
-            return dt.date.fromisoformat(self.expiry)
-        except ValueError:
-            return None
-
-    @property
-    def recognised(self) -> bool:
-        return self.open_ended or self.expiry_date is not None
-
-    def expired(self, today: dt.date) -> bool:
-        """True when the partition is :func:`due` on ``today`` (a UTC date). Never true for an
-        open-ended partition (explicitly, not by comparing its date) or an unrecognised value."""
-        if self.open_ended:
-            return False
-        date = self.expiry_date
-        return date is not None and due(date, today)
 
 
 @dataclass(frozen=True)
@@ -175,16 +120,10 @@ def full_path(root: str, rel: str) -> str:
     return FileSystems.join(root, rel)
 
 
-def classify(rel: str) -> Partition | None:
-    """The partition of a path relative to the root, or None when it is outside the layout."""
-    found = _LAYOUT.match(rel)
-    if not found:
-        return None
-    if found["category"] is not None:
-        kind, raw = DATA, found["category"]
-    else:
-        kind, raw = DEAD_LETTER, found["source"]
-    return Partition(kind, urllib.parse.unquote(raw), found["expiry"], found["dir"])
+def classify(rel: str, layout: StorageLayout = HIVE) -> Partition | None:
+    """The partition of a path relative to the root, or None when it is outside ``layout``
+    (default: Hive's; :func:`list_layout` classifies in the root's own)."""
+    return layout.classify(rel)
 
 
 def _relative(root: str, path: str) -> str | None:
@@ -194,41 +133,27 @@ def _relative(root: str, path: str) -> str | None:
     return path[len(prefix) :]
 
 
-def list_layout(root: str) -> list[LayoutFile]:
+def list_layout(root: str, layout: StorageLayout | None = None) -> list[LayoutFile]:
     """Every file of the layout under ``root``, the root taken literally (sorted by relative
-    path)."""
+    path). ``layout``: the root's own (its marker's) unless given (a staging folder is read
+    in the layout of the root it stages for)."""
+    layout = layout or layout_of_root(root)
     files = []
     for meta in list_files(root):
         rel = _relative(root, meta.path)
         if rel is None:
             continue
-        partition = classify(rel)
+        partition = layout.classify(rel)
         if partition is not None:
             files.append(LayoutFile(meta.path, rel, partition, int(meta.size_in_bytes or 0)))
     return sorted(files, key=lambda f: f.rel)
 
 
-_PARTITION_FILES = [
-    ("data_category=*", "expiry_date=*", "*"),
-    (DEAD_LETTER_DIR, "source=*", "expiry_date=*", "*"),
-]
-
-
-def _any_file(root: str, globs: Sequence[Sequence[str]]) -> bool:
-    """Whether any file matches one of ``globs`` (path segments) under ``root``, the root taken
-    literally: pathlib's glob below a local root, an escaped pattern elsewhere."""
-    if is_local(root):
-        found = (p for parts in globs for p in Path(root).glob("/".join(parts)) if p.is_file())
-        return next(found, None) is not None
-    patterns = [literal_pattern(root, *parts) for parts in globs]
-    return any(result.metadata_list for result in match(patterns, limits=[1] * len(patterns)))
-
-
 def has_partition_files(root: str) -> bool:
     """Whether any partition (data or dead letters) under ``root`` holds a file: a probe by
-    other means than :func:`list_layout`, so that an erasure whose listing found nothing can
-    tell an empty layout from a listing that missed it."""
-    return _any_file(root, _PARTITION_FILES)
+    other means than :func:`list_layout` (the globs of the root's layout), so that an erasure
+    whose listing found nothing can tell an empty layout from a listing that missed it."""
+    return any_file(root, layout_of_root(root).partition_globs())
 
 
 def _top_level_names(root: str) -> set[str]:
@@ -241,21 +166,25 @@ def _top_level_names(root: str) -> set[str]:
 def check_output_root(root: str) -> None:
     """Refuse a directory that is not an output root of these pipelines.
 
-    An output root holds at least one ``data_category=*/expiry_date=*/`` or
-    ``_dead_letter/source=*/expiry_date=*/`` partition, or a JSON report under ``_reports/``.
-    On a local disk the top level is checked first, so that pointing a job at ``/`` or a home
-    directory fails at once instead of walking it.
+    An output root holds a layout marker (``_layout.json``, which must name a registered
+    layout: a ``LayoutError`` otherwise), or at least one partition of its layout with a file
+    in it (``data_category=*/expiry_date=*/`` or ``_dead_letter/source=*/expiry_date=*/`` in
+    the Hive layout), or a JSON report under ``_reports/``. On a local disk the top level is
+    checked first, so that pointing a job at ``/`` or a home directory fails at once instead
+    of walking it.
     """
-    if is_local(root):
-        names = _top_level_names(root)
-        if not any(
-            n.startswith("data_category=") or n in (DEAD_LETTER_DIR, REPORTS_DIR) for n in names
-        ):
-            raise NotAnOutputRootError(
-                f"{root} does not look like an output root (no data_category=*/, "
-                f"{DEAD_LETTER_DIR}/ or {REPORTS_DIR}/ in it): refusing to touch it"
-            )
-    if _any_file(root, [*_PARTITION_FILES, (REPORTS_DIR, "*.json")]):
+    local = is_local(root)
+    names = _top_level_names(root) if local else set()
+    if recorded_layout(root) is not None:
+        layout_of_root(root)  # a marker naming no registered layout is refused
+        return
+    if local and not any(HIVE.owns_top_level(n) or n == REPORTS_DIR for n in names):
+        raise NotAnOutputRootError(
+            f"{root} does not look like an output root (no data_category=*/, "
+            f"{DEAD_LETTER_DIR}/, {REPORTS_DIR}/ or {LAYOUT_MARKER} in it): refusing to "
+            "touch it"
+        )
+    if any_file(root, [*HIVE.partition_globs(), (REPORTS_DIR, "*.json")]):
         return
     raise NotAnOutputRootError(
         f"{root} does not look like an output root (no partition files and no run reports): "

@@ -55,7 +55,8 @@ from transforms.retention.subjects import (
     read_columns,
     subject_value,
 )
-from transforms.sinks import MAX_EXPIRY_MICROS, partition_path
+from transforms.sinks import MAX_EXPIRY_MICROS
+from transforms.sinks.marker import layout_of_root
 from transforms.timestamps import (
     TimeBounds,
     utc_date,
@@ -343,12 +344,14 @@ class SplitFileFn(beam.DoFn):
 
     The file's remaining rows are staged under the transaction (same relative path, the file's
     own schema and codec); the action says ``replace`` (rows remain) or ``delete`` (none
-    remain), with counts. A file no event reaches yields nothing and stays as it is.
+    remain), with counts. A file no event reaches yields nothing and stays as it is. Where a
+    moved row goes (``moved_to``) is spelt in the root's storage layout, read once here.
     """
 
     def __init__(self, policy: Policy, root: str, txn_rel_dir: str, run_time: int) -> None:
         self._policy = policy
         self._root = root
+        self._layout = layout_of_root(root)
         self._txn_rel_dir = txn_rel_dir
         self._today = dt.date.fromisoformat(utc_date(run_time))
 
@@ -401,7 +404,7 @@ class SplitFileFn(beam.DoFn):
         for row, record in zip(move_rows, content.rows(move_rows), strict=True):
             expires_at, name = moved[row]
             record["expires_at"] = expires_at
-            destination = partition_path(category, expires_at)
+            destination = self._layout.data_path(category, expires_at)
             moved_to[destination] = moved_to.get(destination, 0) + 1
             by_event[name] = by_event.get(name, 0) + 1
             yield beam.pvalue.TaggedOutput(file["format"], record)

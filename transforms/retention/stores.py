@@ -36,6 +36,12 @@ operators):
   deleted at ``min_age`` 0; open-ended documents wait in ``trtc-<c>-open``, which has no delete
   phase, until the lifecycle job's counterpart reindexes them into their expiry index.
 
+The prefixes are the storage layout's (``StorageLayout.prefix``, Hive's by default): a rule
+names :class:`PartitionDir` of a category or dead-letter source for one date at a time, so a
+root in another registered layout gets rules in its own spelling, and a layout whose
+partitions cannot be told apart by prefix refuses (``LayoutError``) rather than generate rules
+that delete nothing.
+
 Prefixes never name an open-ended partition: they end in ``expiry_date=<a date>/`` within the
 dates asked for, and a horizon that reaches the open-ended date (9999-12-31) is refused.
 """
@@ -54,13 +60,15 @@ from schemas.arrow import arrow_schema
 from schemas.avro import output_schema
 from schemas.policy import Category, Policy
 from schemas.records import retention_in_words
-from transforms.sinks import OPEN_ENDED_EXPIRY_DATE, dead_letter_path, partition_path
+from transforms.sinks import OPEN_ENDED_EXPIRY_DATE
+from transforms.sinks.storage import DATA, DEAD_LETTER, HIVE, StorageLayout
 
 __all__ = [
     "BIGQUERY_EXPIRATION_DAYS",
     "ES_PREFIX",
     "S3_MAX_RULES",
     "ObjectRoot",
+    "PartitionDir",
     "bigquery_ddl",
     "category_dir",
     "dated_prefixes",
@@ -112,35 +120,51 @@ class ObjectRoot:
         return cls(scheme, bucket, f"{path}/" if path else "")
 
 
-def _midnight_micros(day: dt.date) -> int:
-    return (day - dt.date(1970, 1, 1)).days * _MICROS_PER_DAY
+@dataclass(frozen=True)
+class PartitionDir:
+    """The dated partitions of one category (or dead-letter source) in a storage layout: what
+    the rules name, one date at a time."""
+
+    kind: str  # DATA or DEAD_LETTER
+    name: str
+    layout: StorageLayout = HIVE
+
+    def prefix(self, day: dt.date) -> str:
+        """The key prefix of the partition dated ``day``, relative to the root."""
+        return self.layout.prefix(self.kind, self.name, day.isoformat())
 
 
-_SOME_DAY = _midnight_micros(dt.date(2000, 1, 1))
+def _parent(prefix: str) -> str:
+    return prefix.rstrip("/").rsplit("/", 1)[0] + "/"
 
 
 def category_dir(category: str) -> str:
-    """``data_category=C/``, as the sinks spell it (escaping included)."""
-    return partition_path(category, _SOME_DAY).rsplit("/", 1)[0] + "/"
+    """``data_category=C/``, as the Hive layout spells it (escaping included): the parent of
+    its ``expiry_date=`` partitions, for the documentation."""
+    return _parent(PartitionDir(DATA, category).prefix(dt.date(2000, 1, 1)))
 
 
 def dead_letter_dir(source: str) -> str:
-    """``_dead_letter/source=S/``, as the sinks spell it (escaping included)."""
-    return dead_letter_path(source, _SOME_DAY).rsplit("/", 1)[0] + "/"
+    """``_dead_letter/source=S/``, as the Hive layout spells it (escaping included)."""
+    return _parent(PartitionDir(DEAD_LETTER, source).prefix(dt.date(2000, 1, 1)))
 
 
-def layout_dirs(policy: Policy, dead_letter_sources: Iterable[str]) -> list[str]:
-    """The directories whose ``expiry_date=`` partitions the purge deletes, for every stored
-    category of the policy and every dead-letter source."""
-    dirs = [category_dir(c.name) for c in policy.categories.values() if c.stored]
-    return dirs + [dead_letter_dir(s) for s in sorted(set(dead_letter_sources))]
+def layout_dirs(
+    policy: Policy, dead_letter_sources: Iterable[str], layout: StorageLayout = HIVE
+) -> list[PartitionDir]:
+    """The partitions the purge deletes, for every stored category of the policy and every
+    dead-letter source, in ``layout``."""
+    dirs = [PartitionDir(DATA, c.name, layout) for c in policy.categories.values() if c.stored]
+    sources = sorted(set(dead_letter_sources))
+    return dirs + [PartitionDir(DEAD_LETTER, s, layout) for s in sources]
 
 
-def dated_prefixes(dirs: Sequence[str], day: dt.date) -> list[str]:
-    """The partitions of ``dirs`` dated ``day``: ``<dir>expiry_date=<day>/``."""
+def dated_prefixes(dirs: Sequence[PartitionDir], day: dt.date) -> list[str]:
+    """The prefixes of the partitions of ``dirs`` dated ``day`` (``<dir>expiry_date=<day>/``
+    in the Hive layout)."""
     if day >= _LAST_DATE:
         raise ValueError(f"{day} is the open-ended partition's date or later: no rule may name it")
-    return [f"{d}expiry_date={day.isoformat()}/" for d in dirs]
+    return [d.prefix(day) for d in dirs]
 
 
 def _window(first: dt.date, days: int, *, forward: bool) -> list[dt.date]:
@@ -154,7 +178,9 @@ def _window(first: dt.date, days: int, *, forward: bool) -> list[dt.date]:
     return sorted(dates)
 
 
-def gcs_lifecycle(root: ObjectRoot, dirs: Sequence[str], first: dt.date, days: int) -> dict:
+def gcs_lifecycle(
+    root: ObjectRoot, dirs: Sequence[PartitionDir], first: dt.date, days: int
+) -> dict:
     """The GCS lifecycle configuration to install on ``first``: one Delete rule per date, for
     the partitions dated ``first`` and the ``days - 1`` dates before it (see the module
     docstring: no GCS condition can wait for a date), and one for noncurrent versions."""
@@ -182,7 +208,7 @@ def _gcs_noncurrent(root: ObjectRoot) -> dict[str, Any]:
     }
 
 
-def s3_lifecycle(root: ObjectRoot, dirs: Sequence[str], first: dt.date, days: int) -> dict:
+def s3_lifecycle(root: ObjectRoot, dirs: Sequence[PartitionDir], first: dt.date, days: int) -> dict:
     """The S3 lifecycle configuration of the horizon ``first`` .. ``first + days - 1``: one rule
     per partition and date, expiring from 00:00 UTC of that date; and one for noncurrent
     versions and expired delete markers."""

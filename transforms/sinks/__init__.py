@@ -1,6 +1,8 @@
-"""Hive-partitioned sinks: the last step of every pipeline.
+"""Partitioned sinks: the last step of every pipeline.
 
-Layout under the output directory (the data contract, ``docs/design.md``)::
+Layout under the output directory in the default, Hive storage layout (the data contract,
+``docs/design.md``; another registered layout, ``storage.StorageLayout``, places the same
+partitions elsewhere)::
 
     data_category=<category>/expiry_date=<YYYY-MM-DD>/part-<shard>-of-<n>-<token>.parquet|.avro
     data_category=<category>/expiry_date=9999-12-31/...   (expires_at is None: open-ended)
@@ -62,7 +64,10 @@ File names carry a short run token so that a later run writing into the same par
 
 Modules, each importing only those listed before it:
 
-- ``layout``: partition and dead-letter directories, file names, run tokens;
+- ``layout``: expiry dates, file names, run tokens;
+- ``storage``: the storage layouts (where a partition is, which partition a path is in), the
+  built-in Hive one, and their registry;
+- ``marker``: which layout an output root is written in (its ``_layout.json``);
 - ``files``: the Parquet, Avro and JSON Lines file writers and their codec checks;
 - ``runs``: destination keys of Arrow rows and the sorted runs (temp Arrow IPC files);
 - ``tables``: the spill and compaction (buffer and spill, compact, clean up) and
@@ -84,12 +89,11 @@ from transforms.sinks.layout import (
     HIVE_NULL_PARTITION,
     MAX_EXPIRY_MICROS,
     OPEN_ENDED_EXPIRY_DATE,
-    dead_letter_path,
     expiry_date,
     micros_to_iso,
-    partition_path,
 )
 from transforms.sinks.rows import WritePartitioned
+from transforms.sinks.storage import StorageLayout, dead_letter_path, partition_path
 from transforms.sinks.tables import WriteTables
 
 __all__ = [
@@ -102,6 +106,7 @@ __all__ = [
     "OPEN_ENDED_EXPIRY_DATE",
     "JsonLinesSink",
     "ParquetSink",
+    "StorageLayout",
     "WriteDeadLetters",
     "WritePartitioned",
     "WriteTables",

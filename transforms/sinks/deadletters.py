@@ -21,7 +21,7 @@ import datetime as dt
 import functools
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Unpack
 
 import apache_beam as beam
 import pyarrow as pa
@@ -31,9 +31,10 @@ from apache_beam.io.filesystem import CompressionTypes
 
 from transforms.counters import counter
 from transforms.sinks.files import MIME_TYPES, JsonLinesFileWriter
-from transforms.sinks.layout import check_micros, check_shards, dead_letter_path, micros_to_iso
+from transforms.sinks.layout import check_micros, check_shards, micros_to_iso
 from transforms.sinks.rows import DEFAULT_TABLE_ROWS, GatherTables
-from transforms.sinks.tables import DEFAULT_BUFFER_BYTES, SpillAndCompact, TableOutput
+from transforms.sinks.storage import DEAD_LETTER
+from transforms.sinks.tables import SpillAndCompact, SpillOptions, TableOutput
 
 # The letters of a run share their expiry (the run time + the policy's period): formatting it
 # once instead of per letter took dead_letter_json from 7.1 to 4.9 µs for a 500-byte letter.
@@ -113,7 +114,7 @@ class DeadLetterLines(TableOutput):
     formats = ("jsonl",)
     shard_key = "line"
     row_counter = None  # counted by reason, in LettersToTables
-    directory = staticmethod(dead_letter_path)
+    partitions = DEAD_LETTER
 
     def __init__(self, shards: int) -> None:
         self.shards = shards
@@ -172,25 +173,18 @@ class WriteDeadLetters(SpillAndCompact):
     Takes a PCollection of dead-letter dicts, or several: ``(parse_dead, store_dead) |
     WriteDeadLetters(out)`` spills each where it is produced, where flattening them first
     makes the FnApiRunner hold every letter in memory (see :class:`SpillAndCompact`).
+    ``spill``: the options of :class:`SpillAndCompact` (``run_token``, ``buffer_bytes``,
+    ``remove_temp``, ``layout``).
     """
 
     def __init__(
         self,
         output_dir: str,
         shards_per_partition: int | None = None,
-        *,
-        run_token: str | None = None,
-        buffer_bytes: int = DEFAULT_BUFFER_BYTES,
-        remove_temp: bool = True,
+        **spill: Unpack[SpillOptions],
     ) -> None:
         output = DeadLetterLines(check_shards(shards_per_partition))
-        super().__init__(
-            output,
-            output_dir,
-            run_token=run_token,
-            buffer_bytes=buffer_bytes,
-            remove_temp=remove_temp,
-        )
+        super().__init__(output, output_dir, **spill)
 
     def to_tables(self, pcoll: beam.PCollection, suffix: str) -> beam.PCollection:
         # A table of lines is a small part of the buffer it goes to (which spills at half).

@@ -1,13 +1,13 @@
-"""Where the sinks put things: partition and dead-letter directories, file names, run tokens.
+"""What the sinks' files are named and dated by: expiry dates, file names, run tokens.
 
 Shared by every writer of the package and by the retention code that deletes and rewrites
-what they wrote (``transforms.retention``), so the layout is spelled out once, here.
+what they wrote (``transforms.retention``). Where a partition's directory is, is the storage
+layout's (``transforms.sinks.storage``), spelled out once there.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import urllib.parse
 import uuid
 
 from apache_beam.io.filesystems import FileSystems
@@ -71,28 +71,6 @@ def expiry_date(expires_at_micros: int | None) -> str:
 def micros_to_iso(micros: int) -> str:
     """ISO-8601 UTC string with a ``Z`` suffix (microseconds only when non-zero)."""
     return format_utc(check_micros(micros, "timestamp"))
-
-
-def _hive_value(value: object) -> str:
-    """Partition value of a category or source: None/empty -> Hive's null partition, else
-    URI-escaped.
-
-    Escaping keeps a value from adding a directory level ('/') or a bogus key ('=');
-    pyarrow's hive partitioning (segment_encoding="uri") decodes it back.
-    """
-    if value is None or value == "":
-        return HIVE_NULL_PARTITION
-    return urllib.parse.quote(str(value), safe="")
-
-
-def partition_path(category: str, expires_at: int | None) -> str:
-    """Relative directory of a data row: ``data_category=<c>/expiry_date=<d>``."""
-    return f"data_category={_hive_value(category)}/expiry_date={expiry_date(expires_at)}"
-
-
-def dead_letter_path(source: str | None, expires_at: int | None) -> str:
-    """Relative directory of a dead letter: ``_dead_letter/source=<s>/expiry_date=<d>``."""
-    return f"{DEAD_LETTER_DIR}/source={_hive_value(source)}/expiry_date={expiry_date(expires_at)}"
 
 
 def part_name(shard: int, shards: int, token: str) -> str:

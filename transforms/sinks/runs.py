@@ -79,10 +79,10 @@ def destination_keys(table: pa.Table, shards: int, shard_key: str) -> pa.Chunked
 
 
 def destination_of_key(
-    kind: str, key: int, shards: int, directory: Callable[[str, int | None], str]
+    kind: str, key: int, shards: int, directory: Callable[[str | None, int | None], str]
 ) -> Destination:
-    """The destination of a key; ``directory`` is ``layout.partition_path`` or
-    ``layout.dead_letter_path``."""
+    """The destination of a key; ``directory`` is the storage layout's ``data_path`` or
+    ``dead_letter_path`` (``tables.directory_of``)."""
     day, shard = divmod(key, shards)
     expires_at = None if day == _NULL_DAY else day * _MICROS_PER_DAY
     return kind, directory(kind, expires_at), shard, shards

@@ -17,7 +17,7 @@ import logging
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import apache_beam as beam
 import fastavro
@@ -51,8 +51,8 @@ from transforms.sinks.layout import (
     ensure_dir,
     new_token,
     part_name,
-    partition_path,
 )
+from transforms.sinks.marker import layout_for_output
 from transforms.sinks.runs import (
     IPC_EXTENSION,
     RunSlice,
@@ -62,6 +62,7 @@ from transforms.sinks.runs import (
     sort_run,
     write_run,
 )
+from transforms.sinks.storage import DATA, HIVE, StorageLayout, layout_named
 
 _LOG = logging.getLogger(__name__)
 
@@ -88,8 +89,9 @@ class TableOutput(ABC):
     shard_key: str
     #: Counter of the rows of each kind, ``<row_counter><kind>``; None counts nothing.
     row_counter: str | None
-    #: Relative directory of a partition: ``layout.partition_path`` or ``dead_letter_path``.
-    directory: Callable[[str, int | None], str]
+    #: ``storage.DATA`` or ``storage.DEAD_LETTER``: which directories of the storage layout
+    #: its partitions are (``data_path`` or ``dead_letter_path``).
+    partitions: str
 
     @abstractmethod
     def accept(self, kind: object, table: object) -> pa.Table:
@@ -121,14 +123,14 @@ def no_schema(what: str, category: object, known: Iterable[str], detail: str) ->
 
 
 class DataTables(TableOutput):
-    """Data rows: ``data_category=/expiry_date=`` partitions of Parquet and/or Avro files, one
+    """Data rows: the data partitions of the layout, of Parquet and/or Avro files, one
     Arrow schema per category (``schemas.arrow.arrow_schema``), sharded by ``event_id``,
     counted as ``written.<category>``. Every schema and codec is checked here, at
     construction, rather than on a worker."""
 
     shard_key = "event_id"
     row_counter = "written."
-    directory = staticmethod(partition_path)
+    partitions = DATA
 
     def __init__(
         self,
@@ -207,6 +209,14 @@ class DataTables(TableOutput):
         return AvroFileWriter(handle, self.schemas[kind], self.avro_codec, parsed=parsed)
 
 
+def directory_of(
+    layout: StorageLayout, output: TableOutput
+) -> Callable[[str | None, int | None], str]:
+    """The relative directory of a partition of ``output`` in ``layout``, by kind and
+    ``expires_at``."""
+    return layout.data_path if output.partitions == DATA else layout.dead_letter_path
+
+
 class _BufferPartitions(beam.DoFn):
     """``(kind, table)`` -> ``(destination, RunSlice)``; counts the output's row counter.
 
@@ -216,14 +226,22 @@ class _BufferPartitions(beam.DoFn):
     run), which is emitted once per destination it holds.
     """
 
-    def __init__(self, output: TableOutput, temp_dir: str, buffer_bytes: int) -> None:
+    def __init__(
+        self,
+        output: TableOutput,
+        temp_dir: str,
+        buffer_bytes: int,
+        layout: StorageLayout = HIVE,
+    ) -> None:
         self.output = output
         self.temp_dir = temp_dir
         self.buffer_bytes = buffer_bytes
+        self.layout = layout
 
     def setup(self) -> None:
         self._counters: dict[str, Any] = {}
         self._spilled = Metrics.counter(METRICS_NAMESPACE, "spilled_runs")
+        self._directory = directory_of(self.layout, self.output)
 
     def start_bundle(self) -> None:
         # kind -> ([tables], [keys]); the bytes of Arrow data they hold
@@ -263,9 +281,7 @@ class _BufferPartitions(beam.DoFn):
             self._spilled.inc()
             path = FileSystems.join(self.temp_dir, name)
             for key, first, count in write_run(path, table, spans):
-                destination = destination_of_key(
-                    kind, key, self.output.shards, self.output.directory
-                )
+                destination = destination_of_key(kind, key, self.output.shards, self._directory)
                 yield GlobalWindows.windowed_value_at_end_of_window(
                     (destination, (path, first, count))
                 )
@@ -366,6 +382,27 @@ def _check_buffer_bytes(buffer_bytes: int) -> int:
     return buffer_bytes
 
 
+class SpillOptions(TypedDict, total=False):
+    """The keyword arguments every writer of this package takes (:class:`SpillAndCompact`),
+    what ``pipelines.launch.RunContext.sink`` gives a sink besides ``output_dir``."""
+
+    run_token: str | None
+    buffer_bytes: int
+    remove_temp: bool
+    layout: StorageLayout | str | None
+
+
+def resolve_layout(layout: StorageLayout | str | None, output_dir: str) -> StorageLayout:
+    """A writer's storage layout: the one given (or registered under the name given), else
+    the one ``output_dir``'s root is written in (``marker.layout_for_output``: how the
+    retention jobs' sinks write in the root's layout without being told)."""
+    if layout is None:
+        return layout_for_output(output_dir)
+    if isinstance(layout, str):
+        return layout_named(layout)
+    return layout
+
+
 class SpillAndCompact(beam.PTransform):
     """Write ``(kind, pyarrow.Table)`` elements as one file per format and destination of
     ``output``, in bounded memory (see the package docstring): buffer and spill sorted runs,
@@ -386,6 +423,10 @@ class SpillAndCompact(beam.PTransform):
     ``remove_temp=False`` leaves the temp folder to the caller: an ingestion run writes into
     its staging folder and removes all of it, temp files included, when it commits
     (``transforms.commit``), which must not race a removal of its own.
+
+    ``layout``: the storage layout (``transforms.sinks.storage``) of the partitions, or the
+    name of a registered one; None: the layout of the root ``output_dir`` is or stages for,
+    read when the pipeline is built (:func:`resolve_layout`).
     """
 
     def __init__(
@@ -396,6 +437,7 @@ class SpillAndCompact(beam.PTransform):
         run_token: str | None = None,
         buffer_bytes: int = DEFAULT_BUFFER_BYTES,
         remove_temp: bool = True,
+        layout: StorageLayout | str | None = None,
     ) -> None:
         super().__init__()
         self.output = output
@@ -403,6 +445,7 @@ class SpillAndCompact(beam.PTransform):
         self.run_token = run_token or new_token()
         self.buffer_bytes = _check_buffer_bytes(buffer_bytes)
         self.remove_temp = remove_temp
+        self.layout = layout_named(layout) if isinstance(layout, str) else layout
 
     @property
     def temp_dir(self) -> str:
@@ -416,6 +459,7 @@ class SpillAndCompact(beam.PTransform):
 
     def expand(self, inputs):
         temp_dir = self.temp_dir
+        layout = resolve_layout(self.layout, self.output_dir)
         if isinstance(inputs, beam.PCollection):
             branches = [("", inputs)]  # the labels of a single input carry no index
         else:
@@ -427,7 +471,7 @@ class SpillAndCompact(beam.PTransform):
             | f"GlobalWindow{suffix}" >> beam.WindowInto(GlobalWindows())
             | f"BufferPartitions{suffix}"
             >> beam.ParDo(
-                _BufferPartitions(self.output, temp_dir, self.buffer_bytes)
+                _BufferPartitions(self.output, temp_dir, self.buffer_bytes, layout)
             ).with_output_types(tuple[Destination, RunSlice])
             for suffix, pcoll in branches
         )
@@ -449,8 +493,9 @@ class SpillAndCompact(beam.PTransform):
 
 
 class WriteTables(SpillAndCompact):
-    """Write ``(category, pyarrow.Table)`` elements as ``data_category=/expiry_date=`` Hive
-    partitions, columnar and in bounded memory (see the package docstring).
+    """Write ``(category, pyarrow.Table)`` elements as partitions of the storage layout
+    (``data_category=/expiry_date=`` in the Hive layout), columnar and in bounded memory (see
+    the package docstring).
 
     Every table must have exactly the Arrow schema of its category
     (``schemas.arrow.arrow_schema(schemas[category])``, tag columns included); its rows go to
@@ -461,7 +506,8 @@ class WriteTables(SpillAndCompact):
 
     Each partition and shard gets exactly one file per format per run, named
     ``part-<shard>-of-<shards>-<run_token>.<ext>``. Returns the ``fileio.FileResult`` of every
-    file written, all formats, with ``file_name`` the full path.
+    file written, all formats, with ``file_name`` the full path. ``spill``: the options of
+    :class:`SpillAndCompact` (``run_token``, ``buffer_bytes``, ``remove_temp``, ``layout``).
     """
 
     def __init__(
@@ -474,9 +520,7 @@ class WriteTables(SpillAndCompact):
         parquet_codec: str = DEFAULT_PARQUET_CODEC,
         avro_codec: str = DEFAULT_AVRO_CODEC,
         row_group_size: int = DEFAULT_ROW_GROUP_SIZE,
-        run_token: str | None = None,
-        buffer_bytes: int = DEFAULT_BUFFER_BYTES,
-        remove_temp: bool = True,
+        **spill: Unpack[SpillOptions],
     ) -> None:
         output = DataTables(
             schemas,
@@ -486,10 +530,4 @@ class WriteTables(SpillAndCompact):
             avro_codec=avro_codec,
             row_group_size=row_group_size,
         )
-        super().__init__(
-            output,
-            output_dir,
-            run_token=run_token,
-            buffer_bytes=buffer_bytes,
-            remove_temp=remove_temp,
-        )
+        super().__init__(output, output_dir, **spill)

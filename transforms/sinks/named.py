@@ -1,0 +1,54 @@
+"""A registry of things selected by name on the command line (storage layouts, table sinks).
+
+One rule for both, so that ``--layout`` and ``--sink`` behave alike: the built-in entries are
+always there, registering the same entry again is a no-op (a module imported twice), another
+entry under a taken name is refused, and an unknown name is an error that lists the known ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Generic, Protocol, TypeVar
+
+__all__ = ["Named", "Registry"]
+
+
+class Named(Protocol):
+    name: str
+
+
+T = TypeVar("T", bound=Named)
+
+
+class Registry(Generic[T]):
+    """Entries by name, built-in first, in registration order. ``what`` names an entry in
+    messages (``storage layout``); ``error`` is the exception of a refusal."""
+
+    def __init__(
+        self, what: str, built_in: Iterable[T], error: type[ValueError] = ValueError
+    ) -> None:
+        self.what = what
+        self.error = error
+        self.built_in = tuple(built_in)
+        self._entries: dict[str, T] = {entry.name: entry for entry in self.built_in}
+
+    def register(self, entry: T) -> T:
+        known = self._entries.get(entry.name)
+        if known is not None and known != entry:
+            raise self.error(f"{self.what} {entry.name!r} is already registered")
+        self._entries[entry.name] = entry
+        return entry
+
+    def unregister(self, name: str) -> None:
+        if name not in {entry.name for entry in self.built_in}:
+            self._entries.pop(name, None)
+
+    def entries(self) -> tuple[T, ...]:
+        return tuple(self._entries.values())
+
+    def named(self, name: str, flag: str) -> T:
+        entry = self._entries.get(name)
+        if entry is None:
+            known = ", ".join(self._entries)
+            raise self.error(f"{flag}: unknown {self.what} {name!r} (registered: {known})")
+        return entry
