@@ -28,7 +28,9 @@ from transforms.commit import (
     file_token,
     sweep,
 )
-from transforms.sinks import WriteTables
+from transforms.sinks import WriteTables, storage
+from transforms.sinks.marker import LAYOUT_MARKER, layout_of_root
+from transforms.sinks.storage import HiveLayout, LayoutError
 
 SCHEMA = {
     "type": "record",
@@ -277,3 +279,57 @@ def test_a_run_is_the_same_however_its_paths_are_spelt(tmp_path, monkeypatch):
     }
     assert len(spellings) == 1
     assert identity("--input=in.jsonl", "--format=avro") not in spellings  # what it writes
+
+
+# ------------------------------------------------------------------ the root's storage layout
+
+PART = "data_category=visit/expiry_date=2027-01-01/part-00000-of-00001-{}.parquet"
+
+
+class _Copy(HiveLayout):
+    """A layout other than Hive's by name (its paths do not matter to the commit)."""
+
+    name = "hive-copy"
+
+
+@pytest.fixture
+def other_layout():
+    try:
+        yield storage.register(_Copy())
+    finally:
+        storage.unregister(_Copy.name)
+
+
+def test_a_hive_commit_writes_no_marker(tmp_path):
+    staging = RunStaging(str(tmp_path), "visits", "r1")
+    commit_run(staging, [stage(staging, PART.format("r1"))], {"data": ["visit"]})
+    assert (tmp_path / PART.format("r1")).exists()
+    assert not (tmp_path / LAYOUT_MARKER).exists()  # the output a hive run always wrote
+
+
+def test_the_commit_records_its_layout_and_refuses_another(tmp_path, other_layout):
+    root = str(tmp_path)
+    first = RunStaging(root, "visits", "r1", other_layout)
+    commit_run(first, [stage(first, PART.format("r1"))], {"data": ["visit"]})
+    assert json.loads((tmp_path / LAYOUT_MARKER).read_text()) == {"layout": "hive-copy"}
+    assert layout_of_root(root) == other_layout
+
+    second = RunStaging(root, "visits", "r2")  # hive, into the hive-copy root
+    with pytest.raises(LayoutError, match="written in the hive-copy layout"):
+        commit_run(second, [stage(second, PART.format("r2"))], {"data": ["visit"]})
+    assert not Path(second.transaction().commit_path).exists()  # refused before committing
+    assert not (tmp_path / PART.format("r2")).exists()
+
+
+def test_a_commit_rolled_forward_records_its_layout(tmp_path, other_layout):
+    staging = RunStaging(str(tmp_path), "visits", "r1", other_layout)
+    rel = PART.format("r1")
+    stage(staging, rel)
+    txn = staging.transaction()
+    txn.commit(
+        {"layout": other_layout.name, "actions": [{"op": "add", "target": rel,
+                                                   "staged": txn.staged_rel(rel)}]}
+    )  # fmt: skip
+    assert [d["outcome"] for d in sweep(str(tmp_path))] == ["rolled_forward"]
+    assert (tmp_path / rel).exists()
+    assert json.loads((tmp_path / LAYOUT_MARKER).read_text()) == {"layout": "hive-copy"}
