@@ -24,9 +24,11 @@ from pipelines import access, erase, ingest, lifecycle, purge, sdk_logs, visits
 from pipelines.options import bundled
 from tests.support.modules import temporary_module
 from tests.support.outputs import RUN_TIME
+from transforms.commit import RunStaging
 from transforms.retention.layout import check_output_root, list_layout
+from transforms.retention.txn import Transaction
 from transforms.sinks import storage
-from transforms.sinks.marker import LAYOUT_MARKER, layout_of_root
+from transforms.sinks.marker import LAYOUT_MARKER, layout_for_output, layout_of_root
 from transforms.sinks.storage import HIVE, LayoutError
 
 pytestmark = pytest.mark.e2e
@@ -334,3 +336,12 @@ def test_layouts_are_registered_once_and_unknown_names_fail(dated):
         storage.layout_named("nope")
     counts = collections.Counter(storage.layouts())
     assert max(counts.values()) == 1
+
+
+def test_a_staging_folder_is_written_in_the_layout_of_its_root(roots, dated):
+    """How the retention jobs' sinks (lifecycle's moved rows, their dead letters) write in the
+    root's layout without being told: their staging folders are known as the root's."""
+    root = str(roots["dated"])
+    for staged in (Transaction(root, "t1").staged_root, RunStaging(root, "p", "r1").staged_root):
+        assert layout_for_output(staged) == dated, staged
+    assert layout_for_output(str(roots["hive"] / "_runs" / "p-r1" / "staged")) == HIVE

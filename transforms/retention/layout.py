@@ -35,7 +35,13 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.paths import is_local, list_files
 from transforms.sinks import DEAD_LETTER_DIR, EXTENSIONS
-from transforms.sinks.marker import LAYOUT_MARKER, any_file, layout_of_root, recorded_layout
+from transforms.sinks.marker import (
+    LAYOUT_MARKER,
+    REPORTS_DIR,
+    any_file,
+    layout_of_root,
+    recorded_layout,
+)
 from transforms.sinks.storage import (
     DATA,
     DEAD_LETTER,
@@ -66,7 +72,6 @@ __all__ = [
     "require_matches",
 ]
 
-REPORTS_DIR = "_reports"
 FORMATS_BY_EXTENSION = {extension: fmt for fmt, extension in EXTENSIONS.items()}
 
 

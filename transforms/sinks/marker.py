@@ -32,6 +32,7 @@ from transforms.sinks.storage import DEFAULT_LAYOUT, HIVE, LayoutError, StorageL
 
 __all__ = [
     "LAYOUT_MARKER",
+    "REPORTS_DIR",
     "any_file",
     "check_root_layout",
     "layout_for_output",
@@ -41,7 +42,7 @@ __all__ = [
 ]
 
 LAYOUT_MARKER = "_layout.json"
-REPORTS_DIR = "_reports"
+REPORTS_DIR = "_reports"  # the jobs' reports and audits (transforms.retention.jsonio)
 # The staging folders whose content lands at the same relative paths under the root above
 # them: an ingestion run's (``transforms.commit``, ``_runs/<run>/staged``) and a retention
 # transaction's (``transforms.retention.txn``, ``_retention/txn-<id>/staged``).
