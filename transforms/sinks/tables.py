@@ -76,8 +76,9 @@ METRICS_NAMESPACE = "transforms.sinks"
 class TableOutput(ABC):
     """What the spill and the compaction need to know about one kind of output.
 
-    A *kind* is what the first level of the layout names (a data category, a dead letter's
-    source); a destination is ``(kind, directory(kind, expires_at), shard, shards)``.
+    A *kind* is what a partition is of (a data category, a dead letter's source); a
+    destination is ``(kind, directory, shard, shards)``, the directory the storage layout's
+    for the kind and the rows' expiry date (:func:`directory_of`).
     """
 
     #: Suffix of the temp directory, ``.temp-<run token>-<name>``.
