@@ -49,11 +49,12 @@ from transforms.rawinput import RecordError, check_text
 from transforms.retention.files import TableFile, read_parquet
 from transforms.retention.layout import due, full_path
 from transforms.retention.matching import ColumnIndex, normalise
+from transforms.retention.nested import leaves
 from transforms.retention.subjects import (
     bounded_time,
     declared_index,
+    one_subject,
     read_columns,
-    subject_value,
 )
 from transforms.sinks import MAX_EXPIRY_MICROS
 from transforms.sinks.marker import layout_of_root
@@ -106,16 +107,9 @@ def parse_event(
         raise RecordError("unknown_event")
     event = policy.lifecycle_events[name]
     given = [k for k in event.keys if obj.get(k) not in (None, "")]
-    if not given:
-        if len(event.keys) == 1:
-            raise RecordError("missing_field", event.keys[0])
-        raise RecordError("missing_subject")
-    if len(given) > 1:
-        raise RecordError("ambiguous_subject")
-    (key,) = given
-    value = subject_value(key, obj[key])
-    if value is None:
-        raise RecordError("malformed_field", key)
+    if not given and len(event.keys) == 1:
+        raise RecordError("missing_field", event.keys[0])
+    key, value = one_subject(obj, given)
     at_us = bounded_time(obj, "at", bounds)
     if at_us + _longest_grace(policy, event) > MAX_EXPIRY_MICROS:
         raise RecordError("expiry_out_of_range")
@@ -181,12 +175,8 @@ class IndexEvents(beam.CombineFn):
     def merge_accumulators(self, indexes) -> EventIndex:
         merged: EventIndex = {}
         for index in indexes:
-            for key, values in index.items():
-                for value, times in values.items():
-                    for name, at in times.items():
-                        self.add_input(
-                            merged, {"key": key, "value": value, "event": name, "at": at}
-                        )
+            for key, value, name, at in leaves(index, 3):
+                self.add_input(merged, {"key": key, "value": value, "event": name, "at": at})
         return merged
 
     def extract_output(self, index: EventIndex) -> EventIndex:
