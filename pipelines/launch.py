@@ -53,7 +53,7 @@ from pipelines.runs import Attempt, begin_attempt, check_run_id, recorded_run_ti
 from schemas.policy import Policy, PolicyError, load_policy
 from transforms.commit import CommitRun, RunStaging, sweep
 from transforms.deadletter import DeadLetterContext
-from transforms.inputformats import FORMATS, resolve_input_format
+from transforms.inputformats import format_names, resolve_input_format
 from transforms.masking import Exposure
 from transforms.rawinput import DEFAULT_MAX_LINE_BYTES
 from transforms.retention.layout import check_output_root, normalise_root
@@ -175,7 +175,9 @@ def run_context(
     ingest = options.view_as(IngestOptions)
     storage = options.view_as(StorageOptions)
     if not ingest.input:
-        raise ValueError(f"--input is required (a file pattern of {'/'.join(FORMATS)} files)")
+        raise ValueError(
+            f"--input is required (a file pattern of {'/'.join(format_names())} files)"
+        )
     formats = output_formats(ingest.output_format)
     ratio = max_dead_letter_ratio(ingest)
     limit = max_line_bytes(common)

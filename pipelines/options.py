@@ -30,7 +30,7 @@ from importlib import resources
 
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
-from transforms.inputformats import DEFAULT_FORMAT, FORMATS, input_format_choices
+from transforms.inputformats import AUTO, DEFAULT_FORMAT, format_named, format_names
 from transforms.rawinput import DEFAULT_MAX_LINE_BYTES
 from transforms.sinks.registry import DEFAULT_SINK, sinks
 from transforms.sinks.storage import DEFAULT_LAYOUT, layouts
@@ -300,17 +300,22 @@ class IngestOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
+        # The help lists what is registered when the command line is parsed; the value is
+        # checked by pipelines.launch.run_context, not by argparse choices, so that a worker
+        # that parses the options before importing a format registered by your own code
+        # accepts it (as --layout and --sink).
+        formats = [format_named(name) for name in format_names()]
         parser.add_argument(
             "--input",
             help="Input file pattern, local or on any Beam filesystem (gs://bucket/v/*.jsonl): "
-            f"files of one input format ({', '.join(FORMATS)}), one record each. Required.",
+            f"files of one input format ({', '.join(format_names())}), one record each. "
+            "Required.",
         )
         parser.add_argument(
             "--input_format",
-            choices=input_format_choices(),
-            default="auto",
-            help=f"{', '.join(FORMATS)}; auto (default) reads a pattern by its suffix ("
-            + ", ".join(f"*{s} as {f.name}" for f in FORMATS.values() for s in f.suffixes)
+            default=AUTO,
+            help=f"{', '.join(format_names())}; auto (default) reads a pattern by its suffix ("
+            + ", ".join(f"*{s} as {f.name}" for f in formats for s in f.suffixes)
             + f"), anything else as {DEFAULT_FORMAT}.",
         )
         parser.add_argument(

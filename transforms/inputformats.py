@@ -2,7 +2,9 @@
 
 Why one place: the reader (``transforms.read``), the parser (``transforms.parse``) and the command
 line (``--input_format``) each had to know every format, and a new one meant a branch in each.
-Now each format is one :class:`InputFormat` in :data:`FORMATS`; they ask it.
+Now each format is one :class:`InputFormat`, registered by name (:func:`register`; the built-in
+ones are JSON Lines, Avro and Parquet); they ask it. A format from outside the package is
+registered by its own module, imported before the job's options are parsed.
 
 A format says:
 
@@ -39,11 +41,12 @@ from apache_beam.io.filesystem import CompressionTypes
 
 from transforms.elements import Batch
 from transforms.lines import read_line_batches
+from transforms.named import Registry
 from transforms.rawinput import ReadFailure, decode_json_line, may_hold_a_long_integer
 
 __all__ = [
+    "AUTO",
     "DEFAULT_FORMAT",
-    "FORMATS",
     "PLAIN_TYPES",
     "REFUSED",
     "AvroFormat",
@@ -52,8 +55,11 @@ __all__ = [
     "JsonLinesFormat",
     "ParquetFormat",
     "format_named",
+    "format_names",
     "input_format_choices",
+    "register",
     "resolve_input_format",
+    "unregister",
 ]
 
 
@@ -219,34 +225,48 @@ class ParquetFormat(InputFormat):
 
 
 DEFAULT_FORMAT = JsonLinesFormat.name
-# Every input format by name: what --input_format accepts (with "auto").
-FORMATS: dict[str, InputFormat] = {
-    f.name: f for f in (JsonLinesFormat(), AvroFormat(), ParquetFormat())
-}
+AUTO = "auto"  # not a format: --input_format's choice of a format by the pattern's suffix
+_FORMATS: Registry[InputFormat] = Registry(
+    "input format", (JsonLinesFormat(), AvroFormat(), ParquetFormat())
+)
+
+
+def register(input_format: InputFormat) -> InputFormat:
+    """Adds ``input_format`` to what ``--input_format`` (and ``auto``, by its suffixes) reads;
+    returns it. Raises ValueError for a taken name, ``auto``, or a name that is not a plain
+    command-line value."""
+    if input_format.name == AUTO:
+        raise ValueError(f"input format name {AUTO!r} is --input_format's own")
+    return _FORMATS.register(input_format)
+
+
+def unregister(name: str) -> None:
+    """Removes the format ``name`` (a test's, when it is done); the built-in ones stay."""
+    _FORMATS.unregister(name)
+
+
+def format_names() -> tuple[str, ...]:
+    """The registered formats' names, built-in first."""
+    return tuple(f.name for f in _FORMATS.entries())
 
 
 def input_format_choices() -> tuple[str, ...]:
     """The values of ``--input_format``: ``auto`` and every format's name."""
-    return ("auto", *FORMATS)
+    return (AUTO, *format_names())
 
 
 def format_named(name: str) -> InputFormat:
     """The format called ``name`` (not ``auto``: see :func:`resolve_input_format`)."""
-    try:
-        return FORMATS[name]
-    except KeyError:
-        raise ValueError(f"input format must be one of {tuple(FORMATS)}, got {name!r}") from None
+    return _FORMATS.named(name, "--input_format")
 
 
-def resolve_input_format(pattern: str, name: str = "auto") -> str:
+def resolve_input_format(pattern: str, name: str = AUTO) -> str:
     """The format ``name`` itself; ``auto``: the format whose suffix ends ``pattern`` (trailing
     ``*`` ignored: ``*.avro*``), JSON Lines otherwise."""
-    if name not in input_format_choices():
-        raise ValueError(f"input format must be one of {input_format_choices()}, got {name!r}")
-    if name != "auto":
-        return name
+    if name != AUTO:
+        return format_named(name).name
     stem = pattern.rstrip("*")
     return next(
-        (f.name for f in FORMATS.values() if f.suffixes and stem.endswith(f.suffixes)),
+        (f.name for f in _FORMATS.entries() if f.suffixes and stem.endswith(f.suffixes)),
         DEFAULT_FORMAT,
     )

@@ -21,11 +21,12 @@ import pytest
 from apache_beam.portability.api import beam_runner_api_pb2
 from google.cloud import dataflow
 
-from pipelines.options import IngestOptions, JobOptions
+from pipelines.options import IngestOptions, JobOptions, StorageOptions
 from pipelines.visits import VisitsOptions
 from tests.engines.dataflow_dry_run import DataflowDryRunner
 from tests.engines.specs import SPECS, PipelineSpec
 from tests.support.outputs import RUN_TIME
+from transforms.named import NAME
 
 pytestmark = pytest.mark.engines
 
@@ -137,6 +138,7 @@ def visits_flags() -> dict[str, argparse.Action]:
     JobOptions._add_argparse_args(parser)
     IngestOptions._add_argparse_args(parser)
     VisitsOptions._add_argparse_args(parser)
+    StorageOptions._add_argparse_args(parser)
     return {
         action.option_strings[0].removeprefix("--"): action
         for action in parser._actions
@@ -158,7 +160,9 @@ EXAMPLES = {
 REJECTED = {
     "input": "visits.jsonl",
     "format": "csv",
-    "input_format": "csv",
+    "input_format": "../csv",
+    "layout": "Hive",
+    "sink": "files;rm",
     "run_time": "yesterday",
     "geo_cache_size": "-1",
     "enrichment_url": "ftp://x",
@@ -193,6 +197,10 @@ def test_flex_template_metadata_declares_every_visits_flag():
         assert accepts(name, value), (name, value)
     for name, value in REJECTED.items():
         assert not accepts(name, value), (name, value)
+    # A name any registry may hold is a value the template accepts (the launcher then checks
+    # that it is registered): a format, layout or sink needs no edit of metadata.json.
+    for name in ("input_format", "layout", "sink"):
+        assert params[name]["regexes"] == [f"^{NAME.pattern}$"], name
 
 
 def test_dockerfile_is_on_the_pinned_sdk_image():

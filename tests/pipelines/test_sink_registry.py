@@ -161,3 +161,12 @@ def test_sinks_are_registered_once():
         registry.register(registry.TableSink("files", "another", object))
     registry.unregister("files")  # the built-in sink stays
     assert registry.sinks()[0] is files
+
+
+@pytest.mark.parametrize("name", ["", "Files", "files-v2", "../x", "a" * 33, "1st", "a b"])
+def test_a_sink_or_layout_name_is_a_plain_command_line_value(name):
+    """Names are what --sink/--layout (and the Dataflow template's parameters) accept: never a
+    path, a flag or a value that needs quoting."""
+    with pytest.raises(ValueError, match="must match"):
+        registry.register(registry.TableSink(name, "a test's", object))
+    assert name not in [s.name for s in registry.sinks()]

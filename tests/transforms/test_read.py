@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from pipelines.options import IngestOptions, flags_of
 from schemas.avro import load_avsc
 from transforms.inputformats import (
-    FORMATS,
     format_named,
+    format_names,
     input_format_choices,
     resolve_input_format,
 )
@@ -168,15 +168,18 @@ def test_the_format_is_the_flag_or_the_patterns_suffix():
 
 
 def test_an_unknown_format_is_an_error():
-    with pytest.raises(ValueError, match="input format must be one of"):
+    with pytest.raises(
+        ValueError, match=r"--input_format: unknown input format 'csv' \(registered"
+    ):
         resolve_input_format("in/*.csv", "csv")
 
 
 def test_the_command_line_offers_every_registered_format():
-    """``--input_format``'s choices are the registry's: a new format needs no flag edit."""
+    """``--input_format``'s help lists the registry's formats: a new one needs no flag edit."""
     action = flags_of([IngestOptions])["--input_format"]
-    assert tuple(action.choices) == input_format_choices() == ("auto", *FORMATS)
-    assert {"jsonl", "avro", "parquet"} <= set(FORMATS)
+    assert input_format_choices() == ("auto", *format_names())
+    assert {"jsonl", "avro", "parquet"} <= set(format_names())
+    assert all(name in action.help for name in format_names())
 
 
 def _read_file(path, input_format: str, batch_size: int = 4) -> list:

@@ -36,7 +36,7 @@ import apache_beam as beam
 import pyarrow as pa
 
 from transforms.counters import counter
-from transforms.sinks.named import Registry
+from transforms.named import Registry
 from transforms.sinks.tables import WriteTables
 
 __all__ = [

@@ -25,13 +25,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from transforms.named import Registry
 from transforms.sinks.layout import (
     DEAD_LETTER_DIR,
     HIVE_NULL_PARTITION,
     OPEN_ENDED_EXPIRY_DATE,
     expiry_date,
 )
-from transforms.sinks.named import Registry
 
 __all__ = [
     "BUILT_IN",

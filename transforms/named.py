@@ -1,16 +1,23 @@
-"""A registry of things selected by name on the command line (storage layouts, table sinks).
+"""A registry of things selected by name on the command line (input formats, storage layouts,
+table sinks).
 
-One rule for both, so that ``--layout`` and ``--sink`` behave alike: the built-in entries are
-always there, registering the same entry again is a no-op (a module imported twice), another
-entry under a taken name is refused, and an unknown name is an error that lists the known ones.
+One rule for all, so that ``--input_format``, ``--layout`` and ``--sink`` behave alike: the
+built-in entries are always there, registering the same entry again is a no-op (a module
+imported twice), another entry under a taken name is refused, and an unknown name is an error
+that lists the known ones.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Generic, Protocol, TypeVar
 
-__all__ = ["Named", "Registry"]
+__all__ = ["NAME", "Named", "Registry"]
+
+# What a name may be: a command-line value that needs no quoting, cannot be a path, and is what
+# the Dataflow template's parameters accept (deploy/dataflow/metadata.json has the same regex).
+NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 
 class Named(Protocol):
@@ -33,6 +40,10 @@ class Registry(Generic[T]):
         self._entries: dict[str, T] = {entry.name: entry for entry in self.built_in}
 
     def register(self, entry: T) -> T:
+        if not isinstance(entry.name, str) or not NAME.fullmatch(entry.name):
+            raise self.error(
+                f"{self.what} name {entry.name!r} must match {NAME.pattern} (a command-line value)"
+            )
         known = self._entries.get(entry.name)
         if known is not None and known != entry:
             raise self.error(f"{self.what} {entry.name!r} is already registered")
