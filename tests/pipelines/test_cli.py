@@ -27,6 +27,7 @@ from pipelines.launch import configure_logging
 from pipelines.options import (
     IngestOptions,
     JobOptions,
+    StorageOptions,
     beam_flags,
     bundled,
     flags_of,
@@ -38,11 +39,17 @@ pytestmark = pytest.mark.e2e
 
 # Each command line and the options classes its flags come from.
 CLIS: dict[str, tuple[object, tuple[type[PipelineOptions], ...]]] = {
-    "pipelines": (embedded, (JobOptions, IngestOptions, visits.VisitsOptions)),
-    "pipelines.visits": (visits, (JobOptions, IngestOptions, visits.VisitsOptions)),
-    "pipelines.sdk_logs": (sdk_logs, (JobOptions, IngestOptions)),
-    "pipelines.telemetry": (telemetry, (JobOptions, IngestOptions)),
-    "pipelines.ingest": (ingest, (JobOptions, IngestOptions, ingest.CategoryOptions)),
+    "pipelines": (embedded, (JobOptions, IngestOptions, StorageOptions, visits.VisitsOptions)),
+    "pipelines.visits": (
+        visits,
+        (JobOptions, IngestOptions, StorageOptions, visits.VisitsOptions),
+    ),
+    "pipelines.sdk_logs": (sdk_logs, (JobOptions, IngestOptions, StorageOptions)),
+    "pipelines.telemetry": (telemetry, (JobOptions, IngestOptions, StorageOptions)),
+    "pipelines.ingest": (
+        ingest,
+        (JobOptions, IngestOptions, StorageOptions, ingest.CategoryOptions),
+    ),
     "pipelines.purge": (purge, (JobOptions, purge.PurgeOptions)),
     "pipelines.lifecycle": (lifecycle, (JobOptions, lifecycle.LifecycleOptions)),
     "pipelines.erase": (erase, (JobOptions, erase.SubjectRequestOptions)),
@@ -135,6 +142,9 @@ def config_problems(tmp: Path) -> dict[str, list[str]]:
         "snapshot missing": [*sample, f"--enrichment_snapshot={tmp / 'missing.csv'}"],
         "snapshot without its columns": [*sample, f"--enrichment_snapshot={tmp / 'no_cols.csv'}"],
         "malformed policy": [*sample, f"--policy={tmp / 'policy.yaml'}"],
+        "unknown --input_format": [*sample, "--input_format=csv"],
+        "unknown --layout": [*sample, "--layout=../hive"],
+        "unknown --sink": [*sample, "--sink=bigquery"],
     }
 
 
