@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import pipelines.__main__ as embedded
 from pipelines import access, erase, ingest, lifecycle, purge, sdk_logs, telemetry, visits
@@ -297,6 +299,34 @@ def test_a_configuration_problem_is_one_line_before_any_data_is_read(world, prob
         assert "\n" not in message, message
     assert capsys.readouterr() == ("", "")
     assert not out.exists()  # nothing written, not even the output directory
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    flag=st.sampled_from(["--input_format", "--layout", "--sink"]),
+    value=st.text(st.characters(codec="utf-8"), max_size=40),
+)
+def test_any_value_of_a_registry_flag_runs_or_is_one_line(tmp_path, capsys, flag, value):
+    """Whatever follows --input_format, --layout or --sink (paths, flags, controls, another
+    script): a registered name, or one line naming the flag, before anything is written."""
+    out = tmp_path / "hyp"
+    args = [f"--input={VISITS}", f"--output={out}", f"{flag}={value}", "--runner=FnApiRunner"]
+    registered = {
+        "--input_format": ("auto", "jsonl", "avro", "parquet"),
+        "--layout": ("hive",),
+        "--sink": ("files",),
+    }[flag]
+    if value in registered:
+        return  # a real run: the rest of this module covers it
+    with pytest.raises(SystemExit) as stop:
+        sdk_logs.main(args)
+    message = str(stop.value)
+    assert stop.value.code not in (0, None)
+    assert message.startswith(f"error: {flag}") and "\n" not in message, message
+    assert capsys.readouterr() == ("", "")
+    assert not out.exists()
 
 
 def test_debug_log_level_adds_the_traceback(runs):
