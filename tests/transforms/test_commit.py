@@ -289,7 +289,7 @@ PART = "data_category=visit/expiry_date=2027-01-01/part-00000-of-00001-{}.parque
 class _Copy(HiveLayout):
     """A layout other than Hive's by name (its paths do not matter to the commit)."""
 
-    name = "hive-copy"
+    name = "hive_copy"
 
 
 @pytest.fixture
@@ -311,11 +311,11 @@ def test_the_commit_records_its_layout_and_refuses_another(tmp_path, other_layou
     root = str(tmp_path)
     first = RunStaging(root, "visits", "r1", other_layout)
     commit_run(first, [stage(first, PART.format("r1"))], {"data": ["visit"]})
-    assert json.loads((tmp_path / LAYOUT_MARKER).read_text()) == {"layout": "hive-copy"}
+    assert json.loads((tmp_path / LAYOUT_MARKER).read_text()) == {"layout": "hive_copy"}
     assert layout_of_root(root) == other_layout
 
-    second = RunStaging(root, "visits", "r2")  # hive, into the hive-copy root
-    with pytest.raises(LayoutError, match="written in the hive-copy layout"):
+    second = RunStaging(root, "visits", "r2")  # hive, into the hive_copy root
+    with pytest.raises(LayoutError, match="written in the hive_copy layout"):
         commit_run(second, [stage(second, PART.format("r2"))], {"data": ["visit"]})
     assert not Path(second.transaction().commit_path).exists()  # refused before committing
     assert not (tmp_path / PART.format("r2")).exists()
@@ -332,4 +332,4 @@ def test_a_commit_rolled_forward_records_its_layout(tmp_path, other_layout):
     )  # fmt: skip
     assert [d["outcome"] for d in sweep(str(tmp_path))] == ["rolled_forward"]
     assert (tmp_path / rel).exists()
-    assert json.loads((tmp_path / LAYOUT_MARKER).read_text()) == {"layout": "hive-copy"}
+    assert json.loads((tmp_path / LAYOUT_MARKER).read_text()) == {"layout": "hive_copy"}
