@@ -10,6 +10,7 @@ one dead letter, never a failed job.
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from pipelines.__main__ import SOURCES, sample_args
 from pipelines.options import IngestOptions, flags_of
 from schemas.policy import load_policy
 from tests.support.inputs import clean_sample_records, write_jsonl
-from tests.support.modules import temporary_module
+from tests.support.modules import module_fixture
 from tests.support.outputs import dead_letters, read_rows
 from transforms import inputformats
 
@@ -54,14 +55,9 @@ register(JsonArrayFormat())
 '''
 
 
-@pytest.fixture(scope="module")
-def json_array(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("modules")
-    try:
-        with temporary_module(folder, "json_array_format", FORMAT_MODULE) as module:
-            yield module.JsonArrayFormat
-    finally:
-        inputformats.unregister("json_array")
+json_array = module_fixture(
+    "json_array", "json_array_format", FORMAT_MODULE, partial(inputformats.unregister, "json_array")
+)
 
 
 def _run(name: str, pattern: Path, out: Path, *extra: str) -> dict:

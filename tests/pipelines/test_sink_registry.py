@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,7 +19,7 @@ import pytest
 
 from pipelines import sdk_logs
 from pipelines.options import bundled
-from tests.support.modules import temporary_module
+from tests.support.modules import module_fixture
 from tests.support.outputs import RUN_TIME
 from transforms.sinks import registry
 
@@ -80,14 +81,9 @@ register(TableSink("ipc", "Arrow IPC files, one per partition (a test's)", Write
 '''
 
 
-@pytest.fixture(scope="module")
-def ipc_sink(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("modules")
-    try:
-        with temporary_module(folder, "ipc_table_sink", SINK_MODULE) as module:
-            yield module.WriteIpc
-    finally:
-        registry.unregister("ipc")
+ipc_sink = module_fixture(
+    "ipc_sink", "ipc_table_sink", SINK_MODULE, partial(registry.unregister, "ipc")
+)
 
 
 def rows(root: Path, pattern: str, read) -> list[str]:

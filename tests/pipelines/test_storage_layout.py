@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import json
 import shutil
+from functools import partial
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -22,7 +23,7 @@ import pytest
 
 from pipelines import access, erase, ingest, lifecycle, purge, sdk_logs, visits
 from pipelines.options import bundled
-from tests.support.modules import temporary_module
+from tests.support.modules import module_fixture
 from tests.support.outputs import RUN_TIME
 from transforms.commit import RunStaging
 from transforms.retention.layout import check_output_root, list_layout
@@ -100,15 +101,15 @@ register(DatedLayout())
 '''
 
 
+dated_module = module_fixture(
+    "dated_module", "dated_layout", LAYOUT_MODULE, partial(storage.unregister, "dated")
+)
+
+
 @pytest.fixture(scope="module")
-def dated(tmp_path_factory):
+def dated(dated_module):
     """The ``dated`` layout, imported from a temporary module (which registers it)."""
-    folder = tmp_path_factory.mktemp("modules")
-    try:
-        with temporary_module(folder, "dated_layout", LAYOUT_MODULE) as module:
-            yield module.DatedLayout()
-    finally:
-        storage.unregister("dated")
+    return dated_module.DatedLayout()
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:
