@@ -227,37 +227,23 @@ class ParquetFormat(InputFormat):
 DEFAULT_FORMAT = JsonLinesFormat.name
 AUTO = "auto"  # not a format: --input_format's choice of a format by the pattern's suffix
 _FORMATS: Registry[InputFormat] = Registry(
-    "input format", (JsonLinesFormat(), AvroFormat(), ParquetFormat())
+    "input format",
+    (JsonLinesFormat(), AvroFormat(), ParquetFormat()),
+    "--input_format",
+    kind=InputFormat,
+    reserved=(AUTO,),
 )
-
-
-def register(input_format: InputFormat) -> InputFormat:
-    """Adds ``input_format`` to what ``--input_format`` (and ``auto``, by its suffixes) reads;
-    returns it. Raises ValueError for a taken name, ``auto``, or a name that is not a plain
-    command-line value."""
-    if input_format.name == AUTO:
-        raise ValueError(f"input format name {AUTO!r} is --input_format's own")
-    return _FORMATS.register(input_format)
-
-
-def unregister(name: str) -> None:
-    """Removes the format ``name`` (a test's, when it is done); the built-in ones stay."""
-    _FORMATS.unregister(name)
-
-
-def format_names() -> tuple[str, ...]:
-    """The registered formats' names, built-in first."""
-    return tuple(f.name for f in _FORMATS.entries())
+# Adds a format to what --input_format (and auto, by its suffixes) reads; removes one (a
+# test's); the registered names; the format of a name (not auto: resolve_input_format).
+register = _FORMATS.register
+unregister = _FORMATS.unregister
+format_names = _FORMATS.names
+format_named = _FORMATS.named
 
 
 def input_format_choices() -> tuple[str, ...]:
     """The values of ``--input_format``: ``auto`` and every format's name."""
     return (AUTO, *format_names())
-
-
-def format_named(name: str) -> InputFormat:
-    """The format called ``name`` (not ``auto``: see :func:`resolve_input_format`)."""
-    return _FORMATS.named(name, "--input_format")
 
 
 def resolve_input_format(pattern: str, name: str = AUTO) -> str:

@@ -29,17 +29,41 @@ T = TypeVar("T", bound=Named)
 
 class Registry(Generic[T]):
     """Entries by name, built-in first, in registration order. ``what`` names an entry in
-    messages (``storage layout``); ``error`` is the exception of a refusal."""
+    messages (``storage layout``), ``flag`` is the command-line flag that selects one;
+    ``error`` is the exception of a refusal; ``kind``, when given, is the class every entry
+    must be an instance of (a ``TypeError`` otherwise), and ``reserved`` are names no entry
+    may take (``auto`` of ``--input_format``).
+
+    The modules of each registry expose its bound methods (``register = _FORMATS.register``)
+    rather than wrapping them: one rule, written once."""
 
     def __init__(
-        self, what: str, built_in: Iterable[T], error: type[ValueError] = ValueError
+        self,
+        what: str,
+        built_in: Iterable[T],
+        flag: str,
+        *,
+        error: type[ValueError] = ValueError,
+        kind: type | None = None,
+        reserved: Iterable[str] = (),
     ) -> None:
         self.what = what
+        self.flag = flag
         self.error = error
+        self.kind = kind
+        self.reserved = frozenset(reserved)
         self.built_in = tuple(built_in)
         self._entries: dict[str, T] = {entry.name: entry for entry in self.built_in}
 
     def register(self, entry: T) -> T:
+        """Adds ``entry`` and returns it (``--<flag> <name>`` then selects it). The same entry
+        again is a no-op (a module imported twice); another under a taken name is refused."""
+        if self.kind is not None and not isinstance(entry, self.kind):
+            raise TypeError(
+                f"a {self.what} must be a {self.kind.__name__}, got {type(entry).__name__}"
+            )
+        if entry.name in self.reserved:
+            raise self.error(f"{self.what} name {entry.name!r} is {self.flag}'s own")
         if not isinstance(entry.name, str) or not NAME.fullmatch(entry.name):
             raise self.error(
                 f"{self.what} name {entry.name!r} must match {NAME.pattern} (a command-line value)"
@@ -51,15 +75,25 @@ class Registry(Generic[T]):
         return entry
 
     def unregister(self, name: str) -> None:
+        """Removes the entry ``name`` (a test's, when it is done); the built-in ones stay."""
         if name not in {entry.name for entry in self.built_in}:
             self._entries.pop(name, None)
 
     def entries(self) -> tuple[T, ...]:
+        """The registered entries, built-in first."""
         return tuple(self._entries.values())
 
-    def named(self, name: str, flag: str) -> T:
+    def names(self) -> tuple[str, ...]:
+        """The registered entries' names, built-in first."""
+        return tuple(self._entries)
+
+    def named(self, name: str, flag: str | None = None) -> T:
+        """The entry ``name``; an unknown one is refused, naming the registered ones and the
+        flag (or what asked, e.g. a commit record) it came from."""
         entry = self._entries.get(name)
         if entry is None:
             known = ", ".join(self._entries)
-            raise self.error(f"{flag}: unknown {self.what} {name!r} (registered: {known})")
+            raise self.error(
+                f"{flag or self.flag}: unknown {self.what} {name!r} (registered: {known})"
+            )
         return entry

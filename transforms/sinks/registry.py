@@ -105,25 +105,10 @@ BUILT_IN: tuple[TableSink, ...] = (
         counts_rows=True,
     ),
 )
-_SINKS: Registry[TableSink] = Registry("sink", BUILT_IN)
-
-
-def register(sink: TableSink) -> TableSink:
-    """Adds ``sink`` (``--sink <name>`` then selects it); returns it. Registering the same
-    sink again is a no-op; another sink under a registered name is a ``ValueError``."""
-    return _SINKS.register(sink)
-
-
-def unregister(name: str) -> None:
-    """Removes the sink ``name`` (a test's, when it is done); the built-in ones stay."""
-    _SINKS.unregister(name)
-
-
-def sinks() -> tuple[TableSink, ...]:
-    """The registered sinks, built-in first."""
-    return _SINKS.entries()
-
-
-def sink_named(name: str) -> TableSink:
-    """The registered sink ``name``; an unknown one is a ``ValueError`` naming the others."""
-    return _SINKS.named(name, "--sink")
+_SINKS: Registry[TableSink] = Registry("sink", BUILT_IN, "--sink", kind=TableSink)
+# Adds a sink (--sink <name> then selects it); removes one (a test's); the registered sinks,
+# built-in first; the sink of a name.
+register = _SINKS.register
+unregister = _SINKS.unregister
+sinks = _SINKS.entries
+sink_named = _SINKS.named

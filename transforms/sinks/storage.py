@@ -241,33 +241,17 @@ class HiveLayout(StorageLayout):
 HIVE = HiveLayout()
 # The layouts of this package.
 BUILT_IN: tuple[StorageLayout, ...] = (HIVE,)
-_LAYOUTS: Registry[StorageLayout] = Registry("storage layout", BUILT_IN, LayoutError)
-
-
-def register(layout: StorageLayout) -> StorageLayout:
-    """Adds ``layout`` (``--layout <name>`` then selects it, and the retention jobs read roots
-    whose marker names it); returns it. Registering the same layout again is a no-op; another
-    layout under a registered name is a :class:`LayoutError`."""
-    if not isinstance(layout, StorageLayout):
-        raise TypeError(f"a storage layout must be a StorageLayout, got {type(layout).__name__}")
-    return _LAYOUTS.register(layout)
-
-
-def unregister(name: str) -> None:
-    """Removes the layout ``name`` (a test's, when it is done); the built-in ones stay."""
-    _LAYOUTS.unregister(name)
-
-
-def layouts() -> tuple[str, ...]:
-    """The names of the registered layouts, built-in first."""
-    return tuple(layout.name for layout in _LAYOUTS.entries())
-
-
-def layout_named(name: str, what: str = "--layout") -> StorageLayout:
-    """The registered layout ``name``; an unknown one is a :class:`LayoutError` (never a
-    guess: reading a root in the wrong layout finds none of its files, so an erasure would
-    verify a false success)."""
-    return _LAYOUTS.named(name, what)
+# Reading a root in the wrong layout finds none of its files (an erasure would verify a false
+# success), so an unknown name is a LayoutError, never a guess.
+_LAYOUTS: Registry[StorageLayout] = Registry(
+    "storage layout", BUILT_IN, "--layout", error=LayoutError, kind=StorageLayout
+)
+# Adds a layout (--layout <name> then selects it, and the retention jobs read roots whose
+# marker names it); removes one (a test's); the registered names; the layout of a name.
+register = _LAYOUTS.register
+unregister = _LAYOUTS.unregister
+layouts = _LAYOUTS.names
+layout_named = _LAYOUTS.named
 
 
 def partition_path(category: str, expires_at: int | None) -> str:
