@@ -39,6 +39,7 @@ from transforms.sinks.marker import (
     LAYOUT_MARKER,
     REPORTS_DIR,
     any_file,
+    holds_unmarked_output,
     layout_of_root,
     recorded_layout,
 )
@@ -189,7 +190,7 @@ def check_output_root(root: str) -> None:
             f"{DEAD_LETTER_DIR}/, {REPORTS_DIR}/ or {LAYOUT_MARKER} in it): refusing to "
             "touch it"
         )
-    if any_file(root, [*HIVE.partition_globs(), (REPORTS_DIR, "*.json")]):
+    if holds_unmarked_output(root):
         return
     raise NotAnOutputRootError(
         f"{root} does not look like an output root (no partition files and no run reports): "

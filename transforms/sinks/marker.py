@@ -35,6 +35,7 @@ __all__ = [
     "REPORTS_DIR",
     "any_file",
     "check_root_layout",
+    "holds_unmarked_output",
     "layout_for_output",
     "layout_of_root",
     "recorded_layout",
@@ -98,7 +99,7 @@ def any_file(root: str, globs: Sequence[Sequence[str]]) -> bool:
     return any(result.metadata_list for result in match(patterns, limits=[1] * len(patterns)))
 
 
-def _holds_output(root: str) -> bool:
+def holds_unmarked_output(root: str) -> bool:
     """Whether ``root`` already holds output written without a marker (Hive partitions, or
     run reports)."""
     if is_local(root) and not Path(root).is_dir():
@@ -111,7 +112,7 @@ def check_root_layout(root: str, layout: StorageLayout) -> None:
     docstring); a root with no output yet takes any registered layout."""
     name = recorded_layout(root)
     if name is None:
-        if layout.name != DEFAULT_LAYOUT and _holds_output(root):
+        if layout.name != DEFAULT_LAYOUT and holds_unmarked_output(root):
             raise LayoutError(
                 f"{root} holds output in the {DEFAULT_LAYOUT} layout (it has no "
                 f"{LAYOUT_MARKER}): refusing to write the {layout.name} layout into it"
