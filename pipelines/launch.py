@@ -36,6 +36,7 @@ from pipelines.options import (
     IngestOptions,
     JobOptions,
     StorageOptions,
+    duration_micros,
     event_time_bounds,
     max_dead_letter_ratio,
     output_formats,
@@ -185,6 +186,7 @@ def run_context(
     inputs = require_input(pattern, "--input")
     output = output_root(common.output or DEFAULT_OUTPUT)
     require_writable_output(output)
+    input_format = resolve_input_format(pattern, ingest.input_format)
     sink_name = sink_named(storage.sink).name
     layout = layout_named(storage.layout)
     check_root_layout(output, layout)
@@ -195,6 +197,7 @@ def run_context(
         policy_version=policy.version,
         inputs=inputs,
         option_classes=(JobOptions, IngestOptions, *option_classes),
+        resolved={"input_format": input_format, **_spelling_free_bounds(common)},
     )
     staging = RunStaging(output, pipeline, run_id, layout)
     if common.run_time:
@@ -206,7 +209,7 @@ def run_context(
         pipeline=pipeline,
         primary_categories=primary_categories,
         input=pattern,
-        input_format=resolve_input_format(pattern, ingest.input_format),
+        input_format=input_format,
         output=output,
         formats=formats,
         policy=policy,
@@ -219,6 +222,18 @@ def run_context(
         layout=layout,
         sink_name=sink_name,
     )
+
+
+def _spelling_free_bounds(common: JobOptions) -> dict[str, Any]:
+    """``--min_event_time`` and ``--max_clock_skew`` in micros, for the run's identity: the
+    bounds a run applies, however they are spelt (``31d`` is ``744h``; ``...Z`` is
+    ``...+00:00``). An empty flag stays as given (its error comes with the bounds)."""
+    bounds: dict[str, Any] = {}
+    if common.min_event_time:
+        bounds["min_event_time"] = run_time_micros(common.min_event_time, "--min_event_time")
+    if common.max_clock_skew:
+        bounds["max_clock_skew"] = duration_micros(common.max_clock_skew, "--max_clock_skew")
+    return bounds
 
 
 def output_root(path: str) -> str:

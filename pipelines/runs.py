@@ -61,16 +61,24 @@ def run_identity(
     policy_version: str,
     inputs: Iterable[Any],
     option_classes: Sequence[type[PipelineOptions]],
+    resolved: Mapping[str, Any] | None = None,
 ) -> str:
     """The default ``--run_id``: 16 hex digits of the SHA-256 of the run's identity.
 
     ``inputs`` are Beam ``FileMetadata`` of the matched input files; ``option_classes`` the
-    job's own options classes, whose values (except :data:`IDENTITY_EXCLUDED`) are hashed."""
+    job's own options classes, whose values (except :data:`IDENTITY_EXCLUDED`) are hashed.
+    ``resolved`` holds flags by destination in the form the run uses them, hashed instead of
+    their spelling: ``--input_format=auto`` and ``jsonl`` read a ``*.jsonl`` alike, and
+    ``--max_clock_skew=31d`` is ``744h``, so each pair is one run, not two runs writing the
+    same rows twice."""
+    resolved = resolved or {}
     values: dict[str, Any] = {}
     for cls in option_classes:
         view = options.view_as(cls)
         for action in flags_of([cls]).values():
-            if action.dest not in IDENTITY_EXCLUDED:
+            if action.dest in resolved:
+                values[action.dest] = resolved[action.dest]
+            elif action.dest not in IDENTITY_EXCLUDED:
                 values[action.dest] = _spelling_free(getattr(view, action.dest, None))
     files = sorted(
         [_spelling_free(m.path), int(m.size_in_bytes or 0), float(m.last_updated_in_seconds or 0)]

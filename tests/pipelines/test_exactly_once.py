@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import erase, purge
+from pipelines import erase, purge, sdk_logs
 from pipelines.options import bundled
 from tests.support.outputs import RUN_TIME, read_rows
 from transforms.commit import RUNS_DIR, file_token
@@ -267,3 +267,23 @@ def test_the_same_run_however_its_paths_are_spelt(tmp_path):
     rows = read_rows(work / "out")["parquet"]
     assert len(rows) == len({row["event_id"] for row in rows}) > 0
     assert leftovers(work / "out") == []
+
+
+def test_the_same_run_however_its_flags_are_spelt(tmp_path):
+    """A flag's value counts as the run uses it: ``--input_format=auto`` reads a ``.jsonl``
+    as ``jsonl`` does, ``1d`` of clock skew is ``24h`` and ``1440m``, and an event-time bound
+    written with ``Z`` is the one written ``+00:00``. One run, never two writing the same rows."""
+    logs = bundled("sample/sdk_logs.jsonl")
+    out = tmp_path / "out"
+    for flags in [
+        (),
+        ("--input_format=jsonl",),
+        ("--input_format=auto", "--max_clock_skew=24h"),
+        ("--max_clock_skew=1440m", "--min_event_time=2000-01-01T00:00:00+00:00"),
+    ]:
+        sdk_logs.main(
+            [f"--input={logs}", f"--output={out}", "--run_time=2026-12-20T00:00:00Z", *flags]
+        )
+    assert len(list((out / "_reports").glob("sdk_logs-*.json"))) == 1
+    rows = read_rows(out)["parquet"]
+    assert len(rows) == len({row["event_id"] for row in rows}) > 0
